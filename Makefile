@@ -1,0 +1,70 @@
+# vgen's two front doors: `make demo` and `make test`. Every target installs what it needs, once; a second run
+# reuses the venv (.venv/), cargo's target/ folder and the stamps in .stamps/.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := demo
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := .stamps
+CARGO ?= cargo
+CFLAGS_STRICT := -Wall -Wextra -Wpedantic -Werror
+TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
+
+.PHONY: demo test test-rust test-c test-python header bench env clean
+
+# --- the environment -------------------------------------------------------------------------------------------
+# torch from PyPI is the source of libtorch (about 4.6 GB with its CUDA libraries; it runs on the CPU too).
+# .venv/libtorch links to the torch package so that .cargo/config.toml can name it without a Python version.
+$(STAMPS)/venv: tools/requirements.txt
+	@mkdir -p $(STAMPS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r tools/requirements.txt
+	ln -sfn "$$($(PY) -c 'import os, torch; print(os.path.relpath(os.path.dirname(torch.__file__), "$(VENV)"))')" $(VENV)/libtorch
+	@touch $@
+
+env: $(STAMPS)/venv
+
+# --- the demo ----------------------------------------------------------------------------------------------------
+demo: $(STAMPS)/venv
+	$(CARGO) build --release -p vgen-core --bin vgen
+	$(TARGET_DIR)/release/vgen --version
+	$(TARGET_DIR)/release/vgen devices
+
+# --- the tests ---------------------------------------------------------------------------------------------------
+test: test-rust test-c test-python
+
+test-rust: $(STAMPS)/venv
+	$(CARGO) test --workspace
+	$(CARGO) run -q -p vgen-examples --example hello | grep '^vgen .* on libtorch 2\.11'
+
+# The C and C++ examples are built strictly against the generated header and the shared library, and run.
+test-c: $(STAMPS)/venv
+	$(CARGO) build -p vgen-ffi
+	@mkdir -p $(TARGET_DIR)/examples-c
+	cc $(CFLAGS_STRICT) -std=c11 -Iinclude examples/c/hello.c -L$(TARGET_DIR)/debug -lvgen \
+		-Wl,-rpath,$(TARGET_DIR)/debug -o $(TARGET_DIR)/examples-c/hello_c
+	c++ $(CFLAGS_STRICT) -std=c++17 -Iinclude examples/cpp/hello.cc -L$(TARGET_DIR)/debug -lvgen \
+		-Wl,-rpath,$(TARGET_DIR)/debug -o $(TARGET_DIR)/examples-c/hello_cpp
+	$(TARGET_DIR)/examples-c/hello_c | grep '^vgen .* on libtorch 2\.11'
+	$(TARGET_DIR)/examples-c/hello_cpp | grep '^vgen .* on libtorch 2\.11'
+	@echo "C and C++ examples: ok"
+
+# The extension is built into the venv with maturin (an editable install), then pytest runs against it.
+test-python: $(STAMPS)/venv
+	cd bindings/python && VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
+		$(CURDIR)/$(VENV)/bin/maturin develop --quiet
+	$(PY) examples/python/hello.py | grep '^vgen .* on libtorch 2\.11'
+	$(PY) -m pytest -q bindings/python/tests
+
+# --- developer targets -------------------------------------------------------------------------------------------
+header: $(STAMPS)/venv
+	VGEN_BLESS=1 $(CARGO) test -p vgen-ffi --test header
+
+bench: $(STAMPS)/venv
+	$(CARGO) bench -p vgen-benches
+
+clean:
+	$(CARGO) clean
+	rm -rf $(STAMPS)

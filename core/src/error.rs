@@ -1,0 +1,208 @@
+//! The one error model of vgen.
+//!
+//! Every failure anywhere in the engine is an [`Error`]: an [`ErrorCode`] with a stable number, whether retrying
+//! can help, and a message that says what went wrong and, where possible, what to change. The C ABI returns the
+//! code as its status and Python raises one exception class per code, so the numbers below are a public contract:
+//! **never renumber a code; a retired number stays here as a comment.**
+
+use std::fmt;
+
+/// Stable error codes. `0` is success in the C ABI and is never an error here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[repr(u32)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// A request or configuration is invalid: an unknown field, a value out of range, a size the model cannot make.
+    InvalidArgument = 1,
+    /// A job, model or device that does not exist.
+    NotFound = 2,
+    /// An idempotency key reused with a different request.
+    Conflict = 3,
+    /// The queue is full: backpressure. Retry later.
+    QueueFull = 4,
+    /// The job was cancelled by its host.
+    Cancelled = 5,
+    /// The job's deadline passed before it finished.
+    DeadlineExceeded = 6,
+    /// A device ran out of memory.
+    OutOfMemory = 7,
+    /// No device can take the job now (every circuit breaker is open, or the device failed).
+    DeviceUnavailable = 8,
+    /// A model folder or weight file is missing, malformed or does not match its config.
+    Model = 9,
+    /// A bug in vgen or libtorch: an unexpected failure or a caught panic.
+    Internal = 10,
+    /// The engine is shutting down and takes no more work.
+    ShuttingDown = 11,
+    /// Reading or writing a file failed.
+    Io = 12,
+    /// The request asks for something this build or device does not support.
+    Unsupported = 13,
+    /// A wait ended before the job did. The job goes on.
+    Timeout = 14,
+}
+
+impl ErrorCode {
+    /// Every code, in numeric order.
+    pub const ALL: [ErrorCode; 14] = [
+        Self::InvalidArgument,
+        Self::NotFound,
+        Self::Conflict,
+        Self::QueueFull,
+        Self::Cancelled,
+        Self::DeadlineExceeded,
+        Self::OutOfMemory,
+        Self::DeviceUnavailable,
+        Self::Model,
+        Self::Internal,
+        Self::ShuttingDown,
+        Self::Io,
+        Self::Unsupported,
+        Self::Timeout,
+    ];
+
+    /// Whether the same request may succeed if tried again later, unchanged.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            Self::QueueFull | Self::OutOfMemory | Self::DeviceUnavailable | Self::Internal | Self::Timeout
+        )
+    }
+
+    /// A short snake_case name, used in JSON events and as the Python exception's name stem.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::InvalidArgument => "invalid_argument",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::QueueFull => "queue_full",
+            Self::Cancelled => "cancelled",
+            Self::DeadlineExceeded => "deadline_exceeded",
+            Self::OutOfMemory => "out_of_memory",
+            Self::DeviceUnavailable => "device_unavailable",
+            Self::Model => "model",
+            Self::Internal => "internal",
+            Self::ShuttingDown => "shutting_down",
+            Self::Io => "io",
+            Self::Unsupported => "unsupported",
+            Self::Timeout => "timeout",
+        }
+    }
+
+    /// The code with this number, if there is one.
+    pub fn from_u32(n: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| *c as u32 == n)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An error with its code and a message for a person.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Error {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, message)
+    }
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+    pub fn retryable(&self) -> bool {
+        self.code.retryable()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Self::new(ErrorCode::Io, e.to_string())
+    }
+}
+
+impl From<tch::TchError> for Error {
+    /// libtorch reports running out of memory as an ordinary error; it is told apart by its message so that the
+    /// engine can retry or degrade instead of failing the job outright.
+    fn from(e: tch::TchError) -> Self {
+        let text = e.to_string();
+        let lower = text.to_ascii_lowercase();
+        if lower.contains("out of memory") || lower.contains("can't allocate memory") || lower.contains("cannot allocate memory") {
+            Self::new(ErrorCode::OutOfMemory, text)
+        } else {
+            Self::new(ErrorCode::Internal, format!("libtorch: {text}"))
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_stable_and_round_trip() {
+        // The numbers are a public ABI: this list may grow at the end but never change.
+        let expected = [
+            (ErrorCode::InvalidArgument, 1),
+            (ErrorCode::NotFound, 2),
+            (ErrorCode::Conflict, 3),
+            (ErrorCode::QueueFull, 4),
+            (ErrorCode::Cancelled, 5),
+            (ErrorCode::DeadlineExceeded, 6),
+            (ErrorCode::OutOfMemory, 7),
+            (ErrorCode::DeviceUnavailable, 8),
+            (ErrorCode::Model, 9),
+            (ErrorCode::Internal, 10),
+            (ErrorCode::ShuttingDown, 11),
+            (ErrorCode::Io, 12),
+            (ErrorCode::Unsupported, 13),
+            (ErrorCode::Timeout, 14),
+        ];
+        for (code, n) in expected {
+            assert_eq!(code as u32, n);
+            assert_eq!(ErrorCode::from_u32(n), Some(code));
+        }
+        assert_eq!(ErrorCode::from_u32(0), None);
+        assert_eq!(ErrorCode::ALL.len(), expected.len());
+    }
+
+    #[test]
+    fn only_transient_failures_are_retryable() {
+        assert!(!ErrorCode::InvalidArgument.retryable());
+        assert!(!ErrorCode::Cancelled.retryable());
+        assert!(ErrorCode::QueueFull.retryable());
+        assert!(ErrorCode::OutOfMemory.retryable());
+    }
+
+    #[test]
+    fn libtorch_out_of_memory_is_recognised() {
+        let e: Error = tch::TchError::Torch("CUDA out of memory. Tried to allocate 2.00 GiB".into()).into();
+        assert_eq!(e.code(), ErrorCode::OutOfMemory);
+        let e: Error = tch::TchError::Torch("shape mismatch".into()).into();
+        assert_eq!(e.code(), ErrorCode::Internal);
+    }
+}

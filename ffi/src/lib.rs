@@ -1,0 +1,34 @@
+//! `libvgen`: the C ABI of vgen.
+//!
+//! # Thread safety
+//! Every function here may be called from any thread at any time. The strings returned are static: the caller
+//! never frees them.
+
+use std::ffi::c_char;
+
+/// The version of vgen, for example `"0.1.0"`.
+///
+/// \return a NUL-terminated static string; never NULL, never freed by the caller.
+#[unsafe(no_mangle)]
+pub extern "C" fn vgen_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// The version of libtorch vgen was built against, for example `"2.11.0+cu130"`.
+///
+/// \return a NUL-terminated static string; never NULL, never freed by the caller.
+#[unsafe(no_mangle)]
+pub extern "C" fn vgen_libtorch_version() -> *const c_char {
+    static VERSION: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
+    VERSION
+        .get_or_init(|| std::ffi::CString::new(vgen_core::runtime::LIBTORCH_VERSION).unwrap_or_default())
+        .as_ptr()
+}
+
+/// The number of CUDA GPUs libtorch sees. Loads libtorch's CUDA backend on first use when a driver is present.
+///
+/// \return 0 where there is no GPU; jobs then run on the CPU.
+#[unsafe(no_mangle)]
+pub extern "C" fn vgen_cuda_device_count() -> usize {
+    std::panic::catch_unwind(|| vgen_core::Device::all().iter().filter(|d| d.is_cuda()).count()).unwrap_or(0)
+}
