@@ -38,12 +38,12 @@ impl Device {
                     Ok(self)
                 } else if n == 0 {
                     Err(Error::new(
-                        crate::ErrorCode::DeviceUnavailable,
+                        crate::ErrorCode::Unavailable,
                         format!("{self} was requested but no CUDA GPU is visible: {}", crate::runtime::init().describe()),
                     ))
                 } else {
                     Err(Error::new(
-                        crate::ErrorCode::DeviceUnavailable,
+                        crate::ErrorCode::Unavailable,
                         format!("{self} was requested but only cuda:0..cuda:{} exist", n - 1),
                     ))
                 }

@@ -17,17 +17,17 @@ pub enum ErrorCode {
     /// A job, model or device that does not exist.
     NotFound = 2,
     /// An idempotency key reused with a different request.
-    Conflict = 3,
+    AlreadyExists = 3,
     /// The queue is full: backpressure. Retry later.
     QueueFull = 4,
     /// The job was cancelled by its host.
     Cancelled = 5,
     /// The job's deadline passed before it finished.
     DeadlineExceeded = 6,
-    /// A device ran out of memory.
-    OutOfMemory = 7,
+    /// A device ran out of memory, or a request could never fit it.
+    ResourceExhausted = 7,
     /// No device can take the job now (every circuit breaker is open, or the device failed).
-    DeviceUnavailable = 8,
+    Unavailable = 8,
     /// A model folder or weight file is missing, malformed or does not match its config.
     Model = 9,
     /// A bug in vgen or libtorch: an unexpected failure or a caught panic.
@@ -40,32 +40,44 @@ pub enum ErrorCode {
     Unsupported = 13,
     /// A wait ended before the job did. The job goes on.
     Timeout = 14,
+    /// The job has not finished, so it has no result yet.
+    NotReady = 15,
+    /// The numbers went bad (NaN or Inf in the latents); the attempt stopped before decoding garbage.
+    Numerical = 16,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 16] = [
         Self::InvalidArgument,
         Self::NotFound,
-        Self::Conflict,
+        Self::AlreadyExists,
         Self::QueueFull,
         Self::Cancelled,
         Self::DeadlineExceeded,
-        Self::OutOfMemory,
-        Self::DeviceUnavailable,
+        Self::ResourceExhausted,
+        Self::Unavailable,
         Self::Model,
         Self::Internal,
         Self::ShuttingDown,
         Self::Io,
         Self::Unsupported,
         Self::Timeout,
+        Self::NotReady,
+        Self::Numerical,
     ];
 
     /// Whether the same request may succeed if tried again later, unchanged.
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            Self::QueueFull | Self::OutOfMemory | Self::DeviceUnavailable | Self::Internal | Self::Timeout
+            Self::QueueFull
+                | Self::ResourceExhausted
+                | Self::Unavailable
+                | Self::Internal
+                | Self::Timeout
+                | Self::NotReady
+                | Self::Numerical
         )
     }
 
@@ -74,18 +86,20 @@ impl ErrorCode {
         match self {
             Self::InvalidArgument => "invalid_argument",
             Self::NotFound => "not_found",
-            Self::Conflict => "conflict",
+            Self::AlreadyExists => "already_exists",
             Self::QueueFull => "queue_full",
             Self::Cancelled => "cancelled",
             Self::DeadlineExceeded => "deadline_exceeded",
-            Self::OutOfMemory => "out_of_memory",
-            Self::DeviceUnavailable => "device_unavailable",
+            Self::ResourceExhausted => "resource_exhausted",
+            Self::Unavailable => "unavailable",
             Self::Model => "model",
             Self::Internal => "internal",
             Self::ShuttingDown => "shutting_down",
             Self::Io => "io",
             Self::Unsupported => "unsupported",
             Self::Timeout => "timeout",
+            Self::NotReady => "not_ready",
+            Self::Numerical => "numerical",
         }
     }
 
@@ -106,11 +120,21 @@ impl fmt::Display for ErrorCode {
 pub struct Error {
     code: ErrorCode,
     message: String,
+    retry_after_ms: Option<u64>,
 }
 
 impl Error {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), retry_after_ms: None }
+    }
+    /// Adds a hint for how long to wait before retrying (backpressure, an open circuit breaker).
+    pub fn with_retry_after(mut self, ms: u64) -> Self {
+        self.retry_after_ms = Some(ms);
+        self
+    }
+    /// How long the engine suggests waiting before retrying, where it knows.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        self.retry_after_ms
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidArgument, message)
@@ -150,7 +174,7 @@ impl From<tch::TchError> for Error {
         let text = e.to_string();
         let lower = text.to_ascii_lowercase();
         if lower.contains("out of memory") || lower.contains("can't allocate memory") || lower.contains("cannot allocate memory") {
-            Self::new(ErrorCode::OutOfMemory, text)
+            Self::new(ErrorCode::ResourceExhausted, text)
         } else {
             Self::new(ErrorCode::Internal, format!("libtorch: {text}"))
         }
@@ -169,18 +193,20 @@ mod tests {
         let expected = [
             (ErrorCode::InvalidArgument, 1),
             (ErrorCode::NotFound, 2),
-            (ErrorCode::Conflict, 3),
+            (ErrorCode::AlreadyExists, 3),
             (ErrorCode::QueueFull, 4),
             (ErrorCode::Cancelled, 5),
             (ErrorCode::DeadlineExceeded, 6),
-            (ErrorCode::OutOfMemory, 7),
-            (ErrorCode::DeviceUnavailable, 8),
+            (ErrorCode::ResourceExhausted, 7),
+            (ErrorCode::Unavailable, 8),
             (ErrorCode::Model, 9),
             (ErrorCode::Internal, 10),
             (ErrorCode::ShuttingDown, 11),
             (ErrorCode::Io, 12),
             (ErrorCode::Unsupported, 13),
             (ErrorCode::Timeout, 14),
+            (ErrorCode::NotReady, 15),
+            (ErrorCode::Numerical, 16),
         ];
         for (code, n) in expected {
             assert_eq!(code as u32, n);
@@ -195,13 +221,13 @@ mod tests {
         assert!(!ErrorCode::InvalidArgument.retryable());
         assert!(!ErrorCode::Cancelled.retryable());
         assert!(ErrorCode::QueueFull.retryable());
-        assert!(ErrorCode::OutOfMemory.retryable());
+        assert!(ErrorCode::ResourceExhausted.retryable());
     }
 
     #[test]
     fn libtorch_out_of_memory_is_recognised() {
         let e: Error = tch::TchError::Torch("CUDA out of memory. Tried to allocate 2.00 GiB".into()).into();
-        assert_eq!(e.code(), ErrorCode::OutOfMemory);
+        assert_eq!(e.code(), ErrorCode::ResourceExhausted);
         let e: Error = tch::TchError::Torch("shape mismatch".into()).into();
         assert_eq!(e.code(), ErrorCode::Internal);
     }

@@ -5,8 +5,13 @@
 //! layers over it.
 
 pub mod device;
+pub mod engine;
 pub mod error;
+pub mod models;
 pub mod runtime;
+pub mod video;
 
 pub use device::{Device, Probe};
+pub use engine::{Engine, EngineConfig, JobId, JobState, JobStatus, Request, Stage};
 pub use error::{Error, ErrorCode, Result};
+pub use video::{Frames, Video, VideoMetadata};

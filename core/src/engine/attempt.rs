@@ -1,0 +1,208 @@
+//! One attempt at a generation, as a model sees it: where to run, and where to report each stage and step.
+//!
+//! Every report is also a check: it returns `cancelled` or `deadline_exceeded` when the job should stop, and the
+//! model returns that error at once, so cancellation and deadlines work at step granularity.
+
+use super::eta::Plan;
+use super::event::EventKind;
+use super::flight::Flight;
+use super::job::{JobState, Stage};
+use super::Shared;
+use crate::device::Device;
+use crate::error::{Error, ErrorCode, Result};
+use crate::video::Frames;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+pub struct Attempt<'a> {
+    device: Device,
+    number: u32,
+    degraded: bool,
+    link: Option<(&'a Shared, &'a Flight)>,
+    deadline: Option<Instant>,
+    preview_every: Vec<u32>,
+    plan: Plan,
+    started: Instant,
+    stage: Stage,
+    stage_started: Instant,
+    fraction: f64,
+    pub(crate) timings_ms: [f64; Stage::ALL.len()],
+    pub(crate) peak_rss: u64,
+}
+
+impl<'a> Attempt<'a> {
+    pub(crate) fn new(shared: &'a Shared, flight: &'a Flight, device: Device, number: u32, degraded: bool, plan: Plan) -> Self {
+        let now = Instant::now();
+        Self {
+            device,
+            number,
+            degraded,
+            link: Some((shared, flight)),
+            deadline: flight.deadline(),
+            preview_every: flight.preview_intervals(),
+            plan,
+            started: now,
+            stage: Stage::Validating,
+            stage_started: now,
+            fraction: 0.0,
+            timings_ms: [0.0; Stage::ALL.len()],
+            peak_rss: current_rss(),
+        }
+    }
+
+    /// An attempt attached to no engine, for running a model directly (tools, tests). Reports go nowhere and it is
+    /// never cancelled.
+    pub fn detached(device: Device) -> Attempt<'static> {
+        let now = Instant::now();
+        Attempt {
+            device,
+            number: 1,
+            degraded: false,
+            link: None,
+            deadline: None,
+            preview_every: Vec::new(),
+            plan: Plan { stage_ms: [1.0; Stage::ALL.len()], confidence: super::job::Confidence::Prior },
+            started: now,
+            stage: Stage::Validating,
+            stage_started: now,
+            fraction: 0.0,
+            timings_ms: [0.0; Stage::ALL.len()],
+            peak_rss: current_rss(),
+        }
+    }
+
+    /// The device to run on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// 1 for the first attempt.
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// True when an earlier attempt ran out of memory: use the frugal path (for example a chunked decode).
+    pub fn degraded(&self) -> bool {
+        self.degraded
+    }
+
+    /// Returns an error if the job should stop now: it was cancelled, or its deadline passed.
+    pub fn check(&self) -> Result<()> {
+        if let Some((_, flight)) = self.link {
+            if flight.cancelled.load(Ordering::Acquire) {
+                return Err(Error::new(ErrorCode::Cancelled, "the job was cancelled"));
+            }
+        }
+        if let Some(d) = self.deadline {
+            if Instant::now() >= d {
+                return Err(Error::new(ErrorCode::DeadlineExceeded, "the job's deadline passed while it ran"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Enters a stage.
+    pub fn stage(&mut self, stage: Stage) -> Result<()> {
+        self.check()?;
+        let now = Instant::now();
+        self.timings_ms[self.stage.index()] += (now - self.stage_started).as_secs_f64() * 1e3;
+        self.stage = stage;
+        self.stage_started = now;
+        self.fraction = 0.0;
+        self.publish(|_| EventKind::Stage { stage });
+        Ok(())
+    }
+
+    /// Reports that denoising step `step` (1-based) of `steps` is done.
+    pub fn step(&mut self, step: u32, steps: u32) -> Result<()> {
+        self.progress_within(step as f64 / steps.max(1) as f64, step, steps)
+    }
+
+    /// Reports that `done` of `total` chunks of the current stage (a decode, an encode) are done.
+    pub fn chunk(&mut self, done: u32, total: u32) -> Result<()> {
+        self.progress_within(done as f64 / total.max(1) as f64, 0, 0)
+    }
+
+    fn progress_within(&mut self, fraction: f64, step: u32, steps: u32) -> Result<()> {
+        self.fraction = fraction;
+        self.peak_rss = self.peak_rss.max(current_rss());
+        if self.link.is_some() {
+            let now = Instant::now();
+            let progress = self.plan.progress(self.stage, fraction);
+            let eta = self.plan.remaining_ms(
+                self.stage,
+                fraction,
+                (now - self.stage_started).as_secs_f64() * 1e3,
+                (now - self.started).as_secs_f64() * 1e3,
+            );
+            let eta_ms = Some(eta.round().max(0.0) as u64);
+            let stage = self.stage;
+            self.publish(|s| {
+                s.progress = progress;
+                s.stage = stage;
+                if steps > 0 {
+                    s.step = step;
+                    s.steps = steps;
+                }
+                s.eta_ms = eta_ms;
+                EventKind::Progress { step: s.step, steps: s.steps, progress, eta_ms }
+            });
+        }
+        self.check()
+    }
+
+    /// Whether some job wants a preview after this denoising step.
+    pub fn wants_preview(&self, step: u32) -> bool {
+        self.preview_every.iter().any(|n| step % n == 0)
+    }
+
+    /// Hands preview frames (a cheap projection of the latents, not a decode) to the jobs that asked for them.
+    pub fn preview(&mut self, step: u32, frames: Frames) {
+        if let Some((shared, flight)) = self.link {
+            let frames = Arc::new(frames);
+            let mut outbox = Vec::new();
+            let callbacks = shared.engine_callbacks();
+            for m in flight.members() {
+                if m.params.preview_every.is_some_and(|n| step % n == 0) {
+                    let mut r = m.record.lock();
+                    if r.status.state == JobState::Running {
+                        r.push(m.id, EventKind::Preview { step, frames: frames.clone() }, &callbacks, &mut outbox);
+                    }
+                }
+            }
+            shared.dispatch(outbox);
+        }
+    }
+
+    /// Closes the current stage's timing.
+    pub(crate) fn finish_timing(&mut self) {
+        self.timings_ms[self.stage.index()] += self.stage_started.elapsed().as_secs_f64() * 1e3;
+        self.stage_started = Instant::now();
+    }
+
+    fn publish(&self, mut update: impl FnMut(&mut super::job::JobStatus) -> EventKind) {
+        let Some((shared, flight)) = self.link else { return };
+        let mut outbox = Vec::new();
+        let callbacks = shared.engine_callbacks();
+        let now = Instant::now();
+        for m in flight.members() {
+            let mut r = m.record.lock();
+            if r.status.state != JobState::Running {
+                continue;
+            }
+            let kind = update(&mut r.status);
+            r.eta_at = now;
+            r.push(m.id, kind, &callbacks, &mut outbox);
+        }
+        shared.dispatch(outbox);
+    }
+}
+
+/// Resident memory of this process now, in bytes (0 where unknown).
+pub(crate) fn current_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}

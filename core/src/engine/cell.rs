@@ -1,0 +1,104 @@
+//! One job's record: its status, event log, callback and result, behind one short-held lock.
+//!
+//! Invariant: a job's state becomes terminal exactly once, in [`JobCell::finish`], under the record's lock; its
+//! `Finished` event is the last event in its log and its callback is taken at that moment, so the callback can
+//! receive the terminal event once and nothing after it.
+
+use super::eta::Plan;
+use super::event::{Callback, Event, EventKind};
+use super::job::{JobError, JobId, JobState, JobStatus, Stage, unix_ms};
+use super::request::{Params, Request};
+use crate::error::Error;
+use crate::video::Video;
+use parking_lot::{Condvar, Mutex};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub(crate) struct JobCell {
+    pub id: JobId,
+    pub request: Request,
+    pub params: Params,
+    pub deadline: Option<Instant>,
+    pub record: Mutex<Record>,
+    pub done: Condvar,
+}
+
+pub(crate) struct Record {
+    pub status: JobStatus,
+    pub events: Vec<Event>,
+    pub callback: Option<Callback>,
+    pub result: Option<Arc<Video>>,
+    /// The execution this job is attached to, while it is not terminal.
+    pub flight: Option<Arc<super::flight::Flight>>,
+    pub plan: Plan,
+    /// When `status.eta_ms` was computed, so that poll can count down between updates.
+    pub eta_at: Instant,
+}
+
+/// Events ready to hand to the dispatcher once every lock is released.
+pub(crate) type Outbox = Vec<(Vec<Callback>, Event)>;
+
+/// How a job ends.
+pub(crate) enum Outcome {
+    Succeeded { video: Arc<Video>, cache_hit: bool },
+    Failed(Error),
+    Cancelled(Error),
+}
+
+impl Record {
+    /// Appends an event and queues it for the job's callback and the engine's.
+    pub fn push(&mut self, id: JobId, kind: EventKind, engine_callbacks: &[Callback], outbox: &mut Outbox) {
+        let event = Event { job: id, seq: self.events.len() as u64 + 1, at_ms: unix_ms(), kind };
+        let mut callbacks: Vec<Callback> = engine_callbacks.to_vec();
+        callbacks.extend(self.callback.iter().cloned());
+        if !callbacks.is_empty() {
+            outbox.push((callbacks, event.clone()));
+        }
+        self.events.push(event);
+    }
+}
+
+impl JobCell {
+    pub fn is_terminal(&self) -> bool {
+        self.record.lock().status.state.is_terminal()
+    }
+
+    /// Ends the job. Returns the state it ended in, or `None` if it had already ended (then nothing changes).
+    /// `on_end` runs before any waiter wakes, so that what a waiter reads next (metrics) already counts this job.
+    pub fn finish(
+        &self,
+        outcome: Outcome,
+        engine_callbacks: &[Callback],
+        outbox: &mut Outbox,
+        on_end: impl FnOnce(JobState),
+    ) -> Option<JobState> {
+        let mut r = self.record.lock();
+        if r.status.state.is_terminal() {
+            return None;
+        }
+        let (state, error, cache_hit) = match outcome {
+            Outcome::Succeeded { video, cache_hit } => {
+                r.result = Some(video);
+                r.status.progress = 1.0;
+                r.status.stage = Stage::Finalizing;
+                (JobState::Succeeded, None, cache_hit)
+            }
+            Outcome::Failed(e) => (JobState::Failed, Some(JobError::from(&e)), false),
+            Outcome::Cancelled(e) => (JobState::Cancelled, Some(JobError::from(&e)), false),
+        };
+        r.status.state = state;
+        r.status.error = error.clone();
+        r.status.cache_hit = cache_hit;
+        r.status.eta_ms = Some(0);
+        r.status.queue_position = 0;
+        r.status.finished_at_ms = Some(unix_ms());
+        r.flight = None;
+        r.push(self.id, EventKind::Finished { state, error, cache_hit }, engine_callbacks, outbox);
+        // The callback has had its last event: drop our reference so its finalizer can run once delivery ends.
+        r.callback = None;
+        on_end(state);
+        drop(r);
+        self.done.notify_all();
+        Some(state)
+    }
+}

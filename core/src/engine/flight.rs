@@ -1,0 +1,57 @@
+//! A flight is one execution of a generation, shared by every job that asked for the same thing at the same
+//! time (single-flight). Most flights carry one job.
+//!
+//! Invariants:
+//! - A flight is in the engine's in-flight map from creation until it ends or every job has left it; a job can
+//!   only join a flight while holding the map's lock, and a flight leaves the map under that same lock before its
+//!   jobs are finished, so no job joins a flight that will not finish it.
+//! - Lock order: in-flight map → `members` → a job's record. Nothing takes them in another order.
+
+use super::cell::JobCell;
+use super::queue::Rank;
+use crate::models::Model;
+use super::request::Params;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::time::Instant;
+
+pub(crate) struct Flight {
+    pub key: u64,
+    pub model: Arc<dyn Model>,
+    pub params: Params,
+    pub priority: i32,
+    pub members: Mutex<Vec<Arc<JobCell>>>,
+    /// Set when no job wants the result any more; the worker stops at the next step boundary.
+    pub cancelled: AtomicBool,
+    /// Its place in the queue while queued.
+    pub rank: Mutex<Option<Rank>>,
+    pub attempts: AtomicU32,
+    /// The next attempt runs in degraded mode (after running out of memory).
+    pub degraded: AtomicBool,
+}
+
+impl Flight {
+    pub fn members(&self) -> Vec<Arc<JobCell>> {
+        self.members.lock().clone()
+    }
+
+    /// The latest deadline among its jobs: past it, no job is waiting for this flight. None if one has none.
+    pub fn deadline(&self) -> Option<Instant> {
+        let members = self.members.lock();
+        let mut latest: Option<Instant> = None;
+        for m in members.iter() {
+            let d = m.deadline?;
+            latest = Some(latest.map_or(d, |l| l.max(d)));
+        }
+        latest
+    }
+
+    /// The denoising steps at which some job wants a preview.
+    pub fn preview_intervals(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.members.lock().iter().filter_map(|m| m.params.preview_every).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}

@@ -1,0 +1,634 @@
+//! The job engine: submit, poll or follow events, cancel, wait, take the result.
+//!
+//! ```text
+//!  submit ──validate──► job ──► flight (single-flight by cache key) ──► queue (priority, aging)
+//!                                                                         │
+//!  poll / events / wait ◄── job records ◄── reports ◄── workers (one per device slot) ── model.generate
+//!  callbacks ◄── dispatcher thread ◄── events          supervisor thread: deadlines, retention
+//! ```
+//!
+//! A job is what a host holds; a flight is one execution, shared by identical jobs in flight. Locks are held
+//! briefly and never while a model runs or a callback is called. See `flight.rs` for the lock order.
+
+mod attempt;
+mod breaker;
+mod cache;
+mod cell;
+mod config;
+mod dispatcher;
+mod eta;
+mod event;
+mod flight;
+mod job;
+mod metrics;
+mod queue;
+mod request;
+mod retry;
+mod supervisor;
+mod worker;
+
+pub use attempt::Attempt;
+pub use breaker::{BreakerConfig, BreakerState};
+pub use config::{CacheConfig, EngineConfig, Retention};
+pub use event::{Callback, Event, EventKind};
+pub use job::{Confidence, JobError, JobId, JobState, JobStatus, Stage};
+pub use metrics::{BUCKETS_MS, Histogram, MetricsSnapshot};
+pub use request::{FrameRule, Limits, Params, Request, validate as validate_request};
+pub use retry::RetryPolicy;
+
+use crate::device::Device;
+use crate::error::{Error, ErrorCode, Result};
+use crate::models::Models;
+use crate::video::Video;
+use breaker::Breaker;
+use cache::ResultCache;
+use cell::{JobCell, Outbox, Outcome, Record};
+use crossbeam_channel::Sender;
+use eta::EtaModel;
+use flight::Flight;
+use metrics::Metrics;
+use parking_lot::{Condvar, Mutex, RwLock};
+use queue::Queue;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// State shared by the engine's API and its threads.
+pub(crate) struct Shared {
+    config: EngineConfig,
+    models: Models,
+    devices: Vec<Device>,
+    breakers: Vec<Breaker>,
+    jobs: RwLock<HashMap<JobId, Arc<JobCell>>>,
+    idempotency: Mutex<HashMap<String, JobId>>,
+    in_flight: Mutex<HashMap<u64, Arc<Flight>>>,
+    cache: Mutex<ResultCache>,
+    queue: Mutex<Queue<Arc<Flight>>>,
+    queue_cv: Condvar,
+    timers: Mutex<BinaryHeap<Reverse<(Instant, JobId)>>>,
+    timers_cv: Condvar,
+    /// Finished jobs in the order they finished, for retention.
+    retired: Mutex<VecDeque<(Instant, JobId)>>,
+    eta: Mutex<EtaModel>,
+    metrics: Metrics,
+    callbacks: RwLock<Vec<Callback>>,
+    dispatcher: Sender<dispatcher::Message>,
+    next_id: AtomicU64,
+    accepting: AtomicBool,
+    /// Tells workers and the supervisor to exit.
+    stopping: AtomicBool,
+    workers: usize,
+}
+
+/// An embedded video-generation engine. Cheap to share across threads (`&Engine` is all any call needs).
+pub struct Engine {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    dispatcher_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Starts an engine with the built-in models.
+    pub fn new(config: EngineConfig) -> Result<Self> {
+        Self::with_models(config, Models::builtin())
+    }
+
+    /// Starts an engine with these models: one worker thread per device slot, a supervisor and a dispatcher.
+    pub fn with_models(config: EngineConfig, models: Models) -> Result<Self> {
+        if config.workers_per_device == 0 {
+            return Err(Error::invalid("workers_per_device must be at least 1"));
+        }
+        if config.queue_capacity == 0 {
+            return Err(Error::invalid("queue_capacity must be at least 1"));
+        }
+        if config.retry.max_attempts == 0 {
+            return Err(Error::invalid("retry.max_attempts must be at least 1 (the first attempt counts)"));
+        }
+        if config.breaker.failure_threshold == 0 {
+            return Err(Error::invalid("breaker.failure_threshold must be at least 1"));
+        }
+        let mut devices = if config.devices.is_empty() { Device::auto() } else { config.devices.clone() };
+        devices.dedup();
+        for d in &devices {
+            d.check_present()?;
+        }
+        let (dispatcher_tx, dispatcher_thread) = dispatcher::spawn();
+        let workers = devices.len() * config.workers_per_device;
+        let shared = Arc::new(Shared {
+            breakers: devices.iter().map(|_| Breaker::new(config.breaker.clone())).collect(),
+            devices: devices.clone(),
+            models,
+            jobs: RwLock::new(HashMap::new()),
+            idempotency: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            cache: Mutex::new(ResultCache::new(if config.cache.enabled { config.cache.max_bytes } else { 0 })),
+            queue: Mutex::new(Queue::new(Duration::from_millis(config.aging_ms.max(1)))),
+            queue_cv: Condvar::new(),
+            timers: Mutex::new(BinaryHeap::new()),
+            timers_cv: Condvar::new(),
+            retired: Mutex::new(VecDeque::new()),
+            eta: Mutex::new(EtaModel::default()),
+            metrics: Metrics::default(),
+            callbacks: RwLock::new(Vec::new()),
+            dispatcher: dispatcher_tx,
+            next_id: AtomicU64::new(1),
+            accepting: AtomicBool::new(true),
+            stopping: AtomicBool::new(false),
+            workers,
+            config,
+        });
+        let mut threads = Vec::new();
+        for (slot, device) in devices.iter().enumerate() {
+            for n in 0..shared.config.workers_per_device {
+                let s = shared.clone();
+                let device = *device;
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("vgen-worker-{device}-{n}"))
+                        .spawn(move || worker::run(s, slot, device))
+                        .map_err(|e| Error::internal(format!("could not start a worker thread: {e}")))?,
+                );
+            }
+        }
+        let s = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("vgen-supervisor".into())
+                .spawn(move || supervisor::run(s))
+                .map_err(|e| Error::internal(format!("could not start the supervisor thread: {e}")))?,
+        );
+        Ok(Self { shared, threads: Mutex::new(threads), dispatcher_thread: Mutex::new(Some(dispatcher_thread)) })
+    }
+
+    /// Validates a request and queues it. Returns the job's id at once, or an error that says what is wrong.
+    pub fn submit(&self, request: Request) -> Result<JobId> {
+        self.submit_with(request, None)
+    }
+
+    /// As [`submit`](Self::submit), with a callback that receives every event of this job, the terminal one
+    /// exactly once, on the dispatcher thread. The callback is dropped after its last event.
+    pub fn submit_with(&self, request: Request, callback: Option<Callback>) -> Result<JobId> {
+        let result = self.shared.submit(request, callback);
+        if result.is_err() {
+            self.shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// A snapshot of the job, at once.
+    pub fn poll(&self, id: JobId) -> Result<JobStatus> {
+        let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
+        let mut status = {
+            let r = cell.record.lock();
+            let mut s = r.status.clone();
+            if let Some(eta) = s.eta_ms {
+                s.eta_ms = Some(eta.saturating_sub(r.eta_at.elapsed().as_millis() as u64));
+            }
+            (s, r.flight.clone())
+        };
+        if status.0.state == JobState::Queued {
+            if let Some(flight) = status.1 {
+                let rank = *flight.rank.lock();
+                if let Some(rank) = rank {
+                    status.0.queue_position = self.shared.queue.lock().position(rank).unwrap_or(0);
+                }
+            }
+        }
+        Ok(status.0)
+    }
+
+    /// The job's events with a sequence number above `since` (0 for all), in order.
+    pub fn events(&self, id: JobId, since: u64) -> Result<Vec<Event>> {
+        let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
+        let r = cell.record.lock();
+        let from = (since as usize).min(r.events.len());
+        Ok(r.events[from..].to_vec())
+    }
+
+    /// Cancels a job. A queued job is removed at once; a running one stops at its next step boundary. Returns
+    /// whether this call cancelled it: `false` means it had already finished, which is harmless.
+    pub fn cancel(&self, id: JobId) -> Result<bool> {
+        let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
+        Ok(self.shared.detach(&cell, Error::new(ErrorCode::Cancelled, "cancelled by the host"), false))
+    }
+
+    /// Waits for the job to finish, up to `timeout` (forever for `None`). Returns its final status, or a
+    /// `timeout` error while it is still going.
+    pub fn wait(&self, id: JobId, timeout: Option<Duration>) -> Result<JobStatus> {
+        let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut r = cell.record.lock();
+        while !r.status.state.is_terminal() {
+            match deadline {
+                Some(d) => {
+                    if cell.done.wait_until(&mut r, d).timed_out() && !r.status.state.is_terminal() {
+                        return Err(Error::new(ErrorCode::Timeout, format!("{id} is still {}", r.status.state.name())));
+                    }
+                }
+                None => cell.done.wait(&mut r),
+            }
+        }
+        Ok(r.status.clone())
+    }
+
+    /// The finished video. A failed or cancelled job returns its error; an unfinished one `not_ready`.
+    pub fn result(&self, id: JobId) -> Result<Arc<Video>> {
+        let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
+        let r = cell.record.lock();
+        match (&r.status.state, &r.result, &r.status.error) {
+            (JobState::Succeeded, Some(v), _) => Ok(v.clone()),
+            (JobState::Succeeded, None, _) => Err(Error::new(ErrorCode::NotFound, format!("{id}'s video was released"))),
+            (_, _, Some(e)) => Err(e.to_error()),
+            (state, _, None) => Err(Error::new(ErrorCode::NotReady, format!("{id} is still {}", state.name()))),
+        }
+    }
+
+    /// Forgets a finished job and its video now, rather than at the end of its retention.
+    pub fn release(&self, id: JobId) -> Result<()> {
+        let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
+        if !cell.is_terminal() {
+            return Err(Error::invalid(format!("{id} has not finished: cancel it first")));
+        }
+        self.shared.forget(id);
+        Ok(())
+    }
+
+    /// Registers a callback for every event of every job, on the dispatcher thread.
+    pub fn on_event(&self, callback: Callback) {
+        self.shared.callbacks.write().push(callback);
+    }
+
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let depth = self.shared.queue.lock().len() as u64;
+        self.shared.metrics.snapshot(depth, self.shared.workers as u64)
+    }
+
+    /// The devices this engine runs on, with the state of each one's circuit breaker.
+    pub fn devices(&self) -> Vec<(Device, BreakerState)> {
+        let now = Instant::now();
+        self.shared.devices.iter().zip(&self.shared.breakers).map(|(d, b)| (*d, b.state(now))).collect()
+    }
+
+    pub fn models(&self) -> &Models {
+        &self.shared.models
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    /// Stops taking jobs, lets queued and running ones finish for up to `timeout`, then cancels the rest and joins
+    /// every thread. Idempotent.
+    pub fn shutdown(&self, timeout: Duration) {
+        let shared = &self.shared;
+        shared.accepting.store(false, Ordering::Release);
+        let until = Instant::now() + timeout;
+        while Instant::now() < until && (shared.metrics.running.load(Ordering::Acquire) > 0 || !shared.queue.lock().is_empty()) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let live: Vec<Arc<JobCell>> = shared.jobs.read().values().filter(|c| !c.is_terminal()).cloned().collect();
+        for cell in live {
+            shared.detach(&cell, Error::new(ErrorCode::Cancelled, "the engine shut down"), false);
+        }
+        shared.stopping.store(true, Ordering::Release);
+        {
+            let _q = shared.queue.lock();
+            shared.queue_cv.notify_all();
+        }
+        {
+            let _t = shared.timers.lock();
+            shared.timers_cv.notify_all();
+        }
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+        if let Some(d) = self.dispatcher_thread.lock().take() {
+            let _ = shared.dispatcher.send(dispatcher::Message::Stop);
+            let _ = d.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    /// Shuts down with the configured timeout. A running job stops at its next step boundary, so dropping never
+    /// waits longer than the timeout plus one step.
+    fn drop(&mut self) {
+        self.shutdown(Duration::from_millis(self.shared.config.shutdown_timeout_ms));
+    }
+}
+
+fn not_found(id: JobId) -> Error {
+    Error::new(ErrorCode::NotFound, format!("no job {id} (it may have been released or evicted)"))
+}
+
+impl Shared {
+    pub(crate) fn cell(&self, id: JobId) -> Option<Arc<JobCell>> {
+        self.jobs.read().get(&id).cloned()
+    }
+
+    pub(crate) fn engine_callbacks(&self) -> Vec<Callback> {
+        let c = self.callbacks.read();
+        if c.is_empty() { Vec::new() } else { c.clone() }
+    }
+
+    pub(crate) fn dispatch(&self, outbox: Outbox) {
+        if !outbox.is_empty() {
+            dispatcher::send(&self.dispatcher, outbox);
+        }
+    }
+
+    fn submit(&self, request: Request, callback: Option<Callback>) -> Result<JobId> {
+        if !self.accepting.load(Ordering::Acquire) {
+            return Err(Error::new(ErrorCode::ShuttingDown, "the engine is shutting down"));
+        }
+        // Idempotency first: a repeated key returns the same job even when the queue is full.
+        if let Some(key) = &request.idempotency_key {
+            if let Some(id) = self.idempotency.lock().get(key).copied() {
+                if let Some(cell) = self.cell(id) {
+                    if cell.request != request {
+                        return Err(Error::new(
+                            ErrorCode::AlreadyExists,
+                            format!("idempotency key {key:?} was used for {id} with a different request"),
+                        ));
+                    }
+                    return Ok(id);
+                }
+            }
+        }
+        let model = self.models.get(request.model.as_deref())?;
+        let info = model.info();
+        let params = request::validate(&request, info, &self.config.limits, rand::random::<u64>)?;
+        self.admit(&*model, &params)?;
+        let now = Instant::now();
+        if let Some(wait) = self.all_breakers_open(now) {
+            return Err(Error::new(ErrorCode::Unavailable, "every device is failing and out of rotation for now")
+                .with_retry_after(wait.as_millis() as u64));
+        }
+        let key = params.cache_key(info);
+        let id = JobId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let deadline_ms = request.deadline_ms.or(self.config.default_deadline_ms);
+        let deadline = deadline_ms.map(|ms| now + Duration::from_millis(ms));
+        let plan = self.eta.lock().plan(&info.name, self.devices[0], &params);
+        let mut status = JobStatus {
+            id,
+            state: JobState::Queued,
+            stage: Stage::Validating,
+            progress: 0.0,
+            step: 0,
+            steps: params.steps,
+            queue_position: 0,
+            attempt: 0,
+            eta_ms: Some(plan.total_ms().round() as u64),
+            eta_confidence: plan.confidence,
+            submitted_at_ms: job::unix_ms(),
+            started_at_ms: None,
+            finished_at_ms: None,
+            error: None,
+            cache_hit: false,
+        };
+        let cached = if self.config.cache.enabled { self.cache.lock().get(key) } else { None };
+        if cached.is_some() {
+            status.eta_ms = Some(0);
+        }
+        let cell = Arc::new(JobCell {
+            id,
+            request: request.clone(),
+            params: params.clone(),
+            deadline,
+            record: Mutex::new(Record {
+                status,
+                events: Vec::new(),
+                callback,
+                result: None,
+                flight: None,
+                plan,
+                eta_at: now,
+            }),
+            done: Condvar::new(),
+        });
+        let callbacks = self.engine_callbacks();
+        let mut outbox = Vec::new();
+
+        if let Some(video) = cached {
+            self.register(&cell, &request);
+            self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
+            self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+            let mut v = (*video).clone();
+            v.metadata.cache_hit = true;
+            self.finish(&cell, Outcome::Succeeded { video: Arc::new(v), cache_hit: true }, &callbacks, &mut outbox);
+            self.dispatch(outbox);
+            return Ok(id);
+        }
+
+        {
+            // Join an identical flight, or start one. See flight.rs for why this holds the map's lock.
+            let mut in_flight = self.in_flight.lock();
+            if let Some(flight) = in_flight.get(&key).filter(|f| !f.cancelled.load(Ordering::Acquire)).cloned() {
+                let mut members = flight.members.lock();
+                let running = members.first().is_some_and(|m| m.record.lock().status.state == JobState::Running);
+                {
+                    let mut r = cell.record.lock();
+                    r.flight = Some(flight.clone());
+                    if running {
+                        let lead = members[0].record.lock().status.clone();
+                        r.status.state = JobState::Running;
+                        r.status.attempt = lead.attempt;
+                        r.status.stage = lead.stage;
+                        r.status.progress = lead.progress;
+                        r.status.step = lead.step;
+                        r.status.started_at_ms = lead.started_at_ms;
+                    }
+                    r.push(id, EventKind::Queued { position: 0 }, &callbacks, &mut outbox);
+                }
+                members.push(cell.clone());
+                drop(members);
+                drop(in_flight);
+                self.register(&cell, &request);
+                self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
+                self.metrics.deduplicated.fetch_add(1, Ordering::Relaxed);
+                self.arm_deadline(&cell);
+                self.dispatch(outbox);
+                return Ok(id);
+            }
+            let mut queue = self.queue.lock();
+            if queue.len() >= self.config.queue_capacity {
+                let per_job = plan.total_ms().max(1.0);
+                let retry_after = (per_job * queue.len() as f64 / self.workers.max(1) as f64) as u64;
+                return Err(Error::new(
+                    ErrorCode::QueueFull,
+                    format!("the queue is full ({} jobs waiting); retry later", queue.len()),
+                )
+                .with_retry_after(retry_after.max(1)));
+            }
+            let flight = Arc::new(Flight {
+                key,
+                model: model.clone(),
+                params: params.clone(),
+                priority: request.priority,
+                members: Mutex::new(vec![cell.clone()]),
+                cancelled: AtomicBool::new(false),
+                rank: Mutex::new(None),
+                attempts: std::sync::atomic::AtomicU32::new(0),
+                degraded: AtomicBool::new(false),
+            });
+            let rank = queue.rank(request.priority, now);
+            *flight.rank.lock() = Some(rank);
+            let position = queue.position(rank).unwrap_or(0);
+            {
+                let mut r = cell.record.lock();
+                r.flight = Some(flight.clone());
+                r.push(id, EventKind::Queued { position }, &callbacks, &mut outbox);
+            }
+            queue.push(rank, flight.clone(), None);
+            in_flight.insert(key, flight);
+            // Registered before a worker can see the flight, so no event can refer to an unknown job.
+            self.register(&cell, &request);
+            self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
+            self.queue_cv.notify_one();
+        }
+        self.arm_deadline(&cell);
+        self.dispatch(outbox);
+        Ok(id)
+    }
+
+    fn register(&self, cell: &Arc<JobCell>, request: &Request) {
+        self.jobs.write().insert(cell.id, cell.clone());
+        if let Some(key) = &request.idempotency_key {
+            self.idempotency.lock().insert(key.clone(), cell.id);
+        }
+    }
+
+    fn arm_deadline(&self, cell: &JobCell) {
+        if let Some(d) = cell.deadline {
+            let mut timers = self.timers.lock();
+            timers.push(Reverse((d, cell.id)));
+            self.timers_cv.notify_one();
+        }
+    }
+
+    /// Rejects at submit a request that could never fit any device.
+    fn admit(&self, model: &dyn crate::models::Model, params: &Params) -> Result<()> {
+        let mut best: Option<(u64, u64, Device)> = None;
+        for d in &self.devices {
+            let need = model.memory_estimate(params, *d);
+            let have = self.config.memory_budget_bytes.or_else(|| device_memory(*d)).unwrap_or(u64::MAX);
+            if need <= have {
+                return Ok(());
+            }
+            best = Some((need, have, *d));
+        }
+        match best {
+            Some((need, have, d)) => Err(Error::invalid(format!(
+                "this request needs about {:.1} GiB but {d} has {:.1} GiB: lower width, height or num_frames",
+                need as f64 / (1u64 << 30) as f64,
+                have as f64 / (1u64 << 30) as f64
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn all_breakers_open(&self, now: Instant) -> Option<Duration> {
+        let mut soonest: Option<Duration> = None;
+        for b in &self.breakers {
+            let wait = b.open_for(now)?;
+            soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+        }
+        soonest
+    }
+
+    /// Ends a job and does the engine's bookkeeping for it.
+    pub(crate) fn finish(&self, cell: &Arc<JobCell>, outcome: Outcome, callbacks: &[Callback], outbox: &mut Outbox) -> bool {
+        let ended = cell.finish(outcome, callbacks, outbox, |state| {
+            let counter = match state {
+                JobState::Succeeded => &self.metrics.succeeded,
+                JobState::Failed => &self.metrics.failed,
+                _ => &self.metrics.cancelled,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        if ended.is_some() {
+            self.retired.lock().push_back((Instant::now(), cell.id));
+        }
+        ended.is_some()
+    }
+
+    /// Takes a job out of its flight and ends it with `error` (cancelled, or deadline exceeded). When no job is
+    /// left on the flight, the flight is cancelled: removed from the queue at once, or stopped by its worker at
+    /// the next step boundary. Returns whether this call ended the job.
+    pub(crate) fn detach(&self, cell: &Arc<JobCell>, error: Error, deadline: bool) -> bool {
+        let flight = cell.record.lock().flight.clone();
+        let mut emptied = None;
+        if let Some(flight) = &flight {
+            let mut in_flight = self.in_flight.lock();
+            let mut members = flight.members.lock();
+            members.retain(|m| m.id != cell.id);
+            if members.is_empty() {
+                flight.cancelled.store(true, Ordering::Release);
+                if in_flight.get(&flight.key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+                    in_flight.remove(&flight.key);
+                }
+                emptied = Some(flight.clone());
+            }
+        }
+        if let Some(flight) = emptied {
+            // Take the rank before locking the queue: workers lock the queue, then a rank (lock order).
+            let rank = flight.rank.lock().take();
+            if let Some(rank) = rank {
+                self.queue.lock().remove(rank);
+            }
+        }
+        let outcome = if deadline { Outcome::Failed(error) } else { Outcome::Cancelled(error) };
+        let mut outbox = Vec::new();
+        let ended = self.finish(cell, outcome, &self.engine_callbacks(), &mut outbox);
+        self.dispatch(outbox);
+        ended
+    }
+
+    /// Evicts finished jobs past their time to live, and the oldest beyond the count limit.
+    pub(crate) fn evict_retired(&self, now: Instant) {
+        let ttl = Duration::from_millis(self.config.retention.ttl_ms);
+        let max = self.config.retention.max_jobs;
+        let mut evict = Vec::new();
+        {
+            let mut retired = self.retired.lock();
+            while let Some((at, id)) = retired.front().copied() {
+                if now.saturating_duration_since(at) >= ttl || retired.len() > max {
+                    retired.pop_front();
+                    evict.push(id);
+                } else {
+                    break;
+                }
+            }
+        }
+        for id in evict {
+            self.forget(id);
+        }
+    }
+
+    fn forget(&self, id: JobId) {
+        if let Some(cell) = self.jobs.write().remove(&id) {
+            if let Some(key) = &cell.request.idempotency_key {
+                let mut map = self.idempotency.lock();
+                if map.get(key) == Some(&id) {
+                    map.remove(key);
+                }
+            }
+        }
+    }
+}
+
+/// The memory of a device in bytes, where known: the machine's RAM for the CPU.
+fn device_memory(device: Device) -> Option<u64> {
+    match device {
+        Device::Cpu => std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kb| kb * 1024)
+        }),
+        Device::Cuda(_) => None,
+    }
+}

@@ -1,0 +1,280 @@
+//! What a host asks for, and how it is checked before any work is done.
+//!
+//! A [`Request`] names only what the host cares about; every field left out takes the model's default. Validation
+//! resolves it into [`Params`], the complete description of one generation, or says exactly what is wrong. Values
+//! out of range are rejected, never clamped: a host that asked for 1000 steps and silently got 200 would be
+//! misled.
+
+use crate::error::{Error, Result};
+use crate::models::ModelInfo;
+use serde::{Deserialize, Serialize};
+use std::hash::{Hash, Hasher};
+
+/// A text-to-video request. Deserialising rejects unknown fields, so a typo in a host's JSON is an error.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Request {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub num_frames: Option<u32>,
+    pub fps: Option<f64>,
+    pub steps: Option<u32>,
+    pub guidance_scale: Option<f64>,
+    /// The noise seed. Left out, the engine draws one and reports it in the result, so the video can be remade.
+    pub seed: Option<u64>,
+    /// The model's name; the engine's default model when left out.
+    pub model: Option<String>,
+    /// Higher runs first. FIFO within a priority; waiting jobs gain priority over time (aging).
+    pub priority: i32,
+    /// Milliseconds from submit after which the job fails with `deadline_exceeded`, queued or running.
+    pub deadline_ms: Option<u64>,
+    /// Submitting the same key again returns the same job.
+    pub idempotency_key: Option<String>,
+    /// Emit a preview every this many denoising steps.
+    pub preview_every: Option<u32>,
+}
+
+impl Request {
+    /// A request for this prompt with every other field at its default.
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Self { prompt: prompt.into(), ..Self::default() }
+    }
+
+    /// Parses a JSON request strictly: unknown fields and wrong types are errors that name the field.
+    pub fn from_json(json: &str) -> Result<Self> {
+        serde_json::from_str(json).map_err(|e| Error::invalid(format!("bad request JSON: {e}")))
+    }
+}
+
+/// Limits that keep any single request from exhausting the machine. Part of the engine's configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_width: u32,
+    pub max_height: u32,
+    pub max_frames: u32,
+    pub max_steps: u32,
+    pub max_prompt_chars: usize,
+    pub max_guidance_scale: f64,
+    pub max_fps: f64,
+    pub max_priority: i32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_width: 1920,
+            max_height: 1920,
+            max_frames: 257,
+            max_steps: 200,
+            max_prompt_chars: 2000,
+            max_guidance_scale: 30.0,
+            max_fps: 120.0,
+            max_priority: 100,
+        }
+    }
+}
+
+/// Everything one generation needs, with every default resolved. This is what a model receives.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Params {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub width: u32,
+    pub height: u32,
+    pub num_frames: u32,
+    pub fps: f64,
+    pub steps: u32,
+    pub guidance_scale: f64,
+    pub seed: u64,
+    pub preview_every: Option<u32>,
+}
+
+impl Params {
+    /// The cache key of this generation on a model: a hash of the canonical parameters, the weights and the
+    /// engine version. Scheduling fields (priority, deadline, idempotency key, previews) are not part of it,
+    /// since they do not change the video.
+    pub fn cache_key(&self, model: &ModelInfo) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        crate::runtime::VERSION.hash(&mut h);
+        model.name.hash(&mut h);
+        model.weights_hash.hash(&mut h);
+        self.prompt.hash(&mut h);
+        self.negative_prompt.hash(&mut h);
+        (self.width, self.height, self.num_frames, self.steps, self.seed).hash(&mut h);
+        self.fps.to_bits().hash(&mut h);
+        self.guidance_scale.to_bits().hash(&mut h);
+        h.finish()
+    }
+}
+
+/// The rule a model's frame count follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum FrameRule {
+    /// Any count from 1.
+    Any,
+    /// `1 + 4k`: the Wan VAE compresses time 4× after the first frame.
+    OnePlusFourK,
+}
+
+impl FrameRule {
+    pub fn accepts(self, n: u32) -> bool {
+        n >= 1 && (self == FrameRule::Any || (n - 1) % 4 == 0)
+    }
+}
+
+/// Checks a request against the limits and the model, and resolves its defaults.
+pub fn validate(request: &Request, model: &ModelInfo, limits: &Limits, draw_seed: impl FnOnce() -> u64) -> Result<Params> {
+    let d = &model.defaults;
+    let prompt = request.prompt.trim();
+    if prompt.is_empty() {
+        return Err(Error::invalid("prompt is empty: describe the video to make"));
+    }
+    let chars = request.prompt.chars().count();
+    if chars > limits.max_prompt_chars {
+        return Err(Error::invalid(format!("prompt has {chars} characters; the limit is {}", limits.max_prompt_chars)));
+    }
+    let m = model.size_multiple.max(1);
+    let side = |name: &str, v: u32, max: u32| -> Result<u32> {
+        if v == 0 || v % m != 0 {
+            let lo = (v / m).max(1) * m;
+            let hi = lo + m;
+            let hint = if v % m == 0 { format!("{m}") } else { format!("{lo} or {hi}") };
+            return Err(Error::invalid(format!("{name} {v} is not a positive multiple of {m}: use {hint}")));
+        }
+        if v > max {
+            return Err(Error::invalid(format!("{name} {v} is above the limit of {max}")));
+        }
+        Ok(v)
+    };
+    let width = side("width", request.width.unwrap_or(d.width), limits.max_width)?;
+    let height = side("height", request.height.unwrap_or(d.height), limits.max_height)?;
+    let num_frames = request.num_frames.unwrap_or(d.num_frames);
+    if !model.frame_rule.accepts(num_frames) {
+        let lo = ((num_frames.max(1) - 1) / 4) * 4 + 1;
+        return Err(Error::invalid(format!(
+            "num_frames {num_frames} is not of the form 1+4k that {} needs: use {lo} or {}",
+            model.name,
+            lo + 4
+        )));
+    }
+    if num_frames > limits.max_frames {
+        return Err(Error::invalid(format!("num_frames {num_frames} is above the limit of {}", limits.max_frames)));
+    }
+    let steps = request.steps.unwrap_or(d.steps);
+    if steps == 0 || steps > limits.max_steps {
+        return Err(Error::invalid(format!("steps {steps} is outside 1..={}", limits.max_steps)));
+    }
+    let fps = request.fps.unwrap_or(d.fps);
+    if !(fps.is_finite() && fps > 0.0 && fps <= limits.max_fps) {
+        return Err(Error::invalid(format!("fps {fps} is outside (0, {}]", limits.max_fps)));
+    }
+    let guidance_scale = request.guidance_scale.unwrap_or(d.guidance_scale);
+    if !(guidance_scale.is_finite() && (0.0..=limits.max_guidance_scale).contains(&guidance_scale)) {
+        return Err(Error::invalid(format!(
+            "guidance_scale {guidance_scale} is outside [0, {}]",
+            limits.max_guidance_scale
+        )));
+    }
+    if request.priority.abs() > limits.max_priority {
+        return Err(Error::invalid(format!(
+            "priority {} is outside -{max}..={max}",
+            request.priority,
+            max = limits.max_priority
+        )));
+    }
+    if request.deadline_ms == Some(0) {
+        return Err(Error::invalid("deadline_ms must be positive (milliseconds from submit)"));
+    }
+    if request.preview_every == Some(0) {
+        return Err(Error::invalid("preview_every must be at least 1 step"));
+    }
+    if let Some(key) = &request.idempotency_key {
+        if key.is_empty() || key.len() > 256 {
+            return Err(Error::invalid("idempotency_key must have 1 to 256 bytes"));
+        }
+    }
+    Ok(Params {
+        prompt: prompt.to_string(),
+        negative_prompt: request.negative_prompt.clone().unwrap_or_default(),
+        width,
+        height,
+        num_frames,
+        fps,
+        steps,
+        guidance_scale,
+        seed: request.seed.unwrap_or_else(draw_seed),
+        preview_every: request.preview_every,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{Defaults, ModelInfo};
+
+    fn info() -> ModelInfo {
+        ModelInfo {
+            name: "m".into(),
+            weights_hash: "w".into(),
+            defaults: Defaults { width: 64, height: 64, num_frames: 17, fps: 8.0, steps: 10, guidance_scale: 4.0 },
+            size_multiple: 16,
+            frame_rule: FrameRule::OnePlusFourK,
+            dtype: "f32".into(),
+        }
+    }
+
+    fn check(r: Request) -> Result<Params> {
+        validate(&r, &info(), &Limits::default(), || 7)
+    }
+
+    #[test]
+    fn defaults_fill_what_the_request_leaves_out() {
+        let p = check(Request::new("  a red circle ")).unwrap();
+        assert_eq!((p.width, p.height, p.num_frames, p.steps, p.seed), (64, 64, 17, 10, 7));
+        assert_eq!(p.prompt, "a red circle");
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_fix() {
+        let e = check(Request { width: Some(100), ..Request::new("x") }).unwrap_err();
+        assert!(e.message().contains("96 or 112"), "{e}");
+        let e = check(Request { num_frames: Some(18), ..Request::new("x") }).unwrap_err();
+        assert!(e.message().contains("17 or 21"), "{e}");
+        for r in [
+            Request::new(""),
+            Request { steps: Some(0), ..Request::new("x") },
+            Request { steps: Some(201), ..Request::new("x") },
+            Request { height: Some(4096), ..Request::new("x") },
+            Request { guidance_scale: Some(f64::NAN), ..Request::new("x") },
+            Request { fps: Some(-1.0), ..Request::new("x") },
+            Request { priority: 1000, ..Request::new("x") },
+            Request { deadline_ms: Some(0), ..Request::new("x") },
+            Request { preview_every: Some(0), ..Request::new("x") },
+            Request { num_frames: Some(1001), ..Request::new("x") },
+        ] {
+            let e = check(r.clone()).unwrap_err();
+            assert_eq!(e.code(), crate::ErrorCode::InvalidArgument, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn json_rejects_unknown_fields_and_wrong_types() {
+        let e = Request::from_json(r#"{"prompt":"x","stepz":3}"#).unwrap_err();
+        assert!(e.message().contains("stepz"), "{e}");
+        assert!(Request::from_json(r#"{"prompt":"x","steps":-3}"#).is_err());
+        let r = Request::from_json(r#"{"prompt":"x","steps":3,"priority":2}"#).unwrap();
+        assert_eq!((r.steps, r.priority), (Some(3), 2));
+    }
+
+    #[test]
+    fn cache_key_ignores_scheduling_but_not_content() {
+        let a = check(Request { priority: 5, ..Request::new("x") }).unwrap();
+        let b = check(Request { deadline_ms: Some(9), ..Request::new("x") }).unwrap();
+        let c = check(Request { seed: Some(8), ..Request::new("x") }).unwrap();
+        assert_eq!(a.cache_key(&info()), b.cache_key(&info()));
+        assert_ne!(a.cache_key(&info()), c.cache_key(&info()));
+    }
+}

@@ -1,0 +1,112 @@
+//! Models: what the engine runs.
+//!
+//! The engine talks to a model through one narrow interface, [`Model`]: describe yourself, estimate your memory,
+//! and generate while reporting each stage and step to an [`Attempt`]. Reporting is what lets the engine give
+//! progress, an ETA, previews, cancellation and deadlines at step granularity for every model alike.
+
+pub mod faulty;
+pub mod noop;
+pub mod testcard;
+
+use crate::device::Device;
+use crate::engine::{Attempt, FrameRule, Params};
+use crate::error::{Error, ErrorCode, Result};
+use crate::video::Video;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The values a request gets for every field it leaves out.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Defaults {
+    pub width: u32,
+    pub height: u32,
+    pub num_frames: u32,
+    pub fps: f64,
+    pub steps: u32,
+    pub guidance_scale: f64,
+}
+
+/// What the engine needs to know about a model before running it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    /// A hash of the weights, part of every cache key, so new weights never serve old videos.
+    pub weights_hash: String,
+    pub defaults: Defaults,
+    /// Width and height must be multiples of this.
+    pub size_multiple: u32,
+    pub frame_rule: FrameRule,
+    /// The dtype the model computes in, for the result's metadata.
+    pub dtype: String,
+}
+
+/// A text-to-video model.
+///
+/// `generate` runs on an inference worker under `no_grad`. It must call [`Attempt::stage`] when it enters a
+/// stage and [`Attempt::step`] after each denoising step, and return promptly with the error they return: that is
+/// how a job is cancelled or runs out of time. A panic is caught by the worker and becomes a retryable `internal`
+/// error on the job; it never kills the worker.
+pub trait Model: Send + Sync + 'static {
+    fn info(&self) -> &ModelInfo;
+
+    /// The peak bytes of device memory a generation with these parameters needs. The engine rejects at submit a
+    /// request that can never fit the device.
+    fn memory_estimate(&self, params: &Params, device: Device) -> u64;
+
+    fn generate(&self, params: &Params, attempt: &mut Attempt<'_>) -> Result<Video>;
+}
+
+/// The models an engine can run, by name, and which one is the default.
+#[derive(Clone, Default)]
+pub struct Models {
+    by_name: BTreeMap<String, Arc<dyn Model>>,
+    default: Option<String>,
+}
+
+impl Models {
+    /// The models every engine has: the test card (`testcard`, the default until a trained model is installed)
+    /// and `noop`, which does no work (for measuring the engine itself).
+    pub fn builtin() -> Self {
+        let mut m = Self::default();
+        m.insert(Arc::new(testcard::TestCard::new()));
+        m.insert(Arc::new(noop::NoOp::new()));
+        m.default = Some(testcard::NAME.to_string());
+        m
+    }
+
+    /// Adds or replaces a model. The first model added becomes the default if there is none.
+    pub fn insert(&mut self, model: Arc<dyn Model>) {
+        let name = model.info().name.clone();
+        if self.default.is_none() {
+            self.default = Some(name.clone());
+        }
+        self.by_name.insert(name, model);
+    }
+
+    /// Makes the named model the default.
+    pub fn set_default(&mut self, name: &str) -> Result<()> {
+        self.get(Some(name))?;
+        self.default = Some(name.to_string());
+        Ok(())
+    }
+
+    /// The named model, or the default one for `None`.
+    pub fn get(&self, name: Option<&str>) -> Result<Arc<dyn Model>> {
+        let name = match name.or(self.default.as_deref()) {
+            Some(n) => n,
+            None => return Err(Error::new(ErrorCode::NotFound, "no model is installed")),
+        };
+        self.by_name.get(name).cloned().ok_or_else(|| {
+            let known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+            Error::new(ErrorCode::NotFound, format!("unknown model {name:?}; installed: {}", known.join(", ")))
+        })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
+    pub fn default_name(&self) -> Option<&str> {
+        self.default.as_deref()
+    }
+}

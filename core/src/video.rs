@@ -1,0 +1,103 @@
+//! A generated video: RGB8 frames and what is known about how they were made.
+
+use crate::device::Device;
+use std::collections::BTreeMap;
+
+/// RGB8 frames, `[T, H, W, 3]`, contiguous, row-major. Immutable once made, so it is shared by `Arc` with the
+/// host (Python exposes it as a numpy array without a copy).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Frames {
+    pub num_frames: usize,
+    pub height: usize,
+    pub width: usize,
+    data: Vec<u8>,
+}
+
+impl Frames {
+    /// Wraps pixel data. Errors if the length is not `T·H·W·3`.
+    pub fn new(num_frames: usize, height: usize, width: usize, data: Vec<u8>) -> crate::Result<Self> {
+        let expected = num_frames * height * width * 3;
+        if data.len() != expected {
+            return Err(crate::Error::internal(format!(
+                "frames of {num_frames}x{height}x{width}x3 need {expected} bytes, got {}",
+                data.len()
+            )));
+        }
+        Ok(Self { num_frames, height, width, data })
+    }
+
+    /// The pixels, `[T, H, W, 3]`.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// One frame's pixels, `[H, W, 3]`.
+    pub fn frame(&self, t: usize) -> &[u8] {
+        let n = self.height * self.width * 3;
+        &self.data[t * n..(t + 1) * n]
+    }
+
+    /// Size in bytes.
+    pub fn byte_len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Converts a `[T, 3, H, W]` or `[T, H, W, 3]`-able float tensor in [-1, 1] into frames. `channels_first` says
+    /// which layout the tensor has.
+    pub fn from_tensor(t: &tch::Tensor, channels_first: bool) -> crate::Result<Self> {
+        let t = if channels_first { t.f_permute([0, 2, 3, 1])? } else { t.shallow_clone() };
+        let size = t.size();
+        if size.len() != 4 || size[3] != 3 {
+            return Err(crate::Error::internal(format!("expected [T, H, W, 3] frames, got {size:?}")));
+        }
+        let bytes = ((t.f_clamp(-1.0, 1.0)? + 1.0) * 127.5)
+            .f_round()?
+            .f_to_kind(tch::Kind::Uint8)?
+            .f_to_device(tch::Device::Cpu)?
+            .f_contiguous()?;
+        let len = bytes.numel();
+        let mut data = vec![0u8; len];
+        bytes.f_copy_data_u8(&mut data, len)?;
+        Self::new(size[0] as usize, size[1] as usize, size[2] as usize, data)
+    }
+}
+
+/// Time spent in each stage of a job, in milliseconds.
+pub type StageTimings = BTreeMap<String, f64>;
+
+/// What is known about how a video was made.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct VideoMetadata {
+    pub prompt: String,
+    pub seed: u64,
+    pub model: String,
+    pub weights_hash: String,
+    pub device: String,
+    pub dtype: String,
+    pub width: u32,
+    pub height: u32,
+    pub num_frames: u32,
+    pub steps: u32,
+    pub guidance_scale: f64,
+    /// Milliseconds per stage, by stage name.
+    pub timings_ms: StageTimings,
+    /// The highest resident memory seen at a step boundary, in bytes (CPU), or the device's peak (CUDA).
+    pub peak_memory_bytes: u64,
+    pub attempts: u32,
+    pub cache_hit: bool,
+}
+
+/// A finished video.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Video {
+    /// Shared, so that a cache hit or a host's view of the pixels never copies them.
+    pub frames: std::sync::Arc<Frames>,
+    pub fps: f64,
+    pub metadata: VideoMetadata,
+}
+
+impl Video {
+    pub fn device(&self) -> Option<Device> {
+        self.metadata.device.parse().ok()
+    }
+}
