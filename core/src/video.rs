@@ -66,7 +66,8 @@ impl Frames {
 pub type StageTimings = BTreeMap<String, f64>;
 
 /// What is known about how a video was made.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct VideoMetadata {
     pub prompt: String,
     pub seed: u64,

@@ -428,3 +428,36 @@ fn shutdown_drains_then_cancels_and_drop_never_hangs() {
     drop(e);
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
+
+#[test]
+fn the_disk_cache_serves_a_new_engine_and_keeps_to_its_budget() {
+    let dir = std::env::temp_dir().join(format!("vgen-disk-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cache = vgen_core::engine::CacheConfig { disk_dir: Some(dir.clone()), disk_max_bytes: 40_000, ..Default::default() };
+    let frames = {
+        let e = engine_with(EngineConfig { cache: cache.clone(), ..config() });
+        let id = e.submit(small("kept on disk")).unwrap();
+        e.wait(id, WAIT).unwrap();
+        e.result(id).unwrap().frames.clone()
+    };
+    let e = engine_with(EngineConfig { cache: cache.clone(), ..config() });
+    let id = e.submit(small("kept on disk")).unwrap();
+    let s = e.poll(id).unwrap();
+    assert!(s.cache_hit && s.state == JobState::Succeeded, "a restarted engine hits the disk cache");
+    assert_eq!(*e.result(id).unwrap().frames, *frames);
+    // Each video is 5×32×32×3 = 15,360 bytes: a 40,000-byte budget keeps two.
+    for i in 0..4 {
+        let id = e.submit(Request { seed: Some(100 + i), ..small("fills the disk") }).unwrap();
+        e.wait(id, WAIT).unwrap();
+    }
+    let files = std::fs::read_dir(&dir).unwrap().filter(|f| f.as_ref().unwrap().path().extension().is_some_and(|x| x == "vgen")).count();
+    assert_eq!(files, 2);
+    // A corrupt entry is a miss, not an error.
+    for f in std::fs::read_dir(&dir).unwrap() {
+        std::fs::write(f.unwrap().path(), b"garbage").unwrap();
+    }
+    let e = engine_with(EngineConfig { cache, ..config() });
+    let id = e.submit(Request { seed: Some(103), ..small("fills the disk") }).unwrap();
+    assert_eq!(e.wait(id, WAIT).unwrap().cache_hit, false);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -29,7 +29,12 @@ pub struct Attempt<'a> {
     fraction: f64,
     pub(crate) timings_ms: [f64; Stage::ALL.len()],
     pub(crate) peak_rss: u64,
+    rss_sampled: Instant,
 }
+
+/// Resident memory is sampled at step boundaries at most this often: reading it costs a few microseconds, which
+/// is nothing beside a real step but would dominate a model that does no work.
+const RSS_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl<'a> Attempt<'a> {
     pub(crate) fn new(shared: &'a Shared, flight: &'a Flight, device: Device, number: u32, degraded: bool, plan: Plan) -> Self {
@@ -48,6 +53,7 @@ impl<'a> Attempt<'a> {
             fraction: 0.0,
             timings_ms: [0.0; Stage::ALL.len()],
             peak_rss: current_rss(),
+            rss_sampled: now,
         }
     }
 
@@ -69,6 +75,7 @@ impl<'a> Attempt<'a> {
             fraction: 0.0,
             timings_ms: [0.0; Stage::ALL.len()],
             peak_rss: current_rss(),
+            rss_sampled: now,
         }
     }
 
@@ -126,9 +133,12 @@ impl<'a> Attempt<'a> {
 
     fn progress_within(&mut self, fraction: f64, step: u32, steps: u32) -> Result<()> {
         self.fraction = fraction;
-        self.peak_rss = self.peak_rss.max(current_rss());
+        let now = Instant::now();
+        if now - self.rss_sampled >= RSS_SAMPLE_EVERY {
+            self.peak_rss = self.peak_rss.max(current_rss());
+            self.rss_sampled = now;
+        }
         if self.link.is_some() {
-            let now = Instant::now();
             let progress = self.plan.progress(self.stage, fraction);
             let eta = self.plan.remaining_ms(
                 self.stage,
@@ -165,7 +175,7 @@ impl<'a> Attempt<'a> {
             let callbacks = shared.engine_callbacks();
             for m in flight.members() {
                 if m.params.preview_every.is_some_and(|n| step % n == 0) {
-                    let mut r = m.record.lock();
+                    let mut r = m.edit();
                     if r.status.state == JobState::Running {
                         r.push(m.id, EventKind::Preview { step, frames: frames.clone() }, &callbacks, &mut outbox);
                     }
@@ -177,6 +187,7 @@ impl<'a> Attempt<'a> {
 
     /// Closes the current stage's timing.
     pub(crate) fn finish_timing(&mut self) {
+        self.peak_rss = self.peak_rss.max(current_rss());
         self.timings_ms[self.stage.index()] += self.stage_started.elapsed().as_secs_f64() * 1e3;
         self.stage_started = Instant::now();
     }
@@ -187,7 +198,7 @@ impl<'a> Attempt<'a> {
         let callbacks = shared.engine_callbacks();
         let now = Instant::now();
         for m in flight.members() {
-            let mut r = m.record.lock();
+            let mut r = m.edit();
             if r.status.state != JobState::Running {
                 continue;
             }
@@ -199,10 +210,26 @@ impl<'a> Attempt<'a> {
     }
 }
 
-/// Resident memory of this process now, in bytes (0 where unknown).
+/// Resident memory of this process now, in bytes (0 where unknown). Each thread keeps `/proc/self/statm` open
+/// and re-reads it in place, which costs a fraction of opening it each time.
 pub(crate) fn current_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
-        .map_or(0, |pages| pages * 4096)
+    use std::os::unix::fs::FileExt;
+    thread_local! {
+        static STATM: Option<std::fs::File> = std::fs::File::open("/proc/self/statm").ok();
+    }
+    STATM.with(|file| {
+        let mut buf = [0u8; 128];
+        let n = file.as_ref().and_then(|f| f.read_at(&mut buf, 0).ok()).unwrap_or(0);
+        std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u64>().ok())
+            .map_or(0, |pages| pages * page_size())
+    })
+}
+
+fn page_size() -> u64 {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    // SAFETY: sysconf has no preconditions; it only reads a system constant.
+    *PAGE.get_or_init(|| u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096))
 }

@@ -10,7 +10,8 @@ use super::job::{JobError, JobId, JobState, JobStatus, Stage, unix_ms};
 use super::request::{Params, Request};
 use crate::error::Error;
 use crate::video::Video;
-use parking_lot::{Condvar, Mutex};
+use arc_swap::ArcSwap;
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,8 +20,43 @@ pub(crate) struct JobCell {
     pub request: Request,
     pub params: Params,
     pub deadline: Option<Instant>,
-    pub record: Mutex<Record>,
+    record: Mutex<Record>,
+    /// What poll reads: a copy of the record's status, republished after every change (see [`JobCell::edit`]),
+    /// so that a host polling in a tight loop never touches the lock a worker takes at each step.
+    snapshot: ArcSwap<Snapshot>,
     pub done: Condvar,
+}
+
+/// The part of a record that poll needs.
+pub(crate) struct Snapshot {
+    pub status: JobStatus,
+    pub eta_at: Instant,
+    pub flight: Option<Arc<super::flight::Flight>>,
+}
+
+/// A record locked for a change. Dropping it publishes the new status to pollers, so no change can be missed.
+pub(crate) struct Edit<'a> {
+    cell: &'a JobCell,
+    record: MutexGuard<'a, Record>,
+}
+
+impl std::ops::Deref for Edit<'_> {
+    type Target = Record;
+    fn deref(&self) -> &Record {
+        &self.record
+    }
+}
+
+impl std::ops::DerefMut for Edit<'_> {
+    fn deref_mut(&mut self) -> &mut Record {
+        &mut self.record
+    }
+}
+
+impl Drop for Edit<'_> {
+    fn drop(&mut self) {
+        self.cell.snapshot.store(Arc::new(self.record.snapshot()));
+    }
 }
 
 pub(crate) struct Record {
@@ -46,6 +82,10 @@ pub(crate) enum Outcome {
 }
 
 impl Record {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot { status: self.status.clone(), eta_at: self.eta_at, flight: self.flight.clone() }
+    }
+
     /// Appends an event and queues it for the job's callback and the engine's.
     pub fn push(&mut self, id: JobId, kind: EventKind, engine_callbacks: &[Callback], outbox: &mut Outbox) {
         let event = Event { job: id, seq: self.events.len() as u64 + 1, at_ms: unix_ms(), kind };
@@ -59,8 +99,28 @@ impl Record {
 }
 
 impl JobCell {
+    pub fn new(id: JobId, request: Request, params: Params, deadline: Option<Instant>, record: Record) -> Self {
+        let snapshot = ArcSwap::from_pointee(record.snapshot());
+        Self { id, request, params, deadline, record: Mutex::new(record), snapshot, done: Condvar::new() }
+    }
+
+    /// Locks the record to read it.
+    pub fn read(&self) -> MutexGuard<'_, Record> {
+        self.record.lock()
+    }
+
+    /// Locks the record to change it; pollers see the change when the edit ends.
+    pub fn edit(&self) -> Edit<'_> {
+        Edit { cell: self, record: self.record.lock() }
+    }
+
+    /// The last published status, without taking any lock.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
     pub fn is_terminal(&self) -> bool {
-        self.record.lock().status.state.is_terminal()
+        self.snapshot.load().status.state.is_terminal()
     }
 
     /// Ends the job. Returns the state it ended in, or `None` if it had already ended (then nothing changes).
@@ -72,7 +132,7 @@ impl JobCell {
         outbox: &mut Outbox,
         on_end: impl FnOnce(JobState),
     ) -> Option<JobState> {
-        let mut r = self.record.lock();
+        let mut r = self.edit();
         if r.status.state.is_terminal() {
             return None;
         }

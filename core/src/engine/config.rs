@@ -71,16 +71,21 @@ impl Default for Retention {
 }
 
 /// The result cache: identical requests (same canonical parameters, weights and engine version) are served from
-/// memory, least recently used evicted first.
+/// memory, least recently used evicted first, and optionally from a folder on disk that survives restarts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     pub enabled: bool,
+    /// The memory budget, in bytes of frames.
     pub max_bytes: u64,
+    /// A folder for the disk cache; none by default.
+    pub disk_dir: Option<std::path::PathBuf>,
+    /// The disk budget, in bytes; the least recently used files go first.
+    pub disk_max_bytes: u64,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { enabled: true, max_bytes: 1 << 30 }
+        Self { enabled: true, max_bytes: 1 << 30, disk_dir: None, disk_max_bytes: 10 << 30 }
     }
 }

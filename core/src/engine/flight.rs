@@ -13,7 +13,7 @@ use crate::models::Model;
 use super::request::Params;
 use parking_lot::Mutex;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 pub(crate) struct Flight {
@@ -29,6 +29,21 @@ pub(crate) struct Flight {
     pub attempts: AtomicU32,
     /// The next attempt runs in degraded mode (after running out of memory).
     pub degraded: AtomicBool,
+    /// The queue position last computed by a poll, and the queue version it was computed at (see `Queue`).
+    pub position: AtomicU64,
+}
+
+impl Flight {
+    /// Packs a queue version and a position for [`Flight::position`]. Positions above 2^24 are reported as that.
+    pub fn pack_position(version: u64, position: u32) -> u64 {
+        ((version & ((1 << 40) - 1)) << 24) | position.min((1 << 24) - 1) as u64
+    }
+
+    /// The cached position if it was computed at this queue version.
+    pub fn cached_position(&self, version: u64) -> Option<u32> {
+        let packed = self.position.load(Ordering::Acquire);
+        (packed >> 24 == version & ((1 << 40) - 1)).then_some((packed & ((1 << 24) - 1)) as u32)
+    }
 }
 
 impl Flight {

@@ -16,6 +16,7 @@ mod cache;
 mod cell;
 mod config;
 mod dispatcher;
+mod disk_cache;
 mod eta;
 mod event;
 mod flight;
@@ -66,7 +67,10 @@ pub(crate) struct Shared {
     idempotency: Mutex<HashMap<String, JobId>>,
     in_flight: Mutex<HashMap<u64, Arc<Flight>>>,
     cache: Mutex<ResultCache>,
+    disk_cache: Option<disk_cache::DiskCache>,
     queue: Mutex<Queue<Arc<Flight>>>,
+    /// The queue's change counter (see `Queue::version`), read by poll without the queue's lock.
+    queue_version: Arc<AtomicU64>,
     queue_cv: Condvar,
     timers: Mutex<BinaryHeap<Reverse<(Instant, JobId)>>>,
     timers_cv: Condvar,
@@ -81,6 +85,8 @@ pub(crate) struct Shared {
     /// Tells workers and the supervisor to exit.
     stopping: AtomicBool,
     workers: usize,
+    /// Each device's memory, read once at start (None where unknown).
+    device_memory: Vec<Option<u64>>,
 }
 
 /// An embedded video-generation engine. Cheap to share across threads (`&Engine` is all any call needs).
@@ -115,8 +121,14 @@ impl Engine {
         for d in &devices {
             d.check_present()?;
         }
+        let disk_cache = match (&config.cache.disk_dir, config.cache.enabled) {
+            (Some(dir), true) => Some(disk_cache::DiskCache::open(dir, config.cache.disk_max_bytes)?),
+            _ => None,
+        };
         let (dispatcher_tx, dispatcher_thread) = dispatcher::spawn();
         let workers = devices.len() * config.workers_per_device;
+        let queue = Queue::new(Duration::from_millis(config.aging_ms.max(1)));
+        let queue_version = queue.version();
         let shared = Arc::new(Shared {
             breakers: devices.iter().map(|_| Breaker::new(config.breaker.clone())).collect(),
             devices: devices.clone(),
@@ -125,7 +137,9 @@ impl Engine {
             idempotency: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             cache: Mutex::new(ResultCache::new(if config.cache.enabled { config.cache.max_bytes } else { 0 })),
-            queue: Mutex::new(Queue::new(Duration::from_millis(config.aging_ms.max(1)))),
+            disk_cache,
+            queue: Mutex::new(queue),
+            queue_version,
             queue_cv: Condvar::new(),
             timers: Mutex::new(BinaryHeap::new()),
             timers_cv: Condvar::new(),
@@ -138,6 +152,7 @@ impl Engine {
             accepting: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
             workers,
+            device_memory: devices.iter().map(|d| device_memory(*d)).collect(),
             config,
         });
         let mut threads = Vec::new();
@@ -178,32 +193,28 @@ impl Engine {
         result
     }
 
-    /// A snapshot of the job, at once.
+    /// A snapshot of the job, at once. It never waits for a worker: the queue position is recomputed only when
+    /// the queue has changed since the last poll, and only if the queue's lock is free at that instant (else the
+    /// previous position is reported).
     pub fn poll(&self, id: JobId) -> Result<JobStatus> {
         let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
-        let mut status = {
-            let r = cell.record.lock();
-            let mut s = r.status.clone();
-            if let Some(eta) = s.eta_ms {
-                s.eta_ms = Some(eta.saturating_sub(r.eta_at.elapsed().as_millis() as u64));
-            }
-            (s, r.flight.clone())
-        };
-        if status.0.state == JobState::Queued {
-            if let Some(flight) = status.1 {
-                let rank = *flight.rank.lock();
-                if let Some(rank) = rank {
-                    status.0.queue_position = self.shared.queue.lock().position(rank).unwrap_or(0);
-                }
+        let snapshot = cell.snapshot();
+        let mut status = snapshot.status.clone();
+        if let Some(eta) = status.eta_ms {
+            status.eta_ms = Some(eta.saturating_sub(snapshot.eta_at.elapsed().as_millis() as u64));
+        }
+        if status.state == JobState::Queued {
+            if let Some(flight) = &snapshot.flight {
+                status.queue_position = self.shared.queue_position(flight);
             }
         }
-        Ok(status.0)
+        Ok(status)
     }
 
     /// The job's events with a sequence number above `since` (0 for all), in order.
     pub fn events(&self, id: JobId, since: u64) -> Result<Vec<Event>> {
         let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
-        let r = cell.record.lock();
+        let r = cell.read();
         let from = (since as usize).min(r.events.len());
         Ok(r.events[from..].to_vec())
     }
@@ -220,7 +231,7 @@ impl Engine {
     pub fn wait(&self, id: JobId, timeout: Option<Duration>) -> Result<JobStatus> {
         let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
         let deadline = timeout.map(|t| Instant::now() + t);
-        let mut r = cell.record.lock();
+        let mut r = cell.read();
         while !r.status.state.is_terminal() {
             match deadline {
                 Some(d) => {
@@ -237,7 +248,7 @@ impl Engine {
     /// The finished video. A failed or cancelled job returns its error; an unfinished one `not_ready`.
     pub fn result(&self, id: JobId) -> Result<Arc<Video>> {
         let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
-        let r = cell.record.lock();
+        let r = cell.read();
         match (&r.status.state, &r.result, &r.status.error) {
             (JobState::Succeeded, Some(v), _) => Ok(v.clone()),
             (JobState::Succeeded, None, _) => Err(Error::new(ErrorCode::NotFound, format!("{id}'s video was released"))),
@@ -329,6 +340,23 @@ impl Shared {
         self.jobs.read().get(&id).cloned()
     }
 
+    fn queue_position(&self, flight: &Flight) -> u32 {
+        let version = self.queue_version.load(Ordering::Acquire);
+        if let Some(p) = flight.cached_position(version) {
+            return p;
+        }
+        let rank = *flight.rank.lock();
+        let Some(rank) = rank else { return 0 };
+        let Some(queue) = self.queue.try_lock() else {
+            return (flight.position.load(Ordering::Acquire) & ((1 << 24) - 1)) as u32;
+        };
+        let version = self.queue_version.load(Ordering::Acquire);
+        let p = queue.position(rank).unwrap_or(0);
+        drop(queue);
+        flight.position.store(Flight::pack_position(version, p), Ordering::Release);
+        p
+    }
+
     pub(crate) fn engine_callbacks(&self) -> Vec<Callback> {
         let c = self.callbacks.read();
         if c.is_empty() { Vec::new() } else { c.clone() }
@@ -389,26 +417,12 @@ impl Shared {
             error: None,
             cache_hit: false,
         };
-        let cached = if self.config.cache.enabled { self.cache.lock().get(key) } else { None };
+        let cached = self.cached(key);
         if cached.is_some() {
             status.eta_ms = Some(0);
         }
-        let cell = Arc::new(JobCell {
-            id,
-            request: request.clone(),
-            params: params.clone(),
-            deadline,
-            record: Mutex::new(Record {
-                status,
-                events: Vec::new(),
-                callback,
-                result: None,
-                flight: None,
-                plan,
-                eta_at: now,
-            }),
-            done: Condvar::new(),
-        });
+        let record = Record { status, events: Vec::new(), callback, result: None, flight: None, plan, eta_at: now };
+        let cell = Arc::new(JobCell::new(id, request.clone(), params.clone(), deadline, record));
         let callbacks = self.engine_callbacks();
         let mut outbox = Vec::new();
 
@@ -428,12 +442,12 @@ impl Shared {
             let mut in_flight = self.in_flight.lock();
             if let Some(flight) = in_flight.get(&key).filter(|f| !f.cancelled.load(Ordering::Acquire)).cloned() {
                 let mut members = flight.members.lock();
-                let running = members.first().is_some_and(|m| m.record.lock().status.state == JobState::Running);
+                let running = members.first().is_some_and(|m| m.read().status.state == JobState::Running);
                 {
-                    let mut r = cell.record.lock();
+                    let mut r = cell.edit();
                     r.flight = Some(flight.clone());
                     if running {
-                        let lead = members[0].record.lock().status.clone();
+                        let lead = members[0].read().status.clone();
                         r.status.state = JobState::Running;
                         r.status.attempt = lead.attempt;
                         r.status.stage = lead.stage;
@@ -473,12 +487,13 @@ impl Shared {
                 rank: Mutex::new(None),
                 attempts: std::sync::atomic::AtomicU32::new(0),
                 degraded: AtomicBool::new(false),
+                position: AtomicU64::new(u64::MAX),
             });
             let rank = queue.rank(request.priority, now);
             *flight.rank.lock() = Some(rank);
             let position = queue.position(rank).unwrap_or(0);
             {
-                let mut r = cell.record.lock();
+                let mut r = cell.edit();
                 r.flight = Some(flight.clone());
                 r.push(id, EventKind::Queued { position }, &callbacks, &mut outbox);
             }
@@ -492,6 +507,29 @@ impl Shared {
         self.arm_deadline(&cell);
         self.dispatch(outbox);
         Ok(id)
+    }
+
+    /// A finished video for this key: from memory, else from the disk cache (then kept in memory too).
+    fn cached(&self, key: u64) -> Option<Arc<Video>> {
+        if !self.config.cache.enabled {
+            return None;
+        }
+        if let Some(v) = self.cache.lock().get(key) {
+            return Some(v);
+        }
+        let v = self.disk_cache.as_ref()?.get(key)?;
+        self.cache.lock().insert(key, v.clone());
+        Some(v)
+    }
+
+    /// Keeps a finished video for identical requests to come.
+    pub(crate) fn remember(&self, key: u64, video: &Arc<Video>) {
+        if self.config.cache.enabled {
+            self.cache.lock().insert(key, video.clone());
+            if let Some(disk) = &self.disk_cache {
+                disk.insert(key, video);
+            }
+        }
     }
 
     fn register(&self, cell: &Arc<JobCell>, request: &Request) {
@@ -512,9 +550,9 @@ impl Shared {
     /// Rejects at submit a request that could never fit any device.
     fn admit(&self, model: &dyn crate::models::Model, params: &Params) -> Result<()> {
         let mut best: Option<(u64, u64, Device)> = None;
-        for d in &self.devices {
+        for (d, memory) in self.devices.iter().zip(&self.device_memory) {
             let need = model.memory_estimate(params, *d);
-            let have = self.config.memory_budget_bytes.or_else(|| device_memory(*d)).unwrap_or(u64::MAX);
+            let have = self.config.memory_budget_bytes.or(*memory).unwrap_or(u64::MAX);
             if need <= have {
                 return Ok(());
             }
@@ -559,7 +597,7 @@ impl Shared {
     /// left on the flight, the flight is cancelled: removed from the queue at once, or stopped by its worker at
     /// the next step boundary. Returns whether this call ended the job.
     pub(crate) fn detach(&self, cell: &Arc<JobCell>, error: Error, deadline: bool) -> bool {
-        let flight = cell.record.lock().flight.clone();
+        let flight = cell.read().flight.clone();
         let mut emptied = None;
         if let Some(flight) = &flight {
             let mut in_flight = self.in_flight.lock();

@@ -4,8 +4,10 @@
 //! lowest rank runs first. A job at priority p that has waited one aging interval ranks with a job at p + 1 that
 //! just arrived, so low priorities move up as they wait and are never starved, and the order never needs updating.
 
-use std::collections::{BTreeMap, BinaryHeap};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// An entry's place in the queue. Lower runs first; `seq` breaks ties in arrival order (FIFO).
@@ -23,6 +25,9 @@ pub struct Queue<T> {
     /// Entries that may not run before a time (retries waiting out their backoff), soonest first.
     delayed: BinaryHeap<Reverse<(Instant, Rank)>>,
     delayed_items: BTreeMap<Rank, T>,
+    /// Bumped by every change that can move an entry's position, so that readers without the lock (poll) can
+    /// tell whether a position they computed earlier still holds.
+    version: Arc<AtomicU64>,
 }
 
 impl<T> Queue<T> {
@@ -34,7 +39,17 @@ impl<T> Queue<T> {
             ready: BTreeMap::new(),
             delayed: BinaryHeap::new(),
             delayed_items: BTreeMap::new(),
+            version: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The change counter, readable without the queue's lock.
+    pub fn version(&self) -> Arc<AtomicU64> {
+        self.version.clone()
+    }
+
+    fn changed(&self) {
+        self.version.fetch_add(1, Ordering::Release);
     }
 
     /// The rank of an entry with this priority that arrived at `at`.
@@ -56,6 +71,7 @@ impl<T> Queue<T> {
                 self.ready.insert(rank, item);
             }
         }
+        self.changed();
     }
 
     fn promote(&mut self, now: Instant) {
@@ -66,6 +82,7 @@ impl<T> Queue<T> {
             self.delayed.pop();
             if let Some(item) = self.delayed_items.remove(&rank) {
                 self.ready.insert(rank, item);
+                self.changed();
             }
         }
     }
@@ -79,12 +96,20 @@ impl<T> Queue<T> {
     /// Takes the best entry that may run now.
     pub fn pop(&mut self, now: Instant) -> Option<T> {
         self.promote(now);
-        self.ready.pop_first().map(|(_, item)| item)
+        let item = self.ready.pop_first().map(|(_, item)| item);
+        if item.is_some() {
+            self.changed();
+        }
+        item
     }
 
     /// Removes an entry wherever it is. Returns it if it was there.
     pub fn remove(&mut self, rank: Rank) -> Option<T> {
-        self.ready.remove(&rank).or_else(|| self.delayed_items.remove(&rank))
+        let item = self.ready.remove(&rank).or_else(|| self.delayed_items.remove(&rank));
+        if item.is_some() {
+            self.changed();
+        }
+        item
     }
 
     /// The entries ahead of `rank` among those ready, or `None` if it is not queued.

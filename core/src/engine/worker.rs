@@ -64,7 +64,7 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
     let mut outbox = Vec::new();
     let now = Instant::now();
     for m in flight.members() {
-        let mut r = m.record.lock();
+        let mut r = m.edit();
         if r.status.state.is_terminal() {
             continue;
         }
@@ -94,6 +94,8 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
     let result = outcome.unwrap_or_else(|panic| {
         Err(Error::internal(format!("the model panicked: {}", panic_message(&*panic))))
     });
+    // Before any job is settled, so that a host woken by its job's end reads a gauge that agrees with it.
+    shared.metrics.running.fetch_sub(1, Ordering::AcqRel);
     // Clean-up after every job: the model's tensors lived in `generate`'s frames and are freed by now; the
     // attempt holds no tensors, only timings.
 
@@ -126,9 +128,7 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
             meta.peak_memory_bytes = attempt.peak_rss;
             meta.attempts = number;
             let video = Arc::new(video);
-            if shared.config.cache.enabled {
-                shared.cache.lock().insert(flight.key, video.clone());
-            }
+            shared.remember(flight.key, &video);
             for m in take_members(shared, &flight) {
                 shared.finish(&m, Outcome::Succeeded { video: video.clone(), cache_hit: false }, &callbacks, &mut outbox);
             }
@@ -149,7 +149,7 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
             let policy = &shared.config.retry;
             let retry = policy.should_retry(&e, number)
                 && !(oom && degraded)
-                && shared.accepting.load(Ordering::Acquire)
+                && !shared.stopping.load(Ordering::Acquire)
                 && !flight.members.lock().is_empty();
             if retry {
                 if oom {
@@ -159,7 +159,7 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
                 let error = super::job::JobError::from(&e);
                 tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "attempt failed; retrying");
                 for m in flight.members() {
-                    let mut r = m.record.lock();
+                    let mut r = m.edit();
                     if r.status.state.is_terminal() {
                         continue;
                     }
@@ -197,7 +197,6 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
             }
         }
     }
-    shared.metrics.running.fetch_sub(1, Ordering::AcqRel);
     shared.dispatch(outbox);
 }
 
