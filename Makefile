@@ -12,7 +12,7 @@ CARGO ?= cargo
 CFLAGS_STRICT := -Wall -Wextra -Wpedantic -Werror
 TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 
-.PHONY: demo test test-rust test-c test-python header bench env clean
+.PHONY: demo test test-rust test-c test-python build header bench env clean
 
 # --- the environment -------------------------------------------------------------------------------------------
 # torch from PyPI is the source of libtorch (about 4.6 GB with its CUDA libraries; it runs on the CPU too).
@@ -39,9 +39,13 @@ test-rust: $(STAMPS)/venv
 	$(CARGO) test --workspace
 	$(CARGO) run -q -p vgen-examples --example hello | grep '^vgen .* on libtorch 2\.11'
 
+# One debug build of every crate (libvgen.so, the Python extension, the binaries), with one feature set, so that
+# the C and Python tests reuse it instead of compiling libtorch's bindings again.
+build: $(STAMPS)/venv
+	$(CARGO) build --workspace
+
 # The C and C++ examples are built strictly against the generated header and the shared library, and run.
-test-c: $(STAMPS)/venv
-	$(CARGO) build -p vgen-ffi
+test-c: build
 	@mkdir -p $(TARGET_DIR)/examples-c
 	cc $(CFLAGS_STRICT) -std=c11 -Iinclude examples/c/hello.c -L$(TARGET_DIR)/debug -lvgen \
 		-Wl,-rpath,$(TARGET_DIR)/debug -o $(TARGET_DIR)/examples-c/hello_c
@@ -51,10 +55,11 @@ test-c: $(STAMPS)/venv
 	$(TARGET_DIR)/examples-c/hello_cpp | grep '^vgen .* on libtorch 2\.11'
 	@echo "C and C++ examples: ok"
 
-# The extension is built into the venv with maturin (an editable install), then pytest runs against it.
-test-python: $(STAMPS)/venv
-	cd bindings/python && VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
-		$(CURDIR)/$(VENV)/bin/maturin develop --quiet
+# The extension from `build` is placed in the package folder and the package is installed into the venv in
+# development mode (a .pth file, as `pip install -e` makes), then pytest runs against it.
+test-python: build
+	cp $(TARGET_DIR)/debug/lib_vgen.so bindings/python/vgen/_vgen.abi3.so
+	echo "$(CURDIR)/bindings/python" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/vgen-dev.pth"
 	$(PY) examples/python/hello.py | grep '^vgen .* on libtorch 2\.11'
 	$(PY) -m pytest -q bindings/python/tests
 
