@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod models;
 pub mod runtime;
+pub mod schedulers;
 pub mod video;
 
 pub use device::{Device, Probe};

@@ -7,6 +7,8 @@
 pub mod faulty;
 pub mod noop;
 pub mod testcard;
+pub mod wan;
+pub mod weights;
 
 use crate::device::Device;
 use crate::engine::{Attempt, FrameRule, Params};

@@ -1,0 +1,32 @@
+//! Wan2.1 text-to-video, native on libtorch: the UMT5 text encoder, the diffusion transformer and the VAE
+//! decoder, loaded from a diffusers-format folder and matched number for number against diffusers 0.42.1 and
+//! transformers 5.23.0 (see `core/tests/wan_parity.rs` and its fixtures).
+//!
+//! Paper and model card: Wan Team, "Wan: Open and Advanced Large-Scale Video Generative Models", 2025;
+//! Wan-AI/Wan2.1-T2V-1.3B (Apache-2.0).
+
+pub mod transformer;
+pub mod umt5;
+pub mod vae;
+
+use crate::error::Result;
+use std::path::Path;
+use tch::nn::VarStore;
+
+/// Builds a component with `build` on a fresh VarStore on `device`, then fills it from `folder`'s safetensors.
+/// `ignore_prefixes` names checkpoint keys that exist but this build does not use (the VAE encoder).
+pub fn load_component<T>(
+    folder: &Path,
+    stem: &str,
+    device: tch::Device,
+    aliases: &[(&str, &str)],
+    ignore_prefixes: &[&str],
+    build: impl FnOnce(tch::nn::Path) -> Result<T>,
+) -> Result<(VarStore, T)> {
+    let files = super::weights::weight_files(folder, stem)?;
+    let mut vs = VarStore::new(device);
+    let model = build(vs.root())?;
+    vs.freeze();
+    super::weights::load(&vs, &files, aliases, ignore_prefixes)?;
+    Ok((vs, model))
+}

@@ -1,0 +1,407 @@
+//! `WanTransformer3DModel`: the Wan2.1 diffusion transformer (diffusers 0.42.1,
+//! `models/transformers/transformer_wan.py`).
+//!
+//! Patchify with a Conv3d, then blocks of self-attention (RMS norm across heads on q and k, 3D RoPE), cross-
+//! attention to the text and a GELU-tanh FFN, each modulated by the timestep (shift, scale, gate), then an output
+//! modulation and unpatchify. The norms and the modulation run in fp32 whatever the weights' dtype, as diffusers
+//! keeps them. Module paths spell the checkpoint keys (`blocks.{i}.attn1.to_q`, ...), so loading is a lookup.
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+/// `transformer/config.json`. Defaults are the constructor's (the 14B model); real folders name every value.
+#[derive(Clone, Debug, Deserialize)]
+pub struct TransformerConfig {
+    #[serde(default = "patch")]
+    pub patch_size: [i64; 3],
+    #[serde(default = "forty")]
+    pub num_attention_heads: i64,
+    #[serde(default = "head_dim")]
+    pub attention_head_dim: i64,
+    #[serde(default = "sixteen")]
+    pub in_channels: i64,
+    #[serde(default = "sixteen")]
+    pub out_channels: i64,
+    #[serde(default = "text_dim")]
+    pub text_dim: i64,
+    #[serde(default = "freq_dim")]
+    pub freq_dim: i64,
+    #[serde(default = "ffn_dim")]
+    pub ffn_dim: i64,
+    #[serde(default = "forty")]
+    pub num_layers: i64,
+    #[serde(default = "yes")]
+    pub cross_attn_norm: bool,
+    #[serde(default = "rms")]
+    pub qk_norm: Option<String>,
+    #[serde(default = "eps")]
+    pub eps: f64,
+    #[serde(default)]
+    pub image_dim: Option<i64>,
+    #[serde(default)]
+    pub added_kv_proj_dim: Option<i64>,
+    #[serde(default = "rope_len")]
+    pub rope_max_seq_len: i64,
+    #[serde(default)]
+    pub pos_embed_seq_len: Option<i64>,
+}
+
+fn patch() -> [i64; 3] {
+    [1, 2, 2]
+}
+fn forty() -> i64 {
+    40
+}
+fn head_dim() -> i64 {
+    128
+}
+fn sixteen() -> i64 {
+    16
+}
+fn text_dim() -> i64 {
+    4096
+}
+fn freq_dim() -> i64 {
+    256
+}
+fn ffn_dim() -> i64 {
+    13824
+}
+fn yes() -> bool {
+    true
+}
+fn rms() -> Option<String> {
+    Some("rms_norm_across_heads".into())
+}
+fn eps() -> f64 {
+    1e-6
+}
+fn rope_len() -> i64 {
+    1024
+}
+
+impl TransformerConfig {
+    pub fn inner_dim(&self) -> i64 {
+        self.num_attention_heads * self.attention_head_dim
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.image_dim.is_some() || self.added_kv_proj_dim.is_some() || self.pos_embed_seq_len.is_some() {
+            return Err(Error::new(
+                crate::ErrorCode::Unsupported,
+                "image conditioning (image_dim, added_kv_proj_dim, pos_embed_seq_len) is not supported yet: text-to-video only",
+            ));
+        }
+        if self.qk_norm.as_deref() != Some("rms_norm_across_heads") {
+            return Err(Error::invalid(format!("qk_norm {:?} is not supported; Wan2.1 uses rms_norm_across_heads", self.qk_norm)));
+        }
+        if self.attention_head_dim % 2 != 0 || self.attention_head_dim < 6 {
+            return Err(Error::invalid("attention_head_dim must be even and at least 6 for the 3D RoPE"));
+        }
+        if self.patch_size.iter().any(|p| *p < 1) || self.num_layers < 1 || self.num_attention_heads < 1 {
+            return Err(Error::invalid("patch_size, num_layers and num_attention_heads must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// RMS norm with a learned scale, in the input's dtype (torch.nn.RMSNorm).
+#[derive(Debug)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(vs: nn::Path, dim: i64, eps: f64) -> Self {
+        Self { weight: vs.var("weight", &[dim], nn::Init::Const(1.0)), eps }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let rms = (x.pow_tensor_scalar(2).mean_dim(-1, true, x.kind()) + self.eps).rsqrt();
+        x * rms * &self.weight
+    }
+}
+
+/// LayerNorm computed in fp32 (diffusers' FP32LayerNorm), with or without an affine.
+#[derive(Debug)]
+pub struct Fp32LayerNorm {
+    affine: Option<(Tensor, Tensor)>,
+    dim: i64,
+    eps: f64,
+}
+
+impl Fp32LayerNorm {
+    pub fn new(vs: nn::Path, dim: i64, eps: f64, affine: bool) -> Self {
+        let affine = affine.then(|| (vs.var("weight", &[dim], nn::Init::Const(1.0)), vs.var("bias", &[dim], nn::Init::Const(0.0))));
+        Self { affine, dim, eps }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let (w, b) = match &self.affine {
+            Some((w, b)) => (Some(w.to_kind(Kind::Float)), Some(b.to_kind(Kind::Float))),
+            None => (None, None),
+        };
+        x.to_kind(Kind::Float).layer_norm([self.dim], w.as_ref(), b.as_ref(), self.eps, false)
+    }
+}
+
+/// The timestep sinusoid: `[cos | sin]` of `t · exp(−ln(10⁴) · i / half)`, in fp32.
+pub fn timestep_sinusoid(t: &Tensor, dim: i64) -> Tensor {
+    let half = dim / 2;
+    let exponent = Tensor::arange(half, (Kind::Float, t.device())) * (-(10000f64.ln())) / half as f64;
+    let freqs = exponent.exp();
+    let args = t.to_kind(Kind::Float).unsqueeze(1) * freqs.unsqueeze(0);
+    Tensor::cat(&[args.cos(), args.sin()], 1)
+}
+
+/// 3D rotary position embedding: the head dim splits into time, height and width parts.
+#[derive(Debug)]
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    split: [i64; 3],
+    patch: [i64; 3],
+}
+
+impl Rope {
+    pub fn new(head_dim: i64, patch: [i64; 3], max_len: i64, device: tch::Device) -> Self {
+        let h = 2 * (head_dim / 6);
+        let split = [head_dim - 2 * h, h, h];
+        let mut cos = Vec::new();
+        let mut sin = Vec::new();
+        for dim in split {
+            // In float64, as diffusers computes them, then to f32; each frequency repeated for its (even, odd) pair.
+            let opts = (Kind::Double, tch::Device::Cpu);
+            let inv: Vec<f64> = (0..dim / 2).map(|i| 1.0 / 10000f64.powf((2 * i) as f64 / dim as f64)).collect();
+            let inv = Tensor::from_slice(&inv);
+            let pos = Tensor::arange(max_len, opts);
+            let freqs = pos.outer(&inv);
+            cos.push(freqs.cos().repeat_interleave_self_int(2, Some(1), None).to_kind(Kind::Float));
+            sin.push(freqs.sin().repeat_interleave_self_int(2, Some(1), None).to_kind(Kind::Float));
+        }
+        Self { cos: Tensor::cat(&cos, 1).to_device(device), sin: Tensor::cat(&sin, 1).to_device(device), split, patch }
+    }
+
+    /// cos and sin for a latent of `frames × height × width`, each `[1, tokens, 1, head_dim]`, tokens in
+    /// (f, h, w) row-major order.
+    pub fn forward(&self, frames: i64, height: i64, width: i64) -> (Tensor, Tensor) {
+        let (f, h, w) = (frames / self.patch[0], height / self.patch[1], width / self.patch[2]);
+        let grid = |table: &Tensor| {
+            let parts = table.split_with_sizes(self.split, 1);
+            let ft = parts[0].slice(0, 0, f, 1).view([f, 1, 1, -1]).expand([f, h, w, -1], false);
+            let ht = parts[1].slice(0, 0, h, 1).view([1, h, 1, -1]).expand([f, h, w, -1], false);
+            let wt = parts[2].slice(0, 0, w, 1).view([1, 1, w, -1]).expand([f, h, w, -1], false);
+            Tensor::cat(&[ft, ht, wt], -1).reshape([1, f * h * w, 1, -1])
+        };
+        (grid(&self.cos), grid(&self.sin))
+    }
+}
+
+/// Rotates interleaved (even, odd) pairs of `x` `[B, S, heads, D]`.
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let d = x.size()[3];
+    let pairs = x.unflatten(-1, [d / 2, 2]);
+    let (x1, x2) = (pairs.select(-1, 0), pairs.select(-1, 1));
+    let cos = cos.slice(-1, 0, d, 2);
+    let sin = sin.slice(-1, 1, d, 2);
+    let even = &x1 * &cos - &x2 * &sin;
+    let odd = &x1 * &sin + &x2 * &cos;
+    Tensor::stack(&[even, odd], -1).flatten(-2, -1).to_kind(x.kind())
+}
+
+#[derive(Debug)]
+pub struct Attention {
+    to_q: nn::Linear,
+    to_k: nn::Linear,
+    to_v: nn::Linear,
+    to_out: nn::Linear,
+    norm_q: RmsNorm,
+    norm_k: RmsNorm,
+    heads: i64,
+}
+
+impl Attention {
+    pub fn new(vs: nn::Path, dim: i64, heads: i64, eps: f64) -> Self {
+        let c = Default::default();
+        Self {
+            to_q: nn::linear(&vs / "to_q", dim, dim, c),
+            to_k: nn::linear(&vs / "to_k", dim, dim, c),
+            to_v: nn::linear(&vs / "to_v", dim, dim, c),
+            to_out: nn::linear(&vs / "to_out" / "0", dim, dim, c),
+            norm_q: RmsNorm::new(&vs / "norm_q", dim, eps),
+            norm_k: RmsNorm::new(&vs / "norm_k", dim, eps),
+            heads,
+        }
+    }
+
+    /// Attention of `x` `[B, S, dim]` to `context` (itself when None), with RoPE on q and k when given.
+    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>, rope: Option<(&Tensor, &Tensor)>) -> Tensor {
+        let ctx = context.unwrap_or(x);
+        let q = self.norm_q.forward(&self.to_q.forward(x)).unflatten(2, [self.heads, -1]);
+        let k = self.norm_k.forward(&self.to_k.forward(ctx)).unflatten(2, [self.heads, -1]);
+        let v = self.to_v.forward(ctx).unflatten(2, [self.heads, -1]);
+        let (q, k) = match rope {
+            Some((cos, sin)) => (apply_rope(&q, cos, sin), apply_rope(&k, cos, sin)),
+            None => (q, k),
+        };
+        // [B, S, H, D] → [B, H, S, D] for the fused kernel (flash or cuDNN on GPUs), and back.
+        let out = Tensor::scaled_dot_product_attention(
+            &q.transpose(1, 2),
+            &k.transpose(1, 2),
+            &v.transpose(1, 2),
+            None::<Tensor>,
+            0.0,
+            false,
+            None,
+            false,
+        );
+        self.to_out.forward(&out.transpose(1, 2).flatten(2, 3).to_kind(x.kind()))
+    }
+}
+
+#[derive(Debug)]
+pub struct Block {
+    norm1: Fp32LayerNorm,
+    pub attn1: Attention,
+    norm2: Option<Fp32LayerNorm>,
+    pub attn2: Attention,
+    norm3: Fp32LayerNorm,
+    ffn_in: nn::Linear,
+    ffn_out: nn::Linear,
+    scale_shift_table: Tensor,
+}
+
+impl Block {
+    pub fn new(vs: nn::Path, c: &TransformerConfig) -> Self {
+        let dim = c.inner_dim();
+        let heads = c.num_attention_heads;
+        Self {
+            norm1: Fp32LayerNorm::new(&vs / "norm1", dim, c.eps, false),
+            attn1: Attention::new(&vs / "attn1", dim, heads, c.eps),
+            norm2: c.cross_attn_norm.then(|| Fp32LayerNorm::new(&vs / "norm2", dim, c.eps, true)),
+            attn2: Attention::new(&vs / "attn2", dim, heads, c.eps),
+            norm3: Fp32LayerNorm::new(&vs / "norm3", dim, c.eps, false),
+            ffn_in: nn::linear(&vs / "ffn" / "net" / "0" / "proj", dim, c.ffn_dim, Default::default()),
+            ffn_out: nn::linear(&vs / "ffn" / "net" / "2", c.ffn_dim, dim, Default::default()),
+            scale_shift_table: vs.var("scale_shift_table", &[1, 6, dim], nn::Init::Const(0.0)),
+        }
+    }
+
+    /// `x` `[B, S, dim]`, `text` `[B, L, dim]`, `modulation` `[B, 6, dim]` (the projected timestep).
+    pub fn forward(&self, x: &Tensor, text: &Tensor, modulation: &Tensor, rope: (&Tensor, &Tensor)) -> Tensor {
+        let kind = x.kind();
+        let m = (&self.scale_shift_table.to_kind(Kind::Float) + modulation.to_kind(Kind::Float)).chunk(6, 1);
+        let (shift, scale, gate, c_shift, c_scale, c_gate) = (&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
+        let xf = x.to_kind(Kind::Float);
+        let h = (self.norm1.forward(&xf) * (scale + 1.0) + shift).to_kind(kind);
+        let attn = self.attn1.forward(&h, None, Some(rope));
+        let x = (xf + attn * gate).to_kind(kind);
+        let h = match &self.norm2 {
+            Some(n) => n.forward(&x).to_kind(kind),
+            None => x.shallow_clone(),
+        };
+        let x = &x + self.attn2.forward(&h, Some(text), None);
+        let h = (self.norm3.forward(&x) * (c_scale + 1.0) + c_shift).to_kind(kind);
+        let ff = self.ffn_out.forward(&self.ffn_in.forward(&h).gelu("tanh"));
+        (x.to_kind(Kind::Float) + ff.to_kind(Kind::Float) * c_gate).to_kind(kind)
+    }
+}
+
+/// The timestep and text embedder.
+#[derive(Debug)]
+pub struct ConditionEmbedder {
+    freq_dim: i64,
+    time_1: nn::Linear,
+    time_2: nn::Linear,
+    time_proj: nn::Linear,
+    text_1: nn::Linear,
+    text_2: nn::Linear,
+}
+
+impl ConditionEmbedder {
+    pub fn new(vs: nn::Path, c: &TransformerConfig) -> Self {
+        let dim = c.inner_dim();
+        let d = Default::default();
+        Self {
+            freq_dim: c.freq_dim,
+            time_1: nn::linear(&vs / "time_embedder" / "linear_1", c.freq_dim, dim, d),
+            time_2: nn::linear(&vs / "time_embedder" / "linear_2", dim, dim, d),
+            time_proj: nn::linear(&vs / "time_proj", dim, 6 * dim, d),
+            text_1: nn::linear(&vs / "text_embedder" / "linear_1", c.text_dim, dim, d),
+            text_2: nn::linear(&vs / "text_embedder" / "linear_2", dim, dim, d),
+        }
+    }
+
+    /// (temb `[B, dim]`, projected timestep `[B, 6·dim]`, projected text `[B, L, dim]`).
+    pub fn forward(&self, timestep: &Tensor, text: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let sinusoid = timestep_sinusoid(timestep, self.freq_dim).to_kind(self.time_1.ws.kind());
+        let temb = self.time_2.forward(&self.time_1.forward(&sinusoid).silu()).to_kind(text.kind());
+        let proj = self.time_proj.forward(&temb.silu());
+        let text = self.text_2.forward(&self.text_1.forward(text).gelu("tanh"));
+        (temb, proj, text)
+    }
+}
+
+#[derive(Debug)]
+pub struct WanTransformer {
+    pub config: TransformerConfig,
+    pub rope: Rope,
+    patch_embedding: nn::Conv<[i64; 3]>,
+    pub condition_embedder: ConditionEmbedder,
+    pub blocks: Vec<Block>,
+    norm_out: Fp32LayerNorm,
+    proj_out: nn::Linear,
+    scale_shift_table: Tensor,
+}
+
+impl WanTransformer {
+    pub fn new(vs: nn::Path, config: TransformerConfig) -> Result<Self> {
+        config.check()?;
+        let c = &config;
+        let dim = c.inner_dim();
+        let conv = nn::ConvConfigND::<[i64; 3]> { stride: c.patch_size, padding: [0, 0, 0], dilation: [1, 1, 1], groups: 1, bias: true, ws_init: nn::Init::Const(0.0), bs_init: nn::Init::Const(0.0), padding_mode: nn::PaddingMode::Zeros };
+        Ok(Self {
+            rope: Rope::new(c.attention_head_dim, c.patch_size, c.rope_max_seq_len, vs.device()),
+            patch_embedding: nn::conv(&vs / "patch_embedding", c.in_channels, dim, c.patch_size, conv),
+            condition_embedder: ConditionEmbedder::new(&vs / "condition_embedder", c),
+            blocks: (0..c.num_layers).map(|i| Block::new(&vs / "blocks" / i, c)).collect(),
+            norm_out: Fp32LayerNorm::new(&vs / "norm_out", dim, c.eps, false),
+            proj_out: nn::linear(&vs / "proj_out", dim, c.out_channels * c.patch_size.iter().product::<i64>(), Default::default()),
+            scale_shift_table: vs.var("scale_shift_table", &[1, 2, dim], nn::Init::Const(0.0)),
+            config,
+        })
+    }
+
+    /// The velocity for latents `x` `[B, C, F, H, W]` at `timestep` `[B]`, given text `[B, L, text_dim]`.
+    pub fn forward(&self, x: &Tensor, timestep: &Tensor, text: &Tensor) -> Result<Tensor> {
+        let [b, _c, f, h, w] = x.size()[..] else {
+            return Err(Error::internal(format!("latents must be [B, C, F, H, W], got {:?}", x.size())));
+        };
+        let [pt, ph, pw] = self.config.patch_size;
+        if f % pt != 0 || h % ph != 0 || w % pw != 0 {
+            return Err(Error::invalid(format!("latent {f}x{h}x{w} does not divide into patches {pt}x{ph}x{pw}")));
+        }
+        let (pf, phh, pww) = (f / pt, h / ph, w / pw);
+        if pf.max(phh).max(pww) > self.config.rope_max_seq_len {
+            return Err(Error::invalid(format!(
+                "the latent grid {pf}x{phh}x{pww} exceeds rope_max_seq_len {}",
+                self.config.rope_max_seq_len
+            )));
+        }
+        let (cos, sin) = self.rope.forward(f, h, w);
+        let tokens = x.apply(&self.patch_embedding).flatten(2, -1).transpose(1, 2).contiguous();
+        let (temb, proj, text) = self.condition_embedder.forward(timestep, text);
+        let modulation = proj.unflatten(1, [6, -1]);
+        let mut hidden = tokens;
+        for block in &self.blocks {
+            hidden = block.forward(&hidden, &text, &modulation, (&cos, &sin));
+        }
+        let m = (&self.scale_shift_table + temb.unsqueeze(1)).chunk(2, 1);
+        let (shift, scale) = (&m[0], &m[1]);
+        let hidden = (self.norm_out.forward(&hidden) * (scale + 1.0) + shift).to_kind(hidden.kind());
+        let out = self.proj_out.forward(&hidden);
+        let out = out.reshape([b, pf, phh, pww, pt, ph, pw, -1]).permute([0, 7, 1, 4, 2, 5, 3, 6]);
+        Ok(out.flatten(6, 7).flatten(4, 5).flatten(2, 3))
+    }
+}

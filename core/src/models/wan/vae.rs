@@ -1,0 +1,374 @@
+//! The `AutoencoderKLWan` decoder (diffusers 0.42.1, `models/autoencoders/autoencoder_kl_wan.py`): latents to
+//! frames, 4× in time and 8× in space.
+//!
+//! It decodes one latent frame at a time. Every causal convolution keeps the last two frames of its input in a
+//! feature cache slot, taken from the input before the convolution runs, so that the next chunk sees its past;
+//! the first chunk gives 1 frame and each later one 4. Memory therefore does not grow with the video's length, and
+//! each chunk of frames can be handed on as soon as it exists.
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+/// `vae/config.json`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct VaeConfig {
+    #[serde(default = "base_dim")]
+    pub base_dim: i64,
+    #[serde(default)]
+    pub decoder_base_dim: Option<i64>,
+    #[serde(default = "z_dim")]
+    pub z_dim: i64,
+    #[serde(default = "dim_mult")]
+    pub dim_mult: Vec<i64>,
+    #[serde(default = "two")]
+    pub num_res_blocks: i64,
+    #[serde(default)]
+    pub attn_scales: Vec<f64>,
+    #[serde(default = "temporal")]
+    pub temperal_downsample: Vec<bool>,
+    #[serde(default)]
+    pub is_residual: bool,
+    #[serde(default)]
+    pub patch_size: Option<i64>,
+    #[serde(default = "three")]
+    pub out_channels: i64,
+    pub latents_mean: Vec<f64>,
+    pub latents_std: Vec<f64>,
+}
+
+fn base_dim() -> i64 {
+    96
+}
+fn z_dim() -> i64 {
+    16
+}
+fn dim_mult() -> Vec<i64> {
+    vec![1, 2, 4, 4]
+}
+fn two() -> i64 {
+    2
+}
+fn three() -> i64 {
+    3
+}
+fn temporal() -> Vec<bool> {
+    vec![false, true, true]
+}
+
+/// The feature cache of one decode: one slot per causal convolution, in call order.
+#[derive(Default)]
+pub struct FeatureCache {
+    slots: Vec<Slot>,
+    next: usize,
+}
+
+#[derive(Default)]
+enum Slot {
+    #[default]
+    Empty,
+    /// The temporal upsampler has seen its first chunk (which it passes through without its time conv).
+    Seen,
+    Frames(Tensor),
+}
+
+impl FeatureCache {
+    fn take(&mut self) -> (usize, Slot) {
+        let i = self.next;
+        self.next += 1;
+        while self.slots.len() <= i {
+            self.slots.push(Slot::Empty);
+        }
+        (i, std::mem::take(&mut self.slots[i]))
+    }
+    fn start_chunk(&mut self) {
+        self.next = 0;
+    }
+}
+
+/// The last `CACHE_T` = 2 frames of `x`, padded in front with the previous slot's last frame when `x` has one.
+fn keep_last(x: &Tensor, prev: Option<&Tensor>) -> Tensor {
+    let t = x.size()[2];
+    let keep = x.narrow(2, (t - 2).max(0), t.min(2)).copy();
+    match prev {
+        Some(p) if keep.size()[2] < 2 => Tensor::cat(&[p.narrow(2, p.size()[2] - 1, 1), keep], 2),
+        _ => keep,
+    }
+}
+
+struct CausalConv3d {
+    conv: nn::Conv<[i64; 3]>,
+    padding: [i64; 3],
+}
+
+impl CausalConv3d {
+    fn new(vs: nn::Path, cin: i64, cout: i64, kernel: [i64; 3], padding: [i64; 3]) -> Self {
+        let config = nn::ConvConfigND::<[i64; 3]> { stride: [1, 1, 1], padding: [0, 0, 0], dilation: [1, 1, 1], groups: 1, bias: true, ws_init: nn::Init::Const(0.0), bs_init: nn::Init::Const(0.0), padding_mode: nn::PaddingMode::Zeros };
+        Self { conv: nn::conv(vs, cin, cout, kernel, config), padding }
+    }
+
+    /// Pads only into the past in time, using the cached frames for as much of that padding as they cover.
+    fn forward(&self, x: &Tensor, cache: Option<&Tensor>) -> Tensor {
+        let [pt, ph, pw] = self.padding;
+        let mut front = 2 * pt;
+        let x = match cache {
+            Some(c) if front > 0 => {
+                front -= c.size()[2];
+                Tensor::cat(&[c, x], 2)
+            }
+            _ => x.shallow_clone(),
+        };
+        x.constant_pad_nd([pw, pw, ph, ph, front, 0]).apply(&self.conv)
+    }
+
+    /// With the feature cache: reads this conv's slot, and stores the frames the next chunk will need.
+    fn forward_cached(&self, x: &Tensor, cache: &mut FeatureCache) -> Tensor {
+        let (i, slot) = cache.take();
+        let prev = match &slot {
+            Slot::Frames(t) => Some(t),
+            _ => None,
+        };
+        let keep = keep_last(x, prev);
+        let out = self.forward(x, prev);
+        cache.slots[i] = Slot::Frames(keep);
+        out
+    }
+}
+
+/// `F.normalize` over channels · √C · γ: an RMS norm without ε inside the root.
+struct RmsNorm {
+    gamma: Tensor,
+    scale: f64,
+}
+
+impl RmsNorm {
+    fn new(vs: nn::Path, dim: i64, images: bool) -> Self {
+        let shape: &[i64] = if images { &[dim, 1, 1] } else { &[dim, 1, 1, 1] };
+        Self { gamma: vs.var("gamma", shape, nn::Init::Const(1.0)), scale: (dim as f64).sqrt() }
+    }
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let xf = if matches!(kind, Kind::Half | Kind::BFloat16) { x.to_kind(Kind::Float) } else { x.shallow_clone() };
+        let norm = xf.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
+        (xf / norm).to_kind(kind) * self.scale * &self.gamma
+    }
+}
+
+struct Residual {
+    norm1: RmsNorm,
+    conv1: CausalConv3d,
+    norm2: RmsNorm,
+    conv2: CausalConv3d,
+    shortcut: Option<CausalConv3d>,
+}
+
+impl Residual {
+    fn new(vs: nn::Path, cin: i64, cout: i64) -> Self {
+        Self {
+            norm1: RmsNorm::new(&vs / "norm1", cin, false),
+            conv1: CausalConv3d::new(&vs / "conv1", cin, cout, [3, 3, 3], [1, 1, 1]),
+            norm2: RmsNorm::new(&vs / "norm2", cout, false),
+            conv2: CausalConv3d::new(&vs / "conv2", cout, cout, [3, 3, 3], [1, 1, 1]),
+            shortcut: (cin != cout).then(|| CausalConv3d::new(&vs / "conv_shortcut", cin, cout, [1, 1, 1], [0, 0, 0])),
+        }
+    }
+    fn forward(&self, x: &Tensor, cache: &mut FeatureCache) -> Tensor {
+        let h = match &self.shortcut {
+            Some(s) => s.forward(x, None),
+            None => x.shallow_clone(),
+        };
+        let y = self.conv1.forward_cached(&self.norm1.forward(x).silu(), cache);
+        let y = self.conv2.forward_cached(&self.norm2.forward(&y).silu(), cache);
+        y + h
+    }
+}
+
+/// Single-head self-attention over each frame's pixels.
+struct FrameAttention {
+    norm: RmsNorm,
+    to_qkv: nn::Conv2D,
+    proj: nn::Conv2D,
+}
+
+impl FrameAttention {
+    fn new(vs: nn::Path, dim: i64) -> Self {
+        Self {
+            norm: RmsNorm::new(&vs / "norm", dim, true),
+            to_qkv: nn::conv2d(&vs / "to_qkv", dim, 3 * dim, 1, Default::default()),
+            proj: nn::conv2d(&vs / "proj", dim, dim, 1, Default::default()),
+        }
+    }
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let [b, c, t, h, w] = x.size()[..] else { unreachable!("5-D by construction") };
+        let frames = x.permute([0, 2, 1, 3, 4]).reshape([b * t, c, h, w]);
+        let qkv = self.to_qkv.forward(&self.norm.forward(&frames));
+        let qkv = qkv.reshape([b * t, 1, 3 * c, -1]).permute([0, 1, 3, 2]).contiguous();
+        let parts = qkv.chunk(3, -1);
+        let out = Tensor::scaled_dot_product_attention(&parts[0], &parts[1], &parts[2], None::<Tensor>, 0.0, false, None, false);
+        let out = out.squeeze_dim(1).permute([0, 2, 1]).reshape([b * t, c, h, w]);
+        let out = self.proj.forward(&out).view([b, t, c, h, w]).permute([0, 2, 1, 3, 4]);
+        out + x
+    }
+}
+
+/// 2× spatial upsampling (nearest, then a 3×3 conv that halves the channels), and for `temporal` also 2× in
+/// time through a causal conv whose two output halves become even and odd frames.
+struct Upsample {
+    conv: nn::Conv2D,
+    time_conv: Option<CausalConv3d>,
+}
+
+impl Upsample {
+    fn new(vs: nn::Path, dim: i64, temporal: bool) -> Self {
+        let c = nn::ConvConfig { padding: 1, ..Default::default() };
+        Self {
+            conv: nn::conv2d(&vs / "resample" / "1", dim, dim / 2, 3, c),
+            time_conv: temporal.then(|| CausalConv3d::new(&vs / "time_conv", dim, dim * 2, [3, 1, 1], [1, 0, 0])),
+        }
+    }
+    fn forward(&self, x: &Tensor, cache: &mut FeatureCache) -> Tensor {
+        let [b, c, t, h, w] = x.size()[..] else { unreachable!("5-D by construction") };
+        let mut x = x.shallow_clone();
+        if let Some(time_conv) = &self.time_conv {
+            let (i, slot) = cache.take();
+            match slot {
+                // The first chunk passes through: the first latent frame decodes to one frame.
+                Slot::Empty => cache.slots[i] = Slot::Seen,
+                Slot::Seen => {
+                    let keep = Tensor::cat(&[x.narrow(2, t - 1, 1).zeros_like(), x.narrow(2, t - 1, 1)], 2);
+                    let keep = if t >= 2 { x.narrow(2, t - 2, 2).copy() } else { keep };
+                    x = time_conv.forward(&x, None);
+                    cache.slots[i] = Slot::Frames(keep);
+                }
+                Slot::Frames(prev) => {
+                    let keep = keep_last(&x, Some(&prev));
+                    x = time_conv.forward(&x, Some(&prev));
+                    cache.slots[i] = Slot::Frames(keep);
+                }
+            }
+            if !matches!(cache.slots[i], Slot::Seen) {
+                x = x.reshape([b, 2, c, t, h, w]);
+                x = Tensor::stack(&[x.select(1, 0), x.select(1, 1)], 3).reshape([b, c, t * 2, h, w]);
+            }
+        }
+        let t = x.size()[2];
+        let frames = x.permute([0, 2, 1, 3, 4]).reshape([b * t, c, h, w]);
+        let up = frames.to_kind(Kind::Float).upsample_nearest2d([h * 2, w * 2], Some(2.0), Some(2.0)).to_kind(frames.kind());
+        let out = self.conv.forward(&up);
+        let c2 = out.size()[1];
+        out.view([b, t, c2, h * 2, w * 2]).permute([0, 2, 1, 3, 4])
+    }
+}
+
+struct UpBlock {
+    resnets: Vec<Residual>,
+    upsample: Option<Upsample>,
+}
+
+pub struct WanVaeDecoder {
+    pub config: VaeConfig,
+    post_quant_conv: CausalConv3d,
+    conv_in: CausalConv3d,
+    mid_resnets: [Residual; 2],
+    mid_attention: FrameAttention,
+    up_blocks: Vec<UpBlock>,
+    norm_out: RmsNorm,
+    conv_out: CausalConv3d,
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl WanVaeDecoder {
+    /// Builds the decoder and `post_quant_conv` under `vs` (the VAE's root, so paths read `decoder.conv_in`).
+    pub fn new(vs: nn::Path, config: VaeConfig) -> Result<Self> {
+        if config.is_residual || config.patch_size.is_some() {
+            return Err(Error::new(crate::ErrorCode::Unsupported, "the Wan2.2 VAE (is_residual, patch_size) is not supported yet"));
+        }
+        if !config.attn_scales.is_empty() {
+            return Err(Error::new(crate::ErrorCode::Unsupported, "attn_scales is not supported (Wan2.1 has none)"));
+        }
+        let z = config.z_dim;
+        if config.latents_mean.len() != z as usize || config.latents_std.len() != z as usize {
+            return Err(Error::invalid(format!("latents_mean and latents_std must have z_dim = {z} values")));
+        }
+        if config.dim_mult.is_empty() || config.temperal_downsample.len() + 1 != config.dim_mult.len() {
+            return Err(Error::invalid("temperal_downsample must have one value fewer than dim_mult"));
+        }
+        let dim = config.decoder_base_dim.unwrap_or(config.base_dim);
+        let mut dims = vec![dim * config.dim_mult[config.dim_mult.len() - 1]];
+        dims.extend(config.dim_mult.iter().rev().map(|m| dim * m));
+        let temporal_up: Vec<bool> = config.temperal_downsample.iter().rev().copied().collect();
+        let d = &vs / "decoder";
+        let mut up_blocks = Vec::new();
+        for i in 0..dims.len() - 1 {
+            let (mut cin, cout) = (dims[i], dims[i + 1]);
+            if i > 0 {
+                cin /= 2;
+            }
+            let b = &d / "up_blocks" / i;
+            let resnets = (0..=config.num_res_blocks)
+                .map(|j| Residual::new(&b / "resnets" / j, if j == 0 { cin } else { cout }, cout))
+                .collect();
+            let upsample = (i != config.dim_mult.len() - 1).then(|| Upsample::new(&b / "upsamplers" / "0", cout, temporal_up[i]));
+            up_blocks.push(UpBlock { resnets, upsample });
+        }
+        let last = *dims.last().unwrap_or(&dim);
+        let device = vs.device();
+        Ok(Self {
+            post_quant_conv: CausalConv3d::new(&vs / "post_quant_conv", z, z, [1, 1, 1], [0, 0, 0]),
+            conv_in: CausalConv3d::new(&d / "conv_in", z, dims[0], [3, 3, 3], [1, 1, 1]),
+            mid_resnets: [Residual::new(&d / "mid_block" / "resnets" / 0, dims[0], dims[0]), Residual::new(&d / "mid_block" / "resnets" / 1, dims[0], dims[0])],
+            mid_attention: FrameAttention::new(&d / "mid_block" / "attentions" / 0, dims[0]),
+            up_blocks,
+            norm_out: RmsNorm::new(&d / "norm_out", last, false),
+            conv_out: CausalConv3d::new(&d / "conv_out", last, config.out_channels, [3, 3, 3], [1, 1, 1]),
+            mean: Tensor::from_slice(&config.latents_mean).to_kind(Kind::Float).view([1, z, 1, 1, 1]).to_device(device),
+            std: Tensor::from_slice(&config.latents_std).to_kind(Kind::Float).view([1, z, 1, 1, 1]).to_device(device),
+            config,
+        })
+    }
+
+    /// Undoes the latent normalisation: `latents / (1/std) + mean`, in that order, as the pipeline writes it.
+    pub fn denormalize(&self, latents: &Tensor) -> Tensor {
+        (latents / self.std.reciprocal() + &self.mean).to_kind(latents.kind())
+    }
+
+    /// `post_quant_conv` over all latent frames.
+    pub fn post_quant(&self, z: &Tensor) -> Tensor {
+        self.post_quant_conv.forward(z, None)
+    }
+
+    /// Decodes one latent frame `[B, z, 1, h, w]` (already through `post_quant`), carrying `cache` across calls.
+    /// Returns raw (unclamped) frames: 1 for the first chunk, then 4 per chunk.
+    pub fn decode_chunk(&self, z: &Tensor, cache: &mut FeatureCache) -> Tensor {
+        cache.start_chunk();
+        let mut x = self.conv_in.forward_cached(z, cache);
+        x = self.mid_resnets[0].forward(&x, cache);
+        x = self.mid_attention.forward(&x);
+        x = self.mid_resnets[1].forward(&x, cache);
+        for block in &self.up_blocks {
+            for r in &block.resnets {
+                x = r.forward(&x, cache);
+            }
+            if let Some(u) = &block.upsample {
+                x = u.forward(&x, cache);
+            }
+        }
+        let x = self.norm_out.forward(&x).silu();
+        self.conv_out.forward_cached(&x, cache)
+    }
+
+    /// Decodes normalised-away latents `[B, z, T, h, w]` chunk by chunk, calling `on_chunk` with each chunk of
+    /// frames in [-1, 1] (clamped) as soon as it exists.
+    pub fn decode(&self, z: &Tensor, mut on_chunk: impl FnMut(usize, usize, Tensor) -> Result<()>) -> Result<()> {
+        let x = self.post_quant(z);
+        let t = x.size()[2];
+        let mut cache = FeatureCache::default();
+        for i in 0..t {
+            let out = self.decode_chunk(&x.narrow(2, i, 1), &mut cache);
+            on_chunk(i as usize, t as usize, out.clamp(-1.0, 1.0))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,162 @@
+//! Loading safetensors weights into a model whose module paths spell the checkpoint's keys.
+//!
+//! Files are memory-mapped, not read whole (tch's own reader would hold each file twice in RAM), and each tensor
+//! is copied once, straight into its variable. Before anything is copied, every tensor is checked against the
+//! model built from the config: a missing, extra or misshaped tensor, or one of an unexpected dtype, is an error
+//! that names the file and the tensor. Only safetensors is accepted; pickle files (`.bin`, `.pt`) never are, as
+//! loading them can run arbitrary code.
+
+use crate::error::{Error, ErrorCode, Result};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor, nn::VarStore};
+
+/// The weight files of one component: `{stem}.safetensors`, or shards listed in `{stem}.safetensors.index.json`.
+pub fn weight_files(folder: &Path, stem: &str) -> Result<Vec<PathBuf>> {
+    let single = folder.join(format!("{stem}.safetensors"));
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = folder.join(format!("{stem}.safetensors.index.json"));
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index)?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::invalid(format!("{}: {e}", index.display())))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::invalid(format!("{}: no weight_map", index.display())))?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(|v| v.as_str())
+            .map(|f| folder.join(f))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        files.dedup();
+        if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+            return Err(Error::new(ErrorCode::NotFound, format!("shard {} listed in {} is missing", missing.display(), index.display())));
+        }
+        return Ok(files);
+    }
+    let pickles: Vec<String> = std::fs::read_dir(folder)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".bin") || n.ends_with(".pt") || n.ends_with(".pth") || n.ends_with(".ckpt"))
+        .collect();
+    if !pickles.is_empty() {
+        return Err(Error::invalid(format!(
+            "{} has only pickle weights ({}); vgen loads safetensors only: convert them to {stem}.safetensors",
+            folder.display(),
+            pickles.join(", ")
+        )));
+    }
+    Err(Error::new(ErrorCode::NotFound, format!("no weights in {}: expected {stem}.safetensors", folder.display())))
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F64 => Kind::Double,
+        _ => return None,
+    })
+}
+
+/// Fills every variable of `vs` from the files. `aliases` maps a variable name to the checkpoint key that holds
+/// it when the two differ (tied weights); `ignore_prefixes` names checkpoint keys that are known and unused.
+pub fn load(vs: &VarStore, files: &[PathBuf], aliases: &[(&str, &str)], ignore_prefixes: &[&str]) -> Result<()> {
+    let maps: Vec<(PathBuf, memmap2::Mmap)> = files
+        .iter()
+        .map(|f| {
+            let file = std::fs::File::open(f).map_err(|e| Error::new(ErrorCode::NotFound, format!("{}: {e}", f.display())))?;
+            // SAFETY: the map is read-only and lives only while we copy out of it; a file changed underneath us by
+            // another process could give wrong weights but not unsoundness in safe code that reads bytes.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::new(ErrorCode::Io, format!("{}: {e}", f.display())))?;
+            Ok((f.clone(), map))
+        })
+        .collect::<Result<_>>()?;
+    let mut tensors: HashMap<String, (usize, safetensors::tensor::TensorView<'_>)> = HashMap::new();
+    for (i, (path, map)) in maps.iter().enumerate() {
+        let st = SafeTensors::deserialize(map).map_err(|e| {
+            Error::invalid(format!("{} is not a valid safetensors file (truncated or corrupt?): {e}", path.display()))
+        })?;
+        for (name, view) in st.tensors() {
+            tensors.insert(name, (i, view));
+        }
+    }
+    let alias: HashMap<&str, &str> = aliases.iter().copied().collect();
+    let variables: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    let mut used = std::collections::HashSet::new();
+    let mut plan = Vec::with_capacity(variables.len());
+    for (name, var) in &variables {
+        let key = alias.get(name.as_str()).copied().unwrap_or(name.as_str());
+        let (file, view) = tensors.get(key).ok_or_else(|| {
+            Error::invalid(format!("tensor {key:?} is missing from {}", display_files(files)))
+        })?;
+        let shape: Vec<i64> = view.shape().iter().map(|d| *d as i64).collect();
+        if shape != var.size() {
+            return Err(Error::invalid(format!(
+                "tensor {key:?} in {} has shape {shape:?}, but the config gives {:?}",
+                files[*file].display(),
+                var.size()
+            )));
+        }
+        let kind = kind_of(view.dtype()).ok_or_else(|| {
+            Error::invalid(format!("tensor {key:?} in {} has dtype {:?}; expected a float type", files[*file].display(), view.dtype()))
+        })?;
+        used.insert(key.to_string());
+        plan.push((var.shallow_clone(), view.data(), shape, kind));
+    }
+    let mut extra: Vec<&String> =
+        tensors.keys().filter(|k| !used.contains(*k) && !ignore_prefixes.iter().any(|p| k.starts_with(p))).collect();
+    if !extra.is_empty() {
+        extra.sort();
+        return Err(Error::invalid(format!(
+            "{} holds tensors this config has no place for: {}",
+            display_files(files),
+            extra.iter().take(8).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let _guard = tch::no_grad_guard();
+    for (mut var, data, shape, kind) in plan {
+        let t = Tensor::f_from_data_size(data, &shape, kind)?;
+        var.f_copy_(&t)?;
+    }
+    Ok(())
+}
+
+fn display_files(files: &[PathBuf]) -> String {
+    files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// Reads a component's `config.json` into its config type, naming the file in any error.
+pub fn read_config<T: serde::de::DeserializeOwned>(folder: &Path) -> Result<T> {
+    let path = folder.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::new(ErrorCode::NotFound, format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))
+}
+
+/// A short hash of the weight files' contents (their size and first and last megabyte), for cache keys.
+pub fn fingerprint(files: &[PathBuf]) -> Result<String> {
+    use std::hash::{Hash, Hasher};
+    use std::io::{Read, Seek, SeekFrom};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in files {
+        let mut file = std::fs::File::open(f)?;
+        let len = file.metadata()?.len();
+        len.hash(&mut h);
+        let mut buf = vec![0u8; (1 << 20).min(len as usize)];
+        file.read_exact(&mut buf)?;
+        buf.hash(&mut h);
+        file.seek(SeekFrom::Start(len - buf.len() as u64))?;
+        file.read_exact(&mut buf)?;
+        buf.hash(&mut h);
+    }
+    Ok(format!("{:016x}", h.finish()))
+}
