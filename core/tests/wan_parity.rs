@@ -120,3 +120,75 @@ fn vae_decoder_matches_diffusers_chunk_by_chunk() {
     .unwrap();
     assert_close("sample", &Tensor::cat(&chunks, 2), &c["decode.sample"], 1e-4);
 }
+
+#[test]
+fn tokenizers_give_transformers_ids_and_masks() {
+    let text = std::fs::read_to_string(fixtures().join("cases/tokenizer_cases.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let max_len = json["max_length"].as_u64().unwrap() as usize;
+    let mut checked = 0;
+    for (folder, t) in json["tokenizers"].as_object().unwrap() {
+        let tok = wan::tokenizer::WanTokenizer::from_folder(&fixtures().join(folder), max_len).unwrap();
+        for case in t["cases"].as_array().unwrap() {
+            let prompt = case["prompt"].as_str().unwrap();
+            let (ids, mask) = tok.encode(&[prompt]).unwrap();
+            let want_ids: Vec<i64> = case["input_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+            let want_mask: Vec<i64> = case["attention_mask"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+            assert_eq!(Vec::<i64>::try_from(ids.view(-1)).unwrap(), want_ids, "{folder}: {prompt:?}");
+            assert_eq!(Vec::<i64>::try_from(mask.view(-1)).unwrap(), want_mask, "{folder}: {prompt:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "{checked} cases");
+    for case in json["prompt_clean"].as_array().unwrap() {
+        let (raw, clean) = (case["raw"].as_str().unwrap(), case["clean"].as_str().unwrap());
+        assert_eq!(wan::tokenizer::prompt_clean(raw), clean, "prompt_clean({raw:?})");
+    }
+}
+
+#[test]
+fn the_whole_pipeline_matches_wan_pipeline_from_prompt_to_frames() {
+    let c = cases("pipeline.safetensors");
+    let call: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases/pipeline.json")).unwrap()).unwrap();
+    let dir = std::env::temp_dir().join(format!("vgen-tiny-wan-{}", std::process::id()));
+    copy_dir(&fixtures().join("tiny-wan"), &dir);
+    std::fs::write(dir.join("vgen.json"), r#"{"max_sequence_length": 16}"#).unwrap();
+    let model = wan::pipeline::WanModel::open(&dir).unwrap();
+    let comps = model.components(vgen_core::Device::Cpu).unwrap();
+    let _g = tch::no_grad_guard();
+    let prompt = wan::tokenizer::prompt_clean(call["call"]["prompt"].as_str().unwrap());
+    let negative = wan::tokenizer::prompt_clean(call["call"]["negative_prompt"].as_str().unwrap());
+    assert_eq!(prompt, call["prompt_clean"]["prompt"].as_str().unwrap());
+    let text = model.encode_prompts(&comps, &[&prompt, &negative], Device::Cpu).unwrap();
+    assert_close("prompt_embeds", &text.narrow(0, 0, 1), &c["prompt_embeds"], 1e-4);
+    assert_close("negative_prompt_embeds", &text.narrow(0, 1, 1), &c["negative_prompt_embeds"], 1e-4);
+    let latents = model
+        .denoise(&comps, c["latents"].shallow_clone(), &text, 2, 5.0, |i, _, x, _| {
+            assert_close(&format!("step {i} latents"), x, &c[&format!("step{}.latents", i - 1)], 1e-4);
+            Ok(())
+        })
+        .unwrap();
+    let den = comps.vae.denormalize(&latents);
+    assert_close("denormalized", &den, &c["latents_denormalized"], 1e-4);
+    let mut chunks = Vec::new();
+    comps.vae.decode(&den, |_, _, f| { chunks.push(f); Ok(()) }).unwrap();
+    let frames = (Tensor::cat(&chunks, 2) * 0.5 + 0.5).clamp(0.0, 1.0).permute([0, 2, 3, 4, 1]);
+    assert_close("frames", &frames, &c["frames"], 1e-4);
+    // The same seed drawn in Rust gives the same initial noise as torch.manual_seed(42) in Python.
+    let noise = vgen_core::models::seeded_noise(42, &[1, 16, 3, 4, 4]).unwrap();
+    assert_close("seeded noise", &noise, &c["latents"], 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}

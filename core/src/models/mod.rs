@@ -112,3 +112,15 @@ impl Models {
         self.default.as_deref()
     }
 }
+
+/// Gaussian noise from libtorch's CPU generator seeded with `seed`: the same on every machine and device for the
+/// same seed and shape, and the same as `torch.manual_seed(seed); torch.randn(shape)` in Python.
+///
+/// The CPU generator is global to the process; the lock keeps two workers from seeding and drawing interleaved,
+/// which would give two jobs with the same seed different noise.
+pub fn seeded_noise(seed: i64, shape: &[i64]) -> Result<tch::Tensor> {
+    static GENERATOR: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+    let _guard = GENERATOR.lock();
+    tch::manual_seed(seed);
+    Ok(tch::Tensor::f_randn(shape, (tch::Kind::Float, tch::Device::Cpu))?)
+}

@@ -83,10 +83,7 @@ impl Model for TestCard {
 
         attempt.stage(Stage::Generating)?;
         let generator_seed = p.seed as i64 & i64::MAX;
-        let noise = {
-            let _guard = SeedGuard::lock(generator_seed);
-            Tensor::f_randn([t, 3, h, w], (Kind::Float, tch::Device::Cpu))?.f_to_device(dev)?
-        };
+        let noise = super::seeded_noise(generator_seed, &[t, 3, h, w])?.f_to_device(dev)?;
         let smooth = (Tensor::f_ones([3, 1, 3, 3], (Kind::Float, dev))? / 9.0).f_contiguous()?;
         let mut x = noise;
         for i in 1..=p.steps {
@@ -113,20 +110,6 @@ impl Model for TestCard {
         attempt.stage(Stage::Finalizing)?;
         let frames = Frames::new(t as usize, p.height as usize, p.width as usize, frames)?;
         Ok(Video { frames: Arc::new(frames), fps: p.fps, metadata: Default::default() })
-    }
-}
-
-/// libtorch's CPU generator is global to the process. Seeding it and drawing from it must not interleave with
-/// another worker doing the same, or two jobs with the same seed would get different noise.
-struct SeedGuard(#[allow(dead_code)] parking_lot::MutexGuard<'static, ()>);
-
-static GENERATOR: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
-
-impl SeedGuard {
-    fn lock(seed: i64) -> Self {
-        let guard = GENERATOR.lock();
-        tch::manual_seed(seed);
-        Self(guard)
     }
 }
 

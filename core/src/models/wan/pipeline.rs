@@ -1,0 +1,280 @@
+//! The Wan2.1 text-to-video pipeline as an engine [`Model`]: prompt → UMT5 embeddings (positive and negative) →
+//! seeded latents → N flow-matching steps with classifier-free guidance → chunked VAE decode → RGB8 frames.
+//!
+//! It follows diffusers' `WanPipeline` (defaults 50 steps, guidance 5.0, 81 frames, 16 fps, 480×832), with two
+//! deliberate differences: CFG runs the conditional and unconditional passes as one batch (one forward instead of
+//! two), and every step checks the latents for NaN or Inf, failing the attempt with a retryable `numerical` error
+//! instead of decoding garbage.
+
+use super::tokenizer::{WanTokenizer, prompt_clean};
+use super::transformer::{TransformerConfig, WanTransformer};
+use super::umt5::{Umt5Config, Umt5Encoder};
+use super::vae::{VaeConfig, WanVaeDecoder};
+use super::load_component;
+use crate::device::Device;
+use crate::engine::{Attempt, FrameRule, Params, Stage};
+use crate::error::{Error, ErrorCode, Result};
+use crate::models::weights::{fingerprint, read_config, weight_files};
+use crate::models::{Defaults, Model, ModelInfo};
+use crate::schedulers::SchedulerConfig;
+use crate::video::{Frames, Video};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tch::{Kind, Tensor, nn::VarStore};
+
+/// Optional `vgen.json` beside `model_index.json`: the name and defaults vgen serves the model with.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServingConfig {
+    pub name: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub num_frames: Option<u32>,
+    pub fps: Option<f64>,
+    pub steps: Option<u32>,
+    pub guidance_scale: Option<f64>,
+    pub max_sequence_length: Option<usize>,
+    pub flow_shift: Option<f64>,
+    /// A `[z_dim][3]` matrix projecting latents to RGB for previews.
+    pub latent_rgb_factors: Option<Vec<[f64; 3]>>,
+}
+
+/// The loaded networks, on one device.
+pub struct Components {
+    _vars: Vec<VarStore>,
+    pub encoder: Umt5Encoder,
+    pub transformer: WanTransformer,
+    pub vae: WanVaeDecoder,
+}
+
+// SAFETY: after loading, the weights are never written (the VarStores are frozen and every forward pass builds
+// new tensors, with no in-place operation on a weight), and libtorch supports concurrent reads of one tensor from
+// several threads. That is what lets one copy of the weights per device serve every worker on it.
+unsafe impl Send for Components {}
+unsafe impl Sync for Components {}
+
+pub struct WanModel {
+    folder: PathBuf,
+    info: ModelInfo,
+    serving: ServingConfig,
+    scheduler: SchedulerConfig,
+    tokenizer: WanTokenizer,
+    transformer_config: TransformerConfig,
+    vae_config: VaeConfig,
+    encoder_config: Umt5Config,
+    weight_bytes: u64,
+    loaded: Mutex<HashMap<Device, Arc<Components>>>,
+}
+
+impl WanModel {
+    /// Opens a diffusers-format Wan folder. Configs and the tokenizer are read and checked now; weights are loaded
+    /// on first use on each device (and checked then, tensor by tensor).
+    pub fn open(folder: &Path) -> Result<Self> {
+        let index_path = folder.join("model_index.json");
+        let index: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&index_path)
+                .map_err(|e| Error::new(ErrorCode::NotFound, format!("{}: {e}", index_path.display())))?,
+        )
+        .map_err(|e| Error::invalid(format!("{}: {e}", index_path.display())))?;
+        let class = index.get("_class_name").and_then(|c| c.as_str()).unwrap_or("");
+        if class != "WanPipeline" {
+            return Err(Error::invalid(format!("{} is a {class:?}, not a WanPipeline", index_path.display())));
+        }
+        let serving: ServingConfig = match std::fs::read_to_string(folder.join("vgen.json")) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| Error::invalid(format!("{}/vgen.json: {e}", folder.display())))?,
+            Err(_) => ServingConfig::default(),
+        };
+        let mut scheduler = SchedulerConfig::from_file(&folder.join("scheduler/scheduler_config.json"))?;
+        if let Some(shift) = serving.flow_shift {
+            scheduler = scheduler.with_flow_shift(shift);
+        }
+        let max_len = serving.max_sequence_length.unwrap_or(512);
+        let tokenizer = WanTokenizer::from_folder(&folder.join("tokenizer"), max_len)?;
+        let transformer_config: TransformerConfig = read_config(&folder.join("transformer"))?;
+        let vae_config: VaeConfig = read_config(&folder.join("vae"))?;
+        let encoder_config: Umt5Config = read_config(&folder.join("text_encoder"))?;
+        if encoder_config.d_model != transformer_config.text_dim {
+            return Err(Error::invalid(format!(
+                "text_encoder d_model {} does not match transformer text_dim {}",
+                encoder_config.d_model, transformer_config.text_dim
+            )));
+        }
+        let mut files = weight_files(&folder.join("transformer"), "diffusion_pytorch_model")?;
+        files.extend(weight_files(&folder.join("vae"), "diffusion_pytorch_model")?);
+        files.extend(weight_files(&folder.join("text_encoder"), "model")?);
+        let weight_bytes = files.iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
+        let name = serving.name.clone().unwrap_or_else(|| {
+            folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "wan".into())
+        });
+        let info = ModelInfo {
+            name,
+            weights_hash: fingerprint(&files)?,
+            defaults: Defaults {
+                width: serving.width.unwrap_or(832),
+                height: serving.height.unwrap_or(480),
+                num_frames: serving.num_frames.unwrap_or(81),
+                fps: serving.fps.unwrap_or(16.0),
+                steps: serving.steps.unwrap_or(50),
+                guidance_scale: serving.guidance_scale.unwrap_or(5.0),
+            },
+            size_multiple: 16,
+            frame_rule: FrameRule::OnePlusFourK,
+            dtype: "f32".into(),
+        };
+        Ok(Self {
+            folder: folder.to_path_buf(),
+            info,
+            serving,
+            scheduler,
+            tokenizer,
+            transformer_config,
+            vae_config,
+            encoder_config,
+            weight_bytes,
+            loaded: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn tokenizer(&self) -> &WanTokenizer {
+        &self.tokenizer
+    }
+
+    /// The networks on `device`, loading them the first time.
+    pub fn components(&self, device: Device) -> Result<Arc<Components>> {
+        if let Some(c) = self.loaded.lock().get(&device) {
+            return Ok(c.clone());
+        }
+        let dev = device.to_tch();
+        let (v1, encoder) = load_component(&self.folder.join("text_encoder"), "model", dev, &[], &["encoder.embed_tokens."], |p| {
+            Umt5Encoder::new(p, self.encoder_config.clone())
+        })?;
+        let (v2, transformer) = load_component(&self.folder.join("transformer"), "diffusion_pytorch_model", dev, &[], &[], |p| {
+            WanTransformer::new(p, self.transformer_config.clone())
+        })?;
+        let (v3, vae) = load_component(&self.folder.join("vae"), "diffusion_pytorch_model", dev, &[], &["encoder.", "quant_conv."], |p| {
+            WanVaeDecoder::new(p, self.vae_config.clone())
+        })?;
+        let c = Arc::new(Components { _vars: vec![v1, v2, v3], encoder, transformer, vae });
+        self.loaded.lock().insert(device, c.clone());
+        Ok(c)
+    }
+
+    /// Text embeddings `[B, L, d]` for cleaned prompts, with rows past each prompt's length zeroed.
+    pub fn encode_prompts(&self, c: &Components, prompts: &[&str], device: tch::Device) -> Result<Tensor> {
+        let (ids, mask) = self.tokenizer.encode(prompts)?;
+        let (ids, mask) = (ids.to_device(device), mask.to_device(device));
+        let hidden = c.encoder.forward(&ids, &mask);
+        Ok(hidden * mask.unsqueeze(-1).to_kind(Kind::Float))
+    }
+
+    /// The denoising loop from `latents`, with `text` = [cond] or [cond; uncond] embeddings (batched CFG).
+    /// `each_step(i, steps, latents)` is called after every step.
+    pub fn denoise(
+        &self,
+        c: &Components,
+        latents: Tensor,
+        text: &Tensor,
+        steps: usize,
+        guidance: f64,
+        mut each_step: impl FnMut(usize, usize, &Tensor, f32) -> Result<()>,
+    ) -> Result<Tensor> {
+        let mut scheduler = self.scheduler.build(steps)?;
+        let timesteps = scheduler.timesteps().to_vec();
+        let cfg = guidance > 1.0;
+        let mut x = latents;
+        for (i, t) in timesteps.iter().enumerate() {
+            let batch = if cfg { Tensor::cat(&[&x, &x], 0) } else { x.shallow_clone() };
+            let b = batch.size()[0];
+            let timestep = Tensor::full([b], *t as f64, (Kind::Float, x.device()));
+            let out = c.transformer.forward(&batch, &timestep, text)?;
+            let noise = if cfg {
+                let parts = out.chunk(2, 0);
+                &parts[1] + (&parts[0] - &parts[1]) * guidance
+            } else {
+                out
+            };
+            x = scheduler.step(&noise, &x)?;
+            let finite = x.isfinite().all().int64_value(&[]) == 1;
+            if !finite {
+                return Err(Error::new(ErrorCode::Numerical, format!("NaN or Inf in the latents after step {}", i + 1)));
+            }
+            each_step(i + 1, steps, &x, scheduler.sigmas()[i + 1])?;
+        }
+        Ok(x)
+    }
+
+    /// A cheap RGB look at latents `[1, z, T, h, w]`: a linear projection per pixel, not a decode.
+    fn preview(&self, latents: &Tensor) -> Result<Frames> {
+        let z = latents.size()[1];
+        let lat = latents.get(0).permute([1, 2, 3, 0]); // [T, h, w, z]
+        let rgb = match &self.serving.latent_rgb_factors {
+            Some(f) if f.len() == z as usize => {
+                let flat: Vec<f64> = f.iter().flatten().copied().collect();
+                let m = Tensor::from_slice(&flat).view([z, 3]).to_kind(Kind::Float).to_device(latents.device());
+                lat.to_kind(Kind::Float).matmul(&m)
+            }
+            _ => lat.narrow(3, 0, 3.min(z)).to_kind(Kind::Float).tanh(),
+        };
+        Frames::from_tensor(&rgb.clamp(-1.0, 1.0), false)
+    }
+}
+
+impl Model for WanModel {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn memory_estimate(&self, p: &Params, _device: Device) -> u64 {
+        // Weights, then the decoder's widest activations: every pixel of a 4-frame chunk at 4·base_dim channels,
+        // a few times over (fp32), plus the finished video.
+        let pixels = p.width as u64 * p.height as u64;
+        let decode = pixels * 4 * (self.vae_config.base_dim as u64 * 4) * 4 * 4;
+        self.weight_bytes + decode + pixels * p.num_frames as u64 * 3
+    }
+
+    fn generate(&self, p: &Params, attempt: &mut Attempt<'_>) -> Result<Video> {
+        let device = attempt.device();
+        let dev = device.to_tch();
+        attempt.stage(Stage::EncodingPrompt)?;
+        let c = self.components(device)?;
+        let prompt = prompt_clean(&p.prompt);
+        let negative = prompt_clean(&p.negative_prompt);
+        let unknown = self.tokenizer.unknown_words(&prompt);
+        if !unknown.is_empty() {
+            tracing::warn!(words = ?unknown, "words outside the model's vocabulary are ignored");
+        }
+        let cfg = p.guidance_scale > 1.0;
+        let prompts: Vec<&str> = if cfg { vec![&prompt, &negative] } else { vec![&prompt] };
+        let text = self.encode_prompts(&c, &prompts, dev)?;
+        attempt.check()?;
+
+        attempt.stage(Stage::Generating)?;
+        let z = self.vae_config.z_dim;
+        let shape = [1, z, (p.num_frames as i64 - 1) / 4 + 1, p.height as i64 / 8, p.width as i64 / 8];
+        let latents = crate::models::seeded_noise(p.seed as i64 & i64::MAX, &shape)?.to_device(dev);
+        let latents = self.denoise(&c, latents, &text, p.steps as usize, p.guidance_scale, |i, n, x, _| {
+            if attempt.wants_preview(i as u32) {
+                attempt.preview(i as u32, self.preview(x)?);
+            }
+            attempt.step(i as u32, n as u32)
+        })?;
+
+        attempt.stage(Stage::Decoding)?;
+        let latents = c.vae.denormalize(&latents);
+        let mut data = Vec::with_capacity((p.num_frames * p.height * p.width * 3) as usize);
+        let mut frames_done = 0;
+        c.vae.decode(&latents, |i, total, chunk| {
+            // [1, 3, t, H, W] → [t, H, W, 3]
+            let f = Frames::from_tensor(&chunk.get(0).permute([1, 2, 3, 0]), false)?;
+            frames_done += f.num_frames;
+            data.extend_from_slice(f.data());
+            attempt.chunk(i as u32 + 1, total as u32)
+        })?;
+        attempt.stage(Stage::Finalizing)?;
+        let frames = Frames::new(frames_done, p.height as usize, p.width as usize, data)?;
+        Ok(Video { frames: Arc::new(frames), fps: p.fps, metadata: Default::default() })
+    }
+}
