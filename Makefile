@@ -12,7 +12,7 @@ CARGO ?= cargo
 CFLAGS_STRICT := -Wall -Wextra -Wpedantic -Werror
 TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 
-.PHONY: demo test test-rust test-c test-python build header bench env clean
+.PHONY: demo test test-rust test-c test-python build header bench test-wan-full env clean
 
 # --- the environment -------------------------------------------------------------------------------------------
 # torch from PyPI is the source of libtorch (about 4.6 GB with its CUDA libraries; it runs on the CPU too).
@@ -66,6 +66,10 @@ test-python: build
 # --- developer targets -------------------------------------------------------------------------------------------
 header: $(STAMPS)/venv
 	VGEN_BLESS=1 $(CARGO) test -p vgen-ffi --test header
+
+# The real Wan2.1-T2V-1.3B transformer configuration with random weights: every shape, and one step (5.7 GB).
+test-wan-full: $(STAMPS)/venv
+	$(CARGO) test --release -p vgen-core --test wan_full_size -- --ignored --nocapture
 
 bench: $(STAMPS)/venv
 	$(CARGO) bench -p vgen-benches

@@ -139,7 +139,10 @@ pub fn read_config<T: serde::de::DeserializeOwned>(folder: &Path) -> Result<T> {
     let path = folder.join("config.json");
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Error::new(ErrorCode::NotFound, format!("{}: {e}", path.display())))?;
-    serde_json::from_str(&text).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))
+    let mut de = serde_json::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        Error::invalid(format!("{}: field `{}`: {}", path.display(), e.path(), e.inner()))
+    })
 }
 
 /// A short hash of the weight files' contents (their size and first and last megabyte), for cache keys.
