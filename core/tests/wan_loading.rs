@@ -104,3 +104,33 @@ fn missing_truncated_misshaped_and_pickle_weights_are_named() {
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("vgen-wan-{name}-{}", std::process::id())));
     }
 }
+
+#[test]
+fn sharded_weights_load_through_their_index() {
+    let dir = copy("sharded");
+    let folder = dir.join("transformer");
+    let single = folder.join("diffusion_pytorch_model.safetensors");
+    let tensors = tch::Tensor::read_safetensors(&single).unwrap();
+    std::fs::remove_file(&single).unwrap();
+    let (a, b) = tensors.split_at(tensors.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (i, part) in [a, b].iter().enumerate() {
+        let file = format!("diffusion_pytorch_model-0000{}-of-00002.safetensors", i + 1);
+        tch::Tensor::write_safetensors(part, folder.join(&file)).unwrap();
+        for (name, _) in part.iter() {
+            map.insert(name.clone(), serde_json::Value::String(file.clone()));
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(folder.join("diffusion_pytorch_model.safetensors.index.json"), index.to_string()).unwrap();
+    let sharded = WanModel::open(&dir).unwrap();
+    let whole = WanModel::open(&tiny()).unwrap();
+    let (s, w) = (sharded.components(Device::Cpu).unwrap(), whole.components(Device::Cpu).unwrap());
+    let _g = tch::no_grad_guard();
+    let x = tch::Tensor::randn([1, 16, 1, 4, 4], (tch::Kind::Float, tch::Device::Cpu));
+    let t = tch::Tensor::from_slice(&[500.0f32]);
+    let text = tch::Tensor::randn([1, 4, 32], (tch::Kind::Float, tch::Device::Cpu));
+    let diff = (s.transformer.forward(&x, &t, &text).unwrap() - w.transformer.forward(&x, &t, &text).unwrap()).abs().max();
+    assert_eq!(diff.double_value(&[]), 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
