@@ -35,14 +35,20 @@ demo: $(STAMPS)/venv
 # --- the tests ---------------------------------------------------------------------------------------------------
 test: test-rust test-c test-python
 
-test-rust: $(STAMPS)/venv
-	$(CARGO) test --workspace
-	$(CARGO) run -q -p vgen-examples --example hello | grep '^vgen .* on libtorch 2\.11'
+test-rust: build
+	VGEN_REQUIRE_FFPROBE=1 $(CARGO) test --workspace
+	$(TARGET_DIR)/debug/examples/hello | grep '^vgen .* on libtorch 2\.11'
 
-# One debug build of every crate (libvgen.so, the Python extension, the binaries), with one feature set, so that
-# the C and Python tests reuse it instead of compiling libtorch's bindings again.
-build: $(STAMPS)/venv
-	$(CARGO) build --workspace
+# One debug build of every target of every crate (libvgen.so, the Python extension, binaries, tests, examples),
+# with the one feature set `cargo test` uses, so that no test step compiles libtorch's bindings a second time.
+build: $(STAMPS)/venv $(STAMPS)/ffmpeg
+	$(CARGO) build --workspace --all-targets
+
+# Debian's ffmpeg, for the tests that check our video files with a real tool (ffprobe).
+$(STAMPS)/ffmpeg:
+	@mkdir -p $(STAMPS)
+	command -v ffprobe >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg; }
+	@touch $@
 
 # The C and C++ examples are built strictly against the generated header and the shared library, and run.
 test-c: build

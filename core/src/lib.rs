@@ -5,6 +5,7 @@
 //! layers over it.
 
 pub mod device;
+pub mod encode;
 pub mod engine;
 pub mod error;
 pub mod models;
