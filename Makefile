@@ -31,6 +31,8 @@ demo: $(STAMPS)/venv
 	$(CARGO) build --release -p vgen-core --bin vgen
 	$(TARGET_DIR)/release/vgen --version
 	$(TARGET_DIR)/release/vgen devices
+	@mkdir -p out
+	$(TARGET_DIR)/release/vgen generate --prompt "a red circle moving right" --seed 1 --out out/demo.mp4 --out out/demo.gif
 
 # --- the tests ---------------------------------------------------------------------------------------------------
 test: test-rust test-c test-python

@@ -1,8 +1,24 @@
 //! `vgen`: the command-line face of the engine.
+//!
+//! Exit codes: 0 done; 1 the job failed or an error; 2 bad usage (what to change is printed first); 130 cancelled
+//! by Ctrl-C (the job stops at its next step and no partial file is left).
 
 use clap::{Parser, Subcommand};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use vgen_core::{Device, runtime};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use vgen_core::encode::{self, Geometry};
+use vgen_core::engine::{EngineConfig, JobStatus, Request};
+use vgen_core::models::Models;
+use vgen_core::{Device, Engine, ErrorCode, JobState, runtime};
+
+const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (libtorch ", env!("VGEN_LIBTORCH_VERSION"), ")");
+const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_CANCELLED: u8 = 130;
 
 #[derive(Parser)]
 #[command(name = "vgen", version = VERSION_LINE, about = "Native text-to-video generation on libtorch")]
@@ -13,28 +29,280 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Make a video from a prompt and write it to one or more files.
+    Generate(Generate),
     /// List the devices libtorch sees, and prove each one works by running a small computation on it.
     Devices {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// List the installed models (built-in, and folders under ./models or $VGEN_MODELS).
+    Models {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (libtorch ", env!("VGEN_LIBTORCH_VERSION"), ")");
+#[derive(clap::Args)]
+struct Generate {
+    #[arg(long)]
+    prompt: String,
+    #[arg(long)]
+    negative_prompt: Option<String>,
+    #[arg(long)]
+    width: Option<u32>,
+    #[arg(long)]
+    height: Option<u32>,
+    /// Frame count, 1+4k for Wan models.
+    #[arg(long)]
+    frames: Option<u32>,
+    #[arg(long)]
+    fps: Option<f64>,
+    #[arg(long)]
+    steps: Option<u32>,
+    #[arg(long)]
+    guidance: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// A model name (see `vgen models`) or a model folder.
+    #[arg(long)]
+    model: Option<String>,
+    /// auto (every GPU, else the CPU), cpu, or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Emit a preview event every N steps.
+    #[arg(long)]
+    preview_every: Option<u32>,
+    /// Output file: .mp4, .gif, .png (animated), or a folder ending in /. Repeat to write several formats.
+    #[arg(long = "out", required = true)]
+    out: Vec<PathBuf>,
+    /// One JSON event per line on stdout, then a result summary, instead of a progress bar.
+    #[arg(long)]
+    json: bool,
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Devices { json } => devices(json),
-    };
-    match result {
+    match cli.command {
+        Command::Devices { json } => report(devices(json)),
+        Command::Models { json } => report(models(json)),
+        Command::Generate(g) => generate(g),
+    }
+}
+
+fn report(r: vgen_core::Result<()>) -> ExitCode {
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vgen: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_FAILED)
         }
     }
+}
+
+fn usage(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("vgen: {message}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn generate(g: Generate) -> ExitCode {
+    // Everything a user can get wrong is checked before any work starts.
+    for out in &g.out {
+        if let Err(e) = encode::check_writable(out) {
+            return usage(e.message());
+        }
+    }
+    let devices = match g.device.as_str() {
+        "auto" => Vec::new(),
+        d => match d.parse::<Device>().and_then(Device::check_present) {
+            Ok(d) => vec![d],
+            Err(e) => return usage(e.message()),
+        },
+    };
+    let (mut models, problems) = Models::discover();
+    for p in problems {
+        eprintln!("vgen: warning: skipped a model folder: {p}");
+    }
+    let model = match &g.model {
+        Some(m) => match models.resolve(m) {
+            Ok(name) => Some(name),
+            Err(e) => return usage(e.message()),
+        },
+        None => None,
+    };
+    let engine = match Engine::with_models(EngineConfig { devices, ..Default::default() }, models) {
+        Ok(e) => e,
+        Err(e) => return usage(e),
+    };
+    let request = Request {
+        negative_prompt: g.negative_prompt.clone(),
+        width: g.width,
+        height: g.height,
+        num_frames: g.frames,
+        fps: g.fps,
+        steps: g.steps,
+        guidance_scale: g.guidance,
+        seed: g.seed,
+        model,
+        preview_every: g.preview_every,
+        ..Request::new(g.prompt.clone())
+    };
+    let id = match engine.submit(request) {
+        Ok(id) => id,
+        Err(e) if e.code() == ErrorCode::InvalidArgument || e.code() == ErrorCode::NotFound => {
+            return usage(e.message().replace("num_frames", "--frames").replace("guidance_scale", "--guidance"));
+        }
+        Err(e) => return report(Err(e)),
+    };
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    let started = Instant::now();
+    let tty = !g.json && std::io::stderr().is_terminal();
+    let mut seen = 0;
+    let status = loop {
+        if interrupted.load(Ordering::SeqCst) {
+            let _ = engine.cancel(id);
+        }
+        if g.json {
+            if let Ok(events) = engine.events(id, seen) {
+                for ev in events {
+                    seen = ev.seq;
+                    emit(&serde_json::to_string(&ev).unwrap_or_default());
+                }
+            }
+        }
+        match engine.wait(id, Some(Duration::from_millis(100))) {
+            Ok(s) => break s,
+            Err(e) if e.code() == ErrorCode::Timeout => {
+                if tty {
+                    if let Ok(s) = engine.poll(id) {
+                        draw(&s, started.elapsed());
+                    }
+                }
+            }
+            Err(e) => return report(Err(e)),
+        }
+    };
+    if g.json {
+        if let Ok(events) = engine.events(id, seen) {
+            for ev in events {
+                emit(&serde_json::to_string(&ev).unwrap_or_default());
+            }
+        }
+    }
+    if tty {
+        draw(&status, started.elapsed());
+        eprintln!();
+    }
+    match status.state {
+        JobState::Succeeded => {}
+        JobState::Cancelled => {
+            eprintln!("vgen: cancelled; no file written");
+            return ExitCode::from(EXIT_CANCELLED);
+        }
+        _ => {
+            let e = status.error.map(|e| format!("{}: {}", e.code, e.message)).unwrap_or_default();
+            eprintln!("vgen: the job failed: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    }
+    let video = match engine.result(id) {
+        Ok(v) => v,
+        Err(e) => return report(Err(e)),
+    };
+    let f = &video.frames;
+    let encode_started = Instant::now();
+    for out in &g.out {
+        if tty {
+            eprint!("\rencoding_video   {}", out.display());
+        }
+        let geometry = Geometry { width: f.width, height: f.height, fps: video.fps, num_frames: f.num_frames };
+        let written = encode::open(out, geometry).and_then(|mut enc| {
+            for t in 0..f.num_frames {
+                if interrupted.load(Ordering::SeqCst) {
+                    return Err(vgen_core::Error::new(ErrorCode::Cancelled, "cancelled"));
+                }
+                enc.push(f.frame(t))?;
+            }
+            enc.finish()
+        });
+        match written {
+            Ok(()) => {}
+            Err(e) if e.code() == ErrorCode::Cancelled => {
+                eprintln!("\nvgen: cancelled; no file written");
+                return ExitCode::from(EXIT_CANCELLED);
+            }
+            Err(e) => return report(Err(e)),
+        }
+    }
+    let encode_ms = encode_started.elapsed().as_secs_f64() * 1e3;
+    let m = &video.metadata;
+    if g.json {
+        let summary = serde_json::json!({
+            "type": "result",
+            "paths": g.out,
+            "seed": m.seed,
+            "model": m.model,
+            "device": m.device,
+            "width": f.width, "height": f.height, "frames": f.num_frames, "fps": video.fps,
+            "timings_ms": m.timings_ms,
+            "encode_ms": encode_ms,
+            "total_ms": started.elapsed().as_secs_f64() * 1e3,
+            "peak_memory_bytes": m.peak_memory_bytes,
+            "attempts": m.attempts,
+            "cache_hit": m.cache_hit,
+        });
+        emit(&summary.to_string());
+    } else {
+        if tty {
+            eprintln!();
+        }
+        for out in &g.out {
+            eprintln!("wrote {}", out.display());
+        }
+        eprintln!(
+            "{} frames {}x{} at {} fps, seed {}, model {}, {:.1} s",
+            f.num_frames,
+            f.width,
+            f.height,
+            video.fps,
+            m.seed,
+            m.model,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// Prints one line of JSON to stdout. A closed pipe (`vgen ... --json | head`) is not an error worth a panic:
+/// the rest of the output is dropped and the job still finishes.
+fn emit(line: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// One line: stage, bar, percent, step i/N, elapsed and the engine's ETA.
+fn draw(s: &JobStatus, elapsed: Duration) {
+    let width = 24;
+    let filled = ((s.progress * width as f64).round() as usize).min(width);
+    let eta = match (s.state, s.eta_ms) {
+        (JobState::Succeeded, _) => "done".to_string(),
+        (_, Some(ms)) => format!("eta {:.1}s", ms as f64 / 1e3),
+        _ => "eta ?".to_string(),
+    };
+    let stage = if s.state == JobState::Queued { "queued" } else { s.stage.name() };
+    eprint!(
+        "\r{stage:<16} [{}{}] {:>3.0}% step {}/{} {:.1}s {eta}   ",
+        "#".repeat(filled),
+        " ".repeat(width - filled),
+        s.progress * 100.0,
+        s.step,
+        s.steps,
+        elapsed.as_secs_f64()
+    );
+    let _ = std::io::stderr().flush();
 }
 
 fn devices(json: bool) -> vgen_core::Result<()> {
@@ -61,5 +329,42 @@ fn devices(json: bool) -> vgen_core::Result<()> {
     }
     let auto: Vec<String> = Device::auto().iter().map(ToString::to_string).collect();
     println!("jobs run on: {} (auto)", auto.join(", "));
+    Ok(())
+}
+
+fn models(json: bool) -> vgen_core::Result<()> {
+    let (models, problems) = Models::discover();
+    let default = models.default_name().unwrap_or("").to_string();
+    let list: Vec<serde_json::Value> = models
+        .names()
+        .map(|n| {
+            let m = models.get(Some(n)).expect("listed");
+            let i = m.info();
+            serde_json::json!({
+                "name": i.name, "default": i.name == default, "weights_bytes": m.weights_bytes(),
+                "width": i.defaults.width, "height": i.defaults.height, "frames": i.defaults.num_frames,
+                "steps": i.defaults.steps, "dtype": i.dtype,
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::Value::Array(list));
+    } else {
+        println!("{:<16} {:>12} {:>14} {:>6}", "model", "weights", "default size", "steps");
+        for m in &list {
+            let mark = if m["default"] == true { " (default)" } else { "" };
+            let mb = m["weights_bytes"].as_u64().unwrap_or(0) as f64 / 1e6;
+            println!(
+                "{:<16} {:>9.1} MB {:>14} {:>6}{mark}",
+                m["name"].as_str().unwrap_or(""),
+                mb,
+                format!("{}x{}x{}", m["width"], m["height"], m["frames"]),
+                m["steps"]
+            );
+        }
+    }
+    for p in problems {
+        eprintln!("vgen: warning: skipped a model folder: {p}");
+    }
     Ok(())
 }

@@ -17,6 +17,9 @@ use crate::video::Video;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// The name of the project's own trained model, the default wherever it is installed.
+pub const DEFAULT_TRAINED: &str = "shapes-tiny";
+
 /// The values a request gets for every field it leaves out.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Defaults {
@@ -56,6 +59,11 @@ pub trait Model: Send + Sync + 'static {
     fn memory_estimate(&self, params: &Params, device: Device) -> u64;
 
     fn generate(&self, params: &Params, attempt: &mut Attempt<'_>) -> Result<Video>;
+
+    /// The size of the model's weight files, in bytes (0 for a model without weights).
+    fn weights_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// The models an engine can run, by name, and which one is the default.
@@ -74,6 +82,48 @@ impl Models {
         m.insert(Arc::new(noop::NoOp::new()));
         m.default = Some(testcard::NAME.to_string());
         m
+    }
+
+    /// The built-in models plus every Wan folder (one holding `model_index.json`) found in the folders named by
+    /// `VGEN_MODELS` (colon-separated) or, when it is unset, in `./models`. A shipped trained model becomes the
+    /// default. Folders that fail to open are reported and skipped.
+    pub fn discover() -> (Self, Vec<Error>) {
+        let mut m = Self::builtin();
+        let mut problems = Vec::new();
+        let roots: Vec<std::path::PathBuf> = match std::env::var_os("VGEN_MODELS") {
+            Some(v) => std::env::split_paths(&v).collect(),
+            None => vec![std::path::PathBuf::from("models")],
+        };
+        for root in roots {
+            let Ok(entries) = std::fs::read_dir(&root) else { continue };
+            let mut dirs: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+            dirs.sort();
+            for dir in dirs.into_iter().filter(|d| d.join("model_index.json").is_file()) {
+                match wan::pipeline::WanModel::open(&dir) {
+                    Ok(model) => {
+                        let name = model.info().name.clone();
+                        m.insert(Arc::new(model));
+                        if name == DEFAULT_TRAINED {
+                            m.default = Some(name);
+                        }
+                    }
+                    Err(e) => problems.push(e),
+                }
+            }
+        }
+        (m, problems)
+    }
+
+    /// Opens a model folder given by path, or finds a model by name.
+    pub fn resolve(&mut self, name_or_folder: &str) -> Result<String> {
+        let path = std::path::Path::new(name_or_folder);
+        if path.join("model_index.json").is_file() {
+            let model = wan::pipeline::WanModel::open(path)?;
+            let name = model.info().name.clone();
+            self.insert(Arc::new(model));
+            return Ok(name);
+        }
+        self.get(Some(name_or_folder)).map(|m| m.info().name.clone())
     }
 
     /// Adds or replaces a model. The first model added becomes the default if there is none.

@@ -227,6 +227,10 @@ impl Model for WanModel {
         &self.info
     }
 
+    fn weights_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
     fn memory_estimate(&self, p: &Params, _device: Device) -> u64 {
         // Weights, then the decoder's widest activations: every pixel of a 4-frame chunk at 4·base_dim channels,
         // a few times over (fp32), plus the finished video.

@@ -1,0 +1,96 @@
+//! The `vgen` command as a person meets it: bad input is refused before any work with what to change, `--json`
+//! is valid JSON lines ending in a result, every output format is written, and Ctrl-C cancels cleanly.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+fn vgen() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vgen"))
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("vgen-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn bad_input_is_refused_before_work_with_the_fix() {
+    let dir = scratch("bad");
+    let out = dir.join("a.mp4");
+    let out = out.to_str().unwrap();
+    for (args, expect) in [
+        (vec!["--width", "100"], "use 96 or 112"),
+        (vec!["--frames", "18"], "use 17 or 21"),
+        (vec!["--model", "nope"], "installed:"),
+        (vec!["--device", "cuda:7"], "cuda:7"),
+        (vec!["--steps", "0"], "steps 0"),
+    ] {
+        let r = vgen().args(["generate", "--prompt", "x", "--out", out]).args(&args).output().unwrap();
+        assert_eq!(r.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
+    for (path, expect) in [("/nonexistent-dir/a.mp4", "does not exist"), ("a.avi", ".mp4, .gif")] {
+        let r = vgen().args(["generate", "--prompt", "x", "--out", path]).output().unwrap();
+        assert_eq!(r.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&r.stderr).contains(expect));
+    }
+    let r = vgen().args(["generate", "--prompt", "x", "--out", out, "--bogus"]).output().unwrap();
+    assert_eq!(r.status.code(), Some(2));
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing written");
+}
+
+#[test]
+fn json_mode_streams_events_and_writes_every_format() {
+    let dir = scratch("json");
+    let outs = ["v.mp4", "v.gif", "v.png", "frames/"].map(|o| dir.join(o).to_string_lossy().into_owned());
+    let mut cmd = vgen();
+    cmd.args(["generate", "--prompt", "a red circle moving right", "--seed", "3", "--json", "--preview-every", "2"]);
+    for o in &outs {
+        cmd.args(["--out", o]);
+    }
+    let r = cmd.output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(r.stdout).unwrap().lines().map(|l| serde_json::from_str(l).expect("valid JSON")).collect();
+    assert_eq!(lines[0]["type"], "queued");
+    assert!(lines.iter().any(|l| l["type"] == "progress"));
+    assert!(lines.iter().any(|l| l["type"] == "preview"));
+    assert_eq!(lines[lines.len() - 2]["type"], "finished");
+    let result = lines.last().unwrap();
+    assert_eq!(result["type"], "result");
+    assert_eq!(result["seed"], 3);
+    assert_eq!(result["paths"].as_array().unwrap().len(), 4);
+    assert!(result["peak_memory_bytes"].as_u64().unwrap() > 0);
+    for o in &outs {
+        assert!(std::path::Path::new(o.trim_end_matches('/')).exists(), "{o}");
+    }
+    assert_eq!(std::fs::read_dir(dir.join("frames")).unwrap().count(), 17);
+}
+
+#[test]
+fn ctrl_c_cancels_cleanly_and_leaves_no_file() {
+    let dir = scratch("sigint");
+    let out = dir.join("never.mp4");
+    let mut child = vgen()
+        .args(["generate", "--prompt", "slow", "--json", "--steps", "200", "--width", "512", "--height", "512", "--frames", "129"])
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    for line in stdout.lines() {
+        if line.unwrap().contains("\"progress\"") {
+            break;
+        }
+    }
+    // SAFETY: kill only sends a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "the exit code says cancelled");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no partial file");
+}
