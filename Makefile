@@ -60,6 +60,9 @@ test-c: build
 	c++ $(CFLAGS_STRICT) -std=c++17 -Iinclude examples/cpp/hello.cc -L$(TARGET_DIR)/debug -lvgen \
 		-Wl,-rpath,$(TARGET_DIR)/debug -o $(TARGET_DIR)/examples-c/hello_cpp
 	$(TARGET_DIR)/examples-c/hello_c | grep '^vgen .* on libtorch 2\.11'
+	cc $(CFLAGS_STRICT) -std=c11 -Iinclude examples/c/generate.c -L$(TARGET_DIR)/debug -lvgen \
+		-Wl,-rpath,$(TARGET_DIR)/debug -o $(TARGET_DIR)/examples-c/generate_c
+	$(TARGET_DIR)/examples-c/generate_c $(TARGET_DIR)/examples-c/generate_c.mp4
 	$(TARGET_DIR)/examples-c/hello_cpp | grep '^vgen .* on libtorch 2\.11'
 	@echo "C and C++ examples: ok"
 

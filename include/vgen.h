@@ -7,6 +7,123 @@
 #include <stdint.h>
 #include <stdbool.h>
 
+/**
+ * The result of every fallible call. `VGEN_STATUS_OK` is 0; 1–16 are the engine's error codes (the same numbers
+ * as the Rust and Python APIs); 100 and up are errors of the C ABI itself. Numbers are never reused.
+ */
+typedef enum {
+  VGEN_STATUS_OK = 0,
+  VGEN_STATUS_INVALID_ARGUMENT = 1,
+  VGEN_STATUS_NOT_FOUND = 2,
+  VGEN_STATUS_ALREADY_EXISTS = 3,
+  VGEN_STATUS_QUEUE_FULL = 4,
+  VGEN_STATUS_CANCELLED = 5,
+  VGEN_STATUS_DEADLINE_EXCEEDED = 6,
+  VGEN_STATUS_RESOURCE_EXHAUSTED = 7,
+  VGEN_STATUS_UNAVAILABLE = 8,
+  VGEN_STATUS_MODEL = 9,
+  VGEN_STATUS_INTERNAL = 10,
+  VGEN_STATUS_SHUTTING_DOWN = 11,
+  VGEN_STATUS_IO = 12,
+  VGEN_STATUS_UNSUPPORTED = 13,
+  VGEN_STATUS_TIMEOUT = 14,
+  VGEN_STATUS_NOT_READY = 15,
+  VGEN_STATUS_NUMERICAL = 16,
+  /**
+   * A required pointer argument was NULL.
+   */
+  VGEN_STATUS_NULL_PARAMETER = 100,
+  /**
+   * vgen panicked inside this call; the panic was caught. The engine may still be usable.
+   */
+  VGEN_STATUS_PANIC = 101,
+  /**
+   * A string argument was not valid UTF-8.
+   */
+  VGEN_STATUS_INVALID_UTF8 = 102,
+} vgen_status;
+
+/**
+ * A job's state. Terminal states are SUCCEEDED, FAILED and CANCELLED; a job reaches exactly one, once.
+ */
+typedef enum {
+  VGEN_JOB_QUEUED = 0,
+  VGEN_JOB_RUNNING = 1,
+  VGEN_JOB_SUCCEEDED = 2,
+  VGEN_JOB_FAILED = 3,
+  VGEN_JOB_CANCELLED = 4,
+} vgen_job_state;
+
+/**
+ * An embedded engine: devices, workers and its job store. Opaque; create with `vgen_engine_new`, free with
+ * `vgen_engine_free`.
+ */
+typedef struct vgen_engine vgen_engine;
+
+/**
+ * A finished video: RGB8 frames and metadata. Opaque; from `vgen_job_result`, freed with `vgen_video_free`. It
+ * stays valid after the job is released or the engine is freed.
+ */
+typedef struct vgen_video vgen_video;
+
+/**
+ * A per-job callback. `fn` receives every event of the job, the terminal one exactly once, on the engine's
+ * dispatcher thread (never an inference thread, never under an engine lock; keep it short). `event_json` is the
+ * event as JSON and is valid only during the call. `finalizer` (may be NULL) runs exactly once, on the
+ * dispatcher thread or in `vgen_engine_free`, when vgen lets go of `userdata`: after the terminal event, or when
+ * submit fails.
+ */
+typedef struct {
+  void (*callback)(void *userdata, uint64_t job, const char *event_json);
+  void *userdata;
+  void (*finalizer)(void *userdata);
+} vgen_callback;
+
+/**
+ * A snapshot of a job, filled by `vgen_job_poll` and `vgen_job_wait`.
+ */
+typedef struct {
+  vgen_job_state state;
+  /**
+   * 0 validating, 1 encoding prompt, 2 generating, 3 decoding, 4 encoding video, 5 finalizing.
+   */
+  uint32_t stage;
+  /**
+   * 0 to 1, weighted by each stage's measured cost.
+   */
+  double progress;
+  /**
+   * The denoising step done last, of `steps`.
+   */
+  uint32_t step;
+  uint32_t steps;
+  /**
+   * Jobs ahead of this one while queued.
+   */
+  uint32_t queue_position;
+  /**
+   * 1 for the first attempt; 0 before it starts.
+   */
+  uint32_t attempt;
+  /**
+   * Estimated milliseconds to completion, or -1 when unknown.
+   */
+  int64_t eta_ms;
+  /**
+   * How sure the ETA is: 0 a prior, 1 scaled from other sizes, 2 measured for this configuration.
+   */
+  uint32_t eta_confidence;
+  /**
+   * The job's error once it has failed or been cancelled, else VGEN_STATUS_OK. The message is available from
+   * `vgen_job_error_message`.
+   */
+  vgen_status error;
+  /**
+   * True when the result came from the cache.
+   */
+  bool cache_hit;
+} vgen_job_status;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -31,6 +148,201 @@ const char *vgen_libtorch_version(void);
  * \return 0 where there is no GPU; jobs then run on the CPU.
  */
 size_t vgen_cuda_device_count(void);
+
+/**
+ * The message of the last error on the calling thread ("" if none). The pointer stays valid until the next vgen
+ * call on this thread; the caller does not free it. Any thread: each has its own.
+ */
+const char *vgen_last_error(void);
+
+/**
+ * Frees a string returned by vgen (`vgen_job_events`, `vgen_engine_metrics`, ...). NULL is accepted. Any thread.
+ *
+ * # Safety
+ * `s` must be NULL or a string returned by vgen and not yet freed.
+ */
+void vgen_string_free(char *s);
+
+/**
+ * Creates an engine from a JSON configuration (the fields of the Rust `EngineConfig`: `devices`,
+ * `workers_per_device`, `queue_capacity`, `retry`, `breaker`, `default_deadline_ms`, `retention`, `cache`,
+ * `limits`, ...; unknown fields are an error). `config_json` may be NULL for the defaults. Models: the built-in
+ * ones plus model folders under `./models` or `$VGEN_MODELS`.
+ *
+ * \param out receives the engine on success; the caller frees it with `vgen_engine_free`.
+ * Any thread.
+ *
+ * # Safety
+ * `config_json` must be NULL or a NUL-terminated string; `out` must be valid for a write.
+ */
+vgen_status vgen_engine_new(const char *config_json,
+                            vgen_engine **out);
+
+/**
+ * Shuts the engine down and frees it: queued and running jobs get the configured drain timeout, then are
+ * cancelled; every engine thread is joined before this returns. NULL is accepted. Callbacks' finalizers run
+ * before it returns (on the engine's dispatcher thread). No other call on this engine may run concurrently or
+ * follow.
+ *
+ * # Safety
+ * `engine` must be NULL or an engine from `vgen_engine_new` not yet freed.
+ */
+void vgen_engine_free(vgen_engine *engine);
+
+/**
+ * Submits a request given as JSON (the fields of the Rust `Request`: `prompt`, `negative_prompt`, `width`,
+ * `height`, `num_frames`, `fps`, `steps`, `guidance_scale`, `seed`, `model`, `priority`, `deadline_ms`,
+ * `idempotency_key`, `preview_every`; unknown fields and out-of-range values are errors). Validation is
+ * synchronous: on error nothing is queued and `vgen_last_error` says what to change.
+ *
+ * \param callback may be NULL; see `vgen_callback`.
+ * \param job_out receives the job id on success.
+ * Any thread.
+ *
+ * # Safety
+ * `engine` must be a live engine; `request_json` a NUL-terminated string; `callback` NULL or valid for a read;
+ * `job_out` valid for a write.
+ */
+vgen_status vgen_engine_submit(const vgen_engine *engine,
+                               const char *request_json,
+                               const vgen_callback *callback,
+                               uint64_t *job_out);
+
+/**
+ * Fills `out` with the job's status at once. Never blocks and never allocates, so a game loop may call it every
+ * frame. Any thread.
+ *
+ * # Safety
+ * `engine` a live engine; `out` valid for a write.
+ */
+vgen_status vgen_job_poll(const vgen_engine *engine,
+                          uint64_t job,
+                          vgen_job_status *out);
+
+/**
+ * Waits up to `timeout_ms` (-1: forever) for the job to end, then fills `out`. Returns VGEN_STATUS_TIMEOUT if
+ * it is still going (the job goes on). Any thread.
+ *
+ * # Safety
+ * `engine` a live engine; `out` valid for a write.
+ */
+vgen_status vgen_job_wait(const vgen_engine *engine,
+                          uint64_t job,
+                          int64_t timeout_ms,
+                          vgen_job_status *out);
+
+/**
+ * Cancels a job: a queued one at once, a running one at its next step. `cancelled_out` (may be NULL) is set to
+ * false when the job had already ended, which is harmless. Any thread.
+ *
+ * # Safety
+ * `engine` a live engine; `cancelled_out` NULL or valid for a write.
+ */
+vgen_status vgen_job_cancel(const vgen_engine *engine,
+                            uint64_t job,
+                            bool *cancelled_out);
+
+/**
+ * The job's events with a sequence number above `since` (0 for all), as a JSON array of objects
+ * (`{"job","seq","at_ms","type",...}`). Preview frames are not included in the JSON. Any thread.
+ *
+ * \param json_out receives a string the caller frees with `vgen_string_free`.
+ *
+ * # Safety
+ * `engine` a live engine; `json_out` valid for a write.
+ */
+vgen_status vgen_job_events(const vgen_engine *engine,
+                            uint64_t job,
+                            uint64_t since,
+                            char **json_out);
+
+/**
+ * The message of a failed or cancelled job's error. Any thread.
+ *
+ * \param message_out receives a string the caller frees with `vgen_string_free`; "" when the job has no error.
+ *
+ * # Safety
+ * `engine` a live engine; `message_out` valid for a write.
+ */
+vgen_status vgen_job_error_message(const vgen_engine *engine,
+                                   uint64_t job,
+                                   char **message_out);
+
+/**
+ * The engine's metrics: `format` 0 for a JSON object, 1 for Prometheus text. Any thread.
+ *
+ * \param text_out receives a string the caller frees with `vgen_string_free`.
+ *
+ * # Safety
+ * `engine` a live engine; `text_out` valid for a write.
+ */
+vgen_status vgen_engine_metrics(const vgen_engine *engine, uint32_t format, char **text_out);
+
+/**
+ * A short name for a status, such as `"invalid_argument"`.
+ *
+ * \return a static NUL-terminated string; never NULL; not to be freed. Any thread.
+ */
+const char *vgen_status_name(vgen_status status);
+
+/**
+ * Whether the same call may succeed if retried later unchanged (a full queue, a busy or failing device, ...).
+ * Any thread.
+ */
+bool vgen_status_is_retryable(vgen_status status);
+
+/**
+ * The video of a succeeded job. A failed or cancelled job returns its error; an unfinished one
+ * VGEN_STATUS_NOT_READY. Any thread.
+ *
+ * \param out receives a video the caller frees with `vgen_video_free`.
+ *
+ * # Safety
+ * `engine` a live engine; `out` valid for a write.
+ */
+vgen_status vgen_job_result(const vgen_engine *engine, uint64_t job, vgen_video **out);
+
+/**
+ * Frees a video. NULL is accepted.
+ *
+ * # Safety
+ * `video` NULL or from `vgen_job_result`, not yet freed; no other call on it may run concurrently or follow.
+ */
+void vgen_video_free(vgen_video *video);
+
+/**
+ * The frames: `*data_out` points at `frames × height × width × 3` bytes of RGB8, row-major, owned by the video
+ * (valid until `vgen_video_free`; not to be freed or written). Any of the size outputs may be NULL.
+ *
+ * # Safety
+ * `video` a live video; each non-NULL output valid for a write.
+ */
+vgen_status vgen_video_frames(const vgen_video *video,
+                              const uint8_t **data_out,
+                              uint32_t *frames_out,
+                              uint32_t *height_out,
+                              uint32_t *width_out,
+                              double *fps_out);
+
+/**
+ * The metadata (seed, model, weights hash, device, dtype, timings per stage, peak memory, attempts, cache hit) as
+ * a JSON object. `json_out` receives a string the caller frees with `vgen_string_free`.
+ *
+ * # Safety
+ * `video` a live video; `json_out` valid for a write.
+ */
+vgen_status vgen_video_metadata(const vgen_video *video,
+                                char **json_out);
+
+/**
+ * Writes the video to a file in the format its name asks for: `.mp4`, `.gif`, `.png` (animated) or a folder
+ * ending in `/`. The file appears complete or not at all. Any thread.
+ *
+ * # Safety
+ * `video` a live video; `path` a NUL-terminated string.
+ */
+vgen_status vgen_video_save(const vgen_video *video,
+                            const char *path);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -1,8 +1,26 @@
 //! `libvgen`: the C ABI of vgen.
 //!
+//! # Conventions
+//! - Every symbol is `vgen_<noun>_<verb>`; every constant `VGEN_*`. Handles are opaque and each has one free
+//!   function, which accepts NULL.
+//! - Fallible calls return a `vgen_status` (0 is success; the numbers equal the Rust and Python error codes and
+//!   are never renumbered). Outputs go through out-parameters written only on success. `vgen_last_error` gives the
+//!   message of the last error on the calling thread.
+//! - No panic crosses into C: one becomes `VGEN_STATUS_PANIC`.
+//!
 //! # Thread safety
-//! Every function here may be called from any thread at any time. The strings returned are static: the caller
-//! never frees them.
+//! A `const` pointer may be shared across threads; each type says what else holds. Strings that vgen returns are
+//! either static (documented as such) or freed by the caller with `vgen_string_free`.
+
+mod boundary;
+mod engine;
+mod status;
+mod video;
+
+pub use boundary::{vgen_last_error, vgen_string_free};
+pub use engine::*;
+pub use status::*;
+pub use video::*;
 
 use std::ffi::c_char;
 

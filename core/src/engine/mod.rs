@@ -211,6 +211,20 @@ impl Engine {
         Ok(status)
     }
 
+    /// Reads the job's latest status in place, without copying or allocating (for hosts that poll every frame,
+    /// such as the C ABI). `f` also gets the queue position while the job is queued.
+    pub fn peek<R>(&self, id: JobId, f: impl FnOnce(&JobStatus, u32, Option<u64>) -> R) -> Result<R> {
+        let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
+        let snapshot = cell.snapshot();
+        let status = &snapshot.status;
+        let position = match (&snapshot.flight, status.state) {
+            (Some(flight), JobState::Queued) => self.shared.queue_position(flight),
+            _ => 0,
+        };
+        let eta = status.eta_ms.map(|eta| eta.saturating_sub(snapshot.eta_at.elapsed().as_millis() as u64));
+        Ok(f(status, position, eta))
+    }
+
     /// The job's events with a sequence number above `since` (0 for all), in order.
     pub fn events(&self, id: JobId, since: u64) -> Result<Vec<Event>> {
         let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;

@@ -1,0 +1,322 @@
+//! The engine and its jobs.
+//!
+//! # Thread safety
+//! A `vgen_engine` may be used from any number of threads at once, except `vgen_engine_free`, which must be the
+//! last call on it. Job ids are plain numbers, valid for the engine that returned them.
+
+use crate::boundary::{borrow, core, guard, null, owned_string, string, write};
+use crate::status::vgen_status;
+use std::ffi::{c_char, c_void};
+use std::sync::Arc;
+use std::time::Duration;
+use vgen_core::engine::{Event, JobStatus};
+use vgen_core::{Engine, EngineConfig, JobId, Request};
+
+/// An embedded engine: devices, workers and its job store. Opaque; create with `vgen_engine_new`, free with
+/// `vgen_engine_free`.
+#[allow(non_camel_case_types)]
+pub struct vgen_engine {
+    pub(crate) engine: Engine,
+}
+
+/// A job's state. Terminal states are SUCCEEDED, FAILED and CANCELLED; a job reaches exactly one, once.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum vgen_job_state {
+    VGEN_JOB_QUEUED = 0,
+    VGEN_JOB_RUNNING = 1,
+    VGEN_JOB_SUCCEEDED = 2,
+    VGEN_JOB_FAILED = 3,
+    VGEN_JOB_CANCELLED = 4,
+}
+
+/// A snapshot of a job, filled by `vgen_job_poll` and `vgen_job_wait`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct vgen_job_status {
+    pub state: vgen_job_state,
+    /// 0 validating, 1 encoding prompt, 2 generating, 3 decoding, 4 encoding video, 5 finalizing.
+    pub stage: u32,
+    /// 0 to 1, weighted by each stage's measured cost.
+    pub progress: f64,
+    /// The denoising step done last, of `steps`.
+    pub step: u32,
+    pub steps: u32,
+    /// Jobs ahead of this one while queued.
+    pub queue_position: u32,
+    /// 1 for the first attempt; 0 before it starts.
+    pub attempt: u32,
+    /// Estimated milliseconds to completion, or -1 when unknown.
+    pub eta_ms: i64,
+    /// How sure the ETA is: 0 a prior, 1 scaled from other sizes, 2 measured for this configuration.
+    pub eta_confidence: u32,
+    /// The job's error once it has failed or been cancelled, else VGEN_STATUS_OK. The message is available from
+    /// `vgen_job_error_message`.
+    pub error: vgen_status,
+    /// True when the result came from the cache.
+    pub cache_hit: bool,
+}
+
+fn to_c(s: &JobStatus, position: u32, eta: Option<u64>) -> vgen_job_status {
+    vgen_job_status {
+        state: match s.state {
+            vgen_core::JobState::Queued => vgen_job_state::VGEN_JOB_QUEUED,
+            vgen_core::JobState::Running => vgen_job_state::VGEN_JOB_RUNNING,
+            vgen_core::JobState::Succeeded => vgen_job_state::VGEN_JOB_SUCCEEDED,
+            vgen_core::JobState::Failed => vgen_job_state::VGEN_JOB_FAILED,
+            vgen_core::JobState::Cancelled => vgen_job_state::VGEN_JOB_CANCELLED,
+        },
+        stage: s.stage as u32,
+        progress: s.progress,
+        step: s.step,
+        steps: s.steps,
+        queue_position: position,
+        attempt: s.attempt,
+        eta_ms: eta.map_or(-1, |e| e as i64),
+        eta_confidence: s.eta_confidence as u32,
+        error: s.error.as_ref().map_or(vgen_status::VGEN_STATUS_OK, |e| e.code.into()),
+        cache_hit: s.cache_hit,
+    }
+}
+
+/// Creates an engine from a JSON configuration (the fields of the Rust `EngineConfig`: `devices`,
+/// `workers_per_device`, `queue_capacity`, `retry`, `breaker`, `default_deadline_ms`, `retention`, `cache`,
+/// `limits`, ...; unknown fields are an error). `config_json` may be NULL for the defaults. Models: the built-in
+/// ones plus model folders under `./models` or `$VGEN_MODELS`.
+///
+/// \param out receives the engine on success; the caller frees it with `vgen_engine_free`.
+/// Any thread.
+///
+/// # Safety
+/// `config_json` must be NULL or a NUL-terminated string; `out` must be valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_engine_new(config_json: *const c_char, out: *mut *mut vgen_engine) -> vgen_status {
+    guard(|| {
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        let config = if config_json.is_null() {
+            EngineConfig::default()
+        } else {
+            // SAFETY: non-NULL, NUL-terminated by contract.
+            EngineConfig::from_json(unsafe { string(config_json, "config_json") }?).map_err(core)?
+        };
+        let (models, _problems) = vgen_core::models::Models::discover();
+        let engine = Engine::with_models(config, models).map_err(core)?;
+        // SAFETY: checked non-NULL above.
+        unsafe { write(out, Box::into_raw(Box::new(vgen_engine { engine })), "out") }
+    })
+}
+
+/// Shuts the engine down and frees it: queued and running jobs get the configured drain timeout, then are
+/// cancelled; every engine thread is joined before this returns. NULL is accepted. Callbacks' finalizers run
+/// before it returns (on the engine's dispatcher thread). No other call on this engine may run concurrently or
+/// follow.
+///
+/// # Safety
+/// `engine` must be NULL or an engine from `vgen_engine_new` not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_engine_free(engine: *mut vgen_engine) {
+    if !engine.is_null() {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: from Box::into_raw in vgen_engine_new, freed once.
+            drop(unsafe { Box::from_raw(engine) });
+        }));
+    }
+}
+
+/// A per-job callback. `fn` receives every event of the job, the terminal one exactly once, on the engine's
+/// dispatcher thread (never an inference thread, never under an engine lock; keep it short). `event_json` is the
+/// event as JSON and is valid only during the call. `finalizer` (may be NULL) runs exactly once, on the
+/// dispatcher thread or in `vgen_engine_free`, when vgen lets go of `userdata`: after the terminal event, or when
+/// submit fails.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct vgen_callback {
+    pub callback: Option<unsafe extern "C" fn(userdata: *mut c_void, job: u64, event_json: *const c_char)>,
+    pub userdata: *mut c_void,
+    pub finalizer: Option<unsafe extern "C" fn(userdata: *mut c_void)>,
+}
+
+/// Owns a C callback and runs its finalizer once, when dropped.
+struct CCallback(vgen_callback);
+
+// SAFETY: the host promises, by registering the callback, that it may be called from the dispatcher thread.
+unsafe impl Send for CCallback {}
+unsafe impl Sync for CCallback {}
+
+impl Drop for CCallback {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.finalizer {
+            // SAFETY: the host's finalizer with its own userdata, called exactly once (here).
+            unsafe { f(self.0.userdata) };
+        }
+    }
+}
+
+/// Submits a request given as JSON (the fields of the Rust `Request`: `prompt`, `negative_prompt`, `width`,
+/// `height`, `num_frames`, `fps`, `steps`, `guidance_scale`, `seed`, `model`, `priority`, `deadline_ms`,
+/// `idempotency_key`, `preview_every`; unknown fields and out-of-range values are errors). Validation is
+/// synchronous: on error nothing is queued and `vgen_last_error` says what to change.
+///
+/// \param callback may be NULL; see `vgen_callback`.
+/// \param job_out receives the job id on success.
+/// Any thread.
+///
+/// # Safety
+/// `engine` must be a live engine; `request_json` a NUL-terminated string; `callback` NULL or valid for a read;
+/// `job_out` valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_engine_submit(
+    engine: *const vgen_engine,
+    request_json: *const c_char,
+    callback: *const vgen_callback,
+    job_out: *mut u64,
+) -> vgen_status {
+    // Taken first, so that its finalizer runs exactly once whatever happens next.
+    // SAFETY: NULL or valid by contract.
+    let owned = unsafe { callback.as_ref() }.map(|c| Arc::new(CCallback(*c)));
+    guard(move || {
+        // SAFETY: by contract.
+        let e = unsafe { borrow(engine, "engine") }?;
+        let request = Request::from_json(unsafe { string(request_json, "request_json") }?).map_err(core)?;
+        if job_out.is_null() {
+            return Err(null("job_out"));
+        }
+        let cb: Option<vgen_core::engine::Callback> = owned.and_then(|c| {
+            let f = c.0.callback?;
+            Some(Arc::new(move |ev: &Event| {
+                let json = std::ffi::CString::new(serde_json::to_string(ev).unwrap_or_default()).unwrap_or_default();
+                // SAFETY: the host's callback with its own userdata; the JSON lives for the call.
+                unsafe { f(c.0.userdata, ev.job.0, json.as_ptr()) };
+            }) as vgen_core::engine::Callback)
+        });
+        let id = e.engine.submit_with(request, cb).map_err(core)?;
+        // SAFETY: checked non-NULL.
+        unsafe { write(job_out, id.0, "job_out") }
+    })
+}
+
+/// Fills `out` with the job's status at once. Never blocks and never allocates, so a game loop may call it every
+/// frame. Any thread.
+///
+/// # Safety
+/// `engine` a live engine; `out` valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_job_poll(engine: *const vgen_engine, job: u64, out: *mut vgen_job_status) -> vgen_status {
+    guard(|| {
+        // SAFETY: by contract.
+        let e = unsafe { borrow(engine, "engine") }?;
+        let s = e.engine.peek(JobId(job), to_c).map_err(core)?;
+        // SAFETY: by contract.
+        unsafe { write(out, s, "out") }
+    })
+}
+
+/// Waits up to `timeout_ms` (-1: forever) for the job to end, then fills `out`. Returns VGEN_STATUS_TIMEOUT if
+/// it is still going (the job goes on). Any thread.
+///
+/// # Safety
+/// `engine` a live engine; `out` valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_job_wait(engine: *const vgen_engine, job: u64, timeout_ms: i64, out: *mut vgen_job_status) -> vgen_status {
+    guard(|| {
+        // SAFETY: by contract.
+        let e = unsafe { borrow(engine, "engine") }?;
+        let timeout = (timeout_ms >= 0).then(|| Duration::from_millis(timeout_ms as u64));
+        e.engine.wait(JobId(job), timeout).map_err(core)?;
+        let s = e.engine.peek(JobId(job), to_c).map_err(core)?;
+        // SAFETY: by contract.
+        unsafe { write(out, s, "out") }
+    })
+}
+
+/// Cancels a job: a queued one at once, a running one at its next step. `cancelled_out` (may be NULL) is set to
+/// false when the job had already ended, which is harmless. Any thread.
+///
+/// # Safety
+/// `engine` a live engine; `cancelled_out` NULL or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_job_cancel(engine: *const vgen_engine, job: u64, cancelled_out: *mut bool) -> vgen_status {
+    guard(|| {
+        // SAFETY: by contract.
+        let e = unsafe { borrow(engine, "engine") }?;
+        let cancelled = e.engine.cancel(JobId(job)).map_err(core)?;
+        if !cancelled_out.is_null() {
+            // SAFETY: non-NULL, by contract writable.
+            unsafe { cancelled_out.write(cancelled) };
+        }
+        Ok(())
+    })
+}
+
+/// The job's events with a sequence number above `since` (0 for all), as a JSON array of objects
+/// (`{"job","seq","at_ms","type",...}`). Preview frames are not included in the JSON. Any thread.
+///
+/// \param json_out receives a string the caller frees with `vgen_string_free`.
+///
+/// # Safety
+/// `engine` a live engine; `json_out` valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_job_events(engine: *const vgen_engine, job: u64, since: u64, json_out: *mut *mut c_char) -> vgen_status {
+    guard(|| {
+        // SAFETY: by contract.
+        let e = unsafe { borrow(engine, "engine") }?;
+        let events = e.engine.events(JobId(job), since).map_err(core)?;
+        let json = serde_json::to_string(&events).unwrap_or_else(|_| "[]".into());
+        if json_out.is_null() {
+            return Err(null("json_out"));
+        }
+        // SAFETY: checked non-NULL.
+        unsafe { write(json_out, owned_string(json), "json_out") }
+    })
+}
+
+/// The message of a failed or cancelled job's error. Any thread.
+///
+/// \param message_out receives a string the caller frees with `vgen_string_free`; "" when the job has no error.
+///
+/// # Safety
+/// `engine` a live engine; `message_out` valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_job_error_message(engine: *const vgen_engine, job: u64, message_out: *mut *mut c_char) -> vgen_status {
+    guard(|| {
+        // SAFETY: by contract.
+        let e = unsafe { borrow(engine, "engine") }?;
+        let message = e.engine.poll(JobId(job)).map_err(core)?.error.map(|e| e.message).unwrap_or_default();
+        if message_out.is_null() {
+            return Err(null("message_out"));
+        }
+        // SAFETY: checked non-NULL.
+        unsafe { write(message_out, owned_string(message), "message_out") }
+    })
+}
+
+/// The engine's metrics: `format` 0 for a JSON object, 1 for Prometheus text. Any thread.
+///
+/// \param text_out receives a string the caller frees with `vgen_string_free`.
+///
+/// # Safety
+/// `engine` a live engine; `text_out` valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_engine_metrics(engine: *const vgen_engine, format: u32, text_out: *mut *mut c_char) -> vgen_status {
+    guard(|| {
+        // SAFETY: by contract.
+        let e = unsafe { borrow(engine, "engine") }?;
+        let m = e.engine.metrics();
+        let text = match format {
+            0 => serde_json::to_string(&m).unwrap_or_default(),
+            1 => m.to_prometheus(),
+            other => return Err((vgen_status::VGEN_STATUS_INVALID_ARGUMENT, format!("format {other} is not 0 (JSON) or 1 (Prometheus)"))),
+        };
+        if text_out.is_null() {
+            return Err(null("text_out"));
+        }
+        // SAFETY: checked non-NULL.
+        unsafe { write(text_out, owned_string(text), "text_out") }
+    })
+}
+

@@ -1,0 +1,119 @@
+//! Finished videos.
+//!
+//! # Thread safety
+//! A `vgen_video` is immutable: it may be read from any number of threads at once. Free it once, last.
+
+use crate::boundary::{borrow, core, guard, null, owned_string, string, write};
+use crate::engine::vgen_engine;
+use crate::status::vgen_status;
+use std::ffi::c_char;
+use std::sync::Arc;
+use vgen_core::{JobId, Video};
+
+/// A finished video: RGB8 frames and metadata. Opaque; from `vgen_job_result`, freed with `vgen_video_free`. It
+/// stays valid after the job is released or the engine is freed.
+#[allow(non_camel_case_types)]
+pub struct vgen_video {
+    video: Arc<Video>,
+}
+
+/// The video of a succeeded job. A failed or cancelled job returns its error; an unfinished one
+/// VGEN_STATUS_NOT_READY. Any thread.
+///
+/// \param out receives a video the caller frees with `vgen_video_free`.
+///
+/// # Safety
+/// `engine` a live engine; `out` valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_job_result(engine: *const vgen_engine, job: u64, out: *mut *mut vgen_video) -> vgen_status {
+    guard(|| {
+        // SAFETY: by contract.
+        let e = unsafe { borrow(engine, "engine") }?;
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        let video = e.engine.result(JobId(job)).map_err(core)?;
+        // SAFETY: checked non-NULL.
+        unsafe { write(out, Box::into_raw(Box::new(vgen_video { video })), "out") }
+    })
+}
+
+/// Frees a video. NULL is accepted.
+///
+/// # Safety
+/// `video` NULL or from `vgen_job_result`, not yet freed; no other call on it may run concurrently or follow.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_video_free(video: *mut vgen_video) {
+    if !video.is_null() {
+        // SAFETY: from Box::into_raw in vgen_job_result, freed once.
+        drop(unsafe { Box::from_raw(video) });
+    }
+}
+
+/// The frames: `*data_out` points at `frames × height × width × 3` bytes of RGB8, row-major, owned by the video
+/// (valid until `vgen_video_free`; not to be freed or written). Any of the size outputs may be NULL.
+///
+/// # Safety
+/// `video` a live video; each non-NULL output valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_video_frames(
+    video: *const vgen_video,
+    data_out: *mut *const u8,
+    frames_out: *mut u32,
+    height_out: *mut u32,
+    width_out: *mut u32,
+    fps_out: *mut f64,
+) -> vgen_status {
+    guard(|| {
+        // SAFETY: by contract.
+        let v = unsafe { borrow(video, "video") }?;
+        let f = &v.video.frames;
+        // SAFETY: by contract, each non-NULL output is writable.
+        unsafe {
+            write(data_out, f.data().as_ptr(), "data_out")?;
+            for (p, x) in [(frames_out, f.num_frames as u32), (height_out, f.height as u32), (width_out, f.width as u32)] {
+                if !p.is_null() {
+                    p.write(x);
+                }
+            }
+            if !fps_out.is_null() {
+                fps_out.write(v.video.fps);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The metadata (seed, model, weights hash, device, dtype, timings per stage, peak memory, attempts, cache hit) as
+/// a JSON object. `json_out` receives a string the caller frees with `vgen_string_free`.
+///
+/// # Safety
+/// `video` a live video; `json_out` valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_video_metadata(video: *const vgen_video, json_out: *mut *mut c_char) -> vgen_status {
+    guard(|| {
+        // SAFETY: by contract.
+        let v = unsafe { borrow(video, "video") }?;
+        let json = serde_json::to_string(&v.video.metadata).unwrap_or_default();
+        if json_out.is_null() {
+            return Err(null("json_out"));
+        }
+        // SAFETY: checked non-NULL.
+        unsafe { write(json_out, owned_string(json), "json_out") }
+    })
+}
+
+/// Writes the video to a file in the format its name asks for: `.mp4`, `.gif`, `.png` (animated) or a folder
+/// ending in `/`. The file appears complete or not at all. Any thread.
+///
+/// # Safety
+/// `video` a live video; `path` a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_video_save(video: *const vgen_video, path: *const c_char) -> vgen_status {
+    guard(|| {
+        // SAFETY: by contract.
+        let v = unsafe { borrow(video, "video") }?;
+        let path = unsafe { string(path, "path") }?;
+        vgen_core::encode::write(std::path::Path::new(path), &v.video).map_err(core)
+    })
+}
