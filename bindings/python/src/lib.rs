@@ -1,6 +1,156 @@
-//! The native module `vgen._vgen`. The public API is re-exported by `vgen/__init__.py`.
+//! The native module `vgen._vgen`. The public API is `vgen/__init__.py`, a thin Python layer over this.
+//!
+//! Requests, events and metadata cross as JSON strings, converted by the Python layer; waits and file writes
+//! release the GIL; callbacks are called on the engine's dispatcher thread, holding the GIL only for the call.
 
+use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::sync::Arc;
+use std::time::Duration;
+use vgen_core::{ErrorCode, JobId};
+
+pyo3::create_exception!(_vgen, VgenError, PyException, "A vgen error: `.code` names it, `.retryable` says whether retrying may help.");
+
+/// Raises the core error as `vgen.VgenError` with `.code` (e.g. "invalid_argument") and `.retryable`; the Python
+/// layer maps the code to its subclass.
+fn to_py(e: vgen_core::Error) -> PyErr {
+    Python::attach(|py| {
+        let err = VgenError::new_err(e.message().to_string());
+        let value = err.value(py);
+        let _ = value.setattr("code", e.code().name());
+        let _ = value.setattr("retryable", e.retryable());
+        let _ = value.setattr("retry_after_ms", e.retry_after_ms());
+        err
+    })
+}
+
+#[pyclass(name = "Engine", frozen)]
+struct PyEngine {
+    engine: vgen_core::Engine,
+}
+
+#[pymethods]
+impl PyEngine {
+    /// Starts an engine from a JSON configuration (the Rust `EngineConfig` fields; unknown fields are errors).
+    #[new]
+    fn new(py: Python<'_>, config_json: &str) -> PyResult<Self> {
+        let config = vgen_core::EngineConfig::from_json(config_json).map_err(to_py)?;
+        py.detach(|| {
+            let (models, _) = vgen_core::models::Models::discover();
+            vgen_core::Engine::with_models(config, models).map(|engine| Self { engine })
+        })
+        .map_err(to_py)
+    }
+
+    /// Validates and queues a JSON request; `callback(event_json)` gets every event on the dispatcher thread.
+    #[pyo3(signature = (request_json, callback=None))]
+    fn submit(&self, request_json: &str, callback: Option<Py<PyAny>>) -> PyResult<u64> {
+        let request = vgen_core::Request::from_json(request_json).map_err(to_py)?;
+        let cb = callback.map(|f| {
+            Arc::new(move |ev: &vgen_core::engine::Event| {
+                let json = serde_json::to_string(ev).unwrap_or_default();
+                Python::attach(|py| {
+                    if let Err(e) = f.call1(py, (json,)) {
+                        e.print(py);
+                    }
+                });
+            }) as vgen_core::engine::Callback
+        });
+        self.engine.submit_with(request, cb).map(|id| id.0).map_err(to_py)
+    }
+
+    /// The job's status as a dict, at once.
+    fn poll<'py>(&self, py: Python<'py>, job: u64) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.engine.poll(JobId(job)).map_err(to_py)?;
+        let d = PyDict::new(py);
+        d.set_item("id", job)?;
+        d.set_item("state", s.state.name())?;
+        d.set_item("stage", s.stage.name())?;
+        d.set_item("progress", s.progress)?;
+        d.set_item("step", s.step)?;
+        d.set_item("steps", s.steps)?;
+        d.set_item("queue_position", s.queue_position)?;
+        d.set_item("attempts", s.attempt)?;
+        d.set_item("eta_seconds", s.eta_ms.map(|ms| ms as f64 / 1e3))?;
+        d.set_item("cache_hit", s.cache_hit)?;
+        let error = s.error.map(|e| (e.code.name(), e.message, e.retryable));
+        d.set_item("error", error)?;
+        Ok(d)
+    }
+
+    /// Events after `since`, as a JSON array.
+    fn events(&self, job: u64, since: u64) -> PyResult<String> {
+        let events = self.engine.events(JobId(job), since).map_err(to_py)?;
+        Ok(serde_json::to_string(&events).unwrap_or_default())
+    }
+
+    /// Blocks without the GIL until the job ends or `timeout` seconds pass (then raises `timeout`).
+    #[pyo3(signature = (job, timeout=None))]
+    fn wait(&self, py: Python<'_>, job: u64, timeout: Option<f64>) -> PyResult<()> {
+        let t = timeout.map(|s| Duration::from_secs_f64(s.max(0.0)));
+        py.detach(|| self.engine.wait(JobId(job), t)).map(|_| ()).map_err(to_py)
+    }
+
+    fn cancel(&self, job: u64) -> PyResult<bool> {
+        self.engine.cancel(JobId(job)).map_err(to_py)
+    }
+
+    fn result(&self, job: u64) -> PyResult<PyVideo> {
+        self.engine.result(JobId(job)).map(|video| PyVideo { video }).map_err(to_py)
+    }
+
+    fn metrics(&self) -> String {
+        serde_json::to_string(&self.engine.metrics()).unwrap_or_default()
+    }
+
+    fn metrics_prometheus(&self) -> String {
+        self.engine.metrics().to_prometheus()
+    }
+
+    /// Drains for up to `timeout` seconds, then cancels what is left; every engine thread is joined.
+    #[pyo3(signature = (timeout=10.0))]
+    fn close(&self, py: Python<'_>, timeout: f64) {
+        py.detach(|| self.engine.shutdown(Duration::from_secs_f64(timeout.max(0.0))));
+    }
+}
+
+/// A finished video, owned by Rust and shared without copies.
+#[pyclass(name = "NativeVideo", frozen)]
+struct PyVideo {
+    video: Arc<vgen_core::Video>,
+}
+
+#[pymethods]
+impl PyVideo {
+    #[getter]
+    fn fps(&self) -> f64 {
+        self.video.fps
+    }
+
+    #[getter]
+    fn metadata_json(&self) -> String {
+        serde_json::to_string(&self.video.metadata).unwrap_or_default()
+    }
+
+    /// numpy's array interface over the frames, `(T, H, W, 3)` uint8, read-only: `numpy.asarray(video)` views
+    /// the engine's buffer without a copy and keeps this object alive as its base.
+    #[getter]
+    fn __array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let f = &self.video.frames;
+        let d = PyDict::new(py);
+        d.set_item("shape", (f.num_frames, f.height, f.width, 3usize))?;
+        d.set_item("typestr", "|u1")?;
+        d.set_item("data", (f.data().as_ptr() as usize, true))?;
+        d.set_item("version", 3)?;
+        Ok(d)
+    }
+
+    /// Writes the video by extension (.mp4, .gif, .png, or a folder ending in /), without the GIL.
+    fn save(&self, py: Python<'_>, path: &str) -> PyResult<()> {
+        py.detach(|| vgen_core::encode::write(std::path::Path::new(path), &self.video)).map_err(to_py)
+    }
+}
 
 /// The devices libtorch sees here, as strings (`"cpu"`, `"cuda:0"`, ...). The CPU is always listed.
 #[pyfunction]
@@ -8,10 +158,20 @@ fn devices() -> Vec<String> {
     vgen_core::Device::all().iter().map(ToString::to_string).collect()
 }
 
+/// Every error code name, in numeric order (for the Python exception classes).
+#[pyfunction]
+fn error_codes() -> Vec<(&'static str, u32, bool)> {
+    ErrorCode::ALL.iter().map(|c| (c.name(), *c as u32, c.retryable())).collect()
+}
+
 #[pymodule]
 fn _vgen(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", vgen_core::runtime::VERSION)?;
     m.add("libtorch_version", vgen_core::runtime::LIBTORCH_VERSION)?;
+    m.add("VgenError", m.py().get_type::<VgenError>())?;
+    m.add_class::<PyEngine>()?;
+    m.add_class::<PyVideo>()?;
     m.add_function(wrap_pyfunction!(devices, m)?)?;
+    m.add_function(wrap_pyfunction!(error_codes, m)?)?;
     Ok(())
 }
