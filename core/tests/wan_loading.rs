@@ -1,6 +1,9 @@
 //! A Wan folder with a defect gives a clear error naming the file and tensor, never a panic; a good one runs
 //! through the engine like any model.
 
+mod common;
+
+use common::copy_dir;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vgen_core::engine::{EngineConfig, Request};
@@ -18,18 +21,6 @@ fn copy(name: &str) -> PathBuf {
     copy_dir(&tiny(), &dir);
     std::fs::write(dir.join("vgen.json"), r#"{"name": "tiny-wan", "max_sequence_length": 16, "width": 32, "height": 32, "num_frames": 9, "steps": 2}"#).unwrap();
     dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 /// Opens the folder and loads its weights; returns the error.

@@ -4,6 +4,9 @@
 //! Tolerances: 1e-4 max abs error on model outputs, 1e-5 on scheduler arithmetic.
 
 use std::collections::HashMap;
+mod common;
+
+use common::copy_dir;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 use vgen_core::models::wan::{self, transformer::WanTransformer, umt5::Umt5Encoder, vae::WanVaeDecoder};
@@ -179,16 +182,4 @@ fn the_whole_pipeline_matches_wan_pipeline_from_prompt_to_frames() {
     let noise = vgen_core::models::seeded_noise(42, &[1, 16, 3, 4, 4]).unwrap();
     assert_close("seeded noise", &noise, &c["latents"], 0.0);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }

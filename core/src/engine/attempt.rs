@@ -38,22 +38,14 @@ const RSS_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_millis(5
 
 impl<'a> Attempt<'a> {
     pub(crate) fn new(shared: &'a Shared, flight: &'a Flight, device: Device, number: u32, degraded: bool, plan: Plan) -> Self {
-        let now = Instant::now();
         Self {
-            device,
             number,
             degraded,
             link: Some((shared, flight)),
             deadline: flight.deadline(),
             preview_every: flight.preview_intervals(),
             plan,
-            started: now,
-            stage: Stage::Validating,
-            stage_started: now,
-            fraction: 0.0,
-            timings_ms: [0.0; Stage::ALL.len()],
-            peak_rss: current_rss(),
-            rss_sampled: now,
+            ..Attempt::detached(device)
         }
     }
 

@@ -3,7 +3,7 @@
 //! The schedule is shifted twice, as diffusers does: once when the scheduler is built (which sets σ_max and
 //! σ_min) and again in `set_timesteps`. So the last non-zero σ is not 1/1000 but the shift of σ_min.
 
-use super::{Scheduler, unsupported};
+use super::Scheduler;
 use crate::error::Result;
 use serde::Deserialize;
 use tch::Tensor;
@@ -45,7 +45,7 @@ pub struct Euler {
 
 impl Euler {
     pub fn new(c: &EulerConfig, steps: usize) -> Result<Self> {
-        for (on, what) in [
+        super::reject_enabled(&[
             (c.use_dynamic_shifting, "use_dynamic_shifting"),
             (c.invert_sigmas, "invert_sigmas"),
             (c.shift_terminal.is_some(), "shift_terminal"),
@@ -53,11 +53,7 @@ impl Euler {
             (c.use_exponential_sigmas, "use_exponential_sigmas"),
             (c.use_beta_sigmas, "use_beta_sigmas"),
             (c.stochastic_sampling, "stochastic_sampling"),
-        ] {
-            if on {
-                return Err(unsupported(what));
-            }
-        }
+        ])?;
         let n = c.num_train_timesteps as f64;
         let shift = c.shift;
         // Construction: σ = t/N for t = N..1 in f32, shifted in f32; σ_max and σ_min are its ends.

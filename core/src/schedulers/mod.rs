@@ -78,3 +78,11 @@ impl SchedulerConfig {
 pub(crate) fn unsupported(what: &str) -> Error {
     Error::new(crate::ErrorCode::Unsupported, format!("scheduler setting not supported: {what}"))
 }
+
+/// Fails on the first of these settings that is switched on.
+pub(crate) fn reject_enabled(settings: &[(bool, &str)]) -> Result<()> {
+    match settings.iter().find(|(on, _)| *on) {
+        Some((_, what)) => Err(unsupported(what)),
+        None => Ok(()),
+    }
+}

@@ -94,7 +94,7 @@ impl UniPc {
         if !c.use_flow_sigmas || c.prediction_type != "flow_prediction" {
             return Err(unsupported("UniPC is supported with use_flow_sigmas and prediction_type=flow_prediction"));
         }
-        for (on, what) in [
+        super::reject_enabled(&[
             (c.use_dynamic_shifting, "use_dynamic_shifting"),
             (c.shift_terminal.is_some(), "shift_terminal"),
             (c.use_karras_sigmas, "use_karras_sigmas"),
@@ -102,11 +102,7 @@ impl UniPc {
             (c.use_beta_sigmas, "use_beta_sigmas"),
             (c.thresholding, "thresholding"),
             (c.solver_p.as_ref().is_some_and(|v| !v.is_null()), "solver_p"),
-        ] {
-            if on {
-                return Err(unsupported(what));
-            }
-        }
+        ])?;
         if !(1..=3).contains(&c.solver_order) {
             return Err(Error::invalid(format!("solver_order {} is outside 1..=3", c.solver_order)));
         }
