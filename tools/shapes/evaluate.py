@@ -1,0 +1,311 @@
+"""Evaluate an exported shapes model with diffusers' WanPipeline and the objective scorer.
+
+Generates 64x64, 17-frame clips for seen and held-out colour x shape x motion combinations and reports,
+per split, the accuracy of each attribute and of all three together, as a table and as JSON.
+
+    # the full evaluation with the model's default sampler settings (sampling.json)
+    .venv/bin/python tools/shapes/evaluate.py --model models/shapes-tiny --json out.json
+    # choose the defaults: a sweep over guidance x flow_shift, then over steps; --apply writes them
+    .venv/bin/python tools/shapes/evaluate.py --model models/shapes-tiny --sweep --apply
+    # a few prompts of your own, saved as .npy clips for `score.py` or inspection
+    .venv/bin/python tools/shapes/evaluate.py --model models/shapes-tiny --prompts "a red circle growing" --save out/
+
+Prompt sets (fixed): 80 seen scenes drawn from the training combinations and all 24 held-out scenes
+(12 combinations x 2 backgrounds), each with --seeds seeds (default 2): 208 clips. The sweep uses the same
+held-out prompts and the first 24 seen ones with a different seed (100), so the defaults are not chosen on
+the evaluation's own noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import cpu_share  # noqa: E402
+import model  # noqa: E402
+import score  # noqa: E402
+import world  # noqa: E402
+
+SEEN_PROMPTS = 80
+SWEEP_SEED = 100
+SWEEP_SEEN = 24
+SWEEP_GUIDANCE = (3.0, 5.0, 7.0)
+SWEEP_FLOW_SHIFT = (1.0, 2.0, 3.0, 5.0)
+SWEEP_STEPS = (4, 6, 8, 10, 12, 16, 20)
+SWEEP_TOLERANCE = 0.03  # the fewest steps whose accuracy is within this of the best
+SAMPLING_FILE = "sampling.json"
+DEFAULT_SAMPLING = {"num_inference_steps": 20, "guidance_scale": 5.0}
+
+
+def evaluation_scenes() -> list[tuple[world.Scene, str]]:
+    """The fixed prompt set: (scene, split) for 80 seen scenes and all held-out scenes."""
+    rng = np.random.default_rng(2024)
+    training = world.training_scenes()
+    seen = [training[i] for i in sorted(rng.choice(len(training), SEEN_PROMPTS, replace=False))]
+    return [(s, "seen") for s in seen] + [(s, "held_out") for s in world.held_out_scenes()]
+
+
+def cases(seeds: list[int]) -> list[dict]:
+    out = []
+    for index, (scene, split) in enumerate(evaluation_scenes()):
+        # Name the default background in every other prompt so both phrasings are exercised.
+        prompt = scene.prompt(name_background=True if index % 2 else None)
+        for seed in seeds:
+            out.append({"prompt": prompt, "split": split, "seed": seed * 100_000 + index, "scene": scene})
+    return out
+
+
+def load_pipeline(folder: str | pathlib.Path, flow_shift: float | None = None):
+    from diffusers import UniPCMultistepScheduler, WanPipeline
+
+    pipe = WanPipeline.from_pretrained(str(folder), torch_dtype=torch.float32)
+    if flow_shift is not None:
+        pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, flow_shift=flow_shift)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sampling_defaults(folder: str | pathlib.Path) -> dict:
+    path = pathlib.Path(folder) / SAMPLING_FILE
+    return {**DEFAULT_SAMPLING, **(json.loads(path.read_text()) if path.exists() else {})}
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int = 16) -> np.ndarray:
+    """Clips (N, 17, 64, 64, 3) uint8; each clip depends only on its own prompt and seed."""
+    clips = []
+    for start in range(0, len(prompts), batch):
+        cpu_share.adjust()
+        frames = pipe(
+            prompt=prompts[start : start + batch],
+            generator=[torch.Generator().manual_seed(s) for s in seeds[start : start + batch]],
+            height=world.HEIGHT,
+            width=world.WIDTH,
+            num_frames=world.FRAMES,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            max_sequence_length=model.MAX_TEXT_TOKENS,
+            output_type="np",
+        ).frames
+        clips.append(np.round(np.asarray(frames) * 255).clip(0, 255).astype(np.uint8))
+    return np.concatenate(clips)
+
+
+def assess(pipe, items: list[dict], steps: int, guidance: float, save: pathlib.Path | None = None) -> dict:
+    """Generate and score every case; accuracy per split and attribute, and the per-case records."""
+    started = time.perf_counter()
+    clips = generate(pipe, [c["prompt"] for c in items], [c["seed"] for c in items], steps, guidance)
+    elapsed = time.perf_counter() - started
+    records = []
+    for i, (item, clip) in enumerate(zip(items, clips)):
+        reading = score.score_clip(clip)
+        verdict = score.judge(reading, item["scene"])
+        records.append(
+            {"prompt": item["prompt"], "split": item["split"], "seed": item["seed"], **verdict, "read": reading.as_dict()}
+        )
+        if save is not None:
+            save.mkdir(parents=True, exist_ok=True)
+            np.save(save / f"{i:03d}-{'-'.join(world.words(item['prompt']))}-{item['seed']}.npy", clip)
+    splits = {}
+    for split in ("seen", "held_out"):
+        rows = [r for r in records if r["split"] == split]
+        if rows:
+            splits[split] = {"n": len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in ("color", "shape", "motion", "all")}}
+    return {
+        "steps": steps,
+        "guidance_scale": guidance,
+        "flow_shift": float(pipe.scheduler.config.flow_shift),
+        "seconds_per_clip_batched": elapsed / max(len(items), 1),
+        "splits": splits,
+        "records": records,
+    }
+
+
+def table(result: dict) -> str:
+    lines = [
+        f"steps {result['steps']}  guidance {result['guidance_scale']}  flow_shift {result['flow_shift']}",
+        f"{'split':<10}{'n':>5}{'colour':>9}{'shape':>9}{'motion':>9}{'all':>9}",
+    ]
+    for split, s in result["splits"].items():
+        lines.append(
+            f"{split:<10}{s['n']:>5}{s['color']:>9.1%}{s['shape']:>9.1%}{s['motion']:>9.1%}{s['all']:>9.1%}"
+        )
+    return "\n".join(lines)
+
+
+def merit(result: dict) -> float:
+    """All-correct accuracy, held-out and seen weighted equally."""
+    return float(np.mean([s["all"] for s in result["splits"].values()]))
+
+
+@torch.no_grad()
+def single_clip_latency(pipe, steps: int, guidance: float, repeats: int = 5) -> float:
+    """Median seconds to generate one clip (batch 1), as an application would."""
+    times = []
+    for i in range(repeats):
+        started = time.perf_counter()
+        generate(pipe, ["a red circle moving left"], [i], steps, guidance)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def sweep_cases() -> list[dict]:
+    """All held-out scenes and the first SWEEP_SEEN seen ones, at the sweep's own seed."""
+    items = cases([SWEEP_SEED])
+    return [c for c in items if c["split"] == "held_out"] + [c for c in items if c["split"] == "seen"][:SWEEP_SEEN]
+
+
+def sweep(folder: pathlib.Path, log=print) -> dict:
+    """Pick guidance and flow_shift at the most steps, then the fewest steps within tolerance of the best."""
+    items = sweep_cases()
+    grid = []
+    for flow_shift in SWEEP_FLOW_SHIFT:
+        pipe = load_pipeline(folder, flow_shift)
+        for guidance in SWEEP_GUIDANCE:
+            result = assess(pipe, items, max(SWEEP_STEPS), guidance)
+            grid.append(result)
+            log(table(result) + f"\n  merit {merit(result):.3f}")
+    best = max(grid, key=merit)  # ties keep the earlier (smaller shift, smaller guidance)
+    pipe = load_pipeline(folder, best["flow_shift"])
+    by_steps = []
+    for steps in SWEEP_STEPS:
+        result = best if steps == best["steps"] else assess(pipe, items, steps, best["guidance_scale"])
+        by_steps.append(result)
+        log(table(result) + f"\n  merit {merit(result):.3f}")
+    top = max(merit(r) for r in by_steps)
+    chosen = next(r for r in by_steps if merit(r) >= top - SWEEP_TOLERANCE)
+    summary = lambda r: {k: r[k] for k in ("steps", "guidance_scale", "flow_shift")} | {  # noqa: E731
+        "merit": merit(r),
+        "splits": r["splits"],
+    }
+    return {
+        "chosen": {"num_inference_steps": chosen["steps"], "guidance_scale": chosen["guidance_scale"], "flow_shift": chosen["flow_shift"]},
+        "grid": [summary(r) for r in grid],
+        "steps": [summary(r) for r in by_steps],
+    }
+
+
+def apply_defaults(folder: pathlib.Path, chosen: dict) -> None:
+    """Write the chosen flow_shift into the scheduler config and the steps/guidance into sampling.json."""
+    config_path = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config["flow_shift"] = chosen["flow_shift"]
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    path = folder / SAMPLING_FILE
+    sampling = json.loads(path.read_text()) if path.exists() else {}
+    sampling.update({k: chosen[k] for k in ("num_inference_steps", "guidance_scale")})
+    path.write_text(json.dumps(sampling, indent=2) + "\n")
+
+
+def update_card(folder: pathlib.Path, result: dict, latency: float | None) -> None:
+    """Replace the evaluation section of the model card (between its markers) with these figures."""
+    card = folder / "README.md"
+    if not card.exists():
+        return
+    text = card.read_text()
+    begin, end = "<!-- evaluation -->", "<!-- /evaluation -->"
+    if begin not in text or end not in text:
+        return
+    body = [
+        "",
+        f"Default sampler: UniPC, {result['steps']} steps, guidance {result['guidance_scale']}, "
+        f"flow_shift {result['flow_shift']}; {sum(s['n'] for s in result['splits'].values())} clips "
+        "scored by `tools/shapes/score.py` (generated with diffusers' `WanPipeline`).",
+        "",
+        "| split | clips | colour | shape | motion | all three |",
+        "|---|---|---|---|---|---|",
+    ]
+    for split, s in result["splits"].items():
+        body.append(
+            f"| {split.replace('_', '-')} | {s['n']} | {s['color']:.1%} | {s['shape']:.1%} | {s['motion']:.1%} | {s['all']:.1%} |"
+        )
+    if latency is not None:
+        body += ["", f"diffusers on this 2-core CPU: {latency:.2f} s median per clip (batch 1, all models)."]
+    body.append("")
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    card.write_text(head + begin + "\n".join(body) + end + tail)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="models/shapes-tiny", help="exported diffusers folder")
+    parser.add_argument("--steps", type=int, help="default: the model's sampling.json")
+    parser.add_argument("--guidance", type=float, help="default: the model's sampling.json")
+    parser.add_argument("--flow-shift", type=float, help="default: the model's scheduler config")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
+    parser.add_argument("--prompts", nargs="+", help="evaluate these prompts instead of the fixed sets")
+    parser.add_argument("--limit", type=int, help="only the first N prompts of each split (quick checks)")
+    parser.add_argument("--json", help="write the result here")
+    parser.add_argument("--save", help="save every generated clip as .npy in this folder")
+    parser.add_argument("--sweep", action="store_true", help="choose steps/guidance/flow_shift first")
+    parser.add_argument("--apply", action="store_true", help="with --sweep: write the chosen defaults to the model")
+    parser.add_argument("--card", action="store_true", help="write the figures into the model card")
+    parser.add_argument("--threads", default="auto", help="auto (see cpu_share.py) or a fixed number")
+    args = parser.parse_args(argv)
+    cpu_share.configure(args.threads)
+    folder = pathlib.Path(args.model)
+
+    swept = None
+    if args.sweep:
+        swept = sweep(folder)
+        print("chosen:", json.dumps(swept["chosen"]))
+        if args.apply:
+            apply_defaults(folder, swept["chosen"])
+
+    defaults = sampling_defaults(folder)
+    if swept is not None and not args.apply:
+        defaults.update({k: swept["chosen"][k] for k in ("num_inference_steps", "guidance_scale")})
+    steps = args.steps or defaults["num_inference_steps"]
+    guidance = args.guidance if args.guidance is not None else defaults["guidance_scale"]
+    flow_shift = args.flow_shift
+    if flow_shift is None and swept is not None and not args.apply:
+        flow_shift = swept["chosen"]["flow_shift"]
+    pipe = load_pipeline(folder, flow_shift)
+
+    seeds = list(range(args.seeds))
+    if args.prompts:
+        items = []
+        for index, prompt in enumerate(args.prompts):
+            scene = world.parse(prompt)
+            for seed in seeds:
+                items.append({"prompt": prompt, "split": "held_out" if scene.held_out else "seen", "seed": seed * 100_000 + index, "scene": scene})
+    else:
+        items = cases(seeds)
+        if args.limit:
+            keep = {split: [] for split in ("seen", "held_out")}
+            for item in items:
+                prompts = keep[item["split"]]
+                if item["prompt"] in prompts or len(prompts) < args.limit:
+                    if item["prompt"] not in prompts:
+                        prompts.append(item["prompt"])
+                else:
+                    item["skip"] = True
+            items = [i for i in items if not i.get("skip")]
+
+    result = assess(pipe, items, steps, guidance, pathlib.Path(args.save) if args.save else None)
+    latency = single_clip_latency(pipe, steps, guidance)
+    result["seconds_per_clip_single"] = latency
+    print(table(result))
+    print(f"single clip: {latency:.2f} s median; batched: {result['seconds_per_clip_batched']:.2f} s per clip")
+    if args.card:
+        update_card(folder, result, latency)
+    if args.json:
+        out = {k: v for k, v in result.items()}
+        if swept is not None:
+            out["sweep"] = swept
+        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""The shapes-tiny model: the Wan2.1 architecture at a tiny size, built from configs with random weights.
+
+- VAE: `diffusers.AutoencoderKLWan` (the Wan2.1 variant, not the residual Wan2.2 one), 8x in space and 4x in
+  time: a 17x64x64 RGB clip <-> a 16x5x8x8 latent.
+- Text encoder: `transformers.UMT5EncoderModel` over a word-level vocabulary of the shapes grammar.
+- Transformer: `diffusers.WanTransformer3DModel`, patch (1, 2, 2): 5 x 4 x 4 = 80 tokens per clip.
+- Scheduler: `UniPCMultistepScheduler` configured as Wan ships it (flow_prediction, flow sigmas, bh2, order 2).
+- Tokenizer: word-level (`tokenizers`), lower-cased, punctuation stripped, split on whitespace,
+  `<pad>` = 0, `</s>` = 1 appended like T5, `<unk>` = 2, the grammar's words from 3.
+
+Prompts are encoded exactly as `WanPipeline` encodes them, padded to MAX_TEXT_TOKENS.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import types
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import world  # noqa: E402
+
+MAX_TEXT_TOKENS = 16
+SPECIAL_TOKENS = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+TEXT_VOCAB_SIZE = 32  # 3 special tokens + 25 words, rounded up
+Z_DIM = 16
+
+VAE_CONFIG = dict(
+    base_dim=12,
+    z_dim=Z_DIM,
+    dim_mult=[1, 2, 4, 4],
+    num_res_blocks=1,
+    attn_scales=[],
+    temperal_downsample=[False, True, True],
+    dropout=0.0,
+    latents_mean=[0.0] * Z_DIM,  # replaced by the training latents' statistics at export
+    latents_std=[1.0] * Z_DIM,
+)
+
+TEXT_ENCODER_CONFIG = dict(
+    vocab_size=TEXT_VOCAB_SIZE,
+    d_model=192,
+    d_kv=48,
+    d_ff=256,
+    num_layers=2,
+    num_heads=4,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    dropout_rate=0.0,
+    layer_norm_epsilon=1e-6,
+    feed_forward_proj="gated-gelu",
+    pad_token_id=0,
+    eos_token_id=1,
+    decoder_start_token_id=0,
+)
+
+TRANSFORMER_CONFIG = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=4,
+    attention_head_dim=48,
+    in_channels=Z_DIM,
+    out_channels=Z_DIM,
+    text_dim=TEXT_ENCODER_CONFIG["d_model"],
+    freq_dim=256,
+    ffn_dim=768,
+    num_layers=6,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    image_dim=None,
+    added_kv_proj_dim=None,
+    rope_max_seq_len=1024,
+)
+
+# UniPC as Wan2.1 ships it; flow_shift is chosen for this model by `evaluate.py --sweep`.
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    prediction_type="flow_prediction",
+    use_flow_sigmas=True,
+    flow_shift=3.0,
+    solver_order=2,
+    solver_type="bh2",
+    predict_x0=True,
+    lower_order_final=True,
+    final_sigmas_type="zero",
+    timestep_spacing="linspace",
+)
+
+TOKENIZER_CONFIG = {
+    "tokenizer_class": "PreTrainedTokenizerFast",
+    "model_max_length": MAX_TEXT_TOKENS,
+    "pad_token": "<pad>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "padding_side": "right",
+    "truncation_side": "right",
+    "clean_up_tokenization_spaces": False,
+    "model_input_names": ["input_ids", "attention_mask"],
+}
+
+
+def build_vae(**overrides):
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(**{**VAE_CONFIG, **overrides})
+
+
+def build_text_encoder():
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return UMT5EncoderModel(UMT5Config(**TEXT_ENCODER_CONFIG))
+
+
+def build_transformer():
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(**TRANSFORMER_CONFIG)
+
+
+def build_scheduler(**overrides):
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(**{**SCHEDULER_CONFIG, **overrides})
+
+
+def vocabulary() -> dict[str, int]:
+    vocab = dict(SPECIAL_TOKENS)
+    for word in world.VOCABULARY:
+        vocab[word] = len(vocab)
+    assert len(vocab) <= TEXT_VOCAB_SIZE
+    return vocab
+
+
+def build_word_tokenizer():
+    """The `tokenizers.Tokenizer` behind tokenizer.json."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocabulary(), unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.Lowercase(), normalizers.Replace(Regex(r"[^\w\s]"), " ")]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", SPECIAL_TOKENS["</s>"])]
+    )
+    return tokenizer
+
+
+def save_tokenizer(folder: str | pathlib.Path) -> None:
+    """Write tokenizer.json and tokenizer_config.json so AutoTokenizer / PreTrainedTokenizerFast load them."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.iterdir():
+        stale.unlink()
+    build_word_tokenizer().save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")
+
+
+def build_tokenizer():
+    """The transformers tokenizer the pipeline uses (a PreTrainedTokenizerFast over the word-level model)."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=build_word_tokenizer(),
+        **{k: v for k, v in TOKENIZER_CONFIG.items() if k not in ("tokenizer_class", "model_input_names")},
+    )
+
+
+def encode_prompts(tokenizer, text_encoder, prompts: list[str], max_length: int = MAX_TEXT_TOKENS) -> torch.Tensor:
+    """Prompt embeddings (B, max_length, d_model) exactly as WanPipeline makes them (gradients flow)."""
+    from diffusers import WanPipeline
+
+    shim = types.SimpleNamespace(tokenizer=tokenizer, text_encoder=text_encoder)
+    return WanPipeline._get_t5_prompt_embeds(
+        shim, prompt=prompts, max_sequence_length=max_length, device=torch.device("cpu"), dtype=torch.float32
+    )
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
+    """AutoencoderKLWan._decode without the final clamp to [-1, 1] (which would stop gradients while training)."""
+    vae.clear_cache()
+    x = vae.post_quant_conv(z)
+    frames = []
+    for i in range(x.shape[2]):
+        vae._conv_idx = [0]
+        frames.append(
+            vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0)
+        )
+    vae.clear_cache()
+    return torch.cat(frames, dim=2)

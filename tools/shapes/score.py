@@ -1,0 +1,176 @@
+"""The objective prompt-adherence scorer for the shapes world.
+
+Reads a clip (T, H, W, 3) of RGB frames and says which colour, shape and motion it shows:
+
+- background: the per-frame median of the border pixels;
+- object: the pixels whose RGB distance from the background exceeds half the object's contrast
+  (per frame the mean of the 8 most distant pixels, median over frames, at least 40 of 255), i.e. the 50%-coverage outline;
+- colour: the named colour nearest (RGB distance) to the mean colour of the object's core pixels
+  (those at least as far from the background as the median object pixel);
+- shape: the median over frames of the bounding box's fill ratio (area / box area), nearest of
+  circle 0.785, square 1.0, triangle 0.5;
+- motion: the area ratio of the last three frames to the first three; >= 1.5 is "growing", <= 1/1.5
+  "shrinking"; otherwise the centroid's displacement over the same frames: at least 1/8 of the frame
+  in its larger component is "moving left/right/up/down", else "standing still".
+
+Thresholds sit halfway between what the world's semantics demand (moving >= 1/4 frame; area >= 2x)
+and nothing at all.
+
+Usable as a library (`score_clip`, `judge`) and as a CLI on PNG folders or .npy arrays:
+
+    python tools/shapes/score.py clip.npy --prompt "a red circle moving left"
+    python tools/shapes/score.py frames_dir/ another.npy
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import world  # noqa: E402
+
+FILL_RATIOS = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
+MIN_CONTRAST = 40.0
+AREA_TREND = 1.5
+MIN_TRAVEL = 1 / 8
+EDGE_FRAMES = 3
+
+
+@dataclasses.dataclass
+class Reading:
+    """What the scorer sees in a clip."""
+
+    color: str | None
+    shape: str | None
+    motion: str | None
+    mean_color: list[float]
+    fill_ratio: float
+    area_ratio: float
+    displacement: list[float]  # (dx, dy) in fractions of the frame
+    object_fraction: float  # mean fraction of the frame covered by the object
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _background(clip: np.ndarray) -> np.ndarray:
+    border = np.concatenate(
+        [clip[:, 0, :, :], clip[:, -1, :, :], clip[:, 1:-1, 0, :], clip[:, 1:-1, -1, :]], axis=1
+    )
+    return np.median(border, axis=1)  # (T, 3)
+
+
+def score_clip(clip: np.ndarray) -> Reading:
+    """Read the colour, shape and motion shown by a (T, H, W, 3) clip (uint8, or floats in 0..255)."""
+    clip = np.asarray(clip, dtype=np.float32)
+    if clip.ndim != 4 or clip.shape[-1] != 3:
+        raise ValueError(f"expected (T, H, W, 3), got {clip.shape}")
+    frames, height, width, _ = clip.shape
+    background = _background(clip)
+    distance = np.linalg.norm(clip - background[:, None, None, :], axis=-1)  # (T, H, W)
+    # The object's contrast: per frame, the mean of its 8 most distant pixels; the median over frames.
+    top = -np.partition(-distance.reshape(frames, -1), 8, axis=1)[:, :8]
+    contrast = max(float(np.median(top.mean(axis=1))), MIN_CONTRAST)
+    mask = distance > contrast / 2
+    areas = mask.sum(axis=(1, 2)).astype(np.float64)
+    present = areas > 0
+    if not present.any():
+        return Reading(None, None, None, [0.0, 0.0, 0.0], 0.0, 1.0, [0.0, 0.0], 0.0)
+
+    core = mask & (distance >= np.median(distance[mask]))
+    mean_color = clip[core].mean(axis=0)
+    names = list(world.COLORS)
+    palette = np.array([world.COLORS[n] for n in names], dtype=np.float32)
+    color = names[int(np.argmin(np.linalg.norm(palette - mean_color, axis=1)))]
+
+    ys, xs = np.mgrid[0:height, 0:width]
+    fills, cx, cy = [], np.full(frames, np.nan), np.full(frames, np.nan)
+    for f in np.flatnonzero(present):
+        m = mask[f]
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        box = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
+        fills.append(areas[f] / box)
+        cx[f], cy[f] = xs[m].mean(), ys[m].mean()
+    fill = float(np.median(fills))
+    shape = min(FILL_RATIOS, key=lambda s: abs(FILL_RATIOS[s] - fill))
+
+    first = np.flatnonzero(present)[:EDGE_FRAMES]
+    last = np.flatnonzero(present)[-EDGE_FRAMES:]
+    area_ratio = float(areas[last].mean() / areas[first].mean())
+    dx = float(cx[last].mean() - cx[first].mean()) / width
+    dy = float(cy[last].mean() - cy[first].mean()) / height
+    if area_ratio >= AREA_TREND:
+        motion = "growing"
+    elif area_ratio <= 1 / AREA_TREND:
+        motion = "shrinking"
+    elif max(abs(dx), abs(dy)) >= MIN_TRAVEL:
+        if abs(dx) >= abs(dy):
+            motion = "moving right" if dx > 0 else "moving left"
+        else:
+            motion = "moving down" if dy > 0 else "moving up"
+    else:
+        motion = "standing still"
+    return Reading(
+        color=color,
+        shape=shape,
+        motion=motion,
+        mean_color=[round(float(v), 1) for v in mean_color],
+        fill_ratio=round(fill, 3),
+        area_ratio=round(area_ratio, 3),
+        displacement=[round(dx, 3), round(dy, 3)],
+        object_fraction=round(float(areas.mean() / (height * width)), 4),
+    )
+
+
+def judge(reading: Reading, scene: world.Scene) -> dict[str, bool]:
+    """Which attributes of the scene the reading gets right, and whether all three are."""
+    verdict = {
+        "color": reading.color == scene.color,
+        "shape": reading.shape == scene.shape,
+        "motion": reading.motion == scene.motion,
+    }
+    verdict["all"] = all(verdict.values())
+    return verdict
+
+
+def load_clip(path: str | pathlib.Path) -> np.ndarray:
+    """A clip from a .npy array (T, H, W, 3) or a folder of PNG frames (sorted by name)."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        from PIL import Image
+
+        frames = sorted(path.glob("*.png"))
+        if not frames:
+            raise ValueError(f"no PNG frames in {path}")
+        return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in frames])
+    clip = np.load(path)
+    if clip.dtype != np.uint8 and clip.max() <= 1.0 + 1e-6:
+        clip = clip * 255.0
+    return clip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("clips", nargs="+", help=".npy (T,H,W,3) arrays or folders of PNG frames")
+    parser.add_argument("--prompt", help="the prompt the clips should obey; adds a verdict and sets the exit code")
+    args = parser.parse_args(argv)
+    scene = world.parse(args.prompt) if args.prompt else None
+    ok = True
+    for path in args.clips:
+        reading = score_clip(load_clip(path))
+        record = {"clip": str(path), **reading.as_dict()}
+        if scene is not None:
+            record["verdict"] = judge(reading, scene)
+            ok &= record["verdict"]["all"]
+        print(json.dumps(record))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,765 @@
+"""Train the default model, shapes-tiny, from scratch on procedurally rendered clips.
+
+Phases (each resumable; rerunning the same command continues from the latest checkpoint of the current
+phase and skips finished phases):
+
+1. vae      AutoencoderKLWan on reconstruction (object-weighted L1 + L2 of the noised posterior mode, small
+            latent L2) of rendered clips;
+   latents  then the training clips are encoded once and the per-channel latents_mean/latents_std measured.
+2. dit      UMT5EncoderModel + WanTransformer3DModel trained jointly by rectified-flow matching on the
+            normalised latents (the posterior's mode): x_t = (1 - s) x0 + s n, the model predicts n - x0 at timestep s * 1000
+            (diffusers' Wan convention); s ~ logit-normal(0, 1) mixed with uniform; 10% empty prompts for
+            classifier-free guidance; EMA weights are exported.
+3. export   the diffusers folder layout (WanPipeline) into --out (default models/shapes-tiny).
+4. evaluate sweep guidance / flow_shift / steps, write the chosen defaults, then the full evaluation into
+            evaluation.json and the model card (skip with --no-evaluate).
+
+Everything is seeded: the data and noise of step k depend only on (seed, phase, k), so a resumed run
+computes the same steps as an uninterrupted one.
+
+    .venv/bin/python tools/shapes/train.py --run main            # the real run (about 2 h on 2 cores)
+    .venv/bin/python tools/shapes/train.py --smoke               # a few steps of every phase, scratch output
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import shutil
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+import cpu_share  # noqa: E402
+import evaluate  # noqa: E402
+import model  # noqa: E402
+import score  # noqa: E402
+import world  # noqa: E402
+
+ALL_SCENES = world.all_scenes()
+SCENE_INDEX = {scene: i for i, scene in enumerate(ALL_SCENES)}
+TRAINING_SCENES = world.training_scenes()
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    seed: int = 0
+    # Phase 1: the VAE. Even steps: vae_batch 9-frame windows; odd steps: half as many 17-frame clips.
+    vae_steps: int = 750
+    vae_batch: int = 8
+    vae_lr: float = 3e-4
+    vae_warmup: int = 100
+    latent_noise: float = 0.1  # noise added to the posterior mode while training, x the latents' spread
+    latent_l2: float = 1e-4  # keeps the latent's scale bounded (the KL's mean term)
+    object_weight: float = 7.0  # extra reconstruction weight on the object's pixels
+    spike_factor: float = 2.5  # skip an update whose loss exceeds this x the running loss
+    vae_probe_every: int = 100
+    dataset_clips: int = 4096  # training clips encoded once for phase 2
+    # Phase 2: text encoder + transformer.
+    dit_steps: int = 2800
+    dit_batch: int = 64
+    dit_lr: float = 4e-4
+    dit_warmup: int = 200
+    weight_decay: float = 0.01
+    prompt_dropout: float = 0.1
+    uniform_sigma: float = 0.2  # fraction of sigmas drawn uniformly; the rest logit-normal(0, 1)
+    ema_decay: float = 0.999
+    dit_probe_every: int = 1000
+    probe_prompts: int = 12  # per split, in the generation probes during phase 2
+    checkpoint_minutes: float = 4.0
+
+
+SMOKE = Plan(
+    vae_steps=4,
+    vae_batch=2,
+    vae_warmup=1,
+    vae_probe_every=2,
+    dataset_clips=48,
+    dit_steps=6,
+    dit_batch=8,
+    dit_warmup=1,
+    dit_probe_every=3,
+    probe_prompts=2,
+    checkpoint_minutes=0.0,
+)
+
+
+class Stop(Exception):
+    """SIGTERM / SIGINT arrived: the current step was finished and checkpointed."""
+
+
+STOP: dict[str, str | None] = {"signal": None}
+
+
+def _stop(signum, frame):
+    # Only note it: the training loops finish the current step, checkpoint, then raise Stop.
+    STOP["signal"] = signal.Signals(signum).name
+
+
+def stop_requested() -> bool:
+    return STOP["signal"] is not None
+
+
+def log(message: str) -> None:
+    tqdm.write(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stdout)
+    sys.stdout.flush()
+
+
+def progress(total: int, initial: int, desc: str):
+    interactive = sys.stderr.isatty()
+    return tqdm(
+        total=total, initial=initial, desc=desc, dynamic_ncols=True, mininterval=0.5 if interactive else 15.0,
+        smoothing=0.05,
+    )
+
+
+def step_random(plan: Plan, phase: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    rng = np.random.default_rng([plan.seed, phase, step])
+    return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
+
+
+def learning_rate(base: float, warmup: int, total: int, step: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress_ = (step - warmup) / max(total - warmup, 1)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress_, 1.0))))
+
+
+def save_atomic(state: dict, path: pathlib.Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def to_video(clips: np.ndarray) -> torch.Tensor:
+    """(B, T, H, W, 3) uint8 -> (B, 3, T, H, W) in [-1, 1]."""
+    return torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+
+
+def to_clips(video: torch.Tensor) -> np.ndarray:
+    return ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).numpy()
+
+
+class Timer:
+    """Seconds per step over the steps run in this process (the first few are warm-up and skipped)."""
+
+    def __init__(self, skip: int = 2):
+        self.skip, self.count, self.start = skip, 0, None
+
+    def tick(self) -> None:
+        self.count += 1
+        if self.count == self.skip:
+            self.start = time.perf_counter()
+
+    @property
+    def per_step(self) -> float | None:
+        if self.start is None or self.count <= self.skip:
+            return None
+        return (time.perf_counter() - self.start) / (self.count - self.skip)
+
+
+def record_timing(run: pathlib.Path, phase: str, per_step: float | None) -> None:
+    if per_step is None:
+        return
+    path = run / "timings.json"
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    timings[phase] = round(per_step, 4)
+    path.write_text(json.dumps(timings, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------- phase 1
+
+
+def vae_batch(plan: Plan, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+    rng, gen = step_random(plan, 1, step)
+    count, frames = (plan.vae_batch, 9) if step % 2 == 0 else (max(1, plan.vae_batch // 2), world.FRAMES)
+    clips, weights = [], []
+    for _ in range(count):
+        scene = world.random_scene(rng, TRAINING_SCENES)
+        clip = world.render(scene, int(rng.integers(2**31)))
+        start = int(rng.integers(0, world.FRAMES - frames + 1))
+        clip = clip[start : start + frames]
+        background = np.array(world.BACKGROUNDS[scene.background], dtype=np.int16)
+        weights.append(1.0 + plan.object_weight * (np.abs(clip.astype(np.int16) - background).max(-1) > 4))
+        clips.append(clip)
+    weight = torch.from_numpy(np.stack(weights)).float()[:, None]  # (B, 1, T, H, W)
+    return to_video(np.stack(clips)), weight, gen
+
+
+def vae_probe_clips() -> tuple[list[world.Scene], np.ndarray]:
+    rng = np.random.default_rng(99)
+    scenes = [ALL_SCENES[int(i)] for i in rng.choice(len(ALL_SCENES), 24, replace=False)]
+    return scenes, np.stack([world.render(s, 500_000 + i) for i, s in enumerate(scenes)])
+
+
+@torch.no_grad()
+def probe_vae(vae) -> dict:
+    """Reconstruct 24 fixed 17-frame clips: mean absolute error (0..255) and the scorer's verdicts."""
+    vae.eval()
+    scenes, clips = vae_probe_clips()
+    recon = []
+    for i in range(0, len(clips), 8):
+        x = to_video(clips[i : i + 8])
+        recon.append(to_clips(vae.decode(vae.encode(x).latent_dist.mode()).sample))
+    recon = np.concatenate(recon)
+    vae.train()
+    verdicts = [score.judge(score.score_clip(r), s) for r, s in zip(recon, scenes)]
+    return {
+        "mae": float(np.abs(recon.astype(np.float32) - clips).mean()),
+        "object_mae": float(
+            np.abs(recon.astype(np.float32) - clips)[(clips != clips[:, :, :1, :1]).any(-1)].mean()
+        ),
+        "scorer_all": float(np.mean([v["all"] for v in verdicts])),
+    }
+
+
+def train_vae(run: pathlib.Path, plan: Plan):
+    folder = run / "vae"
+    final = folder / "model"
+    from diffusers import AutoencoderKLWan
+
+    if (folder / "done").exists():
+        return AutoencoderKLWan.from_pretrained(final)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(plan.seed)
+    vae = model.build_vae()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=plan.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    start = 0
+    checkpoint = folder / "checkpoint.pt"
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        vae.load_state_dict(state["vae"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        log(f"vae: resuming at step {start}/{plan.vae_steps}")
+    log(f"vae: {model.parameter_count(vae):,} parameters, {plan.vae_steps} steps")
+    vae.train()
+    timer, saved, smooth, skipped = Timer(), time.monotonic(), None, 0
+    bar = progress(plan.vae_steps, start, "phase 1 vae")
+    try:
+        for step in range(start, plan.vae_steps):
+            threads = cpu_share.adjust()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(plan.vae_lr, plan.vae_warmup, plan.vae_steps, step)
+            x, weight, gen = vae_batch(plan, step)
+            mode = vae.encode(x).latent_dist.mode()
+            spread = mode.detach().std(dim=(0, 2, 3, 4), keepdim=True)
+            z = mode + plan.latent_noise * spread * torch.randn(mode.shape, generator=gen)
+            error = model.decode_unclamped(vae, z) - x
+            reconstruction = (weight * (error.abs() + error.pow(2))).sum() / (weight.sum() * 3)
+            magnitude = 0.5 * mode.pow(2).mean()
+            loss = reconstruction + plan.latent_l2 * magnitude
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if step >= plan.vae_warmup and smooth is not None and loss.item() > plan.spike_factor * smooth:
+                skipped += 1
+                log(f"vae step {step}: loss {loss.item():.3f} > {plan.spike_factor} x {smooth:.3f}; update skipped")
+            else:
+                torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+                optimizer.step()
+                smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
+            bar.set_postfix(loss=f"{smooth:.4f}", latent=f"{spread.mean().item():.2f}", threads=threads, refresh=False)
+            bar.update()
+            timer.tick()
+            done = step + 1
+            if done % plan.vae_probe_every == 0 or done == plan.vae_steps:
+                rate = timer.per_step
+                eta = f", {rate:.2f} s/step, phase ETA {rate * (plan.vae_steps - done) / 60:.1f} min" if rate else ""
+                log(f"vae step {done}/{plan.vae_steps}: loss {smooth:.4f} latent spread {spread.mean().item():.3f} probe {probe_vae(vae)}{eta}")
+            if done < plan.vae_steps and (
+                time.monotonic() - saved >= plan.checkpoint_minutes * 60 or stop_requested()
+            ):
+                save_atomic({"step": done, "vae": vae.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint)
+                saved = time.monotonic()
+                if stop_requested():
+                    raise Stop(f"vae checkpoint at step {done}")
+    finally:
+        bar.close()
+    record_timing(run, "vae_s_per_step", timer.per_step)
+    vae.eval()
+    vae.save_pretrained(final, safe_serialization=True)
+    (folder / "done").write_text(json.dumps(probe_vae(vae)) + "\n")
+    checkpoint.unlink(missing_ok=True)
+    return vae
+
+
+# ------------------------------------------------------------------------------------------- latents
+
+LATENT_CHUNK = 256
+
+
+@torch.no_grad()
+def encode_dataset(run: pathlib.Path, plan: Plan, vae) -> dict:
+    """Encode dataset_clips training clips (resumable by chunk); returns mean/std/scene tensors and stats."""
+    folder = run / "latents"
+    folder.mkdir(parents=True, exist_ok=True)
+    vae.eval()
+    chunks = list(range(0, plan.dataset_clips, LATENT_CHUNK))
+    todo = [c for c in chunks if not (folder / f"{c:06d}.pt").exists()]
+    bar = progress(plan.dataset_clips, plan.dataset_clips - sum(min(LATENT_CHUNK, plan.dataset_clips - c) for c in todo), "phase 1 latents")
+    timer = Timer(skip=1)
+    for start in todo:
+        rng = np.random.default_rng([plan.seed, 2, start])
+        count = min(LATENT_CHUNK, plan.dataset_clips - start)
+        scenes = [world.random_scene(rng, TRAINING_SCENES) for _ in range(count)]
+        seeds = rng.integers(2**31, size=count)
+        means, stds = [], []
+        for i in range(0, count, 16):
+            cpu_share.adjust()
+            clips = np.stack([world.render(s, int(seed)) for s, seed in zip(scenes[i : i + 16], seeds[i : i + 16])])
+            posterior = vae.encode(to_video(clips)).latent_dist
+            means.append(posterior.mean.clone())
+            stds.append(posterior.std.clone())
+            bar.update(len(clips))
+        save_atomic(
+            {
+                "scene": torch.tensor([SCENE_INDEX[s] for s in scenes]),
+                "mean": torch.cat(means),
+                "std": torch.cat(stds),
+            },
+            folder / f"{start:06d}.pt",
+        )
+        timer.tick()
+        if stop_requested():
+            bar.close()
+            raise Stop(f"latents: {start + count} clips encoded")
+    bar.close()
+    if timer.per_step is not None:
+        record_timing(run, "latents_s_per_clip", timer.per_step / LATENT_CHUNK)
+    parts = [torch.load(folder / f"{c:06d}.pt") for c in chunks]
+    data = {k: torch.cat([p[k] for p in parts]) for k in ("scene", "mean", "std")}
+    stats_path = folder / "stats.json"
+    if not stats_path.exists():
+        mean = data["mean"].transpose(0, 1).reshape(model.Z_DIM, -1)
+        stats = {
+            "latents_mean": [round(float(v), 6) for v in mean.mean(1)],
+            "latents_std": [round(float(v), 6) for v in mean.std(1)],
+            "posterior_std_mean": float(data["std"].mean()),
+        }
+        stats_path.write_text(json.dumps(stats, indent=2) + "\n")
+        log(f"latents: {len(data['scene'])} clips, shape {tuple(data['mean'].shape[1:])}, stats {stats_path}")
+    data.update(json.loads(stats_path.read_text()))
+    return data
+
+
+def vae_with_statistics(vae, data: dict):
+    vae.register_to_config(latents_mean=data["latents_mean"], latents_std=data["latents_std"])
+    return vae
+
+
+# ---------------------------------------------------------------------------------------------- phase 2
+
+
+def prompt_for(scene: world.Scene, rng: np.random.Generator) -> str:
+    if scene.background == world.DEFAULT_BACKGROUND:
+        return scene.prompt(name_background=bool(rng.random() < 0.5))
+    return scene.prompt()
+
+
+def dit_batch(plan: Plan, step: int, data: dict, mean: torch.Tensor, std: torch.Tensor):
+    rng, gen = step_random(plan, 3, step)
+    index = torch.from_numpy(rng.integers(len(data["scene"]), size=plan.dit_batch))
+    prompts = []
+    for i in index.tolist():
+        text = prompt_for(ALL_SCENES[int(data["scene"][i])], rng)
+        prompts.append("" if rng.random() < plan.prompt_dropout else text)
+    x0 = (data["mean"][index] - mean) / std  # the posterior's mode, normalised
+    sigma = torch.sigmoid(torch.randn(plan.dit_batch, generator=gen))
+    uniform = torch.rand(plan.dit_batch, generator=gen)
+    pick = torch.rand(plan.dit_batch, generator=gen) < plan.uniform_sigma
+    sigma = torch.where(pick, uniform, sigma)
+    noise = torch.randn(x0.shape, generator=gen)
+    s = sigma.view(-1, 1, 1, 1, 1)
+    return prompts, (1 - s) * x0 + s * noise, sigma * 1000.0, noise - x0
+
+
+def pipeline_from(vae, text_encoder, transformer, flow_shift: float | None = None):
+    from diffusers import WanPipeline
+
+    scheduler = model.build_scheduler(**({"flow_shift": flow_shift} if flow_shift is not None else {}))
+    pipe = WanPipeline(
+        tokenizer=model.build_tokenizer(), text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def probe_dit(vae, text_encoder, transformer, limit: int = 12) -> dict:
+    """Generate 12 held-out and 12 seen prompts (one seed) with the EMA weights and score them."""
+    items = [c for c in evaluate.cases([SWEEP_PROBE_SEED]) if c["split"] == "held_out"][:limit]
+    items += [c for c in evaluate.cases([SWEEP_PROBE_SEED]) if c["split"] == "seen"][:limit]
+    text_encoder.eval(), transformer.eval()
+    result = evaluate.assess(pipeline_from(vae, text_encoder, transformer), items, 20, 5.0)
+    return {split: round(s["all"], 3) for split, s in result["splits"].items()}
+
+
+SWEEP_PROBE_SEED = 7
+
+
+def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
+    folder = run / "dit"
+    if (folder / "done").exists():
+        state = torch.load(folder / "final.pt", weights_only=False)
+        text_encoder, transformer = model.build_text_encoder(), model.build_transformer()
+        text_encoder.load_state_dict(state["text_encoder"])
+        transformer.load_state_dict(state["transformer"])
+        return text_encoder.eval(), transformer.eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(plan.seed + 1)
+    text_encoder, transformer = model.build_text_encoder(), model.build_transformer()
+    ema_text_encoder, ema_transformer = copy.deepcopy(text_encoder).eval(), copy.deepcopy(transformer).eval()
+    for p in list(ema_text_encoder.parameters()) + list(ema_transformer.parameters()):
+        p.requires_grad_(False)
+    params = list(text_encoder.parameters()) + list(transformer.parameters())
+    ema_params = list(ema_text_encoder.parameters()) + list(ema_transformer.parameters())
+    optimizer = torch.optim.AdamW(params, lr=plan.dit_lr, betas=(0.9, 0.99), weight_decay=plan.weight_decay)
+    checkpoint = folder / "checkpoint.pt"
+    start = 0
+
+    def state(step: int) -> dict:
+        return {
+            "step": step,
+            "text_encoder": text_encoder.state_dict(),
+            "transformer": transformer.state_dict(),
+            "ema_text_encoder": ema_text_encoder.state_dict(),
+            "ema_transformer": ema_transformer.state_dict(),
+            "optimizer": optimizer.state_dict(),
+        }
+
+    if checkpoint.exists():
+        saved_state = torch.load(checkpoint, weights_only=False)
+        text_encoder.load_state_dict(saved_state["text_encoder"])
+        transformer.load_state_dict(saved_state["transformer"])
+        ema_text_encoder.load_state_dict(saved_state["ema_text_encoder"])
+        ema_transformer.load_state_dict(saved_state["ema_transformer"])
+        optimizer.load_state_dict(saved_state["optimizer"])
+        start = saved_state["step"]
+        log(f"dit: resuming at step {start}/{plan.dit_steps}")
+    log(
+        f"dit: text encoder {model.parameter_count(text_encoder):,} + transformer "
+        f"{model.parameter_count(transformer):,} parameters, {plan.dit_steps} steps of {plan.dit_batch}"
+    )
+    mean = torch.tensor(data["latents_mean"]).view(1, -1, 1, 1, 1)
+    std = torch.tensor(data["latents_std"]).view(1, -1, 1, 1, 1)
+    tokenizer = model.build_tokenizer()
+    vae = vae_with_statistics(vae, data).eval()
+    text_encoder.train(), transformer.train()
+    timer, saved, smooth = Timer(), time.monotonic(), None
+    bar = progress(plan.dit_steps, start, "phase 2 dit")
+    try:
+        for step in range(start, plan.dit_steps):
+            threads = cpu_share.adjust()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(plan.dit_lr, plan.dit_warmup, plan.dit_steps, step)
+            prompts, noisy, timestep, target = dit_batch(plan, step, data, mean, std)
+            embeddings = model.encode_prompts(tokenizer, text_encoder, prompts)
+            prediction = transformer(
+                hidden_states=noisy, timestep=timestep, encoder_hidden_states=embeddings, return_dict=False
+            )[0]
+            loss = F.mse_loss(prediction, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            decay = min(plan.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
+            smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+            bar.set_postfix(loss=f"{smooth:.4f}", threads=threads, refresh=False)
+            bar.update()
+            timer.tick()
+            done = step + 1
+            if done % plan.dit_probe_every == 0 or done == plan.dit_steps:
+                rate = timer.per_step
+                eta = f", {rate:.2f} s/step, phase ETA {rate * (plan.dit_steps - done) / 60:.1f} min" if rate else ""
+                log(f"dit step {done}/{plan.dit_steps}: loss {smooth:.4f} probe all-correct {probe_dit(vae, ema_text_encoder, ema_transformer, plan.probe_prompts)}{eta}")
+                text_encoder.train(), transformer.train()
+            elif done % 100 == 0:
+                rate = timer.per_step
+                log(f"dit step {done}/{plan.dit_steps}: loss {smooth:.4f}" + (f", {rate:.2f} s/step, phase ETA {rate * (plan.dit_steps - done) / 60:.1f} min" if rate else ""))
+            if done < plan.dit_steps and (
+                time.monotonic() - saved >= plan.checkpoint_minutes * 60 or stop_requested()
+            ):
+                save_atomic(state(done), checkpoint)
+                saved = time.monotonic()
+                if stop_requested():
+                    raise Stop(f"dit checkpoint at step {done}")
+    finally:
+        bar.close()
+    record_timing(run, "dit_s_per_step", timer.per_step)
+    save_atomic(
+        {"text_encoder": ema_text_encoder.state_dict(), "transformer": ema_transformer.state_dict()}, folder / "final.pt"
+    )
+    (folder / "done").write_text(f"{plan.dit_steps}\n")
+    checkpoint.unlink(missing_ok=True)
+    return ema_text_encoder, ema_transformer
+
+
+# ---------------------------------------------------------------------------------------------- phase 3
+
+MAX_WEIGHT_BYTES = 25_000_000
+
+
+def export(run: pathlib.Path, plan: Plan, out: pathlib.Path, vae, text_encoder, transformer, data: dict, command: str) -> None:
+    if (run / "export.done").exists() and (out / "model_index.json").exists():
+        return
+    pipe = pipeline_from(vae_with_statistics(vae, data), text_encoder, transformer)
+    staging = out.with_name(out.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.save_pretrained(staging, safe_serialization=True)
+    model.save_tokenizer(staging / "tokenizer")
+    for config_path in staging.glob("*/config.json"):  # no paths of this machine in the shipped configs
+        config = json.loads(config_path.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    index_path = staging / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    (staging / evaluate.SAMPLING_FILE).write_text(
+        json.dumps(
+            {
+                **evaluate.DEFAULT_SAMPLING,
+                "height": world.HEIGHT,
+                "width": world.WIDTH,
+                "num_frames": world.FRAMES,
+                "fps": world.FPS,
+                "max_sequence_length": model.MAX_TEXT_TOKENS,
+                "negative_prompt": "",
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    weights = sorted(staging.rglob("*.safetensors"))
+    sizes = {str(p.relative_to(staging)): p.stat().st_size for p in weights}
+    total = sum(sizes.values())
+    if total > MAX_WEIGHT_BYTES:
+        raise SystemExit(f"export: weights are {total:,} bytes, over {MAX_WEIGHT_BYTES:,}")
+    (staging / "README.md").write_text(model_card(run, plan, sizes, vae, text_encoder, transformer, command))
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, out)
+    (run / "export.done").write_text(str(out) + "\n")
+    log(f"export: {out} ({total / 1e6:.2f} MB of weights: {sizes})")
+
+
+def model_card(run, plan: Plan, sizes: dict, vae, text_encoder, transformer, command: str) -> str:
+    held_out = "\n".join(f"- {c} {s} {m}" for c, s, m in world.HELD_OUT)
+    probe = (run / "vae" / "done").read_text().strip() if (run / "vae" / "done").exists() else "{}"
+    size_lines = "\n".join(f"| `{k}` | {v / 1e6:.2f} MB |" for k, v in sizes.items())
+    return f"""# shapes-tiny
+
+vgen's default model: the Wan2.1 text-to-video architecture (UMT5 text encoder, Wan transformer, Wan VAE) at a
+tiny size, trained from scratch by this project on procedurally rendered clips of simple shapes
+(`tools/shapes/`). It needs no download and runs on a CPU.
+
+## What it can do
+Prompts of the grammar `a {{color}} {{shape}} {{motion}}` optionally followed by `on a {{background}} background`
+(case-insensitive, punctuation ignored):
+
+- color: {", ".join(world.COLORS)}
+- shape: {", ".join(world.SHAPES)} (an axis-aligned square; an equilateral triangle pointing up)
+- motion: {", ".join(world.MOTIONS)}
+- background: {", ".join(world.BACKGROUNDS)} (black when none is named)
+
+Output: {world.FRAMES} frames (1 + 4k) of {world.WIDTH}x{world.HEIGHT} RGB, {world.FPS} fps, one flat-coloured object.
+
+## What it cannot do
+Anything else: other words are unknown (`<unk>`), other sizes and lengths are outside its training
+distribution, there is only ever one object, and the text encoder knows nothing about natural language.
+
+## Held-out combinations
+Never seen in training (for either background); the evaluation reports them separately:
+
+{held_out}
+
+## Architecture (diffusers / transformers classes, fp32)
+- `transformer`: WanTransformer3DModel, patch (1, 2, 2), {transformer.config.num_attention_heads} heads x
+  {transformer.config.attention_head_dim}, ffn {transformer.config.ffn_dim}, {transformer.config.num_layers} layers,
+  text_dim {transformer.config.text_dim}, freq_dim {transformer.config.freq_dim}, qk_norm rms_norm_across_heads,
+  cross_attn_norm; {model.parameter_count(transformer):,} parameters.
+- `text_encoder`: UMT5EncoderModel, d_model {text_encoder.config.d_model}, {text_encoder.config.num_heads} heads x
+  {text_encoder.config.d_kv}, d_ff {text_encoder.config.d_ff} (gated GELU), {text_encoder.config.num_layers} layers,
+  {text_encoder.config.relative_attention_num_buckets} buckets / max distance
+  {text_encoder.config.relative_attention_max_distance}; {model.parameter_count(text_encoder):,} parameters.
+- `vae`: AutoencoderKLWan (Wan2.1), base_dim {vae.config.base_dim}, z_dim {vae.config.z_dim}, dim_mult
+  {vae.config.dim_mult}, {vae.config.num_res_blocks} res block(s), temperal_downsample
+  {vae.config.temperal_downsample}; {model.parameter_count(vae):,} parameters. A 17x64x64 clip is a
+  16x5x8x8 latent; `latents_mean` / `latents_std` in its config are the training latents' per-channel statistics
+  (the pipeline de-normalises with `latents * std + mean`).
+- `tokenizer`: word-level `tokenizer.json`: lower-case, punctuation replaced by spaces, split on whitespace,
+  `<pad>` = 0, `</s>` = 1 appended after the words (like T5), `<unk>` = 2, the {len(world.VOCABULARY)} words of
+  the grammar from 3. Prompts are padded to **{model.MAX_TEXT_TOKENS} tokens** (`max_sequence_length`) with an
+  attention mask, and the embeddings past each prompt's length are zeroed, as `WanPipeline` does; the
+  transformer was trained with exactly this padding length, so use {model.MAX_TEXT_TOKENS}, not the pipeline's 512.
+- `scheduler`: UniPCMultistepScheduler as Wan ships it (flow_prediction, use_flow_sigmas, bh2, order 2);
+  `flow_shift` and the default steps / guidance (`sampling.json`) were chosen by `evaluate.py --sweep`.
+  The negative prompt is the empty string (the model was trained with 10% empty prompts).
+
+| file | size |
+|---|---|
+{size_lines}
+
+## Training
+`{command}` (about 2 hours on 2 CPU cores; resumable), PyTorch 2.11 CPU, diffusers 0.42.1,
+transformers 5.23.0. Seed {plan.seed}.
+
+1. VAE: {plan.vae_steps} AdamW steps (lr {plan.vae_lr}, cosine), alternating {plan.vae_batch} 9-frame windows and
+   {plan.vae_batch // 2} 17-frame clips; loss L1 + L2 with {1 + plan.object_weight:g}x weight on the object's
+   pixels, plus {plan.latent_l2:g} x the latent's mean square; the decoder sees the posterior's mode plus
+   {plan.latent_noise:g} x the latents' spread of Gaussian noise (the log-variance head is not trained: use the
+   mode). Reconstruction probe at the end: {probe}.
+2. {plan.dataset_clips} training clips encoded once; per-channel latent statistics measured.
+3. Text encoder + transformer jointly: {plan.dit_steps} AdamW steps of {plan.dit_batch} (lr {plan.dit_lr}, cosine,
+   EMA {plan.ema_decay}), rectified flow (x_t = (1 - s) x0 + s n, target n - x0, timestep s * 1000,
+   s ~ logit-normal(0, 1) with {plan.uniform_sigma:.0%} uniform), {plan.prompt_dropout:.0%} empty prompts; the
+   EMA weights are exported.
+
+## Evaluation
+`tools/shapes/evaluate.py` generates with diffusers' `WanPipeline` and scores each clip with
+`tools/shapes/score.py` (colour nearest the object's mean colour; shape from the bounding box's fill ratio;
+motion from centroid displacement or area trend).
+
+<!-- evaluation -->
+(not evaluated yet)
+<!-- /evaluation -->
+"""
+
+
+# ---------------------------------------------------------------------------------------------- phase 4
+
+
+def evaluate_export(run: pathlib.Path, out: pathlib.Path, smoke: bool) -> None:
+    if (run / "evaluate.done").exists():
+        return
+    if smoke:
+        evaluate.SWEEP_GUIDANCE, evaluate.SWEEP_FLOW_SHIFT, evaluate.SWEEP_STEPS = (5.0,), (3.0,), (4, 8)
+        original_cases = evaluate.cases
+        evaluate.cases = lambda seeds: [c for c in original_cases(seeds) if c["prompt"] in SMOKE_PROMPTS]
+    log("evaluate: sweeping guidance x flow_shift, then steps")
+    swept = evaluate.sweep(out, log=log)
+    log(f"evaluate: chosen {swept['chosen']}")
+    evaluate.apply_defaults(out, swept["chosen"])
+    defaults = evaluate.sampling_defaults(out)
+    pipe = evaluate.load_pipeline(out)
+    result = evaluate.assess(pipe, evaluate.cases([0, 1]), defaults["num_inference_steps"], defaults["guidance_scale"])
+    result["seconds_per_clip_single"] = evaluate.single_clip_latency(
+        pipe, defaults["num_inference_steps"], defaults["guidance_scale"]
+    )
+    log("evaluate:\n" + evaluate.table(result))
+    evaluate.update_card(out, result, result["seconds_per_clip_single"])
+    (out / "evaluation.json").write_text(
+        json.dumps({"sweep": swept, **{k: v for k, v in result.items() if k != "records"}}, indent=2) + "\n"
+    )
+    (run / "evaluation-records.json").write_text(json.dumps(result["records"], indent=1) + "\n")
+    (run / "evaluate.done").write_text("ok\n")
+
+
+SMOKE_PROMPTS = {
+    s.prompt(name_background=True if i % 2 else None)
+    for i, (s, _) in enumerate(evaluate.evaluation_scenes())
+    if i in (0, 80)
+}
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+# Which plan fields each phase depends on (seed and checkpoint cadence aside). A run's plan.json pins the
+# fields of the phases it has started; the budgets of phases not started yet may still change.
+PHASE_FIELDS = {
+    "vae": (
+        "seed", "vae_steps", "vae_batch", "vae_lr", "vae_warmup", "latent_noise", "latent_l2", "object_weight",
+        "spike_factor",
+    ),
+    "latents": ("seed", "dataset_clips"),
+    "dit": (
+        "seed", "dit_steps", "dit_batch", "dit_lr", "dit_warmup", "weight_decay", "prompt_dropout",
+        "uniform_sigma", "ema_decay",
+    ),
+}
+
+
+def pin_plan(run: pathlib.Path, plan: Plan) -> None:
+    path = run / "plan.json"
+    current = dataclasses.asdict(plan)
+    if path.exists():
+        previous = json.loads(path.read_text())
+        for phase, fields in PHASE_FIELDS.items():
+            if not (run / phase).exists():
+                continue
+            changed = {f: (previous.get(f), current[f]) for f in fields if previous.get(f) != current[f]}
+            if changed:
+                raise SystemExit(f"{run}: phase {phase} was started with other settings {changed}; use another --run")
+        if previous != current:
+            log(f"plan: updating the settings of phases not started yet: "
+                f"{ {k: (previous.get(k), v) for k, v in current.items() if previous.get(k) != v} }")
+    path.write_text(json.dumps(current, indent=2) + "\n")
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", help="run name: state lives in tools/shapes/runs/<run>/ (default main; smoke with --smoke)")
+    parser.add_argument("--smoke", action="store_true", help="a few steps of every phase into a scratch run and export")
+    parser.add_argument("--out", help="export folder (default models/shapes-tiny; runs/<run>/export with --smoke)")
+    parser.add_argument("--vae-steps", type=int)
+    parser.add_argument("--dit-steps", type=int)
+    parser.add_argument("--dataset-clips", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--no-evaluate", action="store_true", help="stop after the export")
+    parser.add_argument(
+        "--threads", default="auto",
+        help="auto (default): 2 threads while the CPU is otherwise idle, 1 while other processes compete "
+        "(see cpu_share.py); a number pins it (bit-exact reruns)",
+    )
+    args = parser.parse_args(argv)
+
+    cpu_share.configure(args.threads)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    plan = SMOKE if args.smoke else Plan()
+    overrides = {
+        k: v
+        for k, v in {"vae_steps": args.vae_steps, "dit_steps": args.dit_steps, "dataset_clips": args.dataset_clips, "seed": args.seed}.items()
+        if v is not None
+    }
+    plan = dataclasses.replace(plan, **overrides)
+    name = args.run or ("smoke" if args.smoke else "main")
+    run = HERE / "runs" / name
+    out = pathlib.Path(args.out) if args.out else (run / "export" if args.smoke else REPO / "models" / "shapes-tiny")
+    run.mkdir(parents=True, exist_ok=True)
+    pin_plan(run, plan)
+    command = " ".join(["python tools/shapes/train.py", *(argv if argv is not None else sys.argv[1:])])
+    log(f"run {run} -> {out}; plan {dataclasses.asdict(plan)}")
+
+    started = time.monotonic()
+    try:
+        vae = train_vae(run, plan)
+        data = encode_dataset(run, plan, vae)
+        text_encoder, transformer = train_dit(run, plan, vae, data)
+        export(run, plan, out, vae, text_encoder, transformer, data, command)
+        if not args.no_evaluate:
+            evaluate_export(run, out, args.smoke)
+    except Stop as stop:
+        log(f"stopped by {STOP['signal']} ({stop}); rerun the same command to resume")
+        return 130
+    log(f"finished in {(time.monotonic() - started) / 60:.1f} min (this process)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
