@@ -1,5 +1,7 @@
 """The Python API as its users meet it: submit, poll, events, wait, await, cancel, callbacks, errors, frames."""
 import asyncio
+import random
+import time
 import threading
 
 import numpy as np
@@ -100,3 +102,73 @@ def test_concurrent_submitters_do_not_deadlock(engine):
         t.join(timeout=120)
     assert not errors and not any(t.is_alive() for t in threads)
     assert engine.metrics()["succeeded"] >= 8
+
+
+def test_asyncio_gather_of_two_jobs(engine):
+    async def main():
+        a = engine.submit("gather a", steps=3, seed=1)
+        b = engine.submit("gather b", steps=3, seed=2)
+        return await asyncio.gather(a, b)
+
+    va, vb = asyncio.run(main())
+    assert va.metadata["seed"] == 1 and vb.metadata["seed"] == 2
+
+
+def test_callbacks_arrive_in_order_and_end_once(engine):
+    seqs, finished = [], []
+    job = engine.submit("ordered", steps=6, on_progress=lambda e: seqs.append(e["seq"]), on_done=finished.append)
+    job.wait(timeout=60)
+    deadline = time.time() + 5
+    while not finished and time.time() < deadline:
+        time.sleep(0.01)
+    assert seqs == sorted(seqs) and len(seqs) >= 6
+    assert len(finished) == 1 and finished[0]["state"] == "succeeded"
+
+
+def test_a_raising_callback_does_not_kill_the_job(engine):
+    def bad(event):
+        raise RuntimeError("host bug")
+
+    job = engine.submit("raising callback", steps=3, on_progress=bad)
+    assert job.wait(timeout=60).frames.shape[0] == 17
+
+
+def test_stress_8_threads_200_jobs_with_random_cancels():
+    rng = random.Random(0)
+    seeds = list(range(200))
+    rng.shuffle(seeds)
+    results = {"done": 0, "cancelled": 0}
+    lock = threading.Lock()
+    with vgen.Engine(devices=["cpu"], workers_per_device=2) as e:
+        def worker(chunk):
+            for seed in chunk:
+                job = e.submit("stress", model="noop", seed=seed)
+                if seed % 5 == 0:
+                    job.cancel()
+                try:
+                    job.wait(timeout=60)
+                    key = "done"
+                except vgen.CancelledError:
+                    key = "cancelled"
+                with lock:
+                    results[key] += 1
+
+        threads = [threading.Thread(target=worker, args=(seeds[i::8],)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads), "deadlock"
+    assert results["done"] + results["cancelled"] == 200
+
+
+def test_hello_video_example_runs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[3] / "examples/python/hello_video.py"
+    out = tmp_path / "hello.mp4"
+    r = subprocess.run([sys.executable, str(example), str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "step" in r.stdout and out.stat().st_size > 0
