@@ -63,6 +63,12 @@ test-c: build
 	cc $(CFLAGS_STRICT) -std=c11 -Iinclude examples/c/generate.c -L$(TARGET_DIR)/debug -lvgen \
 		-Wl,-rpath,$(TARGET_DIR)/debug -o $(TARGET_DIR)/examples-c/generate_c
 	$(TARGET_DIR)/examples-c/generate_c $(TARGET_DIR)/examples-c/generate_c.mp4
+	for ex in hello_video game_loop; do \
+		cc $(CFLAGS_STRICT) -std=c11 -D_POSIX_C_SOURCE=199309L -Iinclude examples/c/$$ex.c -L$(TARGET_DIR)/debug -lvgen \
+			-Wl,-rpath,$(TARGET_DIR)/debug -o $(TARGET_DIR)/examples-c/$$ex || exit 1; \
+	done
+	$(TARGET_DIR)/examples-c/hello_video $(TARGET_DIR)/examples-c/hello_video.mp4 | tail -2
+	$(TARGET_DIR)/examples-c/game_loop
 	$(TARGET_DIR)/examples-c/hello_cpp | grep '^vgen .* on libtorch 2\.11'
 	@echo "C and C++ examples: ok"
 

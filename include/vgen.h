@@ -344,6 +344,19 @@ vgen_status vgen_video_metadata(const vgen_video *video,
 vgen_status vgen_video_save(const vgen_video *video,
                             const char *path);
 
+/**
+ * The job's latest preview (a cheap projection of the latents to RGB, emitted every `preview_every` steps), as a
+ * video handle with the same accessors; `step_out` (may be NULL) receives its step. VGEN_STATUS_NOT_READY when
+ * there is no preview yet. The frames stay valid until `vgen_video_free`. Any thread.
+ *
+ * # Safety
+ * `engine` a live engine; `out` valid for a write; `step_out` NULL or valid for a write.
+ */
+vgen_status vgen_job_preview(const vgen_engine *engine,
+                             uint64_t job,
+                             vgen_video **out,
+                             uint32_t *step_out);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

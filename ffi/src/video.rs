@@ -117,3 +117,35 @@ pub unsafe extern "C" fn vgen_video_save(video: *const vgen_video, path: *const 
         vgen_core::encode::write(std::path::Path::new(path), &v.video).map_err(core)
     })
 }
+
+/// The job's latest preview (a cheap projection of the latents to RGB, emitted every `preview_every` steps), as a
+/// video handle with the same accessors; `step_out` (may be NULL) receives its step. VGEN_STATUS_NOT_READY when
+/// there is no preview yet. The frames stay valid until `vgen_video_free`. Any thread.
+///
+/// # Safety
+/// `engine` a live engine; `out` valid for a write; `step_out` NULL or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_job_preview(engine: *const vgen_engine, job: u64, out: *mut *mut vgen_video, step_out: *mut u32) -> vgen_status {
+    guard(|| {
+        // SAFETY: by contract.
+        let e = unsafe { borrow(engine, "engine") }?;
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        let events = e.engine.events(JobId(job), 0).map_err(core)?;
+        let latest = events.iter().rev().find_map(|ev| match &ev.kind {
+            vgen_core::engine::EventKind::Preview { step, frames } => Some((*step, frames.clone())),
+            _ => None,
+        });
+        let Some((step, frames)) = latest else {
+            return Err((vgen_status::VGEN_STATUS_NOT_READY, format!("job {job} has no preview yet")));
+        };
+        let video = Arc::new(Video { frames, fps: 0.0, metadata: Default::default() });
+        if !step_out.is_null() {
+            // SAFETY: non-NULL, writable by contract.
+            unsafe { step_out.write(step) };
+        }
+        // SAFETY: checked non-NULL.
+        unsafe { write(out, Box::into_raw(Box::new(vgen_video { video })), "out") }
+    })
+}
