@@ -40,6 +40,9 @@ pub struct ServingConfig {
     pub flow_shift: Option<f64>,
     /// A `[z_dim][3]` matrix projecting latents to RGB for previews.
     pub latent_rgb_factors: Option<Vec<[f64; 3]>>,
+    /// The transformer's and text encoder's dtype on CUDA: "bf16" (the default), "fp16" or "fp32". The VAE and
+    /// the CPU always use fp32.
+    pub cuda_dtype: Option<String>,
 }
 
 /// The loaded networks, on one device.
@@ -122,7 +125,11 @@ impl WanModel {
             },
             size_multiple: 16,
             frame_rule: FrameRule::OnePlusFourK,
-            dtype: "f32".into(),
+            dtype: match serving.cuda_dtype.as_deref() {
+                Some("fp16") => "f32 (fp16 on CUDA)".into(),
+                Some("fp32") => "f32".into(),
+                _ => "f32 (bf16 on CUDA)".into(),
+            },
         };
         Ok(Self {
             folder: folder.to_path_buf(),
@@ -148,25 +155,43 @@ impl WanModel {
             return Ok(c.clone());
         }
         let dev = device.to_tch();
-        let (v1, encoder) = load_component(&self.folder.join("text_encoder"), "model", dev, &[], &["encoder.embed_tokens."], |p| {
+        let kind = self.compute_kind(device)?;
+        let (mut v1, encoder) = load_component(&self.folder.join("text_encoder"), "model", dev, &[], &["encoder.embed_tokens."], |p| {
             Umt5Encoder::new(p, self.encoder_config.clone())
         })?;
-        let (v2, transformer) = load_component(&self.folder.join("transformer"), "diffusion_pytorch_model", dev, &[], &[], |p| {
+        let (mut v2, transformer) = load_component(&self.folder.join("transformer"), "diffusion_pytorch_model", dev, &[], &[], |p| {
             WanTransformer::new(p, self.transformer_config.clone())
         })?;
         let (v3, vae) = load_component(&self.folder.join("vae"), "diffusion_pytorch_model", dev, &[], &["encoder.", "quant_conv."], |p| {
             WanVaeDecoder::new(p, self.vae_config.clone())
         })?;
+        if kind != Kind::Float {
+            v1.set_kind(kind);
+            v2.set_kind(kind);
+        }
         let c = Arc::new(Components { _vars: vec![v1, v2, v3], encoder, transformer, vae });
         self.loaded.lock().insert(device, c.clone());
         Ok(c)
+    }
+
+    /// The dtype the transformer and text encoder compute in on `device`.
+    pub fn compute_kind(&self, device: Device) -> Result<Kind> {
+        if !device.is_cuda() {
+            return Ok(Kind::Float);
+        }
+        match self.serving.cuda_dtype.as_deref().unwrap_or("bf16") {
+            "bf16" => Ok(Kind::BFloat16),
+            "fp16" => Ok(Kind::Half),
+            "fp32" => Ok(Kind::Float),
+            other => Err(Error::invalid(format!("vgen.json: cuda_dtype {other:?} is not bf16, fp16 or fp32"))),
+        }
     }
 
     /// Text embeddings `[B, L, d]` for cleaned prompts, with rows past each prompt's length zeroed.
     pub fn encode_prompts(&self, c: &Components, prompts: &[&str], device: tch::Device) -> Result<Tensor> {
         let (ids, mask) = self.tokenizer.encode(prompts)?;
         let (ids, mask) = (ids.to_device(device), mask.to_device(device));
-        let hidden = c.encoder.forward(&ids, &mask);
+        let hidden = c.encoder.forward(&ids, &mask).to_kind(Kind::Float);
         Ok(hidden * mask.unsqueeze(-1).to_kind(Kind::Float))
     }
 

@@ -390,18 +390,23 @@ impl WanTransformer {
             )));
         }
         let (cos, sin) = self.rope.forward(f, h, w);
+        // Inputs follow the weights' dtype (bf16 or fp16 on GPUs); the norms and modulation still run in fp32,
+        // and the velocity is returned in fp32 for the scheduler.
+        let kind = self.patch_embedding.ws.kind();
+        let x = x.to_kind(kind);
+        let text = text.to_kind(kind);
         let tokens = x.apply(&self.patch_embedding).flatten(2, -1).transpose(1, 2).contiguous();
-        let (temb, proj, text) = self.condition_embedder.forward(timestep, text);
+        let (temb, proj, text) = self.condition_embedder.forward(timestep, &text);
         let modulation = proj.unflatten(1, [6, -1]);
         let mut hidden = tokens;
         for block in &self.blocks {
             hidden = block.forward(&hidden, &text, &modulation, (&cos, &sin));
         }
-        let m = (&self.scale_shift_table + temb.unsqueeze(1)).chunk(2, 1);
+        let m = (self.scale_shift_table.to_kind(Kind::Float) + temb.to_kind(Kind::Float).unsqueeze(1)).chunk(2, 1);
         let (shift, scale) = (&m[0], &m[1]);
         let hidden = (self.norm_out.forward(&hidden) * (scale + 1.0) + shift).to_kind(hidden.kind());
         let out = self.proj_out.forward(&hidden);
         let out = out.reshape([b, pf, phh, pww, pt, ph, pw, -1]).permute([0, 7, 1, 4, 2, 5, 3, 6]);
-        Ok(out.flatten(6, 7).flatten(4, 5).flatten(2, 3))
+        Ok(out.flatten(6, 7).flatten(4, 5).flatten(2, 3).to_kind(Kind::Float))
     }
 }
