@@ -57,16 +57,22 @@ TRAINING_SCENES = world.training_scenes()
 @dataclasses.dataclass(frozen=True)
 class Plan:
     seed: int = 0
-    # Phase 1: the VAE. Even steps: vae_batch 9-frame windows; odd steps: half as many 17-frame clips.
-    vae_steps: int = 750
+    # Phase 1: the VAE, a curriculum. First vae_image_steps steps of single frames (the causal VAE's first-chunk
+    # path; every 4th step half as many whole 64x64 frames), then vae_steps video steps: 9-frame windows, and
+    # every 4th step two whole 17-frame clips. Frames and windows are otherwise cropped to vae_crop x vae_crop
+    # around the object (8-aligned).
+    vae_image_steps: int = 2000
+    vae_image_batch: int = 16
+    vae_steps: int = 1000
     vae_batch: int = 8
-    vae_lr: float = 3e-4
+    vae_crop: int = 32
+    vae_lr: float = 1e-3
     vae_warmup: int = 100
-    latent_noise: float = 0.1  # noise added to the posterior mode while training, x the latents' spread
+    latent_noise: float = 0.1  # video steps: noise added to the posterior mode, x the latents' spread
     latent_l2: float = 1e-4  # keeps the latent's scale bounded (the KL's mean term)
     object_weight: float = 7.0  # extra reconstruction weight on the object's pixels
-    spike_factor: float = 2.5  # skip an update whose loss exceeds this x the running loss
-    vae_probe_every: int = 100
+    spike_factor: float = 2.5  # skip an update whose loss exceeds this x the running loss of its kind
+    vae_probe_every: int = 250
     dataset_clips: int = 4096  # training clips encoded once for phase 2
     # Phase 2: text encoder + transformer.
     dit_steps: int = 2800
@@ -83,7 +89,9 @@ class Plan:
 
 
 SMOKE = Plan(
-    vae_steps=4,
+    vae_image_steps=4,
+    vae_image_batch=2,
+    vae_steps=8,
     vae_batch=2,
     vae_warmup=1,
     vae_probe_every=2,
@@ -183,9 +191,18 @@ def record_timing(run: pathlib.Path, phase: str, per_step: float | None) -> None
 # ---------------------------------------------------------------------------------------------- phase 1
 
 
-def vae_batch(plan: Plan, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+def vae_batch(plan: Plan, step: int) -> tuple[str, torch.Tensor, torch.Tensor, torch.Generator]:
+    """(kind, video, per-pixel loss weight, generator) of a VAE step; kind: image (cropped frames), frame (whole
+    frames), video (cropped windows) or full (whole clips)."""
     rng, gen = step_random(plan, 1, step)
-    count, frames = (plan.vae_batch, 9) if step % 2 == 0 else (max(1, plan.vae_batch // 2), world.FRAMES)
+    if step < plan.vae_image_steps and step % 4 == 3:
+        kind, count, frames, crop = "frame", max(1, plan.vae_image_batch // 2), 1, world.WIDTH
+    elif step < plan.vae_image_steps:
+        kind, count, frames, crop = "image", plan.vae_image_batch, 1, plan.vae_crop
+    elif (step - plan.vae_image_steps) % 4 == 3:
+        kind, count, frames, crop = "full", 2, world.FRAMES, world.WIDTH
+    else:
+        kind, count, frames, crop = "video", plan.vae_batch, 9, plan.vae_crop
     clips, weights = [], []
     for _ in range(count):
         scene = world.random_scene(rng, TRAINING_SCENES)
@@ -193,10 +210,17 @@ def vae_batch(plan: Plan, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.
         start = int(rng.integers(0, world.FRAMES - frames + 1))
         clip = clip[start : start + frames]
         background = np.array(world.BACKGROUNDS[scene.background], dtype=np.int16)
-        weights.append(1.0 + plan.object_weight * (np.abs(clip.astype(np.int16) - background).max(-1) > 4))
+        mask = np.abs(clip.astype(np.int16) - background).max(-1) > 4
+        if crop < world.WIDTH:
+            ys, xs = np.nonzero(mask[frames // 2])
+            top = int(np.clip(round((ys.mean() - crop / 2) / 8) * 8, 0, world.HEIGHT - crop))
+            left = int(np.clip(round((xs.mean() - crop / 2) / 8) * 8, 0, world.WIDTH - crop))
+            clip = clip[:, top : top + crop, left : left + crop]
+            mask = mask[:, top : top + crop, left : left + crop]
+        weights.append(1.0 + plan.object_weight * mask)
         clips.append(clip)
     weight = torch.from_numpy(np.stack(weights)).float()[:, None]  # (B, 1, T, H, W)
-    return to_video(np.stack(clips)), weight, gen
+    return kind, to_video(np.stack(clips)), weight, gen
 
 
 def vae_probe_clips() -> tuple[list[world.Scene], np.ndarray]:
@@ -245,47 +269,59 @@ def train_vae(run: pathlib.Path, plan: Plan):
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
         log(f"vae: resuming at step {start}/{plan.vae_steps}")
-    log(f"vae: {model.parameter_count(vae):,} parameters, {plan.vae_steps} steps")
+    total = plan.vae_image_steps + plan.vae_steps
+    log(f"vae: {model.parameter_count(vae):,} parameters, {plan.vae_image_steps} image + {plan.vae_steps} video steps")
     vae.train()
-    timer, saved, smooth, skipped = Timer(), time.monotonic(), None, 0
-    bar = progress(plan.vae_steps, start, "phase 1 vae")
+    timer, saved, skipped = Timer(), time.monotonic(), 0
+    smooths: dict[str, float] = {}  # running loss per kind of step
+    counts: dict[str, int] = {}
+    bar = progress(total, start, "phase 1 vae")
     try:
-        for step in range(start, plan.vae_steps):
+        for step in range(start, total):
             threads = cpu_share.adjust()
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(plan.vae_lr, plan.vae_warmup, plan.vae_steps, step)
-            x, weight, gen = vae_batch(plan, step)
+                group["lr"] = learning_rate(plan.vae_lr, plan.vae_warmup, total, step)
+            kind, x, weight, gen = vae_batch(plan, step)
             mode = vae.encode(x).latent_dist.mode()
             spread = mode.detach().std(dim=(0, 2, 3, 4), keepdim=True)
-            z = mode + plan.latent_noise * spread * torch.randn(mode.shape, generator=gen)
+            noise = 0.0 if kind in ("image", "frame") else plan.latent_noise
+            z = mode + noise * spread * torch.randn(mode.shape, generator=gen)
             error = model.decode_unclamped(vae, z) - x
             reconstruction = (weight * (error.abs() + error.pow(2))).sum() / (weight.sum() * 3)
             magnitude = 0.5 * mode.pow(2).mean()
             loss = reconstruction + plan.latent_l2 * magnitude
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if step >= plan.vae_warmup and smooth is not None and loss.item() > plan.spike_factor * smooth:
+            smooth = smooths.get(kind)
+            if counts.get(kind, 0) >= 20 and loss.item() > plan.spike_factor * smooth:
                 skipped += 1
-                log(f"vae step {step}: loss {loss.item():.3f} > {plan.spike_factor} x {smooth:.3f}; update skipped")
+                log(f"vae step {step} ({kind}): loss {loss.item():.3f} > {plan.spike_factor} x {smooth:.3f}; update skipped")
             else:
                 torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
                 optimizer.step()
-                smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
-            bar.set_postfix(loss=f"{smooth:.4f}", latent=f"{spread.mean().item():.2f}", threads=threads, refresh=False)
+                smooths[kind] = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
+                counts[kind] = counts.get(kind, 0) + 1
+            bar.set_postfix(
+                {k: f"{v:.4f}" for k, v in smooths.items()} | {"latent": f"{spread.mean().item():.2f}", "threads": threads},
+                refresh=False,
+            )
             bar.update()
             timer.tick()
             done = step + 1
-            if done % plan.vae_probe_every == 0 or done == plan.vae_steps:
+            if done % plan.vae_probe_every == 0 or done == total:
                 rate = timer.per_step
-                eta = f", {rate:.2f} s/step, phase ETA {rate * (plan.vae_steps - done) / 60:.1f} min" if rate else ""
-                log(f"vae step {done}/{plan.vae_steps}: loss {smooth:.4f} latent spread {spread.mean().item():.3f} probe {probe_vae(vae)}{eta}")
-            if done < plan.vae_steps and (
+                eta = f", {rate:.2f} s/step, phase ETA {rate * (total - done) / 60:.1f} min" if rate else ""
+                running = {k: round(v, 4) for k, v in smooths.items()}
+                log(f"vae step {done}/{total}: loss {running} latent spread {spread.mean().item():.3f} probe {probe_vae(vae)}{eta}")
+            if done < total and (
                 time.monotonic() - saved >= plan.checkpoint_minutes * 60 or stop_requested()
             ):
                 save_atomic({"step": done, "vae": vae.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint)
                 saved = time.monotonic()
                 if stop_requested():
                     raise Stop(f"vae checkpoint at step {done}")
+        if skipped:
+            log(f"vae: {skipped} updates skipped as spikes")
     finally:
         bar.close()
     record_timing(run, "vae_s_per_step", timer.per_step)
@@ -618,11 +654,14 @@ Never seen in training (for either background); the evaluation reports them sepa
 `{command}` (about 2 hours on 2 CPU cores; resumable), PyTorch 2.11 CPU, diffusers 0.42.1,
 transformers 5.23.0. Seed {plan.seed}.
 
-1. VAE: {plan.vae_steps} AdamW steps (lr {plan.vae_lr}, cosine), alternating {plan.vae_batch} 9-frame windows and
-   {plan.vae_batch // 2} 17-frame clips; loss L1 + L2 with {1 + plan.object_weight:g}x weight on the object's
-   pixels, plus {plan.latent_l2:g} x the latent's mean square; the decoder sees the posterior's mode plus
-   {plan.latent_noise:g} x the latents' spread of Gaussian noise (the log-variance head is not trained: use the
-   mode). Reconstruction probe at the end: {probe}.
+1. VAE: {plan.vae_image_steps} AdamW steps of {plan.vae_image_batch} single frames (every 4th step
+   {plan.vae_image_batch // 2} whole frames), then {plan.vae_steps} video steps ({plan.vae_batch} 9-frame windows;
+   every 4th step 2 whole 17-frame clips), frames and windows otherwise cropped to
+   {plan.vae_crop}x{plan.vae_crop} around the object (lr {plan.vae_lr}, warm-up {plan.vae_warmup}, cosine);
+   loss L1 + L2 with {1 + plan.object_weight:g}x weight on the object's pixels, plus {plan.latent_l2:g} x the
+   latent's mean square; in the video steps the decoder sees the posterior's mode plus {plan.latent_noise:g} x the
+   latents' spread of Gaussian noise (the log-variance head is not trained: use the mode). Reconstruction probe
+   at the end: {probe}.
 2. {plan.dataset_clips} training clips encoded once; per-channel latent statistics measured.
 3. Text encoder + transformer jointly: {plan.dit_steps} AdamW steps of {plan.dit_batch} (lr {plan.dit_lr}, cosine,
    EMA {plan.ema_decay}), rectified flow (x_t = (1 - s) x0 + s n, target n - x0, timestep s * 1000,
@@ -682,8 +721,8 @@ SMOKE_PROMPTS = {
 # fields of the phases it has started; the budgets of phases not started yet may still change.
 PHASE_FIELDS = {
     "vae": (
-        "seed", "vae_steps", "vae_batch", "vae_lr", "vae_warmup", "latent_noise", "latent_l2", "object_weight",
-        "spike_factor",
+        "seed", "vae_image_steps", "vae_image_batch", "vae_steps", "vae_batch", "vae_crop", "vae_lr", "vae_warmup",
+        "latent_noise", "latent_l2", "object_weight", "spike_factor",
     ),
     "latents": ("seed", "dataset_clips"),
     "dit": (
