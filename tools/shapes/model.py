@@ -108,6 +108,31 @@ def build_vae(**overrides):
     return AutoencoderKLWan(**{**VAE_CONFIG, **overrides})
 
 
+def start_per_frame(vae) -> None:
+    """Make a freshly built VAE treat every frame on its own: zero the past-frame taps of its causal 3x3x3
+    convolutions and make its temporal resamplers select (down) or repeat (up) the current frame.
+
+    The single-frame steps that start the VAE's training only reach the current-frame taps, so after them the
+    video steps begin from a good per-frame autoencoder (with every 4th frame kept and repeated) instead of
+    from random temporal taps that would scramble what the frames taught."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample
+
+    with torch.no_grad():
+        temporal = set()
+        for module in vae.modules():
+            if isinstance(module, WanResample) and hasattr(module, "time_conv"):
+                conv = module.time_conv
+                temporal.add(conv)
+                conv.weight.zero_()
+                conv.bias.zero_()
+                out_channels, in_channels = conv.weight.shape[:2]
+                for o in range(out_channels):  # the newest frame of each window (tap 2), channel for channel
+                    conv.weight[o, o % in_channels, -1, 0, 0] = 1.0
+        for module in vae.modules():
+            if isinstance(module, WanCausalConv3d) and module not in temporal and module.weight.shape[2] > 1:
+                module.weight[:, :, :-1].zero_()
+
+
 def build_text_encoder():
     from transformers import UMT5Config, UMT5EncoderModel
 

@@ -260,6 +260,7 @@ def train_vae(run: pathlib.Path, plan: Plan):
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(plan.seed)
     vae = model.build_vae()
+    model.start_per_frame(vae)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=plan.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
     start = 0
     checkpoint = folder / "checkpoint.pt"
