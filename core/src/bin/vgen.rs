@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use vgen_core::encode::{self, Geometry};
+use vgen_core::encode;
 use vgen_core::engine::{EngineConfig, JobStatus, Request};
 use vgen_core::models::Models;
 use vgen_core::{Device, Engine, ErrorCode, JobState, runtime};
@@ -146,6 +146,10 @@ fn generate(g: Generate) -> ExitCode {
         seed: g.seed,
         model,
         preview_every: g.preview_every,
+        // The engine writes the files as the video is decoded, and keeps no frames: memory stays that of one
+        // decoded chunk, however long the video.
+        outputs: g.out.iter().map(|p| p.to_string_lossy().into_owned()).collect(),
+        keep_frames: Some(false),
         ..Request::new(g.prompt.clone())
     };
     let id = match engine.submit(request) {
@@ -213,32 +217,6 @@ fn generate(g: Generate) -> ExitCode {
         Ok(v) => v,
         Err(e) => return report(Err(e)),
     };
-    let f = &video.frames;
-    let encode_started = Instant::now();
-    for out in &g.out {
-        if tty {
-            eprint!("\rencoding_video   {}", out.display());
-        }
-        let geometry = Geometry { width: f.width, height: f.height, fps: video.fps, num_frames: f.num_frames };
-        let written = encode::open(out, geometry).and_then(|mut enc| {
-            for t in 0..f.num_frames {
-                if interrupted.load(Ordering::SeqCst) {
-                    return Err(vgen_core::Error::new(ErrorCode::Cancelled, "cancelled"));
-                }
-                enc.push(f.frame(t))?;
-            }
-            enc.finish()
-        });
-        match written {
-            Ok(()) => {}
-            Err(e) if e.code() == ErrorCode::Cancelled => {
-                eprintln!("\nvgen: cancelled; no file written");
-                return ExitCode::from(EXIT_CANCELLED);
-            }
-            Err(e) => return report(Err(e)),
-        }
-    }
-    let encode_ms = encode_started.elapsed().as_secs_f64() * 1e3;
     let m = &video.metadata;
     if g.json {
         let summary = serde_json::json!({
@@ -247,9 +225,8 @@ fn generate(g: Generate) -> ExitCode {
             "seed": m.seed,
             "model": m.model,
             "device": m.device,
-            "width": f.width, "height": f.height, "frames": f.num_frames, "fps": video.fps,
+            "width": m.width, "height": m.height, "frames": m.num_frames, "fps": video.fps,
             "timings_ms": m.timings_ms,
-            "encode_ms": encode_ms,
             "total_ms": started.elapsed().as_secs_f64() * 1e3,
             "peak_memory_bytes": m.peak_memory_bytes,
             "attempts": m.attempts,
@@ -265,9 +242,9 @@ fn generate(g: Generate) -> ExitCode {
         }
         eprintln!(
             "{} frames {}x{} at {} fps, seed {}, model {}, {:.1} s",
-            f.num_frames,
-            f.width,
-            f.height,
+            m.num_frames,
+            m.width,
+            m.height,
             video.fps,
             m.seed,
             m.model,

@@ -131,7 +131,10 @@ impl Staged {
     fn temp_for(target: &Path) -> PathBuf {
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "video".into());
         let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        dir.join(format!(".{name}.vgen-partial-{}", std::process::id()))
+        // Unique per process and per output, so two jobs writing the same path never share a temporary file.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        dir.join(format!(".{name}.vgen-partial-{}-{n}", std::process::id()))
     }
 
     fn file(target: &Path) -> Result<Self> {

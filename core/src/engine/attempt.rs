@@ -30,6 +30,8 @@ pub struct Attempt<'a> {
     pub(crate) timings_ms: [f64; Stage::ALL.len()],
     pub(crate) peak_rss: u64,
     rss_sampled: Instant,
+    /// The flight's output files, opened when the model starts handing over frames (see `output.rs`).
+    outputs: Option<super::output::Outputs>,
 }
 
 /// Resident memory is sampled at step boundaries at most this often: reading it costs a few microseconds, which
@@ -68,6 +70,7 @@ impl<'a> Attempt<'a> {
             timings_ms: [0.0; Stage::ALL.len()],
             peak_rss: current_rss(),
             rss_sampled: now,
+            outputs: None,
         }
     }
 
@@ -175,6 +178,49 @@ impl<'a> Attempt<'a> {
             }
             shared.dispatch(outbox);
         }
+    }
+
+    /// Whether the model must keep every frame and return them. `false` when every job on the flight only wants
+    /// files: the model then hands frames to [`Attempt::emit`] as it decodes them and returns a video without
+    /// frames, so memory stays that of one chunk. Call it once decoding begins: it closes the flight to new jobs.
+    pub fn retains_frames(&mut self) -> bool {
+        self.outputs().map_or(true, |o| o.retain())
+    }
+
+    /// Hands decoded frames, in order, to the jobs' output files. A model that streams calls it for each chunk
+    /// it decodes; one that does not has its finished frames written after it returns.
+    pub fn emit(&mut self, frames: &Frames) -> Result<()> {
+        if let Some(outputs) = self.outputs() {
+            outputs.push(frames);
+        }
+        self.check()
+    }
+
+    /// Writes whatever frames of `video` the model did not emit itself. Runs after `generate` returns.
+    pub(crate) fn write_rest(&mut self, video: &crate::video::Video) -> Result<()> {
+        let Some(outputs) = self.outputs() else { return Ok(()) };
+        if outputs.is_empty() || outputs.frames_written() > 0 {
+            return Ok(());
+        }
+        let f = &video.frames;
+        self.stage(Stage::EncodingVideo)?;
+        let total = f.num_frames;
+        for t in 0..total {
+            self.outputs().expect("opened above").push_frame(f.frame(t));
+            self.chunk(t as u32 + 1, total as u32)?;
+        }
+        Ok(())
+    }
+
+    /// The output files, opened on first use; `None` for a detached attempt.
+    fn outputs(&mut self) -> Option<&mut super::output::Outputs> {
+        let (_, flight) = self.link?;
+        Some(self.outputs.get_or_insert_with(|| super::output::Outputs::open(flight)))
+    }
+
+    /// Takes the output files, to commit them for the jobs that succeed.
+    pub(crate) fn take_outputs(&mut self) -> Option<super::output::Outputs> {
+        self.outputs.take()
     }
 
     /// Closes the current stage's timing.

@@ -29,6 +29,9 @@ pub(crate) struct Flight {
     pub attempts: AtomicU32,
     /// The next attempt runs in degraded mode (after running out of memory).
     pub degraded: AtomicBool,
+    /// Set when the attempt running it starts writing output files (see `output.rs`): from then on no job may
+    /// join, since it would miss frames already written. Read and written under `members`' lock.
+    pub writing: AtomicBool,
     /// The queue position last computed by a poll, and the queue version it was computed at (see `Queue`).
     pub position: AtomicU64,
 }

@@ -22,6 +22,7 @@ mod event;
 mod flight;
 mod job;
 mod metrics;
+mod output;
 mod queue;
 mod request;
 mod retry;
@@ -431,7 +432,9 @@ impl Shared {
             error: None,
             cache_hit: false,
         };
-        let cached = self.cached(key);
+        // A cached video is served here unless files must be written from it: that is a worker's job (see
+        // `worker::execute`), so that submit never waits for an encoder.
+        let cached = if request.outputs.is_empty() { self.cached(key) } else { None };
         if cached.is_some() {
             status.eta_ms = Some(0);
         }
@@ -454,8 +457,11 @@ impl Shared {
         {
             // Join an identical flight, or start one. See flight.rs for why this holds the map's lock.
             let mut in_flight = self.in_flight.lock();
-            if let Some(flight) = in_flight.get(&key).filter(|f| !f.cancelled.load(Ordering::Acquire)).cloned() {
-                let mut members = flight.members.lock();
+            let joinable = in_flight.get(&key).filter(|f| !f.cancelled.load(Ordering::Acquire)).cloned();
+            if let Some((flight, mut members)) = joinable.as_ref().and_then(|f| {
+                let members = f.members.lock();
+                (!f.writing.load(Ordering::Acquire)).then_some((f, members))
+            }) {
                 let running = members.first().is_some_and(|m| m.read().status.state == JobState::Running);
                 {
                     let mut r = cell.edit();
@@ -501,6 +507,7 @@ impl Shared {
                 rank: Mutex::new(None),
                 attempts: std::sync::atomic::AtomicU32::new(0),
                 degraded: AtomicBool::new(false),
+                writing: AtomicBool::new(false),
                 position: AtomicU64::new(u64::MAX),
             });
             let rank = queue.rank(request.priority, now);
@@ -524,7 +531,7 @@ impl Shared {
     }
 
     /// A finished video for this key: from memory, else from the disk cache (then kept in memory too).
-    fn cached(&self, key: u64) -> Option<Arc<Video>> {
+    pub(crate) fn cached(&self, key: u64) -> Option<Arc<Video>> {
         if !self.config.cache.enabled {
             return None;
         }

@@ -34,6 +34,12 @@ pub struct Request {
     pub idempotency_key: Option<String>,
     /// Emit a preview every this many denoising steps.
     pub preview_every: Option<u32>,
+    /// Files for the engine to write, by extension (`.mp4`, `.gif`, `.png`, or a folder ending in `/`). Frames
+    /// are encoded as they are decoded; each file appears, complete, only when the job succeeds.
+    pub outputs: Vec<String>,
+    /// Whether the result keeps the frames in memory (default true). `false` needs `outputs`: the video then
+    /// goes only to its files, and memory no longer grows with the video's length.
+    pub keep_frames: Option<bool>,
 }
 
 impl Request {
@@ -191,6 +197,7 @@ pub fn validate(request: &Request, model: &ModelInfo, limits: &Limits, draw_seed
     if request.preview_every == Some(0) {
         return Err(Error::invalid("preview_every must be at least 1 step"));
     }
+    check_outputs(request)?;
     if let Some(key) = &request.idempotency_key {
         if key.is_empty() || key.len() > 256 {
             return Err(Error::invalid("idempotency_key must have 1 to 256 bytes"));
@@ -208,6 +215,29 @@ pub fn validate(request: &Request, model: &ModelInfo, limits: &Limits, draw_seed
         seed: request.seed.unwrap_or_else(draw_seed),
         preview_every: request.preview_every,
     })
+}
+
+/// The output files: a known format each, no path twice, a folder that exists and can be written, and somewhere
+/// for the video to go.
+fn check_outputs(request: &Request) -> Result<()> {
+    if request.keep_frames == Some(false) && request.outputs.is_empty() {
+        return Err(Error::invalid("keep_frames is false but outputs is empty: the video would go nowhere"));
+    }
+    if request.outputs.len() > 16 {
+        return Err(Error::invalid(format!("{} outputs; a job writes at most 16 files", request.outputs.len())));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for out in &request.outputs {
+        if out.is_empty() {
+            return Err(Error::invalid("an output path is empty"));
+        }
+        let path = std::path::Path::new(out);
+        if !seen.insert(path.to_string_lossy().trim_end_matches('/').to_string()) {
+            return Err(Error::invalid(format!("output {out:?} is named twice")));
+        }
+        crate::encode::check_writable(path)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

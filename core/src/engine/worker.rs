@@ -87,8 +87,16 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
     let mut attempt = Attempt::new(shared, &flight, device, number, degraded, plan);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         attempt.check()?;
+        // A video cached since this flight was queued (or one that jobs with output files were sent here to have
+        // written, see `Shared::submit`) is written out, not made again.
+        if let Some(video) = shared.cached(flight.key) {
+            attempt.write_rest(&video)?;
+            return Ok(((*video).clone(), true));
+        }
         let _no_grad = tch::no_grad_guard();
-        flight.model.generate(&flight.params, &mut attempt)
+        let video = flight.model.generate(&flight.params, &mut attempt)?;
+        attempt.write_rest(&video)?;
+        Ok((video, false))
     }));
     attempt.finish_timing();
     let result = outcome.unwrap_or_else(|panic| {
@@ -101,36 +109,60 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
 
     let mut outbox = Vec::new();
     match result {
-        Ok(video) => {
+        Ok((mut video, cache_hit)) => {
             breaker.record_success();
-            shared.eta.lock().record(&info.name, device, &flight.params, attempt.timings_ms);
-            for stage in Stage::ALL {
-                shared.metrics.observe_stage(stage, attempt.timings_ms[stage.index()]);
-            }
-            let mut video = video;
             let p = &flight.params;
-            let meta = &mut video.metadata;
-            meta.prompt = p.prompt.clone();
-            meta.seed = p.seed;
-            meta.model = info.name.clone();
-            meta.weights_hash = info.weights_hash.clone();
-            meta.device = device.to_string();
-            meta.dtype = info.dtype.clone();
-            meta.width = p.width;
-            meta.height = p.height;
-            meta.num_frames = p.num_frames;
-            meta.steps = p.steps;
-            meta.guidance_scale = p.guidance_scale;
-            meta.timings_ms = Stage::ALL
-                .iter()
-                .map(|s| (s.name().to_string(), attempt.timings_ms[s.index()]))
-                .collect();
-            meta.peak_memory_bytes = attempt.peak_rss;
-            meta.attempts = number;
+            if cache_hit {
+                shared.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+                video.metadata.cache_hit = true;
+            } else {
+                shared.eta.lock().record(&info.name, device, p, attempt.timings_ms);
+                for stage in Stage::ALL {
+                    shared.metrics.observe_stage(stage, attempt.timings_ms[stage.index()]);
+                }
+                let meta = &mut video.metadata;
+                meta.prompt = p.prompt.clone();
+                meta.seed = p.seed;
+                meta.model = info.name.clone();
+                meta.weights_hash = info.weights_hash.clone();
+                meta.device = device.to_string();
+                meta.dtype = info.dtype.clone();
+                meta.width = p.width;
+                meta.height = p.height;
+                meta.num_frames = p.num_frames;
+                meta.steps = p.steps;
+                meta.guidance_scale = p.guidance_scale;
+                meta.timings_ms = Stage::ALL
+                    .iter()
+                    .map(|s| (s.name().to_string(), attempt.timings_ms[s.index()]))
+                    .collect();
+                meta.peak_memory_bytes = attempt.peak_rss;
+                meta.attempts = number;
+            }
+            // A streaming model returns no frames when no job keeps them (see `Attempt::retains_frames`).
+            let complete = video.frames.num_frames == p.num_frames as usize;
             let video = Arc::new(video);
-            shared.remember(flight.key, &video);
+            if complete && !cache_hit {
+                shared.remember(flight.key, &video);
+            }
+            let frameless = std::sync::LazyLock::new(|| {
+                let frames = crate::video::Frames::new(0, p.height as usize, p.width as usize, Vec::new())
+                    .expect("zero frames need zero bytes");
+                Arc::new(crate::video::Video { frames: Arc::new(frames), ..(*video).clone() })
+            });
+            let mut outputs = attempt.take_outputs();
             for m in take_members(shared, &flight) {
-                shared.finish(&m, Outcome::Succeeded { video: video.clone(), cache_hit: false }, &callbacks, &mut outbox);
+                let keep = m.request.keep_frames != Some(false);
+                let outcome = match outputs.as_mut().map_or(Ok(()), |o| o.commit(m.id)) {
+                    Err(e) => Outcome::Failed(e),
+                    Ok(()) if !keep => Outcome::Succeeded { video: frameless.clone(), cache_hit },
+                    Ok(()) if complete => Outcome::Succeeded { video: video.clone(), cache_hit },
+                    Ok(()) => Outcome::Failed(Error::internal(format!(
+                        "the model returned {} of {} frames",
+                        video.frames.num_frames, p.num_frames
+                    ))),
+                };
+                shared.finish(&m, outcome, &callbacks, &mut outbox);
             }
         }
         Err(e) if flight.cancelled.load(Ordering::Acquire) || e.code() == ErrorCode::Cancelled => {
@@ -170,6 +202,11 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
                     r.status.error = None;
                     let kind = EventKind::RetryScheduled { attempt: number + 1, delay_ms: delay.as_millis() as u64, error: error.clone() };
                     r.push(m.id, kind, &callbacks, &mut outbox);
+                }
+                // This attempt's files are dropped with it; the next attempt writes afresh, so jobs may join again.
+                {
+                    let _members = flight.members.lock();
+                    flight.writing.store(false, Ordering::Release);
                 }
                 shared.metrics.retries.fetch_add(1, Ordering::Relaxed);
                 let mut queue = shared.queue.lock();

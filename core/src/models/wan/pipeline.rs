@@ -293,17 +293,24 @@ impl Model for WanModel {
 
         attempt.stage(Stage::Decoding)?;
         let latents = c.vae.denormalize(&latents);
-        let mut data = Vec::with_capacity((p.num_frames * p.height * p.width * 3) as usize);
-        let mut frames_done = 0;
+        // Each decoded chunk goes to the job's files at once; the frames are kept only if some job wants them,
+        // so a video written only to files needs memory for one chunk, not for its length.
+        let retain = attempt.retains_frames();
+        let mut data = Vec::with_capacity(if retain { (p.num_frames * p.height * p.width * 3) as usize } else { 0 });
+        let mut frames_kept = 0;
         c.vae.decode(&latents, |i, total, chunk| {
             // [1, 3, t, H, W] → [t, H, W, 3]
             let f = Frames::from_tensor(&chunk.get(0).permute([1, 2, 3, 0]), false)?;
-            frames_done += f.num_frames;
-            data.extend_from_slice(f.data());
+            drop(chunk);
+            attempt.emit(&f)?;
+            if retain {
+                frames_kept += f.num_frames;
+                data.extend_from_slice(f.data());
+            }
             attempt.chunk(i as u32 + 1, total as u32)
         })?;
         attempt.stage(Stage::Finalizing)?;
-        let frames = Frames::new(frames_done, p.height as usize, p.width as usize, data)?;
+        let frames = Frames::new(frames_kept, p.height as usize, p.width as usize, data)?;
         Ok(Video { frames: Arc::new(frames), fps: p.fps, metadata: Default::default() })
     }
 }
