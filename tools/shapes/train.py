@@ -63,12 +63,12 @@ class Plan:
     # around the object (8-aligned).
     vae_image_steps: int = 2000
     vae_image_batch: int = 16
-    vae_steps: int = 1000
+    vae_steps: int = 2000
     vae_batch: int = 8
     vae_crop: int = 32
     vae_lr: float = 1e-3
     vae_warmup: int = 100
-    latent_noise: float = 0.1  # video steps: noise added to the posterior mode, x the latents' spread
+    latent_noise: float = 0.03  # video steps: noise added to the posterior mode, x the latents' spread
     latent_l2: float = 1e-4  # keeps the latent's scale bounded (the KL's mean term)
     object_weight: float = 7.0  # extra reconstruction weight on the object's pixels
     spike_factor: float = 2.5  # skip an update whose loss exceeds this x the running loss of its kind
