@@ -112,7 +112,14 @@ pub fn open(path: &Path, g: Geometry) -> Result<Box<dyn VideoEncoder>> {
 
 /// Writes a whole video to `path`.
 pub fn write(path: &Path, video: &Video) -> Result<()> {
+    check_writable(path)?;
     let f = &video.frames;
+    if f.num_frames == 0 {
+        return Err(Error::invalid(format!(
+            "cannot write {}: this video kept no frames (it was made with keep_frames: false)",
+            path.display()
+        )));
+    }
     let mut enc = open(path, Geometry { width: f.width, height: f.height, fps: video.fps, num_frames: f.num_frames })?;
     for t in 0..f.num_frames {
         enc.push(f.frame(t))?;

@@ -88,12 +88,17 @@ impl Models {
     /// `VGEN_MODELS` (colon-separated) or, when it is unset, in `./models`. A shipped trained model becomes the
     /// default. Folders that fail to open are reported and skipped.
     pub fn discover() -> (Self, Vec<Error>) {
-        let mut m = Self::builtin();
-        let mut problems = Vec::new();
         let roots: Vec<std::path::PathBuf> = match std::env::var_os("VGEN_MODELS") {
             Some(v) => std::env::split_paths(&v).collect(),
             None => vec![std::path::PathBuf::from("models")],
         };
+        Self::discover_in(&roots)
+    }
+
+    /// The built-in models plus every Wan folder found in `roots`; see [`Models::discover`].
+    pub fn discover_in(roots: &[std::path::PathBuf]) -> (Self, Vec<Error>) {
+        let mut m = Self::builtin();
+        let mut problems = Vec::new();
         for root in roots {
             let Ok(entries) = std::fs::read_dir(&root) else { continue };
             let mut dirs: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();

@@ -27,6 +27,12 @@ pub fn weight_files(folder: &Path, stem: &str) -> Result<Vec<PathBuf>> {
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| Error::invalid(format!("{}: no weight_map", index.display())))?;
+        if let Some(bad) = map.values().filter_map(|v| v.as_str()).find(|f| {
+            let p = Path::new(f);
+            p.is_absolute() || p.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+        }) {
+            return Err(Error::invalid(format!("{}: shard {bad:?} is not a file name inside the folder", index.display())));
+        }
         let mut files: Vec<PathBuf> = map
             .values()
             .filter_map(|v| v.as_str())
@@ -86,6 +92,13 @@ pub fn load(vs: &VarStore, files: &[PathBuf], aliases: &[(&str, &str)], ignore_p
             Error::invalid(format!("{} is not a valid safetensors file (truncated or corrupt?): {e}", path.display()))
         })?;
         for (name, view) in st.tensors() {
+            if let Some((j, _)) = tensors.get(&name) {
+                return Err(Error::invalid(format!(
+                    "tensor {name:?} appears in both {} and {}",
+                    maps[*j].0.display(),
+                    path.display()
+                )));
+            }
             tensors.insert(name, (i, view));
         }
     }
@@ -126,6 +139,74 @@ pub fn load(vs: &VarStore, files: &[PathBuf], aliases: &[(&str, &str)], ignore_p
     for (mut var, data, shape, kind) in plan {
         let t = Tensor::f_from_data_size(data, &shape, kind)?;
         var.f_copy_(&t)?;
+    }
+    Ok(())
+}
+
+/// The largest safetensors header vgen reads (the format's own reader refuses more than this too).
+const MAX_HEADER_BYTES: u64 = 100 << 20;
+
+/// How many elements the tensors of these safetensors files hold, from their headers alone. Each header's length
+/// is checked against its file's size before it is read, and each shape's product against overflow, so a hostile
+/// file can neither make this allocate nor wrap a count.
+pub fn header_elements(files: &[PathBuf]) -> Result<u64> {
+    use std::io::Read;
+    let mut total = 0u64;
+    for path in files {
+        let bad = |why: String| Error::invalid(format!("{} is not a valid safetensors file: {why}", path.display()));
+        let mut file = std::fs::File::open(path).map_err(|e| Error::new(ErrorCode::NotFound, format!("{}: {e}", path.display())))?;
+        let len = file.metadata()?.len();
+        let mut prefix = [0u8; 8];
+        file.read_exact(&mut prefix).map_err(|_| bad(format!("it has {len} bytes, too few for a header")))?;
+        let header_len = u64::from_le_bytes(prefix);
+        if header_len > len - 8 || header_len > MAX_HEADER_BYTES {
+            return Err(bad(format!("its header claims {header_len} bytes but the file has {len}")));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact(&mut header)?;
+        let entries: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|e| bad(format!("its header is not a JSON object: {e}")))?;
+        for (name, entry) in entries.iter().filter(|(n, _)| n.as_str() != "__metadata__") {
+            let shape = entry
+                .get("shape")
+                .and_then(|s| s.as_array())
+                .ok_or_else(|| bad(format!("tensor {name:?} has no shape")))?;
+            let elements = shape.iter().try_fold(1u64, |n, d| d.as_u64().and_then(|d| n.checked_mul(d)));
+            let elements = elements.ok_or_else(|| bad(format!("the shape of tensor {name:?} is not a list of sizes whose product fits 64 bits")))?;
+            total = total.checked_add(elements).ok_or_else(|| bad("its element count overflows".into()))?;
+        }
+    }
+    Ok(total)
+}
+
+/// Refuses a model folder with a symbolic link that leads outside it: a model is a folder of files, and opening
+/// one must never read anything else on the machine.
+pub fn check_confined(folder: &Path) -> Result<()> {
+    let root = folder.canonicalize().map_err(|e| Error::new(ErrorCode::NotFound, format!("{}: {e}", folder.display())))?;
+    let mut pending = vec![(folder.to_path_buf(), 0)];
+    let mut seen = 0usize;
+    while let Some((dir, depth)) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            seen += 1;
+            if seen > 10_000 {
+                return Err(Error::invalid(format!("{} holds more than 10,000 files; is it a model folder?", folder.display())));
+            }
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            if kind.is_symlink() {
+                let target = path.canonicalize().map_err(|e| Error::invalid(format!("{} is a broken link: {e}", path.display())))?;
+                if !target.starts_with(&root) {
+                    return Err(Error::invalid(format!(
+                        "{} links to {}, outside the model folder; copy the file in instead",
+                        path.display(),
+                        target.display()
+                    )));
+                }
+            } else if kind.is_dir() && depth < 4 {
+                pending.push((path, depth + 1));
+            }
+        }
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ pub mod transformer;
 pub mod umt5;
 pub mod vae;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use std::path::Path;
 use tch::nn::VarStore;
 
@@ -31,4 +31,16 @@ pub fn load_component<T>(
     vs.freeze();
     super::weights::load(&vs, &files, aliases, ignore_prefixes)?;
     Ok((vs, model))
+}
+
+/// The values of a config's dimensions, each refused unless positive, for the parameter bounds.
+fn positive<const N: usize>(component: &str, dims: [(&str, i64); N]) -> Result<[u64; N]> {
+    let mut out = [0u64; N];
+    for (slot, (name, value)) in out.iter_mut().zip(dims) {
+        if value < 1 {
+            return Err(Error::invalid(format!("{component} config: {name} is {value}; it must be positive")));
+        }
+        *slot = value as u64;
+    }
+    Ok(out)
 }

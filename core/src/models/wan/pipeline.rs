@@ -14,7 +14,7 @@ use super::load_component;
 use crate::device::Device;
 use crate::engine::{Attempt, FrameRule, Params, Stage};
 use crate::error::{Error, ErrorCode, Result};
-use crate::models::weights::{fingerprint, read_config, weight_files};
+use crate::models::weights::{check_confined, fingerprint, header_elements, read_config, weight_files};
 use crate::models::{Defaults, Model, ModelInfo};
 use crate::schedulers::SchedulerConfig;
 use crate::video::{Frames, Video};
@@ -77,6 +77,7 @@ impl WanModel {
     /// on first use on each device (and checked then, tensor by tensor).
     pub fn open(folder: &Path) -> Result<Self> {
         let index_path = folder.join("model_index.json");
+        check_confined(folder)?;
         let index: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(&index_path)
                 .map_err(|e| Error::new(ErrorCode::NotFound, format!("{}: {e}", index_path.display())))?,
@@ -105,9 +106,25 @@ impl WanModel {
                 encoder_config.d_model, transformer_config.text_dim
             )));
         }
-        let mut files = weight_files(&folder.join("transformer"), "diffusion_pytorch_model")?;
-        files.extend(weight_files(&folder.join("vae"), "diffusion_pytorch_model")?);
-        files.extend(weight_files(&folder.join("text_encoder"), "model")?);
+        // Every config is held to the weights it claims to describe before anything is allocated for it, so a
+        // hostile or mistaken config.json is refused here, not by running out of memory at the first request.
+        let mut files = Vec::new();
+        for (component, stem, min_parameters) in [
+            ("transformer", "diffusion_pytorch_model", transformer_config.min_parameters()?),
+            ("vae", "diffusion_pytorch_model", vae_config.min_parameters()?),
+            ("text_encoder", "model", encoder_config.min_parameters()?),
+        ] {
+            let component_files = weight_files(&folder.join(component), stem)?;
+            let held = header_elements(&component_files)?;
+            if min_parameters > held {
+                return Err(Error::invalid(format!(
+                    "{}/{component}/config.json describes at least {min_parameters} parameters but its weights hold {held}: \
+                     the config does not match the weights",
+                    folder.display()
+                )));
+            }
+            files.extend(component_files);
+        }
         let weight_bytes = files.iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
         let name = serving.name.clone().unwrap_or_else(|| {
             folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "wan".into())

@@ -87,6 +87,31 @@ impl TransformerConfig {
         self.num_attention_heads * self.attention_head_dim
     }
 
+    /// At least how many parameters this config describes (the attention and feed-forward matrices and the
+    /// embeddings, without biases or norms), checked against the weight files before anything is allocated. It
+    /// also refuses a dimension that is not positive. Saturates instead of overflowing.
+    pub fn min_parameters(&self) -> Result<u64> {
+        let dims = [
+            ("num_attention_heads", self.num_attention_heads),
+            ("attention_head_dim", self.attention_head_dim),
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+            ("text_dim", self.text_dim),
+            ("freq_dim", self.freq_dim),
+            ("ffn_dim", self.ffn_dim),
+            ("num_layers", self.num_layers),
+        ];
+        let [heads, head_dim, in_ch, out_ch, text, freq, ffn, layers] = super::positive("transformer", dims)?;
+        let patch = self.patch_size.iter().map(|p| (*p).max(1) as u64).fold(1u64, u64::saturating_mul);
+        let inner = heads.saturating_mul(head_dim);
+        let per_block = inner.saturating_mul(inner).saturating_mul(8).saturating_add(inner.saturating_mul(ffn).saturating_mul(2));
+        Ok(layers
+            .saturating_mul(per_block)
+            .saturating_add(inner.saturating_mul(in_ch.saturating_add(out_ch)).saturating_mul(patch))
+            .saturating_add(inner.saturating_mul(text.saturating_add(freq)))
+            .saturating_add(inner.saturating_mul(inner).saturating_mul(8)))
+    }
+
     fn check(&self) -> Result<()> {
         if self.image_dim.is_some() || self.added_kv_proj_dim.is_some() || self.pos_embed_seq_len.is_some() {
             return Err(Error::new(

@@ -27,6 +27,26 @@ pub struct Umt5Config {
     pub layer_norm_epsilon: f64,
 }
 
+impl Umt5Config {
+    /// At least how many parameters this config describes (the embedding and every layer's attention and gated
+    /// feed-forward matrices), checked against the weight files before anything is allocated. It also refuses a
+    /// dimension that is not positive. Saturates instead of overflowing.
+    pub fn min_parameters(&self) -> Result<u64> {
+        let dims = [
+            ("vocab_size", self.vocab_size),
+            ("d_model", self.d_model),
+            ("d_kv", self.d_kv),
+            ("d_ff", self.d_ff),
+            ("num_layers", self.num_layers),
+            ("num_heads", self.num_heads),
+        ];
+        let [vocab, d_model, d_kv, d_ff, layers, heads] = super::positive("text_encoder", dims)?;
+        let attention = d_model.saturating_mul(heads).saturating_mul(d_kv).saturating_mul(4);
+        let feed_forward = d_model.saturating_mul(d_ff).saturating_mul(3);
+        Ok(vocab.saturating_mul(d_model).saturating_add(layers.saturating_mul(attention.saturating_add(feed_forward))))
+    }
+}
+
 fn buckets() -> i64 {
     32
 }

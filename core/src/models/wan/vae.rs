@@ -38,6 +38,29 @@ pub struct VaeConfig {
     pub latents_std: Vec<f64>,
 }
 
+impl VaeConfig {
+    /// At least how many parameters the decoder this config describes has (its middle block's four 3×3×3
+    /// convolutions and one per resolution level), checked against the weight files before anything is
+    /// allocated. It also refuses a dimension that is not positive. Saturates instead of overflowing.
+    pub fn min_parameters(&self) -> Result<u64> {
+        let base = self.decoder_base_dim.unwrap_or(self.base_dim);
+        let [base, z, res, out] = super::positive(
+            "vae",
+            [("base_dim", base), ("z_dim", self.z_dim), ("num_res_blocks", self.num_res_blocks + 1), ("out_channels", self.out_channels)],
+        )?;
+        if self.dim_mult.is_empty() || self.dim_mult.len() > 8 || self.dim_mult.iter().any(|m| *m < 1) {
+            return Err(Error::invalid("vae config: dim_mult must list 1 to 8 positive multipliers"));
+        }
+        let widest = base.saturating_mul(*self.dim_mult.iter().max().expect("not empty") as u64);
+        let middle = widest.saturating_mul(widest).saturating_mul(4 * 27);
+        let levels = self.dim_mult.iter().fold(0u64, |sum, m| {
+            let half = base.saturating_mul(*m as u64) / 2;
+            sum.saturating_add(half.saturating_mul(half).saturating_mul(27).saturating_mul(res))
+        });
+        Ok(middle.saturating_add(levels).saturating_add(widest.saturating_mul(z.saturating_add(out)).saturating_mul(27)))
+    }
+}
+
 fn base_dim() -> i64 {
     96
 }
