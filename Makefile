@@ -12,7 +12,7 @@ CARGO ?= cargo
 CFLAGS_STRICT := -Wall -Wextra -Wpedantic -Werror
 TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 
-.PHONY: demo test test-rust test-c test-python build header bench test-wan-full env clean
+.PHONY: demo test test-rust test-c test-python build header bench soak test-wan-full env clean
 
 # --- the environment -------------------------------------------------------------------------------------------
 # torch from PyPI is the source of libtorch (about 4.6 GB with its CUDA libraries; it runs on the CPU too).
@@ -87,6 +87,11 @@ header: $(STAMPS)/venv
 # The real Wan2.1-T2V-1.3B transformer configuration with random weights: every shape, and one step (5.7 GB).
 test-wan-full: $(STAMPS)/venv
 	$(CARGO) test --release -p vgen-core --test wan_full_size -- --ignored --nocapture
+
+# The long soak: 10,000 chaos jobs with injected faults, then 1,000 generations of the default model in one
+# engine; prints its figures (the short form runs in `make test`).
+soak: $(STAMPS)/venv
+	VGEN_SOAK_JOBS=10000 VGEN_SOAK_GENERATIONS=1000 $(CARGO) test --release -p vgen-core --test soak -- --nocapture --test-threads 1
 
 bench: $(STAMPS)/venv
 	$(CARGO) bench -p vgen-benches
