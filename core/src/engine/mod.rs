@@ -58,6 +58,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The most worker threads one device may have.
+pub const MAX_WORKERS_PER_DEVICE: usize = 64;
+/// The longest queue a configuration may ask for.
+pub const MAX_QUEUE_CAPACITY: usize = 10_000_000;
+
 /// State shared by the engine's API and its threads.
 pub(crate) struct Shared {
     config: EngineConfig,
@@ -105,20 +110,25 @@ impl Engine {
 
     /// Starts an engine with these models: one worker thread per device slot, a supervisor and a dispatcher.
     pub fn with_models(config: EngineConfig, models: Models) -> Result<Self> {
-        if config.workers_per_device == 0 {
-            return Err(Error::invalid("workers_per_device must be at least 1"));
+        // Each worker is a thread: a configuration may not ask for thousands of them.
+        if config.workers_per_device == 0 || config.workers_per_device > MAX_WORKERS_PER_DEVICE {
+            return Err(Error::invalid(format!("workers_per_device must be 1 to {MAX_WORKERS_PER_DEVICE}")));
         }
-        if config.queue_capacity == 0 {
-            return Err(Error::invalid("queue_capacity must be at least 1"));
+        if config.queue_capacity == 0 || config.queue_capacity > MAX_QUEUE_CAPACITY {
+            return Err(Error::invalid(format!("queue_capacity must be 1 to {MAX_QUEUE_CAPACITY}")));
         }
         if config.retry.max_attempts == 0 {
             return Err(Error::invalid("retry.max_attempts must be at least 1 (the first attempt counts)"));
+        }
+        if config.retry.max_attempts > 100 {
+            return Err(Error::invalid("retry.max_attempts must be at most 100"));
         }
         if config.breaker.failure_threshold == 0 {
             return Err(Error::invalid("breaker.failure_threshold must be at least 1"));
         }
         let mut devices = if config.devices.is_empty() { Device::auto() } else { config.devices.clone() };
-        devices.dedup();
+        let mut seen = std::collections::HashSet::new();
+        devices.retain(|d| seen.insert(*d));
         for d in &devices {
             d.check_present()?;
         }

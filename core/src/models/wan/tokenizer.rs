@@ -20,7 +20,13 @@ impl WanTokenizer {
         if !path.is_file() {
             return Err(Error::new(ErrorCode::NotFound, format!("{} is missing", path.display())));
         }
-        let mut inner = Tokenizer::from_file(&path).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+        // The `tokenizers` crate panics on some malformed files instead of returning an error (found by fuzzing:
+        // a bad `decoder` section). A model folder is untrusted input and opening one runs on the host's thread, so
+        // a panic here would take the host down: it becomes an error naming the file.
+        let loaded = std::panic::catch_unwind(|| Tokenizer::from_file(&path)).map_err(|_| {
+            Error::invalid(format!("{} is malformed (the tokenizer library could not read it)", path.display()))
+        })?;
+        let mut inner = loaded.map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
         let pad_id = inner.token_to_id("<pad>").unwrap_or(0);
         inner.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::Fixed(max_len),

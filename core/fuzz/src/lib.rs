@@ -1,0 +1,123 @@
+//! The bodies of vgen's fuzz targets. Each takes arbitrary bytes and must neither panic nor crash; where the input
+//! is accepted, it also checks a property (a request survives a JSON round trip; a tokenized prompt has the
+//! configured length). `fuzz_targets/` wraps each for libFuzzer (`make fuzz`); `tests/corpus.rs` runs each over
+//! its committed corpus and a few seconds of mutations in `cargo test`.
+//!
+//! Only misuse that the API's contract allows is generated: NULLs, bad strings, unknown ids, any order of calls.
+//! Freeing a handle twice is undefined behaviour by contract and is never generated.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use vgen_core::engine::{EngineConfig, FrameRule, Limits, Request, validate_request};
+use vgen_core::models::{Defaults, ModelInfo, Models, wan::pipeline::WanModel, wan::tokenizer};
+
+/// The folder of the Wan test fixtures.
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/wan")
+}
+
+fn text(data: &[u8]) -> Option<&str> {
+    std::str::from_utf8(data).ok()
+}
+
+/// A request parsed and validated against a model like the default one; an accepted request must serialise and
+/// parse back to itself (numbers included: serde_json's `float_roundtrip` reads them exactly), and give the same
+/// cache key.
+pub fn request_json(data: &[u8]) {
+    let Some(s) = text(data) else { return };
+    let Ok(request) = Request::from_json(s) else { return };
+    let again = Request::from_json(&serde_json::to_string(&request).expect("a request serialises"))
+        .expect("a serialised request parses");
+    assert_eq!(again, request, "JSON round trip");
+    let info = ModelInfo {
+        name: "fuzz".into(),
+        weights_hash: "0".into(),
+        defaults: Defaults { width: 64, height: 64, num_frames: 17, fps: 8.0, steps: 8, guidance_scale: 4.0 },
+        size_multiple: 16,
+        frame_rule: FrameRule::OnePlusFourK,
+        dtype: "f32".into(),
+    };
+    if let Ok(params) = validate_request(&request, &info, &Limits::default(), || 1) {
+        let twice = validate_request(&again, &info, &Limits::default(), || 1).expect("the same request validates");
+        assert_eq!(params.cache_key(&info), twice.cache_key(&info));
+    }
+}
+
+/// An engine configuration parsed and, when accepted, started with the built-in models and shut down.
+pub fn config_json(data: &[u8]) {
+    let Some(s) = text(data) else { return };
+    let Ok(mut config) = EngineConfig::from_json(s) else { return };
+    // A disk cache would write wherever the input says; the folder is the host's to choose, not under test here.
+    config.cache.disk_dir = None;
+    config.shutdown_timeout_ms = config.shutdown_timeout_ms.min(100);
+    if let Ok(engine) = vgen_core::Engine::with_models(config, Models::builtin()) {
+        engine.shutdown(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Any text through prompt cleaning and both fixture tokenizers: ids and mask always have the configured length.
+pub fn tokenizer(data: &[u8]) {
+    static TOKENIZERS: OnceLock<Vec<tokenizer::WanTokenizer>> = OnceLock::new();
+    let tokenizers = TOKENIZERS.get_or_init(|| {
+        ["tiny-wan/tokenizer", "tokenizer-wordlevel"]
+            .iter()
+            .map(|f| tokenizer::WanTokenizer::from_folder(&fixtures().join(f), 16).expect("the fixture tokenizer"))
+            .collect()
+    });
+    let Some(s) = text(data) else { return };
+    let cleaned = tokenizer::prompt_clean(s);
+    for t in tokenizers {
+        let (ids, mask) = t.encode(&[s, &cleaned]).expect("any text tokenizes");
+        assert_eq!(ids.size(), [2, t.max_len() as i64]);
+        assert_eq!(mask.size(), [2, t.max_len() as i64]);
+        let _ = t.unknown_words(s);
+    }
+}
+
+/// The files of a model folder the fuzzer may replace: the first input byte picks one, the rest is its content.
+const MODEL_FILES: [&str; 9] = [
+    "model_index.json",
+    "vgen.json",
+    "transformer/config.json",
+    "vae/config.json",
+    "text_encoder/config.json",
+    "scheduler/scheduler_config.json",
+    "transformer/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.safetensors",
+    "tokenizer/tokenizer.json",
+];
+
+/// A copy of the tiny Wan model with one file replaced by the input, opened and loaded: every defect must be an
+/// error, never a panic, an abort or an allocation the files do not justify.
+pub fn model_folder(data: &[u8]) {
+    static FOLDER: OnceLock<PathBuf> = OnceLock::new();
+    let folder = FOLDER.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("vgen-fuzz-model-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        copy_dir(&fixtures().join("tiny-wan"), &dir);
+        std::fs::write(dir.join("vgen.json"), r#"{"max_sequence_length": 16}"#).unwrap();
+        dir
+    });
+    let Some((&pick, content)) = data.split_first() else { return };
+    let file = folder.join(MODEL_FILES[pick as usize % MODEL_FILES.len()]);
+    let original = std::fs::read(&file).unwrap();
+    std::fs::write(&file, content).unwrap();
+    if let Ok(model) = WanModel::open(folder) {
+        let _ = model.components(vgen_core::Device::Cpu);
+    }
+    std::fs::write(&file, original).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+pub mod c_api;
