@@ -8,7 +8,9 @@
 use std::fmt;
 
 /// Stable error codes. `0` is success in the C ABI and is never an error here.
+/// In JSON (events, results) a code is its name, as `name()` gives it: `"invalid_argument"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[repr(u32)]
 #[non_exhaustive]
 pub enum ErrorCode {
@@ -186,6 +188,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_names_a_code_as_name_does() {
+        for code in ErrorCode::ALL {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.name()));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
+        }
+    }
 
     #[test]
     fn codes_are_stable_and_round_trip() {

@@ -2,4 +2,4 @@
 import vgen
 
 print(f"vgen {vgen.__version__} on libtorch {vgen.libtorch_version}")
-print("devices: " + " ".join(vgen.devices()))
+print("devices: " + " ".join(d["name"] for d in vgen.devices(probe=False)))

@@ -7,10 +7,10 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vgen_core::{ErrorCode, JobId};
 
-pyo3::create_exception!(_vgen, VgenError, PyException, "A vgen error: `.code` names it, `.retryable` says whether retrying may help.");
+pyo3::create_exception!(vgen, VgenError, PyException, "A vgen error: `.code` names it, `.retryable` says whether retrying may help.");
 
 /// Raises the core error as `vgen.VgenError` with `.code` (e.g. "invalid_argument") and `.retryable`; the Python
 /// layer maps the code to its subclass.
@@ -25,7 +25,7 @@ fn to_py(e: vgen_core::Error) -> PyErr {
     })
 }
 
-#[pyclass(name = "Engine", frozen)]
+#[pyclass(name = "Engine", module = "vgen._vgen", frozen)]
 struct PyEngine {
     engine: vgen_core::Engine,
 }
@@ -37,7 +37,7 @@ impl PyEngine {
     fn new(py: Python<'_>, config_json: &str) -> PyResult<Self> {
         let config = vgen_core::EngineConfig::from_json(config_json).map_err(to_py)?;
         py.detach(|| {
-            let (models, _) = vgen_core::models::Models::discover();
+            let (models, _) = engine_models()?;
             vgen_core::Engine::with_models(config, models).map(|engine| Self { engine })
         })
         .map_err(to_py)
@@ -51,8 +51,10 @@ impl PyEngine {
             Arc::new(move |ev: &vgen_core::engine::Event| {
                 let json = serde_json::to_string(ev).unwrap_or_default();
                 Python::attach(|py| {
+                    // The Python layer turns a host callback's exception into a warning; anything that still
+                    // escapes goes to `sys.unraisablehook`, as Python does for errors nobody can catch.
                     if let Err(e) = f.call1(py, (json,)) {
-                        e.print(py);
+                        e.write_unraisable(py, Some(f.bind(py)));
                     }
                 });
             }) as vgen_core::engine::Callback
@@ -86,10 +88,23 @@ impl PyEngine {
     }
 
     /// Blocks without the GIL until the job ends or `timeout` seconds pass (then raises `timeout`).
+    ///
+    /// The wait is cut into slices so that, between two of them, Python's signal handlers run: Ctrl-C raises
+    /// `KeyboardInterrupt` here within a slice instead of after the job.
     #[pyo3(signature = (job, timeout=None))]
     fn wait(&self, py: Python<'_>, job: u64, timeout: Option<f64>) -> PyResult<()> {
-        let t = timeout.map(|s| Duration::from_secs_f64(s.max(0.0)));
-        py.detach(|| self.engine.wait(JobId(job), t)).map(|_| ()).map_err(to_py)
+        const SLICE: Duration = Duration::from_millis(50);
+        let deadline = timeout.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+        loop {
+            let slice = deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()).min(SLICE));
+            match py.detach(|| self.engine.wait(JobId(job), Some(slice))) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.code() == ErrorCode::Timeout && deadline.is_none_or(|d| Instant::now() < d) => {
+                    py.check_signals()?;
+                }
+                Err(e) => return Err(to_py(e)),
+            }
+        }
     }
 
     fn cancel(&self, job: u64) -> PyResult<bool> {
@@ -116,7 +131,7 @@ impl PyEngine {
 }
 
 /// A finished video, owned by Rust and shared without copies.
-#[pyclass(name = "NativeVideo", frozen)]
+#[pyclass(name = "NativeVideo", module = "vgen._vgen", frozen)]
 struct PyVideo {
     video: Arc<vgen_core::Video>,
 }
@@ -152,10 +167,84 @@ impl PyVideo {
     }
 }
 
-/// The devices libtorch sees here, as strings (`"cpu"`, `"cuda:0"`, ...). The CPU is always listed.
+/// The devices libtorch sees here, the CPU first, as dicts: `name` (`"cpu"`, `"cuda:0"`, ...), `type`, `index`,
+/// `auto` (whether an engine with no `devices` runs on it) and, with `probe`, the measured `matmul_gflops` and
+/// `attention_max_error` of the same check `vgen devices` runs. Probing runs without the GIL.
 #[pyfunction]
-fn devices() -> Vec<String> {
-    vgen_core::Device::all().iter().map(ToString::to_string).collect()
+#[pyo3(signature = (probe=true))]
+fn devices<'py>(py: Python<'py>, probe: bool) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    use vgen_core::Device;
+    let (all, auto) = py.detach(|| (Device::all(), Device::auto()));
+    let probes = if probe {
+        let probes = py.detach(|| all.iter().map(|d| d.probe()).collect::<vgen_core::Result<Vec<_>>>());
+        Some(probes.map_err(to_py)?)
+    } else {
+        None
+    };
+    let mut out = Vec::with_capacity(all.len());
+    for (i, device) in all.iter().enumerate() {
+        let d = PyDict::new(py);
+        d.set_item("name", device.to_string())?;
+        let (kind, index) = match device {
+            Device::Cpu => ("cpu", None),
+            Device::Cuda(n) => ("cuda", Some(*n)),
+        };
+        d.set_item("type", kind)?;
+        d.set_item("index", index)?;
+        d.set_item("auto", auto.contains(device))?;
+        if let Some(p) = probes.as_ref().map(|p| &p[i]) {
+            d.set_item("matmul_gflops", p.matmul_gflops)?;
+            d.set_item("attention_max_error", p.attention_max_error)?;
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
+/// Why CUDA is on or off, in one line (the `CUDA:` line of `vgen devices`).
+#[pyfunction]
+fn cuda_status(py: Python<'_>) -> String {
+    py.detach(|| vgen_core::runtime::init().describe())
+}
+
+/// The models of every engine made here, as the C API's `vgen_engine_new` has them: the built-in ones, every Wan
+/// folder in `$VGEN_MODELS` (or `./models`), and `faulty`, the test card failing on command (`!fail=CODE*N`,
+/// `!panic`, `!oom`, `!slow=MS` in the prompt) so that a host can test how it handles failure. The second value
+/// lists the model folders that failed to open and were skipped.
+fn engine_models() -> vgen_core::Result<(vgen_core::models::Models, Vec<vgen_core::Error>)> {
+    use vgen_core::models::{Models, faulty::Faulty, testcard};
+    let (mut models, problems) = Models::discover();
+    // Inserting `faulty` leaves the default model as it was.
+    let card = models.get(Some(testcard::NAME))?;
+    models.insert(Arc::new(Faulty::new(card)));
+    Ok((models, problems))
+}
+
+/// The models an engine made here has (see `engine_models`). Returns `(models, problems)`: a dict per model, and
+/// one message per model folder that failed to open and was skipped.
+#[pyfunction]
+fn models<'py>(py: Python<'py>) -> PyResult<(Vec<Bound<'py, PyDict>>, Vec<String>)> {
+    let (models, problems) = py.detach(engine_models).map_err(to_py)?;
+    let default = models.default_name().unwrap_or("");
+    let mut out = Vec::new();
+    for name in models.names() {
+        let model = models.get(Some(name)).map_err(to_py)?;
+        let info = model.info();
+        let d = PyDict::new(py);
+        d.set_item("name", &info.name)?;
+        d.set_item("default", info.name == default)?;
+        d.set_item("width", info.defaults.width)?;
+        d.set_item("height", info.defaults.height)?;
+        d.set_item("num_frames", info.defaults.num_frames)?;
+        d.set_item("fps", info.defaults.fps)?;
+        d.set_item("steps", info.defaults.steps)?;
+        d.set_item("guidance_scale", info.defaults.guidance_scale)?;
+        d.set_item("size_multiple", info.size_multiple)?;
+        d.set_item("dtype", &info.dtype)?;
+        d.set_item("weights_bytes", model.weights_bytes())?;
+        out.push(d);
+    }
+    Ok((out, problems.iter().map(|e| e.message().to_string()).collect()))
 }
 
 /// Every error code name, in numeric order (for the Python exception classes).
@@ -172,6 +261,8 @@ fn _vgen(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
     m.add_class::<PyVideo>()?;
     m.add_function(wrap_pyfunction!(devices, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_status, m)?)?;
+    m.add_function(wrap_pyfunction!(models, m)?)?;
     m.add_function(wrap_pyfunction!(error_codes, m)?)?;
     Ok(())
 }

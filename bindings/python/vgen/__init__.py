@@ -6,7 +6,8 @@ second copy.
 
 Example:
     >>> import vgen
-    >>> with vgen.Engine() as engine:
+    >>> video = vgen.generate("a red circle moving right", seed=1)      # a progress bar, then the video
+    >>> with vgen.Engine(devices=["cpu"]) as engine:                    # or: your own engine, many jobs
     ...     job = engine.submit("a red circle moving right", seed=1)
     ...     video = job.wait()
     ...     video.save("clip.mp4")
@@ -15,62 +16,120 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import html
+import importlib
 import json
 import os
 import tempfile
+import threading
+import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Generator, Optional, Sequence, Union
 
-import torch as _torch  # noqa: F401  (loads libtorch before the extension needs it)
+import numpy
+import numpy.typing
 
-from . import _vgen
-from ._vgen import __version__, devices, libtorch_version
+# Loads libtorch before the extension needs it. By name, so that type checkers do not read all of torch.
+importlib.import_module("torch")
+
+from . import _vgen  # noqa: E402
+from ._errors import (  # noqa: E402
+    AlreadyExistsError,
+    CancelledError,
+    DeadlineExceededError,
+    InternalError,
+    InvalidArgumentError,
+    IoError,
+    ModelError,
+    NotFoundError,
+    NotReadyError,
+    NumericalError,
+    QueueFullError,
+    ResourceExhaustedError,
+    ShuttingDownError,
+    TimeoutError,
+    UnavailableError,
+    UnsupportedError,
+    VgenError,
+    call as _call,
+)
+from ._progress import make_bar as _make_bar  # noqa: E402
+
+__version__: str = _vgen.__version__
+"""vgen's version, for example ``"0.1.0"``."""
+
+libtorch_version: str = _vgen.libtorch_version
+"""The libtorch release the extension was built against, for example ``"2.11.0+cu130"``."""
 
 __all__ = [
-    "__version__", "devices", "libtorch_version", "Engine", "Job", "Status", "Video", "VgenError",
-] + [name for name in dir() if name.endswith("Error")]
+    "__version__", "libtorch_version", "generate", "devices", "models", "cuda_status",
+    "Engine", "Job", "Status", "Video", "Event", "CallbackWarning",
+    "VgenError", "InvalidArgumentError", "NotFoundError", "AlreadyExistsError", "QueueFullError", "CancelledError",
+    "DeadlineExceededError", "ResourceExhaustedError", "UnavailableError", "ModelError", "InternalError",
+    "ShuttingDownError", "IoError", "UnsupportedError", "TimeoutError", "NotReadyError", "NumericalError",
+]
 
-VgenError = _vgen.VgenError
+Event = Dict[str, Any]
+"""One event of a job, as callbacks and ``Job.events`` give it: ``type`` (``queued``, ``started``, ``stage``,
+``progress``, ``preview``, ``retry_scheduled``, ``finished``), ``job``, ``seq`` (1, 2, ... with no gaps), ``at_ms``
+and the type's own fields (``step``, ``steps``, ``progress``, ``eta_ms``; ``state`` and ``error`` when finished)."""
 
-
-def _class_name(code: str) -> str:
-    return "".join(part.capitalize() for part in code.split("_")) + "Error"
-
-
-# One exception class per error code, each a VgenError with `.code` and `.retryable`. Bad arguments are also
-# ValueErrors, timeouts TimeoutErrors, as Python users expect.
-_BASES = {"invalid_argument": (ValueError,), "timeout": (TimeoutError,), "not_found": (LookupError,)}
-_ERRORS: dict[str, type] = {}
-for _code, _number, _retryable in _vgen.error_codes():
-    _cls = type(_class_name(_code), (VgenError, *_BASES.get(_code, ())), {"code": _code, "retryable": _retryable})
-    _ERRORS[_code] = _cls
-    globals()[_cls.__name__] = _cls
-    __all__.append(_cls.__name__)
+EventCallback = Callable[[Event], None]
 
 
-def _raise(e: BaseException) -> None:
-    """Re-raises a native VgenError as its code's subclass."""
-    code = getattr(e, "code", None)
-    cls = _ERRORS.get(code)
-    if cls is None:
-        raise e
-    err = cls(*e.args)
-    err.code, err.retryable, err.retry_after_ms = code, getattr(e, "retryable", False), getattr(e, "retry_after_ms", None)
-    raise err from None
+def _parse_events(text: str) -> Any:
+    """Parses event JSON (error codes are already names such as ``"invalid_argument"``, as ``VgenError.code``)."""
+    return json.loads(text)
 
 
-def _call(f, *args, **kwargs):
-    try:
-        return f(*args, **kwargs)
-    except VgenError as e:
-        _raise(e)
+class CallbackWarning(RuntimeWarning):
+    """An ``on_progress``, ``on_preview`` or ``on_done`` callback raised. The exception is reported as this warning
+    and the job goes on: a bug in a host's callback never kills the job or the engine."""
+
+
+def _check(name: str, value: object, kind: Union[type, tuple[type, ...]], what: str) -> None:
+    """Raises TypeError unless ``value`` is None or a ``kind`` (bool is not taken for a number)."""
+    if value is None:
+        return
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise TypeError(f"{name} must be {what}, not bool")
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be {what}, not {type(value).__name__}")
+
+
+def _check_all(kind: Union[type, tuple[type, ...]], what: str, **values: object) -> None:
+    for name, value in values.items():
+        _check(name, value, kind, what)
+
+
+def _check_callback(name: str, value: object) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be callable, not {type(value).__name__}")
 
 
 @dataclass(frozen=True)
 class Status:
-    """A snapshot of a job, as ``Job.status()`` returns it."""
+    """A snapshot of a job, as ``Job.status()`` returns it.
+
+    Attributes:
+        id: the job's id.
+        state: ``queued``, ``running``, ``succeeded``, ``failed`` or ``cancelled``.
+        stage: ``validating``, ``encoding_prompt``, ``generating``, ``decoding``, ``encoding_video`` or
+            ``finalizing``.
+        progress: 0 to 1, weighted by each stage's measured cost.
+        step: the denoising step finished last; ``steps``: how many there are (0 until the job starts).
+        queue_position: jobs ahead of it while queued.
+        eta_seconds: the engine's estimate of the time left, or None.
+        attempts: 1 on the first try, more after retries, 0 before it starts.
+        error: ``(code, message, retryable)`` once it has failed or been cancelled, else None.
+        cache_hit: whether the result came from the engine's cache.
+
+    Example:
+        >>> s = job.status()
+        >>> print(f"{s.state} {s.stage} {s.progress:.0%}")
+    """
 
     id: int
     state: str
@@ -81,31 +140,56 @@ class Status:
     queue_position: int
     eta_seconds: Optional[float]
     attempts: int
-    error: Optional[tuple]
+    error: Optional[tuple[str, str, bool]]
     cache_hit: bool
 
     @property
     def done(self) -> bool:
+        """Whether the job has ended: succeeded, failed or cancelled."""
         return self.state in ("succeeded", "failed", "cancelled")
 
 
 class Video:
-    """A finished video. ``frames`` is a read-only numpy ``uint8`` array ``(T, H, W, 3)`` over the engine's buffer
-    (no copy)."""
+    """A finished video, owned by the engine and shared without copies. Made by ``Job.wait`` and
+    ``vgen.generate``; not constructed by hand.
 
-    def __init__(self, native: Any):
+    Attributes:
+        fps: frames per second.
+        metadata: the request as run (prompt, model, seed, size, steps, ...), the device and the timings.
+
+    Example:
+        >>> video = vgen.generate("a red circle moving right", seed=1)
+        >>> video.frames.shape, video.fps, video.metadata["seed"]
+        ((17, 64, 64, 3), 8.0, 1)
+    """
+
+    def __init__(self, native: _vgen.NativeVideo) -> None:
         self._native = native
         self.fps: float = native.fps
-        self.metadata: dict = json.loads(native.metadata_json)
+        self.metadata: dict[str, Any] = json.loads(native.metadata_json)
 
     @property
-    def frames(self):
-        import numpy
-
+    def frames(self) -> numpy.typing.NDArray[numpy.uint8]:
+        """The frames, a read-only numpy ``uint8`` array ``(T, H, W, 3)`` (RGB) over the engine's buffer: no copy
+        is made, and the array keeps the buffer alive."""
         return numpy.asarray(self._native)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes the video by extension: .mp4 (H.264), .gif, .png (animated), or a folder ending in /."""
+    def save(self, path: Union[str, os.PathLike[str]]) -> None:
+        """Writes the video, in the format its name asks for, without holding the GIL.
+
+        Args:
+            path: ``.mp4`` (H.264), ``.gif``, ``.png`` (animated PNG), or a folder path ending in ``/`` for
+                numbered PNG frames. The file appears complete or not at all.
+
+        Returns:
+            None.
+
+        Raises:
+            InvalidArgumentError: for an unknown extension. IoError: when the file cannot be written.
+
+        Example:
+            >>> video.save("clip.mp4")
+        """
         _call(self._native.save, os.fspath(path))
 
     def _repr_html_(self) -> str:
@@ -123,53 +207,160 @@ class Video:
 
 
 class Job:
-    """A submitted job: poll it, read its events, wait for it (or ``await`` it), cancel it."""
+    """A submitted job: poll it, read its events, wait for it (or ``await`` it), cancel it. Made by
+    ``Engine.submit``.
 
-    def __init__(self, engine: "Engine", job_id: int):
+    Example:
+        >>> job = engine.submit("a red circle moving right")
+        >>> job.status().state
+        'queued'
+        >>> video = job.wait()          # or, in a coroutine: video = await job
+    """
+
+    def __init__(self, engine: Engine, job_id: int) -> None:
         self._engine = engine
-        self.id = job_id
+        self.id: int = job_id
 
     def status(self) -> Status:
+        """The job's state now. Never waits: cheap enough to call every frame of a UI.
+
+        Returns:
+            A ``Status`` snapshot.
+
+        Example:
+            >>> s = job.status()
+            >>> s.state, s.step, s.steps, s.eta_seconds
+            ('running', 3, 8, 1.2)
+        """
         return Status(**_call(self._engine._native.poll, self.id))
 
-    def events(self, since: int = 0) -> list[dict]:
-        return json.loads(_call(self._engine._native.events, self.id, since))
+    def events(self, since: int = 0) -> list[Event]:
+        """The job's events after sequence number ``since``, oldest first; a late poller loses nothing.
+
+        Args:
+            since: the ``seq`` of the last event already seen (0 for all of them).
+
+        Returns:
+            A list of event dicts (see ``vgen.Event``), the last of a finished job of type ``finished``.
+
+        Example:
+            >>> seen = job.events()
+            >>> newer = job.events(since=seen[-1]["seq"])
+        """
+        _check("since", since, int, "an int")
+        events: list[Event] = _parse_events(_call(self._engine._native.events, self.id, since))
+        return events
 
     def cancel(self) -> bool:
-        """Cancels the job; False if it had already ended."""
-        return _call(self._engine._native.cancel, self.id)
+        """Cancels the job: a queued one leaves at once, a running one stops at its next step.
+
+        Returns:
+            True if this call cancelled it; False if it had already ended.
+
+        Example:
+            >>> if job.cancel():
+            ...     print("cancelled")
+        """
+        cancelled: bool = _call(self._engine._native.cancel, self.id)
+        return cancelled
 
     def wait(self, timeout: Optional[float] = None) -> Video:
-        """Blocks (without holding the GIL) until the job ends; returns its video or raises its error."""
+        """Waits for the job to end, without holding the GIL, and returns its video. Ctrl-C interrupts the wait
+        (raising ``KeyboardInterrupt``) and leaves the job running.
+
+        Args:
+            timeout: seconds to wait at most; None waits as long as it takes.
+
+        Returns:
+            The finished ``Video``.
+
+        Raises:
+            TimeoutError: ``timeout`` passed first (the job goes on). The job's own error otherwise, as its class:
+            ``CancelledError``, ``DeadlineExceededError``, ``ResourceExhaustedError``, ...
+
+        Example:
+            >>> video = job.wait(timeout=60)
+        """
+        _check("timeout", timeout, (int, float), "a number of seconds")
         _call(self._engine._native.wait, self.id, timeout)
+        return self._result()
+
+    def _ended_within(self, timeout: float) -> bool:
+        try:
+            _call(self._engine._native.wait, self.id, timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _result(self) -> Video:
         return Video(_call(self._engine._native.result, self.id))
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, Video]:
+        """``await job`` waits on a worker thread, so the event loop keeps running; cancelling the awaiting task
+        cancels the job.
+
+        Returns:
+            The finished ``Video``, or raises the job's error as ``wait`` does.
+
+        Example:
+            >>> video = await engine.submit("a red circle moving right")
+            >>> a, b = await asyncio.gather(engine.submit("one"), engine.submit("two"))
+        """
         return self._wait_async().__await__()
 
     async def _wait_async(self) -> Video:
-        # The wait runs on a worker thread, so the event loop never blocks.
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self.wait)
+        try:
+            return await loop.run_in_executor(None, self.wait)
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
 
     def __repr__(self) -> str:
         return f"<vgen.Job {self.id} {self.status().state}>"
 
 
 class Engine:
-    """An embedded engine. Use it as a context manager; leaving the block shuts it down.
+    """An embedded engine: a pool of workers, one per device slot, that runs jobs. Use it as a context manager;
+    leaving the block shuts it down.
 
     Args:
         devices: e.g. ``["cpu"]`` or ``["cuda:0"]``; None for auto (every GPU, else the CPU).
         workers_per_device: jobs run at once on each device.
         queue_capacity: jobs that may wait; beyond it submit raises ``QueueFullError``.
         **config: any other field of the engine configuration (``retry``, ``breaker``, ``default_deadline_ms``,
-            ``retention``, ``cache``, ``limits``, ...); unknown fields raise ``InvalidArgumentError``.
+            ``retention``, ``cache``, ``limits``, ``memory_budget_bytes``, ...), as JSON values.
+
+    Raises:
+        InvalidArgumentError: an unknown configuration field or a bad value. TypeError: a value of the wrong type.
+
+    Example:
+        >>> with vgen.Engine(devices=["cpu"], workers_per_device=2) as engine:
+        ...     video = engine.submit("a red circle moving right", seed=1).wait()
     """
 
-    def __init__(self, devices: Optional[list[str]] = None, workers_per_device: int = 1, queue_capacity: int = 1024, **config):
-        config = {"devices": devices or [], "workers_per_device": workers_per_device, "queue_capacity": queue_capacity, **config}
-        self._native = _call(_vgen.Engine, json.dumps(config))
+    def __init__(
+        self,
+        devices: Optional[Sequence[str]] = None,
+        workers_per_device: int = 1,
+        queue_capacity: int = 1024,
+        **config: Any,
+    ) -> None:
+        if isinstance(devices, str) or not (devices is None or isinstance(devices, (list, tuple))):
+            raise TypeError(f"devices must be a list of device names such as ['cpu'], not {devices!r}")
+        for d in devices or ():
+            _check("each device", d, str, "a str such as 'cpu' or 'cuda:0'")
+        _check("workers_per_device", workers_per_device, int, "an int")
+        _check("queue_capacity", queue_capacity, int, "an int")
+        config = {
+            "devices": list(devices or []), "workers_per_device": workers_per_device,
+            "queue_capacity": queue_capacity, **config,
+        }
+        try:
+            config_json = json.dumps(config)
+        except TypeError as e:
+            raise TypeError(f"the engine configuration must be JSON values: {e}") from None
+        self._native: _vgen.Engine = _call(_vgen.Engine, config_json)
 
     def submit(
         self,
@@ -188,12 +379,51 @@ class Engine:
         deadline: Optional[float] = None,
         idempotency_key: Optional[str] = None,
         preview_every: Optional[int] = None,
-        on_progress: Optional[Callable[[dict], None]] = None,
-        on_preview: Optional[Callable[[dict], None]] = None,
-        on_done: Optional[Callable[[dict], None]] = None,
+        on_progress: Optional[EventCallback] = None,
+        on_preview: Optional[EventCallback] = None,
+        on_done: Optional[EventCallback] = None,
     ) -> Job:
-        """Validates and queues a request; returns at once. ``deadline`` is in seconds from now. Callbacks run on
-        the engine's dispatcher thread and receive the event as a dict."""
+        """Validates a request and queues it; returns at once. Every field left as None takes the model's default.
+
+        Args:
+            prompt: what the video shows.
+            negative_prompt: what it should not show.
+            width, height: in pixels, multiples of the model's size multiple (16).
+            num_frames: 1 + 4k frames.
+            fps: frames per second of the result.
+            steps: denoising steps.
+            guidance_scale: classifier-free guidance strength.
+            seed: the noise seed; None draws one, reported in ``video.metadata["seed"]``.
+            model: a model name from ``vgen.models()``; None for the default.
+            priority: higher runs first; waiting jobs gain priority over time.
+            deadline: seconds from now after which the job fails with ``DeadlineExceededError``.
+            idempotency_key: submitting the same key again returns the same job.
+            preview_every: send a preview event every this many steps.
+            on_progress, on_preview, on_done: called with each ``progress`` / ``preview`` / ``finished`` event
+                dict, in order, on the engine's dispatcher thread with the GIL held; ``on_done`` exactly once. An
+                exception raised in one is reported as a ``CallbackWarning`` and the job goes on.
+
+        Returns:
+            The ``Job``.
+
+        Raises:
+            InvalidArgumentError: a value the model cannot take (the message says what would work). NotFoundError:
+            an unknown model. QueueFullError: the queue is full. ShuttingDownError: the engine is closed.
+            TypeError: an argument of the wrong type.
+
+        Example:
+            >>> job = engine.submit("a red circle moving right", seed=1, steps=8,
+            ...                     on_progress=lambda e: print(e["step"], "/", e["steps"]))
+        """
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
+        _check_all(str, "a str", negative_prompt=negative_prompt, model=model, idempotency_key=idempotency_key)
+        _check_all(int, "an int", width=width, height=height, num_frames=num_frames, steps=steps, seed=seed,
+                   priority=priority, preview_every=preview_every)
+        _check_all((int, float), "a number", fps=fps, guidance_scale=guidance_scale, deadline=deadline)
+        handlers = {"progress": on_progress, "preview": on_preview, "finished": on_done}
+        for kind, handler in handlers.items():
+            _check_callback(f"on_{'done' if kind == 'finished' else kind}", handler)
         request = {
             "prompt": prompt, "negative_prompt": negative_prompt, "width": width, "height": height,
             "num_frames": num_frames, "fps": fps, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
@@ -201,29 +431,214 @@ class Engine:
             "deadline_ms": None if deadline is None else max(1, int(deadline * 1000)),
             "idempotency_key": idempotency_key, "preview_every": preview_every,
         }
-        handlers = {"progress": on_progress, "preview": on_preview, "finished": on_done}
-        callback = None
-        if any(handlers.values()):
-            def callback(event_json: str) -> None:
-                event = json.loads(event_json)
-                handler = handlers.get(event.get("type"))
-                if handler is not None:
-                    handler(event)
-        job_id = _call(self._native.submit, json.dumps(request), callback)
+        callback = _dispatch(handlers) if any(handlers.values()) else None
+        job_id: int = _call(self._native.submit, json.dumps(request), callback)
         return Job(self, job_id)
 
-    def metrics(self) -> dict:
-        return json.loads(self._native.metrics())
+    def metrics(self) -> dict[str, Any]:
+        """The engine's counters now: ``submitted``, ``succeeded``, ``failed``, ``cancelled``, ``running``,
+        ``queue_depth``, ``cache_hits``, ``deduplicated``, ``retries``, ``rejected``, ``workers`` and latency
+        histograms per stage.
+
+        Returns:
+            A dict of those counters.
+
+        Example:
+            >>> engine.metrics()["succeeded"]
+            3
+        """
+        metrics: dict[str, Any] = json.loads(self._native.metrics())
+        return metrics
 
     def metrics_prometheus(self) -> str:
+        """The same counters in Prometheus' text format, for a ``/metrics`` endpoint.
+
+        Returns:
+            The exposition text.
+
+        Example:
+            >>> print(engine.metrics_prometheus())
+        """
         return self._native.metrics_prometheus()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Drains for up to ``timeout`` seconds, then cancels what is left. Idempotent."""
+        """Shuts the engine down: no new jobs, then up to ``timeout`` seconds for the queued and running ones to
+        finish, then the rest are cancelled; every engine thread is joined. Idempotent.
+
+        Args:
+            timeout: seconds to let jobs finish before cancelling them.
+
+        Returns:
+            None.
+
+        Example:
+            >>> engine.close(timeout=0)     # cancel whatever is left, now
+        """
+        _check("timeout", timeout, (int, float), "a number of seconds")
         self._native.close(timeout)
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _dispatch(handlers: dict[str, Optional[EventCallback]]) -> Callable[[str], None]:
+    """The one native callback of a job: parses each event and hands it to the user's handler for its type."""
+
+    def callback(event_json: str) -> None:
+        event: Event = _parse_events(event_json)
+        handler = handlers.get(event.get("type", ""))
+        if handler is None:
+            return
+        try:
+            handler(event)
+        except Exception as e:  # noqa: BLE001  (a host's bug must not reach the engine)
+            warnings.warn(
+                CallbackWarning(f"a vgen {event.get('type')} callback of job {event.get('job')} raised {e!r}; "
+                                "the job goes on"),
+                stacklevel=2,
+            )
+
+    return callback
+
+
+_default: Optional[Engine] = None
+_default_lock = threading.Lock()
+
+
+def _default_engine() -> Engine:
+    """The engine behind ``vgen.generate``, made on first use (auto devices) and shut down at exit."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Engine()
+            atexit.register(_default.close, 0.0)
+        return _default
+
+
+def generate(
+    prompt: str,
+    *,
+    negative_prompt: Optional[str] = None,
+    width: Optional[int] = None,
+    height: Optional[int] = None,
+    num_frames: Optional[int] = None,
+    fps: Optional[float] = None,
+    steps: Optional[int] = None,
+    guidance_scale: Optional[float] = None,
+    seed: Optional[int] = None,
+    model: Optional[str] = None,
+    priority: int = 0,
+    deadline: Optional[float] = None,
+    idempotency_key: Optional[str] = None,
+    preview_every: Optional[int] = None,
+    on_progress: Optional[EventCallback] = None,
+    on_preview: Optional[EventCallback] = None,
+    on_done: Optional[EventCallback] = None,
+    progress: bool = True,
+    engine: Optional[Engine] = None,
+) -> Video:
+    """Generates one video and returns it: one call, with a progress bar, as a diffusers pipeline call does.
+
+    The job runs on a default engine made on first use (every GPU, else the CPU) and shut down at exit. The bar is
+    tqdm's when tqdm is installed, else a plain one on stderr. Ctrl-C cancels the job and raises
+    ``KeyboardInterrupt``.
+
+    Args:
+        prompt: what the video shows.
+        negative_prompt, width, height, num_frames, fps, steps, guidance_scale, seed, model, priority, deadline,
+            idempotency_key, preview_every, on_progress, on_preview, on_done: as for ``Engine.submit``.
+        progress: show the progress bar (default True).
+        engine: run on this engine instead of the default one.
+
+    Returns:
+        The finished ``Video``.
+
+    Raises:
+        The job's error as its ``VgenError`` subclass; ``KeyboardInterrupt`` after cancelling the job on Ctrl-C.
+
+    Example:
+        >>> import vgen
+        >>> video = vgen.generate("a red circle moving right", seed=1, steps=8)
+        vgen: 100%|██████████| 8/8 [00:01<00:00, 6.50step/s, finalizing]
+        >>> video.save("clip.mp4")
+    """
+    _check("progress", progress, bool, "a bool")
+    if engine is not None and not isinstance(engine, Engine):
+        raise TypeError(f"engine must be a vgen.Engine, not {type(engine).__name__}")
+    job = (engine or _default_engine()).submit(
+        prompt, negative_prompt=negative_prompt, width=width, height=height, num_frames=num_frames, fps=fps,
+        steps=steps, guidance_scale=guidance_scale, seed=seed, model=model, priority=priority, deadline=deadline,
+        idempotency_key=idempotency_key, preview_every=preview_every, on_progress=on_progress,
+        on_preview=on_preview, on_done=on_done,
+    )
+    bar = _make_bar("vgen") if progress else None
+    try:
+        # Short waits, so that the bar moves and Ctrl-C is seen; each wait runs without the GIL.
+        while not job._ended_within(0.1):
+            if bar is not None:
+                bar.update(job.status())
+        if bar is not None:
+            bar.update(job.status())
+    except BaseException:
+        job.cancel()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return job._result()
+
+
+def devices(probe: bool = True) -> list[dict[str, Any]]:
+    """The devices libtorch sees here, the CPU first, each checked with a small real computation (as ``vgen
+    devices`` does).
+
+    Args:
+        probe: run the check (a timed matrix multiply and an attention compared with its definition); False
+            lists the devices only.
+
+    Returns:
+        A dict per device: ``name`` (``"cpu"``, ``"cuda:0"``, ...), ``type`` (``"cpu"`` or ``"cuda"``), ``index``
+        (the GPU's, else None), ``auto`` (whether an engine with no ``devices`` uses it) and, when probed,
+        ``matmul_gflops`` and ``attention_max_error``.
+
+    Example:
+        >>> [d["name"] for d in vgen.devices(probe=False)]
+        ['cpu']
+    """
+    _check("probe", probe, bool, "a bool")
+    found: list[dict[str, Any]] = _call(_vgen.devices, probe)
+    return found
+
+
+def cuda_status() -> str:
+    """Why CUDA is on or off here, in one line (the ``CUDA:`` line of ``vgen devices``).
+
+    Returns:
+        For example ``"no NVIDIA driver found (libcuda.so.1), so CUDA is off"``.
+
+    Example:
+        >>> print(vgen.cuda_status())
+    """
+    return _vgen.cuda_status()
+
+
+def models() -> list[dict[str, Any]]:
+    """The models an engine made here can run: the built-in ones (``testcard``, ``noop``, ``faulty``) and the Wan
+    folders in ``$VGEN_MODELS`` (or ``./models``). A folder that fails to open is skipped with a warning.
+
+    Returns:
+        A dict per model: ``name``, ``default`` (whether requests that name no model get it), the defaults
+        ``width``, ``height``, ``num_frames``, ``fps``, ``steps``, ``guidance_scale``, and ``size_multiple``,
+        ``dtype``, ``weights_bytes``.
+
+    Example:
+        >>> [m["name"] for m in vgen.models() if m["default"]]
+        ['testcard']
+    """
+    found, problems = _call(_vgen.models)
+    for problem in problems:
+        warnings.warn(f"vgen skipped a model folder: {problem}", RuntimeWarning, stacklevel=2)
+    return found

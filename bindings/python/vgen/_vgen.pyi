@@ -1,3 +1,5 @@
+# The native module, as bindings/python/src/lib.rs defines it. tests/test_typing.py checks that this stub and the
+# module name the same things with the same parameters.
 from typing import Any, Callable, Optional
 
 __version__: str
@@ -8,15 +10,18 @@ class VgenError(Exception):
     retryable: bool
     retry_after_ms: Optional[int]
 
-def devices() -> list[str]:
-    """The devices libtorch sees here (``"cpu"``, ``"cuda:0"``, ...). The CPU is always listed."""
-
+def devices(probe: bool = True) -> list[dict[str, Any]]: ...
+def cuda_status() -> str: ...
+def models() -> tuple[list[dict[str, Any]], list[str]]: ...
 def error_codes() -> list[tuple[str, int, bool]]: ...
 
 class NativeVideo:
-    fps: float
-    metadata_json: str
-    __array_interface__: dict
+    @property
+    def fps(self) -> float: ...
+    @property
+    def metadata_json(self) -> str: ...
+    @property
+    def __array_interface__(self) -> dict[str, Any]: ...
     def save(self, path: str) -> None: ...
 
 class Engine:

@@ -1,0 +1,109 @@
+"""`vgen.generate`: one call on a default engine with a progress bar (tqdm's, or a plain one without tqdm), the
+job's errors raised as their classes, and Ctrl-C cancelling the job."""
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import vgen
+from conftest import REPO
+
+
+def test_generate_returns_the_video_with_a_tqdm_bar(capsys):
+    import tqdm  # noqa: F401  (in tools/requirements.txt: a missing tqdm fails here rather than skipping)
+
+    video = vgen.generate("a red circle moving right", seed=1, steps=8)
+    assert isinstance(video, vgen.Video) and video.frames.shape == (17, 64, 64, 3)
+    assert video.metadata["seed"] == 1 and video.metadata["steps"] == 8
+    err = capsys.readouterr().err
+    assert "vgen: 100%" in err and "8/8" in err and "succeeded" in err, err
+
+
+def test_generate_without_tqdm_draws_a_plain_bar_on_stderr(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # makes `import tqdm.auto` fail, as when it is not installed
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    video = vgen.generate("plain bar", seed=2, steps=4)
+    assert video.frames.shape[0] == 17
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("vgen: [########################] 100% step 4/4 ") and last.endswith("succeeded"), last
+
+
+def test_generate_without_a_bar_prints_nothing(capsys):
+    vgen.generate("quiet", steps=1, progress=False)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_generate_uses_one_default_engine_and_takes_every_submit_option():
+    vgen.generate("first", steps=1, progress=False)
+    engine = vgen._default_engine()
+    before = engine.metrics()["submitted"]
+    seen = []
+    video = vgen.generate(
+        "second", negative_prompt="none", width=80, height=48, num_frames=5, fps=4.0, steps=2, guidance_scale=1.5,
+        seed=3, model="testcard", priority=1, deadline=60, idempotency_key="generate-key", preview_every=1,
+        on_progress=seen.append, on_preview=seen.append, on_done=seen.append, progress=False,
+    )
+    assert vgen._default_engine() is engine and engine.metrics()["submitted"] == before + 1
+    assert video.frames.shape == (5, 48, 80, 3) and video.fps == 4.0 and video.metadata["guidance_scale"] == 1.5
+    deadline = time.time() + 5
+    while not any(e["type"] == "finished" for e in seen) and time.time() < deadline:
+        time.sleep(0.01)
+    assert {"progress", "preview", "finished"} <= {e["type"] for e in seen}
+
+
+def test_generate_on_a_given_engine(engine):
+    before = engine.metrics()["submitted"]
+    video = vgen.generate("given", steps=1, seed=4, engine=engine, progress=False)
+    assert engine.metrics()["submitted"] == before + 1
+    assert np.array_equal(video.frames, engine.submit("given", steps=1, seed=4).wait(timeout=60).frames)
+
+
+def test_generate_raises_the_jobs_error_as_its_class():
+    with pytest.raises(vgen.ModelError):
+        vgen.generate("!fail=model", model="faulty", progress=False)
+    with pytest.raises(vgen.InvalidArgumentError):
+        vgen.generate("x", width=100, progress=False)
+
+
+def test_ctrl_c_cancels_the_job_and_raises_keyboard_interrupt(tmp_path):
+    """A real SIGINT, in a child process: `generate` must notice it within a moment (its waits run without the
+    GIL), cancel the job, and let KeyboardInterrupt end the program as Python's Ctrl-C does."""
+    script = tmp_path / "interrupted.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        import vgen
+
+        started = []
+        def on_progress(event):
+            if not started:
+                started.append(1)
+                print("running", flush=True)
+        try:
+            vgen.generate("!slow=50 interrupted", model="faulty", steps=200, on_progress=on_progress)
+        except KeyboardInterrupt:
+            engine = vgen._default_engine()
+            deadline = time.time() + 10
+            while engine.metrics()["cancelled"] == 0 and time.time() < deadline:
+                time.sleep(0.01)
+            print("interrupted; cancelled:", engine.metrics()["cancelled"], flush=True)
+            raise
+    """))
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=tmp_path)
+    try:
+        assert child.stdout.readline().strip() == "running"
+        sent = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert time.monotonic() - sent < 8, "the interrupt was seen within a step, not after the 10 s job"
+    assert "interrupted; cancelled: 1" in out, (out, err)
+    assert "KeyboardInterrupt" in err and child.returncode == -signal.SIGINT, (child.returncode, err[-2000:])
+

@@ -1,0 +1,100 @@
+"""Videos: the numpy frames are exactly the frames the `vgen` command writes for the same request and seed, and
+`save` writes every format the command does."""
+import struct
+import subprocess
+import zlib
+
+import numpy as np
+import pytest
+
+
+def read_png(path):
+    """Decodes an 8-bit RGB, non-interlaced PNG (what vgen writes) into a (H, W, 3) uint8 array, with nothing but
+    zlib: the five scanline filters of the PNG specification, undone row by row."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        elif kind == b"IEND":
+            break
+    width, height, depth, color, _, _, interlace = header
+    assert (depth, color, interlace) == (8, 2, 0), "8-bit RGB, not interlaced"
+    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, 1 + width * 3)
+    bpp, out = 3, np.zeros((height, width * 3), np.int32)
+    for y in range(height):
+        kind, line = raw[y, 0], raw[y, 1:].astype(np.int32)
+        up = out[y - 1] if y else np.zeros(width * 3, np.int32)
+        if kind == 0:
+            row = line
+        elif kind == 2:
+            row = (line + up) & 0xFF
+        else:  # Sub, Average and Paeth depend on the pixel to the left, decoded just before.
+            row = np.zeros(width * 3, np.int32)
+            for x in range(width * 3):
+                a = row[x - bpp] if x >= bpp else 0
+                b, c = up[x], (up[x - bpp] if x >= bpp else 0)
+                if kind == 1:
+                    pred = a
+                elif kind == 3:
+                    pred = (a + b) // 2
+                else:
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                row[x] = (line[x] + pred) & 0xFF
+        out[y] = row
+    return out.astype(np.uint8).reshape(height, width, 3)
+
+
+@pytest.mark.parametrize("seed", [7, 12345])
+def test_frames_equal_the_frames_the_cli_writes_for_the_same_seed(engine, cli, tmp_path, seed):
+    args = dict(prompt="a red circle moving right", model="testcard", width=96, height=64, steps=4, seed=seed)
+    out = tmp_path / "frames"
+    r = subprocess.run(
+        [str(cli), "generate", "--prompt", args["prompt"], "--model", args["model"], "--device", "cpu",
+         "--width", "96", "--height", "64", "--frames", "9", "--steps", "4", "--seed", str(seed), "--out", f"{out}/"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    files = sorted(out.glob("*.png"))
+    assert len(files) == 9
+    cli_frames = np.stack([read_png(f) for f in files])
+
+    frames = engine.submit(args.pop("prompt"), num_frames=9, **args).wait(timeout=60).frames
+    assert frames.shape == cli_frames.shape == (9, 64, 96, 3)
+    assert np.array_equal(frames, cli_frames), f"{np.count_nonzero(frames != cli_frames)} values differ"
+    assert frames.std() > 5, "a real picture, not a blank one"
+
+
+def test_a_different_seed_gives_different_frames(engine):
+    a = engine.submit("seeds", steps=2, seed=1).wait(timeout=60).frames
+    b = engine.submit("seeds", steps=2, seed=2).wait(timeout=60).frames
+    assert not np.array_equal(a, b)
+
+
+def test_save_writes_every_format_the_cli_does(engine, tmp_path):
+    video = engine.submit("saved", steps=2, seed=5, num_frames=5).wait(timeout=60)
+    for name in ("clip.mp4", "clip.gif", "clip.png"):
+        video.save(tmp_path / name)
+        assert (tmp_path / name).stat().st_size > 100
+    assert (tmp_path / "clip.mp4").read_bytes()[4:8] == b"ftyp"
+    assert (tmp_path / "clip.gif").read_bytes()[:6] == b"GIF89a"
+    assert b"acTL" in (tmp_path / "clip.png").read_bytes(), "an animated PNG"
+    video.save(str(tmp_path / "frames") + "/")
+    files = sorted((tmp_path / "frames").glob("*.png"))
+    assert len(files) == 5
+    assert np.array_equal(read_png(files[2]), video.frames[2]), "PNG frames are lossless"
+
+
+def test_repr_html_shows_the_video_inline_in_a_notebook(engine):
+    video = engine.submit("a <notebook> & friends", steps=1).wait(timeout=60)
+    html = video._repr_html_()
+    assert html.startswith('<img src="data:image/gif;base64,R0lGOD')
+    assert 'title="a &lt;notebook&gt; &amp; friends"' in html
