@@ -7,6 +7,8 @@ import zlib
 import numpy as np
 import pytest
 
+import vgen
+
 
 def read_png(path):
     """Decodes an 8-bit RGB, non-interlaced PNG (what vgen writes) into a (H, W, 3) uint8 array, with nothing but
@@ -98,3 +100,24 @@ def test_repr_html_shows_the_video_inline_in_a_notebook(engine):
     html = video._repr_html_()
     assert html.startswith('<img src="data:image/gif;base64,R0lGOD')
     assert 'title="a &lt;notebook&gt; &amp; friends"' in html
+
+
+def test_outputs_are_written_while_decoding_and_keep_frames_false_keeps_none(engine, tmp_path):
+    """Files named in ``outputs`` hold the frames a job that keeps them gets; with ``keep_frames=False`` the video
+    has no frames and its metadata still describes it."""
+    kwargs = dict(width=32, height=32, num_frames=5, steps=2, seed=21)
+    kept = engine.submit("outputs", **kwargs).wait(timeout=60)
+    streamed = engine.submit("outputs", outputs=[tmp_path / "v.gif", str(tmp_path / "frames") + "/"],
+                             keep_frames=False, **kwargs).wait(timeout=60)
+    assert kept.frames.shape == (5, 32, 32, 3)
+    assert streamed.frames.shape == (0, 32, 32, 3)
+    assert streamed.metadata["num_frames"] == 5
+    assert (tmp_path / "v.gif").stat().st_size > 0
+    written = sorted((tmp_path / "frames").iterdir())
+    assert len(written) == 5
+    for t, path in enumerate(written):
+        assert np.array_equal(read_png(path), kept.frames[t])
+    with pytest.raises(TypeError):
+        engine.submit("x", outputs="v.mp4")
+    with pytest.raises(vgen.InvalidArgumentError, match="outputs is empty"):
+        engine.submit("x", keep_frames=False)

@@ -379,6 +379,8 @@ class Engine:
         deadline: Optional[float] = None,
         idempotency_key: Optional[str] = None,
         preview_every: Optional[int] = None,
+        outputs: Optional[Sequence[Union[str, "os.PathLike[str]"]]] = None,
+        keep_frames: bool = True,
         on_progress: Optional[EventCallback] = None,
         on_preview: Optional[EventCallback] = None,
         on_done: Optional[EventCallback] = None,
@@ -399,6 +401,10 @@ class Engine:
             deadline: seconds from now after which the job fails with ``DeadlineExceededError``.
             idempotency_key: submitting the same key again returns the same job.
             preview_every: send a preview event every this many steps.
+            outputs: files for the engine to write as the video is decoded (``.mp4``, ``.gif``, ``.png`` or a
+                folder ending in ``/``); each appears, complete, only if the job succeeds.
+            keep_frames: False keeps no frames in memory (``video.frames`` is then empty): the video goes only to
+                ``outputs``, and memory does not grow with its length.
             on_progress, on_preview, on_done: called with each ``progress`` / ``preview`` / ``finished`` event
                 dict, in order, on the engine's dispatcher thread with the GIL held; ``on_done`` exactly once. An
                 exception raised in one is reported as a ``CallbackWarning`` and the job goes on.
@@ -421,6 +427,12 @@ class Engine:
         _check_all(int, "an int", width=width, height=height, num_frames=num_frames, steps=steps, seed=seed,
                    priority=priority, preview_every=preview_every)
         _check_all((int, float), "a number", fps=fps, guidance_scale=guidance_scale, deadline=deadline)
+        _check_all(bool, "a bool", keep_frames=keep_frames)
+        if isinstance(outputs, (str, bytes, os.PathLike)) or (outputs is not None and not isinstance(outputs, Sequence)):
+            raise TypeError("outputs must be a list of paths")
+        paths = [os.fspath(p) for p in outputs or []]
+        if not all(isinstance(p, str) for p in paths):
+            raise TypeError("outputs must be a list of str paths")
         handlers = {"progress": on_progress, "preview": on_preview, "finished": on_done}
         for kind, handler in handlers.items():
             _check_callback(f"on_{'done' if kind == 'finished' else kind}", handler)
@@ -430,6 +442,7 @@ class Engine:
             "model": model, "priority": priority,
             "deadline_ms": None if deadline is None else max(1, int(deadline * 1000)),
             "idempotency_key": idempotency_key, "preview_every": preview_every,
+            "outputs": paths, "keep_frames": keep_frames,
         }
         callback = _dispatch(handlers) if any(handlers.values()) else None
         job_id: int = _call(self._native.submit, json.dumps(request), callback)
@@ -534,6 +547,8 @@ def generate(
     deadline: Optional[float] = None,
     idempotency_key: Optional[str] = None,
     preview_every: Optional[int] = None,
+    outputs: Optional[Sequence[Union[str, "os.PathLike[str]"]]] = None,
+    keep_frames: bool = True,
     on_progress: Optional[EventCallback] = None,
     on_preview: Optional[EventCallback] = None,
     on_done: Optional[EventCallback] = None,
@@ -549,7 +564,8 @@ def generate(
     Args:
         prompt: what the video shows.
         negative_prompt, width, height, num_frames, fps, steps, guidance_scale, seed, model, priority, deadline,
-            idempotency_key, preview_every, on_progress, on_preview, on_done: as for ``Engine.submit``.
+            idempotency_key, preview_every, outputs, keep_frames, on_progress, on_preview, on_done: as for
+            ``Engine.submit``.
         progress: show the progress bar (default True).
         engine: run on this engine instead of the default one.
 
@@ -571,8 +587,8 @@ def generate(
     job = (engine or _default_engine()).submit(
         prompt, negative_prompt=negative_prompt, width=width, height=height, num_frames=num_frames, fps=fps,
         steps=steps, guidance_scale=guidance_scale, seed=seed, model=model, priority=priority, deadline=deadline,
-        idempotency_key=idempotency_key, preview_every=preview_every, on_progress=on_progress,
-        on_preview=on_preview, on_done=on_done,
+        idempotency_key=idempotency_key, preview_every=preview_every, outputs=outputs, keep_frames=keep_frames,
+        on_progress=on_progress, on_preview=on_preview, on_done=on_done,
     )
     bar = _make_bar("vgen") if progress else None
     try:
