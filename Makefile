@@ -12,7 +12,8 @@ CARGO ?= cargo
 CFLAGS_STRICT := -Wall -Wextra -Wpedantic -Werror
 TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 
-.PHONY: demo test test-rust test-c test-python build header bench soak test-wan-full env clean
+.PHONY: demo test test-rust test-c test-python build header bench soak fuzz test-wan-full env clean
+.PHONY: test-c-plain test-c-package test-c-asan test-c-valgrind package-config
 
 # --- the environment -------------------------------------------------------------------------------------------
 # torch from PyPI is the source of libtorch (about 4.6 GB with its CUDA libraries; it runs on the CPU too).
@@ -52,33 +53,73 @@ $(STAMPS)/ffmpeg:
 	command -v ffprobe >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg; }
 	@touch $@
 
-# The C and C++ examples are built strictly against the generated header and the shared library, and run.
-test-c: build
-	@mkdir -p $(TARGET_DIR)/examples-c
-	cc $(CFLAGS_STRICT) -std=c11 -Iinclude examples/c/hello.c -L$(TARGET_DIR)/debug -lvgen \
-		-Wl,-rpath,$(TARGET_DIR)/debug -o $(TARGET_DIR)/examples-c/hello_c
-	c++ $(CFLAGS_STRICT) -std=c++17 -Iinclude examples/cpp/hello.cc -L$(TARGET_DIR)/debug -lvgen \
-		-Wl,-rpath,$(TARGET_DIR)/debug -o $(TARGET_DIR)/examples-c/hello_cpp
-	$(TARGET_DIR)/examples-c/hello_c | grep '^vgen .* on libtorch 2\.11'
-	cc $(CFLAGS_STRICT) -std=c11 -Iinclude examples/c/generate.c -L$(TARGET_DIR)/debug -lvgen \
-		-Wl,-rpath,$(TARGET_DIR)/debug -o $(TARGET_DIR)/examples-c/generate_c
-	$(TARGET_DIR)/examples-c/generate_c $(TARGET_DIR)/examples-c/generate_c.mp4
-	for ex in hello_video game_loop; do \
-		cc $(CFLAGS_STRICT) -std=c11 -D_POSIX_C_SOURCE=199309L -Iinclude examples/c/$$ex.c -L$(TARGET_DIR)/debug -lvgen \
-			-Wl,-rpath,$(TARGET_DIR)/debug -o $(TARGET_DIR)/examples-c/$$ex || exit 1; \
-	done
-	$(TARGET_DIR)/examples-c/hello_video $(TARGET_DIR)/examples-c/hello_video.mp4 | tail -2
-	$(TARGET_DIR)/examples-c/game_loop
-	$(TARGET_DIR)/examples-c/hello_cpp | grep '^vgen .* on libtorch 2\.11'
-	@echo "C and C++ examples: ok"
+# Debian's cmake and pkg-config, for the tests of vgen's package files; valgrind, for the C tests.
+$(STAMPS)/cmake:
+	@mkdir -p $(STAMPS)
+	command -v cmake >/dev/null && command -v pkg-config >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends cmake pkg-config; }
+	@touch $@
+
+$(STAMPS)/valgrind:
+	@mkdir -p $(STAMPS)
+	command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind; }
+	@touch $@
+
+# The C and C++ examples and the C tests (ffi/tests/c/), each built strictly against the generated header and the
+# shared library and run by ffi/tests/c/run.sh: as they are, under AddressSanitizer and UBSan, and the misuse test
+# under valgrind (the representative subset: it calls every function; valgrind takes 35-55 s a program, so
+# `make test-c-valgrind` runs all of them); then hosts that find vgen through pkg-config and through CMake.
+test-c: test-c-plain test-c-asan test-c-package $(STAMPS)/valgrind
+	TARGET_DIR=$(TARGET_DIR) ffi/tests/c/run.sh valgrind misuse
+	@echo "C and C++ examples and tests: ok"
+
+test-c-plain: build
+	TARGET_DIR=$(TARGET_DIR) ffi/tests/c/run.sh plain
+
+test-c-asan: build
+	TARGET_DIR=$(TARGET_DIR) ffi/tests/c/run.sh asan
+
+test-c-valgrind: build $(STAMPS)/valgrind
+	TARGET_DIR=$(TARGET_DIR) ffi/tests/c/run.sh valgrind
+
+# A host built through `pkg-config --cflags --libs vgen`, and one through CMake's find_package(vgen), from the
+# files `make package-config` writes into the build tree.
+test-c-package: build package-config $(STAMPS)/cmake
+	@mkdir -p $(TARGET_DIR)/c/pkg-config
+	PKG_CONFIG_PATH=$(PKGCONFIG_DIR) pkg-config --exists --print-errors 'vgen = $(VGEN_VERSION)'
+	cc $(CFLAGS_STRICT) -std=c11 examples/c/hello.c $$(PKG_CONFIG_PATH=$(PKGCONFIG_DIR) pkg-config --cflags --libs vgen) \
+		-o $(TARGET_DIR)/c/pkg-config/hello_c
+	$(TARGET_DIR)/c/pkg-config/hello_c | grep '^vgen .* on libtorch 2\.11'
+	cmake -S ffi/tests/cmake -B $(TARGET_DIR)/c/cmake -Dvgen_DIR=$(CMAKE_PACKAGE_DIR) >/dev/null
+	cmake --build $(TARGET_DIR)/c/cmake
+	$(TARGET_DIR)/c/cmake/hello_c | grep '^vgen .* on libtorch 2\.11'
+	$(TARGET_DIR)/c/cmake/hello_video_cpp $(TARGET_DIR)/c/cmake/hello_video.mp4 | tail -1
+
+# pkg-config's vgen.pc and CMake's vgen package (vgenConfig.cmake, vgenConfigVersion.cmake, the imported target
+# vgen::vgen) for the build tree, from the templates in ffi/packaging/. They name libvgen.so in target/debug, which
+# `make build` makes.
+PKGCONFIG_DIR := $(TARGET_DIR)/debug/pkgconfig
+CMAKE_PACKAGE_DIR := $(TARGET_DIR)/debug/cmake/vgen
+VGEN_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+PACKAGE_SUBST := sed -e 's|@PREFIX@|$(CURDIR)|g' -e 's|@LIBDIR@|$(TARGET_DIR)/debug|g' -e 's|@VERSION@|$(VGEN_VERSION)|g' \
+	-e 's|@PKGCONFIG_DIR@|$(PKGCONFIG_DIR)|g' -e 's|@CMAKE_PACKAGE_DIR@|$(CMAKE_PACKAGE_DIR)|g'
+
+package-config:
+	@mkdir -p $(PKGCONFIG_DIR) $(CMAKE_PACKAGE_DIR)
+	$(PACKAGE_SUBST) ffi/packaging/vgen.pc.in > $(PKGCONFIG_DIR)/vgen.pc
+	$(PACKAGE_SUBST) ffi/packaging/vgenConfig.cmake.in > $(CMAKE_PACKAGE_DIR)/vgenConfig.cmake
+	$(PACKAGE_SUBST) ffi/packaging/vgenConfigVersion.cmake.in > $(CMAKE_PACKAGE_DIR)/vgenConfigVersion.cmake
 
 # The extension from `build` is placed in the package folder and the package is installed into the venv in
-# development mode (a .pth file, as `pip install -e` makes), then pytest runs against it.
+# development mode (a .pth file, as `pip install -e` makes), then pytest runs against it. VGEN_CLI is the `vgen`
+# command of the same build, whose frames the tests compare with the extension's. --pip-install adds
+# tests/test_install.py: `pip install ./bindings/python` into a fresh environment that sees the venv's torch, built
+# by maturin with the dev profile in the same target folder (about 30 s after a `make build`, on 2 cores).
 test-python: build
 	cp $(TARGET_DIR)/debug/lib_vgen.so bindings/python/vgen/_vgen.abi3.so
 	echo "$(CURDIR)/bindings/python" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/vgen-dev.pth"
 	$(PY) examples/python/hello.py | grep '^vgen .* on libtorch 2\.11'
-	$(PY) -m pytest -q bindings/python/tests tools/shapes/test_world.py
+	VGEN_CLI=$(TARGET_DIR)/debug/vgen CARGO_TARGET_DIR=$(TARGET_DIR) \
+		$(PY) -m pytest -q --pip-install bindings/python/tests tools/shapes/test_world.py
 
 # --- developer targets -------------------------------------------------------------------------------------------
 header: $(STAMPS)/venv
@@ -92,6 +133,20 @@ test-wan-full: $(STAMPS)/venv
 # engine; prints its figures (the short form runs in `make test`).
 soak: $(STAMPS)/venv
 	VGEN_SOAK_JOBS=10000 VGEN_SOAK_GENERATIONS=1000 $(CARGO) test --release -p vgen-core --test soak -- --nocapture --test-threads 1
+
+# libFuzzer over every fuzz target in core/fuzz (nightly and cargo-fuzz, installed here if missing), each for
+# FUZZ_SECONDS (10 minutes by default), starting from the committed corpus; new inputs go to target/fuzz-corpus,
+# crashes to core/fuzz/artifacts. `make test` runs the same targets over the corpus for a few seconds on stable.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS := request_json config_json tokenizer model_folder c_api
+fuzz: $(STAMPS)/venv
+	rustup toolchain list | grep -q '^nightly' || { echo "make fuzz needs a nightly toolchain: rustup toolchain install nightly"; exit 1; }
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	for t in $(FUZZ_TARGETS); do \
+		mkdir -p $(TARGET_DIR)/fuzz-corpus/$$t; \
+		$(CARGO) +nightly fuzz run --fuzz-dir core/fuzz --features libfuzzer $$t $(TARGET_DIR)/fuzz-corpus/$$t core/fuzz/corpus/$$t \
+			-- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=8192 -timeout=60 || exit 1; \
+	done
 
 bench: $(STAMPS)/venv
 	$(CARGO) bench -p vgen-benches

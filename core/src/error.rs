@@ -185,6 +185,23 @@ impl From<tch::TchError> for Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Parses host-given JSON into `T`; an error is `invalid_argument` and names the field it is about (`bad request
+/// JSON: field \`steps\`: invalid type: string "2", expected u32 at line 1 column 24`).
+pub(crate) fn from_json_strict<T: serde::de::DeserializeOwned>(json: &str, what: &str) -> Result<T> {
+    let mut de = serde_json::Deserializer::from_str(json);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            Error::invalid(format!("bad {what} JSON: {inner}"))
+        } else {
+            Error::invalid(format!("bad {what} JSON: field `{path}`: {inner}"))
+        }
+    })?;
+    de.end().map_err(|e| Error::invalid(format!("bad {what} JSON: {e}")))?;
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,7 @@
 /* A simulated 60 Hz game loop: two jobs with different priorities, polled once per frame without ever blocking
- * the frame for more than a millisecond, previews copied into a "texture", and one job cancelled part-way. */
+ * the frame for more than a millisecond, previews copied into a "texture", and one job cancelled part-way.
+ * Usage: game_loop [BUDGET_MS] (1 by default; the sanitizer and valgrind runs pass a larger one, since they slow
+ * every instruction down). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +23,8 @@ static void sleep_ms(double ms) {
     nanosleep(&t, NULL);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    const double budget_ms = argc > 1 ? atof(argv[1]) : 1.0;
     vgen_engine *engine = NULL;
     if (vgen_engine_new("{\"devices\": [\"cpu\"]}", &engine) != VGEN_STATUS_OK) return 1;
     uint64_t hero = 0, background = 0;
@@ -59,6 +62,6 @@ int main(void) {
     vgen_engine_free(engine);
     printf("game loop: %d frames, worst frame spent %.3f ms in vgen, %d preview uploads, hero %d, background %d\n",
            frames, worst, previews, (int)hs.state, (int)bs.state);
-    if (hs.state != VGEN_JOB_SUCCEEDED || bs.state != VGEN_JOB_CANCELLED || previews == 0 || worst > 1.0) return 1;
+    if (hs.state != VGEN_JOB_SUCCEEDED || bs.state != VGEN_JOB_CANCELLED || previews == 0 || worst > budget_ms) return 1;
     return 0;
 }

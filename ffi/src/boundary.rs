@@ -104,3 +104,20 @@ pub unsafe extern "C" fn vgen_string_free(s: *mut c_char) {
         drop(unsafe { CString::from_raw(s) });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_a_status_and_a_message_on_this_thread_only() {
+        let status = guard(|| panic!("boom {}", 7));
+        assert_eq!(status, vgen_status::VGEN_STATUS_PANIC);
+        // SAFETY: vgen_last_error returns a valid NUL-terminated string.
+        let message = unsafe { CStr::from_ptr(vgen_last_error()) }.to_str().unwrap().to_string();
+        assert_eq!(message, "vgen panicked: boom 7");
+        let other = std::thread::spawn(|| unsafe { CStr::from_ptr(vgen_last_error()) }.to_bytes().len());
+        assert_eq!(other.join().unwrap(), 0, "another thread has its own last error");
+        assert_eq!(guard(|| Ok(())), vgen_status::VGEN_STATUS_OK);
+    }
+}

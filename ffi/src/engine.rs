@@ -13,7 +13,8 @@ use vgen_core::engine::{Event, JobStatus};
 use vgen_core::{Engine, EngineConfig, JobId, Request};
 
 /// An embedded engine: devices, workers and its job store. Opaque; create with `vgen_engine_new`, free with
-/// `vgen_engine_free`.
+/// `vgen_engine_free`. Thread safety: shared by any number of threads at once (every call but the free takes a
+/// `const vgen_engine *`).
 #[allow(non_camel_case_types)]
 pub struct vgen_engine {
     pub(crate) engine: Engine,
@@ -31,7 +32,8 @@ pub enum vgen_job_state {
     VGEN_JOB_CANCELLED = 4,
 }
 
-/// A snapshot of a job, filled by `vgen_job_poll` and `vgen_job_wait`.
+/// A snapshot of a job, filled by `vgen_job_poll` and `vgen_job_wait`. Plain data owned by the caller (usually
+/// on its stack); it holds no pointers, so a copy is always valid.
 #[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -83,8 +85,10 @@ fn to_c(s: &JobStatus, position: u32, eta: Option<u64>) -> vgen_job_status {
 
 /// Creates an engine from a JSON configuration (the fields of the Rust `EngineConfig`: `devices`,
 /// `workers_per_device`, `queue_capacity`, `retry`, `breaker`, `default_deadline_ms`, `retention`, `cache`,
-/// `limits`, ...; unknown fields are an error). `config_json` may be NULL for the defaults. Models: the built-in
-/// ones plus model folders under `./models` or `$VGEN_MODELS`.
+/// `limits`, `shutdown_timeout_ms`, ...; unknown fields are an error). `config_json` may be NULL for the
+/// defaults. Models: the built-in ones (`testcard`, the default until a trained model is installed, and `noop`),
+/// model folders under `./models` or `$VGEN_MODELS`, and `faulty`, the test card failing on command
+/// (`!fail=CODE*N`, `!panic`, `!oom`, `!slow=MS` in the prompt), so that a host can test how it handles failure.
 ///
 /// \param out receives the engine on success; the caller frees it with `vgen_engine_free`.
 /// Any thread.
@@ -110,10 +114,12 @@ pub unsafe extern "C" fn vgen_engine_new(config_json: *const c_char, out: *mut *
     })
 }
 
-/// Shuts the engine down and frees it: queued and running jobs get the configured drain timeout, then are
-/// cancelled; every engine thread is joined before this returns. NULL is accepted. Callbacks' finalizers run
-/// before it returns (on the engine's dispatcher thread). No other call on this engine may run concurrently or
-/// follow.
+/// Shuts the engine down and frees it: queued and running jobs get the configured drain timeout
+/// (`shutdown_timeout_ms`, 10 s by default), then are cancelled; every engine thread is joined before this
+/// returns. NULL is accepted. Every callback still held receives its job's terminal event and its finalizer runs
+/// before this returns (on the engine's dispatcher thread). No other call on this engine may run concurrently or
+/// follow, and it must not be called from a vgen callback (it joins the thread that runs callbacks). Videos
+/// taken from the engine stay valid.
 ///
 /// # Safety
 /// `engine` must be NULL or an engine from `vgen_engine_new` not yet freed.
@@ -127,11 +133,17 @@ pub unsafe extern "C" fn vgen_engine_free(engine: *mut vgen_engine) {
     }
 }
 
-/// A per-job callback. `fn` receives every event of the job, the terminal one exactly once, on the engine's
-/// dispatcher thread (never an inference thread, never under an engine lock; keep it short). `event_json` is the
-/// event as JSON and is valid only during the call. `finalizer` (may be NULL) runs exactly once, on the
-/// dispatcher thread or in `vgen_engine_free`, when vgen lets go of `userdata`: after the terminal event, or when
-/// submit fails.
+/// A per-job callback. `callback` receives every event of the job, the terminal one (`"type":"finished"`)
+/// exactly once and last, on the engine's dispatcher thread (never an inference thread, never under an engine
+/// lock; keep it short: it delays other jobs' callbacks, not their work). `event_json` is the event as JSON and is
+/// valid only during the call. A callback may call any vgen function on the engine except `vgen_engine_free`.
+///
+/// `finalizer` (may be NULL) runs exactly once, when vgen lets go of `userdata`:
+/// - after the terminal event has been delivered, on the dispatcher thread (within `vgen_engine_free` at the
+///   latest, which delivers every pending event before it returns);
+/// - or, on the thread calling `vgen_engine_submit` before it returns, when the submit fails, when `callback` is
+///   NULL, or when the request repeats an idempotency key (the existing job is returned and this callback is
+///   not attached to it).
 #[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -159,8 +171,11 @@ impl Drop for CCallback {
 
 /// Submits a request given as JSON (the fields of the Rust `Request`: `prompt`, `negative_prompt`, `width`,
 /// `height`, `num_frames`, `fps`, `steps`, `guidance_scale`, `seed`, `model`, `priority`, `deadline_ms`,
-/// `idempotency_key`, `preview_every`; unknown fields and out-of-range values are errors). Validation is
-/// synchronous: on error nothing is queued and `vgen_last_error` says what to change.
+/// `idempotency_key`, `preview_every`, `outputs`, `keep_frames`; unknown fields and out-of-range values are
+/// errors). `outputs` lists files for the engine to write as it decodes (by extension, as `vgen_video_save`),
+/// each appearing complete only if the job succeeds; with `"keep_frames": false` the video goes only to them and
+/// its result has no frames. Validation is synchronous: on error nothing is queued and `vgen_last_error` says
+/// what to change.
 ///
 /// \param callback may be NULL; see `vgen_callback`.
 /// \param job_out receives the job id on success.
@@ -227,10 +242,10 @@ pub unsafe extern "C" fn vgen_job_wait(engine: *const vgen_engine, job: u64, tim
         // SAFETY: by contract.
         let e = unsafe { borrow(engine, "engine") }?;
         let timeout = (timeout_ms >= 0).then(|| Duration::from_millis(timeout_ms as u64));
-        e.engine.wait(JobId(job), timeout).map_err(core)?;
-        let s = e.engine.peek(JobId(job), to_c).map_err(core)?;
+        // The status wait returns, not a second look-up: the job may be evicted (retention) in between.
+        let s = e.engine.wait(JobId(job), timeout).map_err(core)?;
         // SAFETY: by contract.
-        unsafe { write(out, s, "out") }
+        unsafe { write(out, to_c(&s, s.queue_position, s.eta_ms), "out") }
     })
 }
 
@@ -250,6 +265,22 @@ pub unsafe extern "C" fn vgen_job_cancel(engine: *const vgen_engine, job: u64, c
             unsafe { cancelled_out.write(cancelled) };
         }
         Ok(())
+    })
+}
+
+/// Forgets a finished job now, with its events and video, instead of at the end of its retention (by default
+/// an engine keeps up to 10,000 finished jobs for an hour). Video handles already taken stay valid; the job id is
+/// unknown afterwards (`VGEN_STATUS_NOT_FOUND`). `VGEN_STATUS_INVALID_ARGUMENT` if the job has not finished:
+/// cancel it first. Any thread.
+///
+/// # Safety
+/// `engine` a live engine.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_job_release(engine: *const vgen_engine, job: u64) -> vgen_status {
+    guard(|| {
+        // SAFETY: by contract.
+        let e = unsafe { borrow(engine, "engine") }?;
+        e.engine.release(JobId(job)).map_err(core)
     })
 }
 

@@ -26,7 +26,7 @@ use std::ffi::c_char;
 
 /// The version of vgen, for example `"0.1.0"`.
 ///
-/// \return a NUL-terminated static string; never NULL, never freed by the caller.
+/// \return a NUL-terminated static string; never NULL, never freed by the caller. Any thread.
 #[unsafe(no_mangle)]
 pub extern "C" fn vgen_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
@@ -34,7 +34,7 @@ pub extern "C" fn vgen_version() -> *const c_char {
 
 /// The version of libtorch vgen was built against, for example `"2.11.0+cu130"`.
 ///
-/// \return a NUL-terminated static string; never NULL, never freed by the caller.
+/// \return a NUL-terminated static string; never NULL, never freed by the caller. Any thread.
 #[unsafe(no_mangle)]
 pub extern "C" fn vgen_libtorch_version() -> *const c_char {
     static VERSION: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
@@ -45,7 +45,7 @@ pub extern "C" fn vgen_libtorch_version() -> *const c_char {
 
 /// The number of CUDA GPUs libtorch sees. Loads libtorch's CUDA backend on first use when a driver is present.
 ///
-/// \return 0 where there is no GPU; jobs then run on the CPU.
+/// \return 0 where there is no GPU; jobs then run on the CPU. Any thread.
 #[unsafe(no_mangle)]
 pub extern "C" fn vgen_cuda_device_count() -> usize {
     std::panic::catch_unwind(|| vgen_core::Device::all().iter().filter(|d| d.is_cuda()).count()).unwrap_or(0)

@@ -60,16 +60,21 @@ impl From<ErrorCode> for vgen_status {
 
 /// A short name for a status, such as `"invalid_argument"`.
 ///
+/// \param status a `vgen_status` value. It is taken as a plain number, so that any value a host holds (one from
+/// a newer vgen, or garbage) is safe to pass: numbers vgen does not know give `"unknown"`.
 /// \return a static NUL-terminated string; never NULL; not to be freed. Any thread.
 #[unsafe(no_mangle)]
-pub extern "C" fn vgen_status_name(status: vgen_status) -> *const std::ffi::c_char {
-    use vgen_status::*;
+pub extern "C" fn vgen_status_name(status: u32) -> *const std::ffi::c_char {
+    const OK: u32 = vgen_status::VGEN_STATUS_OK as u32;
+    const NULL_PARAMETER: u32 = vgen_status::VGEN_STATUS_NULL_PARAMETER as u32;
+    const PANIC: u32 = vgen_status::VGEN_STATUS_PANIC as u32;
+    const INVALID_UTF8: u32 = vgen_status::VGEN_STATUS_INVALID_UTF8 as u32;
     let s: &'static str = match status {
-        VGEN_STATUS_OK => "ok\0",
-        VGEN_STATUS_NULL_PARAMETER => "null_parameter\0",
-        VGEN_STATUS_PANIC => "panic\0",
-        VGEN_STATUS_INVALID_UTF8 => "invalid_utf8\0",
-        other => match ErrorCode::from_u32(other as u32) {
+        OK => "ok\0",
+        NULL_PARAMETER => "null_parameter\0",
+        PANIC => "panic\0",
+        INVALID_UTF8 => "invalid_utf8\0",
+        other => match ErrorCode::from_u32(other) {
             Some(c) => NAMES[c as usize - 1],
             None => "unknown\0",
         },
@@ -84,10 +89,12 @@ const NAMES: [&str; 16] = [
 ];
 
 /// Whether the same call may succeed if retried later unchanged (a full queue, a busy or failing device, ...).
-/// Any thread.
+///
+/// \param status a `vgen_status` value, taken as a plain number as in `vgen_status_name`; unknown numbers are
+/// not retryable. Any thread.
 #[unsafe(no_mangle)]
-pub extern "C" fn vgen_status_is_retryable(status: vgen_status) -> bool {
-    ErrorCode::from_u32(status as u32).is_some_and(|c| c.retryable())
+pub extern "C" fn vgen_status_is_retryable(status: u32) -> bool {
+    ErrorCode::from_u32(status).is_some_and(|c| c.retryable())
 }
 
 #[cfg(test)]
@@ -99,9 +106,9 @@ mod tests {
         for code in ErrorCode::ALL {
             let s = vgen_status::from(code);
             assert_eq!(s as u32, code as u32);
-            let name = unsafe { std::ffi::CStr::from_ptr(vgen_status_name(s)) }.to_str().unwrap();
+            let name = unsafe { std::ffi::CStr::from_ptr(vgen_status_name(s as u32)) }.to_str().unwrap();
             assert_eq!(name, code.name());
-            assert_eq!(vgen_status_is_retryable(s), code.retryable());
+            assert_eq!(vgen_status_is_retryable(s as u32), code.retryable());
         }
     }
 }

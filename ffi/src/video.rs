@@ -10,8 +10,9 @@ use std::ffi::c_char;
 use std::sync::Arc;
 use vgen_core::{JobId, Video};
 
-/// A finished video: RGB8 frames and metadata. Opaque; from `vgen_job_result`, freed with `vgen_video_free`. It
-/// stays valid after the job is released or the engine is freed.
+/// A finished video: RGB8 frames and metadata. Opaque; from `vgen_job_result` or `vgen_job_preview`, freed with
+/// `vgen_video_free`. It stays valid after the job is released or the engine is freed. Thread safety: immutable,
+/// so any number of threads may read it at once; free it once, last.
 #[allow(non_camel_case_types)]
 pub struct vgen_video {
     video: Arc<Video>,
@@ -51,7 +52,8 @@ pub unsafe extern "C" fn vgen_video_free(video: *mut vgen_video) {
 }
 
 /// The frames: `*data_out` points at `frames × height × width × 3` bytes of RGB8, row-major, owned by the video
-/// (valid until `vgen_video_free`; not to be freed or written). Any of the size outputs may be NULL.
+/// (valid until `vgen_video_free`; not to be freed or written). A video whose request set `"keep_frames": false`
+/// has 0 frames, and `*data_out` is then NULL. Any of the size outputs may be NULL. Any thread.
 ///
 /// # Safety
 /// `video` a live video; each non-NULL output valid for a write.
@@ -70,7 +72,9 @@ pub unsafe extern "C" fn vgen_video_frames(
         let f = &v.video.frames;
         // SAFETY: by contract, each non-NULL output is writable.
         unsafe {
-            write(data_out, f.data().as_ptr(), "data_out")?;
+            // An empty Vec's pointer is dangling, not NULL: give C a NULL it can test.
+            let data = if f.data().is_empty() { std::ptr::null() } else { f.data().as_ptr() };
+            write(data_out, data, "data_out")?;
             for (p, x) in [(frames_out, f.num_frames as u32), (height_out, f.height as u32), (width_out, f.width as u32)] {
                 if !p.is_null() {
                     p.write(x);
@@ -85,7 +89,7 @@ pub unsafe extern "C" fn vgen_video_frames(
 }
 
 /// The metadata (seed, model, weights hash, device, dtype, timings per stage, peak memory, attempts, cache hit) as
-/// a JSON object. `json_out` receives a string the caller frees with `vgen_string_free`.
+/// a JSON object. `json_out` receives a string the caller frees with `vgen_string_free`. Any thread.
 ///
 /// # Safety
 /// `video` a live video; `json_out` valid for a write.

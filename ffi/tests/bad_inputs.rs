@@ -83,6 +83,7 @@ fn bad_c_calls_get_their_status_and_the_engine_serves_the_next_job() {
             "poll" => unsafe { vgen_job_poll(engine, job, &mut std::mem::zeroed()) },
             "wait" => unsafe { vgen_job_wait(engine, job, 10, &mut std::mem::zeroed()) },
             "cancel" => unsafe { vgen_job_cancel(engine, job, ptr::null_mut()) },
+            "release" => unsafe { vgen_job_release(engine, job) },
             "events" => {
                 let mut out = ptr::null_mut();
                 let status = unsafe { vgen_job_events(engine, job, 0, &mut out) };

@@ -212,12 +212,7 @@ fn cuda_status(py: Python<'_>) -> String {
 /// `!panic`, `!oom`, `!slow=MS` in the prompt) so that a host can test how it handles failure. The second value
 /// lists the model folders that failed to open and were skipped.
 fn engine_models() -> vgen_core::Result<(vgen_core::models::Models, Vec<vgen_core::Error>)> {
-    use vgen_core::models::{Models, faulty::Faulty, testcard};
-    let (mut models, problems) = Models::discover();
-    // Inserting `faulty` leaves the default model as it was.
-    let card = models.get(Some(testcard::NAME))?;
-    models.insert(Arc::new(Faulty::new(card)));
-    Ok((models, problems))
+    Ok(vgen_core::models::Models::discover())
 }
 
 /// The models an engine made here has (see `engine_models`). Returns `(models, problems)`: a dict per model, and

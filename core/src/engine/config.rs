@@ -52,7 +52,7 @@ impl Default for EngineConfig {
 
 impl EngineConfig {
     pub fn from_json(json: &str) -> crate::Result<Self> {
-        serde_json::from_str(json).map_err(|e| crate::Error::invalid(format!("bad engine config JSON: {e}")))
+        crate::error::from_json_strict(json, "engine config")
     }
 }
 

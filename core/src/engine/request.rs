@@ -50,7 +50,7 @@ impl Request {
 
     /// Parses a JSON request strictly: unknown fields and wrong types are errors that name the field.
     pub fn from_json(json: &str) -> Result<Self> {
-        serde_json::from_str(json).map_err(|e| Error::invalid(format!("bad request JSON: {e}")))
+        crate::error::from_json_strict(json, "request")
     }
 }
 
@@ -294,7 +294,10 @@ mod tests {
     fn json_rejects_unknown_fields_and_wrong_types() {
         let e = Request::from_json(r#"{"prompt":"x","stepz":3}"#).unwrap_err();
         assert!(e.message().contains("stepz"), "{e}");
-        assert!(Request::from_json(r#"{"prompt":"x","steps":-3}"#).is_err());
+        let e = Request::from_json(r#"{"prompt":"x","steps":-3}"#).unwrap_err();
+        assert!(e.message().contains("field `steps`"), "wrong types name their field: {e}");
+        let e = Request::from_json(r#"{"prompt":"x","outputs":["a", 5]}"#).unwrap_err();
+        assert!(e.message().contains("field `outputs[1]`"), "{e}");
         let r = Request::from_json(r#"{"prompt":"x","steps":3,"priority":2}"#).unwrap();
         assert_eq!((r.steps, r.priority), (Some(3), 2));
     }

@@ -74,12 +74,15 @@ pub struct Models {
 }
 
 impl Models {
-    /// The models every engine has: the test card (`testcard`, the default until a trained model is installed)
-    /// and `noop`, which does no work (for measuring the engine itself).
+    /// The models every engine has: the test card (`testcard`, the default until a trained model is installed),
+    /// `noop`, which does no work (for measuring the engine itself), and `faulty`, the test card failing on command
+    /// (`!fail=CODE*N`, `!panic`, `!oom`, `!slow=MS` in the prompt), so that a host can test how it handles failure.
     pub fn builtin() -> Self {
         let mut m = Self::default();
-        m.insert(Arc::new(testcard::TestCard::new()));
+        let card: Arc<dyn Model> = Arc::new(testcard::TestCard::new());
+        m.insert(card.clone());
         m.insert(Arc::new(noop::NoOp::new()));
+        m.insert(Arc::new(faulty::Faulty::new(card)));
         m.default = Some(testcard::NAME.to_string());
         m
     }

@@ -1,0 +1,182 @@
+//! vgen's half of the side-by-side benchmark (`benches/side_by_side/run.py` runs it beside diffusers): the same
+//! cases, measured the same way, printed as one JSON object per line.
+//!
+//! ```text
+//! vgen-side pipeline  --model DIR --runs N [--steps S --frames F --width W --height H --guidance G]
+//! vgen-side step      --transformer DIR --frames F --height H --width W --runs N
+//! vgen-side decode    --vae DIR --frames F --height H --width W --out FILE.mp4
+//! ```
+//! Every case first runs once untimed (warm-up). Peak memory is the process's high-water mark (`VmHWM`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, Tensor, nn::VarStore};
+use vgen_core::engine::{EngineConfig, Request};
+use vgen_core::models::wan::pipeline::WanModel;
+use vgen_core::models::wan::transformer::{TransformerConfig, WanTransformer};
+use vgen_core::models::wan::vae::{VaeConfig, WanVaeDecoder};
+use vgen_core::models::{Model, Models, weights};
+
+fn main() {
+    vgen_core::runtime::init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| -> Option<String> {
+        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+    };
+    let num = |name: &str, default: i64| flag(name).map_or(default, |v| v.parse().expect(name));
+    let result = match args.first().map(String::as_str) {
+        Some("pipeline") => pipeline(
+            &PathBuf::from(flag("--model").expect("--model")),
+            num("--runs", 5) as usize,
+            flag("--steps").map(|v| v.parse().unwrap()),
+            flag("--frames").map(|v| v.parse().unwrap()),
+            flag("--width").map(|v| v.parse().unwrap()),
+            flag("--height").map(|v| v.parse().unwrap()),
+            flag("--guidance").map(|v| v.parse().unwrap()),
+        ),
+        Some("step") => step(
+            &PathBuf::from(flag("--transformer").expect("--transformer")),
+            [num("--frames", 5), num("--height", 240), num("--width", 416)],
+            num("--runs", 5) as usize,
+        ),
+        Some("decode") => decode(
+            &PathBuf::from(flag("--vae").expect("--vae")),
+            [num("--frames", 17), num("--height", 64), num("--width", 64)],
+            &PathBuf::from(flag("--out").expect("--out")),
+        ),
+        _ => Err(vgen_core::Error::invalid("usage: vgen-side pipeline|step|decode ... (see the source's header)")),
+    };
+    if let Err(e) = result {
+        eprintln!("vgen-side: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The process's peak resident memory, in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// End to end through the engine, as a host runs it: submit, wait, take the frames.
+fn pipeline(
+    folder: &Path,
+    runs: usize,
+    steps: Option<u32>,
+    frames: Option<u32>,
+    width: Option<u32>,
+    height: Option<u32>,
+    guidance: Option<f64>,
+) -> vgen_core::Result<()> {
+    let model = Arc::new(WanModel::open(folder)?);
+    let name = model.info().name.clone();
+    let mut models = Models::default();
+    models.insert(model);
+    // No result cache: every run computes.
+    let config = EngineConfig {
+        devices: vec![vgen_core::Device::Cpu],
+        cache: vgen_core::engine::CacheConfig { enabled: false, ..Default::default() },
+        ..Default::default()
+    };
+    let engine = vgen_core::Engine::with_models(config, models)?;
+    for run in 0..=runs {
+        let request = Request {
+            seed: Some(run as u64),
+            steps,
+            num_frames: frames,
+            width,
+            height,
+            guidance_scale: guidance,
+            ..Request::new("a red circle moving right")
+        };
+        let started = Instant::now();
+        let id = engine.submit(request)?;
+        let status = engine.wait(id, None)?;
+        let wall = started.elapsed();
+        if let Some(e) = status.error {
+            return Err(e.to_error());
+        }
+        let video = engine.result(id)?;
+        let t = &video.metadata.timings_ms;
+        let line = serde_json::json!({
+            "side": "vgen", "case": "pipeline", "model": name, "warmup": run == 0,
+            "wall_ms": ms(wall),
+            "step_ms": t.get("generating").copied().unwrap_or(0.0) / video.metadata.steps.max(1) as f64,
+            "decode_ms": t.get("decoding").copied().unwrap_or(0.0),
+            "frames": video.frames.num_frames, "steps": video.metadata.steps,
+            "peak_rss": peak_rss(), "threads": vgen_core::runtime::cpu_threads(),
+        });
+        println!("{line}");
+        engine.release(id)?;
+    }
+    Ok(())
+}
+
+/// One transformer forward on random latents, with random weights built from a config.
+fn step(folder: &Path, [frames, height, width]: [i64; 3], runs: usize) -> vgen_core::Result<()> {
+    let config: TransformerConfig = weights::read_config(folder)?;
+    let text_dim = config.text_dim;
+    let vs = VarStore::new(Device::Cpu);
+    let model = WanTransformer::new(vs.root(), config)?;
+    let _g = tch::no_grad_guard();
+    tch::manual_seed(0);
+    let latent_frames = (frames - 1) / 4 + 1;
+    let x = Tensor::randn([1, 16, latent_frames, height / 8, width / 8], (Kind::Float, Device::Cpu));
+    let text = Tensor::randn([1, 512, text_dim], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[500.0f32]);
+    let tokens = latent_frames * (height / 16) * (width / 16);
+    for run in 0..=runs {
+        let started = Instant::now();
+        let out = model.forward(&x, &t, &text)?;
+        let elapsed = started.elapsed();
+        assert_eq!(out.size(), x.size());
+        let line = serde_json::json!({
+            "side": "vgen", "case": "step", "warmup": run == 0, "tokens": tokens,
+            "step_ms": ms(elapsed), "peak_rss": peak_rss(), "threads": vgen_core::runtime::cpu_threads(),
+        });
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// A VAE decode of random latents, streamed chunk by chunk into an MP4 file, as the engine does for a job that
+/// keeps no frames. Weights come from the folder when it has them, else random from its config.
+fn decode(folder: &Path, [frames, height, width]: [i64; 3], out: &Path) -> vgen_core::Result<()> {
+    let config: VaeConfig = weights::read_config(folder)?;
+    let z_dim = config.z_dim;
+    let vs = VarStore::new(Device::Cpu);
+    let vae = WanVaeDecoder::new(vs.root(), config)?;
+    if let Ok(files) = weights::weight_files(folder, "diffusion_pytorch_model") {
+        weights::load(&vs, &files, &[], &["encoder.", "quant_conv."])?;
+    }
+    let _g = tch::no_grad_guard();
+    tch::manual_seed(0);
+    let latents = Tensor::randn([1, z_dim, (frames - 1) / 4 + 1, height / 8, width / 8], (Kind::Float, Device::Cpu));
+    let geometry =
+        vgen_core::encode::Geometry { width: width as usize, height: height as usize, fps: 16.0, num_frames: frames as usize };
+    let started = Instant::now();
+    let mut encoder = vgen_core::encode::open(out, geometry)?;
+    vae.decode(&latents, |_, _, chunk| {
+        let f = vgen_core::Frames::from_tensor(&chunk.get(0).permute([1, 2, 3, 0]), false)?;
+        for t in 0..f.num_frames {
+            encoder.push(f.frame(t))?;
+        }
+        Ok(())
+    })?;
+    encoder.finish()?;
+    let line = serde_json::json!({
+        "side": "vgen", "case": "decode", "frames": frames, "decode_ms": ms(started.elapsed()),
+        "peak_rss": peak_rss(), "threads": vgen_core::runtime::cpu_threads(),
+    });
+    println!("{line}");
+    Ok(())
+}
