@@ -45,6 +45,21 @@ fn a_good_folder_generates_through_the_engine() {
     assert_eq!(v.metadata.model, "tiny-wan");
     let previews = e.events(id, 0).unwrap().iter().filter(|ev| ev.kind.name() == "preview").count();
     assert_eq!(previews, 2);
+
+    // Words the vocabulary lacks are ignored, and the host is told which, once, as a warning event.
+    let id = e.submit(Request { seed: Some(7), ..Request::new("a cat and a dog 🎈") }).unwrap();
+    assert_eq!(e.wait(id, Some(std::time::Duration::from_secs(60))).unwrap().state, JobState::Succeeded);
+    let warnings: Vec<String> = e
+        .events(id, 0)
+        .unwrap()
+        .into_iter()
+        .filter_map(|ev| match ev.kind {
+            vgen_core::engine::EventKind::Warning { message } => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("🎈") && warnings[0].contains("ignored"), "{warnings:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

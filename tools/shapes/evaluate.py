@@ -203,6 +203,57 @@ def apply_defaults(folder: pathlib.Path, chosen: dict) -> None:
     sampling = json.loads(path.read_text()) if path.exists() else {}
     sampling.update({k: chosen[k] for k in ("num_inference_steps", "guidance_scale")})
     path.write_text(json.dumps(sampling, indent=2) + "\n")
+    write_serving_config(folder)
+
+
+SERVING_FILE = "vgen.json"
+
+
+@torch.no_grad()
+def latent_rgb_factors(folder: pathlib.Path, clips: int = 16) -> list[list[float]]:
+    """A [z_dim][3] matrix projecting the model's normalised latents to RGB in [-1, 1], fitted by least squares on
+    rendered clips: what vgen's previews use to show the video while it is being denoised."""
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan.from_pretrained(str(folder / "vae"), torch_dtype=torch.float32).eval()
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    rng = np.random.default_rng(7)
+    scenes = world.training_scenes()
+    lat_rows, rgb_rows = [], []
+    for i in range(clips):
+        scene = scenes[int(rng.integers(len(scenes)))]
+        clip = torch.from_numpy(world.render(scene, seed=i).astype(np.float32) / 127.5 - 1.0)  # (T, H, W, 3)
+        video = clip.permute(3, 0, 1, 2).unsqueeze(0)  # (1, 3, T, H, W)
+        z = (vae.encode(video).latent_dist.mode() - mean) / std  # (1, z, t, h, w)
+        t, h, w = z.shape[2:]
+        # The frames each latent stands for: the first alone, then every 4th; pooled to the latent grid.
+        frames = video[:, :, [0] + [min(4 * k, video.shape[2] - 1) for k in range(1, t)]]
+        rgb = torch.nn.functional.adaptive_avg_pool3d(frames, (t, h, w))
+        lat_rows.append(z[0].permute(1, 2, 3, 0).reshape(-1, z.shape[1]))
+        rgb_rows.append(rgb[0].permute(1, 2, 3, 0).reshape(-1, 3))
+    lat, rgb = torch.cat(lat_rows), torch.cat(rgb_rows)
+    factors = torch.linalg.lstsq(lat, rgb).solution  # (z, 3)
+    return [[round(float(v), 5) for v in row] for row in factors]
+
+
+def write_serving_config(folder: pathlib.Path) -> dict:
+    """vgen.json: the name and defaults vgen serves the model with (the sampler's flow_shift lives in the scheduler
+    config, which vgen reads too), and the preview projection."""
+    sampling = sampling_defaults(folder)
+    serving = {
+        "name": folder.name,
+        "width": sampling.get("width", world.WIDTH),
+        "height": sampling.get("height", world.HEIGHT),
+        "num_frames": sampling.get("num_frames", world.FRAMES),
+        "fps": sampling.get("fps", world.FPS),
+        "steps": sampling["num_inference_steps"],
+        "guidance_scale": sampling["guidance_scale"],
+        "max_sequence_length": sampling.get("max_sequence_length", 512),
+        "latent_rgb_factors": latent_rgb_factors(folder),
+    }
+    (folder / SERVING_FILE).write_text(json.dumps(serving, indent=2) + "\n")
+    return serving
 
 
 def update_card(folder: pathlib.Path, result: dict, latency: float | None) -> None:
@@ -250,9 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--apply", action="store_true", help="with --sweep: write the chosen defaults to the model")
     parser.add_argument("--card", action="store_true", help="write the figures into the model card")
     parser.add_argument("--threads", default="auto", help="auto (see cpu_share.py) or a fixed number")
+    parser.add_argument("--serving", action="store_true", help="only (re)write vgen.json from the model's defaults")
     args = parser.parse_args(argv)
     cpu_share.configure(args.threads)
     folder = pathlib.Path(args.model)
+    if args.serving:
+        print(json.dumps(write_serving_config(folder)))
+        return 0
 
     swept = None
     if args.sweep:

@@ -65,7 +65,7 @@ libtorch_version: str = _vgen.libtorch_version
 
 __all__ = [
     "__version__", "libtorch_version", "generate", "devices", "models", "cuda_status",
-    "Engine", "Job", "Status", "Video", "Event", "CallbackWarning",
+    "Engine", "Job", "Status", "Video", "Event", "CallbackWarning", "ModelWarning",
     "VgenError", "InvalidArgumentError", "NotFoundError", "AlreadyExistsError", "QueueFullError", "CancelledError",
     "DeadlineExceededError", "ResourceExhaustedError", "UnavailableError", "ModelError", "InternalError",
     "ShuttingDownError", "IoError", "UnsupportedError", "TimeoutError", "NotReadyError", "NumericalError",
@@ -73,7 +73,7 @@ __all__ = [
 
 Event = Dict[str, Any]
 """One event of a job, as callbacks and ``Job.events`` give it: ``type`` (``queued``, ``started``, ``stage``,
-``progress``, ``preview``, ``retry_scheduled``, ``finished``), ``job``, ``seq`` (1, 2, ... with no gaps), ``at_ms``
+``progress``, ``preview``, ``retry_scheduled``, ``warning``, ``finished``), ``job``, ``seq`` (1, 2, ... with no gaps), ``at_ms``
 and the type's own fields (``step``, ``steps``, ``progress``, ``eta_ms``; ``state`` and ``error`` when finished)."""
 
 EventCallback = Callable[[Event], None]
@@ -87,6 +87,11 @@ def _parse_events(text: str) -> Any:
 class CallbackWarning(RuntimeWarning):
     """An ``on_progress``, ``on_preview`` or ``on_done`` callback raised. The exception is reported as this warning
     and the job goes on: a bug in a host's callback never kills the job or the engine."""
+
+
+class ModelWarning(UserWarning):
+    """The model ran but something in the request was not fully honoured, for example words outside the model's
+    vocabulary, which it ignores. Issued when the job's video is taken (``wait``, ``await``, ``generate``)."""
 
 
 def _check(name: str, value: object, kind: Union[type, tuple[type, ...]], what: str) -> None:
@@ -293,7 +298,11 @@ class Job:
         return True
 
     def _result(self) -> Video:
-        return Video(_call(self._engine._native.result, self.id))
+        video = Video(_call(self._engine._native.result, self.id))
+        for event in self.events():
+            if event.get("type") == "warning":
+                warnings.warn(str(event.get("message")), ModelWarning, stacklevel=3)
+        return video
 
     def __await__(self) -> Generator[Any, None, Video]:
         """``await job`` waits on a worker thread, so the event loop keeps running; cancelling the awaiting task

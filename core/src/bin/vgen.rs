@@ -170,12 +170,10 @@ fn generate(g: Generate) -> ExitCode {
         if interrupted.load(Ordering::SeqCst) {
             let _ = engine.cancel(id);
         }
-        if g.json {
-            if let Ok(events) = engine.events(id, seen) {
-                for ev in events {
-                    seen = ev.seq;
-                    emit(&serde_json::to_string(&ev).unwrap_or_default());
-                }
+        if let Ok(events) = engine.events(id, seen) {
+            for ev in events {
+                seen = ev.seq;
+                show(&ev, g.json, tty);
             }
         }
         match engine.wait(id, Some(Duration::from_millis(100))) {
@@ -190,11 +188,9 @@ fn generate(g: Generate) -> ExitCode {
             Err(e) => return report(Err(e)),
         }
     };
-    if g.json {
-        if let Ok(events) = engine.events(id, seen) {
-            for ev in events {
-                emit(&serde_json::to_string(&ev).unwrap_or_default());
-            }
+    if let Ok(events) = engine.events(id, seen) {
+        for ev in events {
+            show(&ev, g.json, tty);
         }
     }
     if tty {
@@ -252,6 +248,15 @@ fn generate(g: Generate) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// An event as the user sees it: a JSON line with `--json`; otherwise only warnings, on stderr.
+fn show(ev: &vgen_core::engine::Event, json: bool, tty: bool) {
+    if json {
+        emit(&serde_json::to_string(ev).unwrap_or_default());
+    } else if let vgen_core::engine::EventKind::Warning { message } = &ev.kind {
+        eprintln!("{}vgen: warning: {message}", if tty { "\r" } else { "" });
+    }
 }
 
 /// Prints one line of JSON to stdout. A closed pipe (`vgen ... --json | head`) is not an error worth a panic:

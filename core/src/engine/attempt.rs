@@ -157,6 +157,13 @@ impl<'a> Attempt<'a> {
         self.check()
     }
 
+    /// Tells every job on the flight something that does not stop it, as a `warning` event (and a log line).
+    pub fn warn(&mut self, message: impl Into<String>) {
+        let message = message.into();
+        tracing::warn!(%message);
+        self.publish(|_| EventKind::Warning { message: message.clone() });
+    }
+
     /// Whether some job wants a preview after this denoising step.
     pub fn wants_preview(&self, step: u32) -> bool {
         self.preview_every.iter().any(|n| step % n == 0)

@@ -30,6 +30,8 @@ pub enum EventKind {
         frames: Arc<Frames>,
     },
     RetryScheduled { attempt: u32, delay_ms: u64, error: JobError },
+    /// Something the host should know that does not stop the job (words the model does not know, say).
+    Warning { message: String },
     /// The last event of every job, sent exactly once.
     Finished { state: JobState, error: Option<JobError>, cache_hit: bool },
 }
@@ -43,6 +45,7 @@ impl EventKind {
             Self::Progress { .. } => "progress",
             Self::Preview { .. } => "preview",
             Self::RetryScheduled { .. } => "retry_scheduled",
+            Self::Warning { .. } => "warning",
             Self::Finished { .. } => "finished",
         }
     }

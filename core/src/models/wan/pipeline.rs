@@ -290,7 +290,7 @@ impl Model for WanModel {
         let negative = prompt_clean(&p.negative_prompt);
         let unknown = self.tokenizer.unknown_words(&prompt);
         if !unknown.is_empty() {
-            tracing::warn!(words = ?unknown, "words outside the model's vocabulary are ignored");
+            attempt.warn(format!("words outside the model's vocabulary are ignored: {}", unknown.join(", ")));
         }
         let cfg = p.guidance_scale > 1.0;
         let prompts: Vec<&str> = if cfg { vec![&prompt, &negative] } else { vec![&prompt] };
