@@ -326,6 +326,20 @@ vgen_status vgen_job_error_message(const vgen_engine *engine,
                                    char **message_out);
 
 /**
+ * The devices the engine runs jobs on, as a JSON array in the order of its worker slots:
+ * `[{"device": "cpu", "breaker": "closed"}, {"device": "cuda:0", "breaker": "open"}]`. A device's circuit breaker
+ * is `closed` (in rotation), `open` (failing, out of rotation until its cool-down ends) or `half_open` (one
+ * probe job allowed). Any thread.
+ *
+ * \param json_out receives a string the caller frees with `vgen_string_free`.
+ *
+ * # Safety
+ * `engine` a live engine; `json_out` valid for a write.
+ */
+vgen_status vgen_engine_devices(const vgen_engine *engine,
+                                char **json_out);
+
+/**
  * The engine's metrics: `format` 0 for a JSON object, 1 for Prometheus text. Any thread.
  *
  * \param text_out receives a string the caller frees with `vgen_string_free`.

@@ -345,6 +345,13 @@ public:
     /// The engine's metrics in Prometheus' text format.
     std::string metrics_prometheus() const { return metrics(1); }
 
+    /// The devices jobs run on and each one's circuit breaker, as JSON (see `vgen_engine_devices`).
+    std::string devices_json() const {
+        char *text = nullptr;
+        detail::check(vgen_engine_devices(engine_, &text));
+        return detail::take(text);
+    }
+
     /// The C handle, still owned by this object; NULL when empty.
     vgen_engine *get() const noexcept { return engine_; }
     /// Gives up ownership: the caller frees the handle with `vgen_engine_free`. The object becomes empty.

@@ -108,6 +108,11 @@ int main(int argc, char **argv) {
     char *prom = NULL;
     CHECK(vgen_engine_metrics(engine, 1, &prom) == VGEN_STATUS_OK && strstr(prom, "vgen_jobs_succeeded_total 1") != NULL, "metrics");
     vgen_string_free(prom);
+    char *devices = NULL;
+    CHECK(vgen_engine_devices(engine, &devices) == VGEN_STATUS_OK && strstr(devices, "\"device\":\"cpu\"") != NULL &&
+              strstr(devices, "\"breaker\":\"closed\"") != NULL,
+          "devices: %s", devices ? devices : "(null)");
+    vgen_string_free(devices);
 
     vgen_engine_free(engine);
     vgen_engine_free(NULL);

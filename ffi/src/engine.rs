@@ -326,6 +326,35 @@ pub unsafe extern "C" fn vgen_job_error_message(engine: *const vgen_engine, job:
     })
 }
 
+/// The devices the engine runs jobs on, as a JSON array in the order of its worker slots:
+/// `[{"device": "cpu", "breaker": "closed"}, {"device": "cuda:0", "breaker": "open"}]`. A device's circuit breaker
+/// is `closed` (in rotation), `open` (failing, out of rotation until its cool-down ends) or `half_open` (one
+/// probe job allowed). Any thread.
+///
+/// \param json_out receives a string the caller frees with `vgen_string_free`.
+///
+/// # Safety
+/// `engine` a live engine; `json_out` valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_engine_devices(engine: *const vgen_engine, json_out: *mut *mut c_char) -> vgen_status {
+    guard(|| {
+        // SAFETY: by contract.
+        let e = unsafe { borrow(engine, "engine") }?;
+        if json_out.is_null() {
+            return Err(null("json_out"));
+        }
+        let devices: Vec<serde_json::Value> = e
+            .engine
+            .devices()
+            .into_iter()
+            .map(|(device, breaker)| serde_json::json!({ "device": device.to_string(), "breaker": breaker }))
+            .collect();
+        let text = serde_json::Value::Array(devices).to_string();
+        // SAFETY: checked non-NULL.
+        unsafe { write(json_out, owned_string(text), "json_out") }
+    })
+}
+
 /// The engine's metrics: `format` 0 for a JSON object, 1 for Prometheus text. Any thread.
 ///
 /// \param text_out receives a string the caller frees with `vgen_string_free`.

@@ -86,6 +86,8 @@ static void null_everywhere(void) {
     CHECK(flag, "cancelled_out written on failure");
     EXPECT_OK(vgen_job_cancel(e, job, NULL)); /* documented as optional */
     EXPECT(vgen_job_release(NULL, job), VGEN_STATUS_NULL_PARAMETER);
+    EXPECT(vgen_engine_devices(NULL, &string_out), VGEN_STATUS_NULL_PARAMETER);
+    EXPECT(vgen_engine_devices(e, NULL), VGEN_STATUS_NULL_PARAMETER);
     EXPECT(vgen_job_events(NULL, job, 0, &string_out), VGEN_STATUS_NULL_PARAMETER);
     EXPECT(vgen_job_events(e, job, 0, NULL), VGEN_STATUS_NULL_PARAMETER);
     EXPECT(vgen_job_error_message(NULL, job, &string_out), VGEN_STATUS_NULL_PARAMETER);
