@@ -12,7 +12,7 @@ CARGO ?= cargo
 CFLAGS_STRICT := -Wall -Wextra -Wpedantic -Werror
 TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 
-.PHONY: demo test test-rust test-c test-python build header bench soak fuzz test-wan-full env clean
+.PHONY: demo test test-rust test-c test-python build header bench bench-side soak fuzz test-wan-full env clean
 .PHONY: test-c-plain test-c-package test-c-asan test-c-valgrind package-config
 
 # --- the environment -------------------------------------------------------------------------------------------
@@ -150,6 +150,16 @@ fuzz: $(STAMPS)/venv
 
 bench: $(STAMPS)/venv
 	$(CARGO) bench -p vgen-benches
+
+# vgen beside diffusers on the same machine, model, settings and seeds (benches/side_by_side/run.py): a table of
+# medians and ratios. Installs the reference stack (diffusers, transformers) into the venv on first use.
+bench-side: $(STAMPS)/venv $(STAMPS)/reference
+	$(CARGO) build --release -p vgen-benches --bin vgen-side
+	$(PY) benches/side_by_side/run.py --vgen-side $(TARGET_DIR)/release/vgen-side $(SIDE_ARGS)
+
+$(STAMPS)/reference: tools/requirements-reference.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r tools/requirements-reference.txt
+	@touch $@
 
 clean:
 	$(CARGO) clean

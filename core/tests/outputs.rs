@@ -59,6 +59,18 @@ fn read_png_frames(dir: &Path) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The stages a job went through, by name, in order.
+fn stages(e: &Engine, id: vgen_core::JobId) -> Vec<String> {
+    e.events(id, 0)
+        .unwrap()
+        .iter()
+        .filter_map(|ev| match &ev.kind {
+            vgen_core::engine::EventKind::Stage { stage } => Some(stage.name().to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn files_are_written_for_the_job_and_match_its_frames() {
     let dir = scratch("written");
@@ -75,10 +87,7 @@ fn files_are_written_for_the_job_and_match_its_frames() {
     for (t, png) in pngs.iter().enumerate() {
         assert_eq!(png.as_slice(), v.frames.frame(t), "frame {t}");
     }
-    let stages: Vec<String> = e.events(id, 0).unwrap().iter().filter_map(|ev| match &ev.kind {
-        vgen_core::engine::EventKind::Stage { stage } => Some(stage.name().to_string()),
-        _ => None,
-    }).collect();
+    let stages = stages(&e, id);
     assert!(stages.contains(&"encoding_video".to_string()), "{stages:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -201,10 +210,7 @@ fn wan_streams_decoded_chunks_into_the_files() {
     assert_eq!(e.wait(streamed, WAIT).unwrap().state, JobState::Succeeded);
     let frameless = e.result(streamed).unwrap();
     assert_eq!(frameless.frames.num_frames, 0);
-    let stages: Vec<String> = e.events(streamed, 0).unwrap().iter().filter_map(|ev| match &ev.kind {
-        vgen_core::engine::EventKind::Stage { stage } => Some(stage.name().to_string()),
-        _ => None,
-    }).collect();
+    let stages = stages(&e, streamed);
     assert!(!stages.contains(&"encoding_video".to_string()), "written while decoding, not after: {stages:?}");
 
     // Not cached (it had no frames to cache), so this runs again and keeps its frames.
