@@ -9,7 +9,7 @@ gives medians and vgen/diffusers ratios. Cases:
   decode    VAE decode peak memory at 17, 33, 65 and 129 frames: vgen streaming to an MP4 file, diffusers
             returning the whole array (the tiny VAE, and the real Wan2.1 VAE configuration with random weights)
 
-Usage (from the repository root, after `make build-bench`, which `make bench-side` runs):
+Usage (from the repository root; `make bench-side` builds vgen-side and runs this):
   .venv/bin/python benches/side_by_side/run.py [--cases pipeline,step,decode] [--runs 5] [--device cpu|cuda]
 The diffusers side needs only torch, diffusers 0.42.1 and transformers 5.23.0, so a machine without Rust can run
 it with a vgen-side binary built elsewhere (see benches/README.md).
