@@ -94,13 +94,6 @@ fn bad_configs_get_their_error_and_a_good_one_still_starts() {
     good_job(&e, None);
 }
 
-/// A fresh copy of the tiny Wan fixture, served as `name`.
-fn wan_copy(to: &Path, name: &str) {
-    common::copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wan/tiny-wan"), to);
-    let serving = format!(r#"{{"name": "{name}", "max_sequence_length": 16, "width": 32, "height": 32, "num_frames": 5, "steps": 2}}"#);
-    std::fs::write(to.join("vgen.json"), serving).unwrap();
-}
-
 /// Applies one step of damage to a model folder.
 fn damage(dir: &Path, step: &[Value]) {
     let op = step[0].as_str().unwrap();
@@ -166,13 +159,13 @@ fn damage(dir: &Path, step: &[Value]) {
 fn bad_model_folders_are_refused_and_a_good_model_beside_them_still_serves() {
     let root = scratch("models");
     let (good_root, bad_root) = (root.join("good"), root.join("bad"));
-    wan_copy(&good_root.join("tiny-wan"), "tiny-wan");
+    common::tiny_wan(&good_root.join("tiny-wan"), "tiny-wan", 5);
     let rows = table()["model_folders"].as_array().unwrap().clone();
     let mut failures = Vec::new();
     for (i, row) in rows.iter().enumerate() {
         let _ = std::fs::remove_dir_all(&bad_root);
         let bad = bad_root.join("broken");
-        wan_copy(&bad, "broken");
+        common::tiny_wan(&bad, "broken", 5);
         for step in row["steps"].as_array().unwrap() {
             damage(&bad, step.as_array().unwrap());
         }

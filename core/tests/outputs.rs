@@ -194,12 +194,7 @@ fn a_cached_video_is_written_to_new_files_and_identical_jobs_share_one_run() {
 fn wan_streams_decoded_chunks_into_the_files() {
     let dir = scratch("wan");
     let model = dir.join("tiny-wan");
-    common::copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wan/tiny-wan"), &model);
-    std::fs::write(
-        model.join("vgen.json"),
-        r#"{"name": "tiny-wan", "max_sequence_length": 16, "width": 32, "height": 32, "num_frames": 9, "steps": 2}"#,
-    )
-    .unwrap();
+    common::tiny_wan(&model, "tiny-wan", 9);
     let mut models = Models::default();
     models.insert(Arc::new(WanModel::open(&model).unwrap()));
     let e = Engine::with_models(EngineConfig { devices: vec![Device::Cpu], ..Default::default() }, models).unwrap();

@@ -3,7 +3,6 @@
 
 mod common;
 
-use common::copy_dir;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vgen_core::engine::{EngineConfig, Request};
@@ -18,8 +17,7 @@ fn tiny() -> PathBuf {
 fn copy(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vgen-wan-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    copy_dir(&tiny(), &dir);
-    std::fs::write(dir.join("vgen.json"), r#"{"name": "tiny-wan", "max_sequence_length": 16, "width": 32, "height": 32, "num_frames": 9, "steps": 2}"#).unwrap();
+    common::tiny_wan(&dir, "tiny-wan", 9);
     dir
 }
 

@@ -14,3 +14,13 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A private copy of the tiny Wan fixture at `to`, served as `name` at 32×32 with `num_frames` frames and 2 steps.
+#[allow(dead_code)] // each test file compiles this module; not all of them use this
+pub fn tiny_wan(to: &Path, name: &str, num_frames: u32) {
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wan/tiny-wan"), to);
+    let serving = format!(
+        r#"{{"name": "{name}", "max_sequence_length": 16, "width": 32, "height": 32, "num_frames": {num_frames}, "steps": 2}}"#
+    );
+    std::fs::write(to.join("vgen.json"), serving).unwrap();
+}
