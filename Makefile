@@ -89,6 +89,9 @@ test-c-package: build package-config $(STAMPS)/cmake
 	cc $(CFLAGS_STRICT) -std=c11 examples/c/hello.c $$(PKG_CONFIG_PATH=$(PKGCONFIG_DIR) pkg-config --cflags --libs vgen) \
 		-o $(TARGET_DIR)/c/pkg-config/hello_c
 	$(TARGET_DIR)/c/pkg-config/hello_c | grep '^vgen .* on libtorch 2\.11'
+	@# A fresh build folder each time: CMake's cache remembers the source folder, and the target folder may be
+	@# shared by clones at other paths (CI keeps it in a cache).
+	rm -rf $(TARGET_DIR)/c/cmake
 	cmake -S ffi/tests/cmake -B $(TARGET_DIR)/c/cmake -Dvgen_DIR=$(CMAKE_PACKAGE_DIR) >/dev/null
 	cmake --build $(TARGET_DIR)/c/cmake
 	$(TARGET_DIR)/c/cmake/hello_c | grep '^vgen .* on libtorch 2\.11'
