@@ -14,6 +14,12 @@ pub struct Frames {
 }
 
 impl Frames {
+    /// No frames at all: what a preview read back from another node's event log carries (previews stay on the
+    /// worker that made them).
+    pub fn none() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self { num_frames: 0, height: 0, width: 0, data: Vec::new() })
+    }
+
     /// Wraps pixel data. Errors if the length is not `T·H·W·3`.
     pub fn new(num_frames: usize, height: usize, width: usize, data: Vec<u8>) -> crate::Result<Self> {
         let expected = num_frames * height * width * 3;

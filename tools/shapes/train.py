@@ -82,6 +82,12 @@ class Plan:
     weight_decay: float = 0.01
     prompt_dropout: float = 0.1
     uniform_sigma: float = 0.2  # fraction of sigmas drawn uniformly; the rest logit-normal(0, 1)
+    # Shift of the training sigmas, s -> k s / (1 + (k - 1) s), the same map as the sampler's flow_shift: k > 1
+    # spends more of the steps at high noise, where the layout and the motion of the clip are decided.
+    sigma_shift: float = 1.0
+    # Warm start: another run whose VAE and latents this run shares and whose exported (EMA) text encoder and
+    # transformer phase 2 starts from, with a fresh optimiser. "" trains everything from scratch.
+    base_run: str = ""
     ema_decay: float = 0.999
     dit_probe_every: int = 1000
     probe_prompts: int = 12  # per split, in the generation probes during phase 2
@@ -418,6 +424,7 @@ def dit_batch(plan: Plan, step: int, data: dict, mean: torch.Tensor, std: torch.
     uniform = torch.rand(plan.dit_batch, generator=gen)
     pick = torch.rand(plan.dit_batch, generator=gen) < plan.uniform_sigma
     sigma = torch.where(pick, uniform, sigma)
+    sigma = plan.sigma_shift * sigma / (1 + (plan.sigma_shift - 1) * sigma)
     noise = torch.randn(x0.shape, generator=gen)
     s = sigma.view(-1, 1, 1, 1, 1)
     return prompts, (1 - s) * x0 + s * noise, sigma * 1000.0, noise - x0
@@ -457,6 +464,11 @@ def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(plan.seed + 1)
     text_encoder, transformer = model.build_text_encoder(), model.build_transformer()
+    if plan.base_run:
+        base = torch.load(HERE / "runs" / plan.base_run / "dit" / "final.pt", weights_only=False)
+        text_encoder.load_state_dict(base["text_encoder"])
+        transformer.load_state_dict(base["transformer"])
+        log(f"dit: starting from run {plan.base_run}'s exported weights")
     ema_text_encoder, ema_transformer = copy.deepcopy(text_encoder).eval(), copy.deepcopy(transformer).eval()
     for p in list(ema_text_encoder.parameters()) + list(ema_transformer.parameters()):
         p.requires_grad_(False)
@@ -728,9 +740,19 @@ PHASE_FIELDS = {
     "latents": ("seed", "dataset_clips"),
     "dit": (
         "seed", "dit_steps", "dit_batch", "dit_lr", "dit_warmup", "weight_decay", "prompt_dropout",
-        "uniform_sigma", "ema_decay",
+        "uniform_sigma", "ema_decay", "sigma_shift", "base_run",
     ),
 }
+
+
+def share_phase_one(run: pathlib.Path, base: pathlib.Path) -> None:
+    """A warm-started run uses its base run's finished VAE and encoded latents (links, not copies)."""
+    if not (base / "vae" / "done").exists() or not (base / "dit" / "done").exists():
+        raise SystemExit(f"{base}: the base run has not finished its VAE and transformer")
+    for phase in ("vae", "latents"):
+        link = run / phase
+        if not link.exists():
+            link.symlink_to(pathlib.Path("..") / base.name / phase)
 
 
 def pin_plan(run: pathlib.Path, plan: Plan) -> None:
@@ -760,6 +782,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dit-steps", type=int)
     parser.add_argument("--dataset-clips", type=int)
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--base-run", help="share this run's VAE and latents and start phase 2 from its weights")
+    parser.add_argument("--dit-batch", type=int)
+    parser.add_argument("--dit-lr", type=float)
+    parser.add_argument("--sigma-shift", type=float)
     parser.add_argument("--no-evaluate", action="store_true", help="stop after the export")
     parser.add_argument(
         "--threads", default="auto",
@@ -774,7 +800,11 @@ def main(argv: list[str] | None = None) -> int:
     plan = SMOKE if args.smoke else Plan()
     overrides = {
         k: v
-        for k, v in {"vae_steps": args.vae_steps, "dit_steps": args.dit_steps, "dataset_clips": args.dataset_clips, "seed": args.seed}.items()
+        for k, v in {
+            "vae_steps": args.vae_steps, "dit_steps": args.dit_steps, "dataset_clips": args.dataset_clips,
+            "seed": args.seed, "base_run": args.base_run, "dit_batch": args.dit_batch, "dit_lr": args.dit_lr,
+            "sigma_shift": args.sigma_shift,
+        }.items()
         if v is not None
     }
     plan = dataclasses.replace(plan, **overrides)
@@ -782,6 +812,8 @@ def main(argv: list[str] | None = None) -> int:
     run = HERE / "runs" / name
     out = pathlib.Path(args.out) if args.out else (run / "export" if args.smoke else REPO / "models" / "shapes-tiny")
     run.mkdir(parents=True, exist_ok=True)
+    if plan.base_run:
+        share_phase_one(run, HERE / "runs" / plan.base_run)
     pin_plan(run, plan)
     command = " ".join(["python tools/shapes/train.py", *(argv if argv is not None else sys.argv[1:])])
     log(f"run {run} -> {out}; plan {dataclasses.asdict(plan)}")

@@ -42,6 +42,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run an engine from a configuration file until SIGTERM or Ctrl-C: with a Redis backend, a worker node that
+    /// takes jobs from the shared queue. On a signal it stops taking jobs, lets running ones finish for the
+    /// configured shutdown timeout, and gives the rest back to the queue for other workers.
+    Worker {
+        /// The engine configuration (JSON, as `EngineConfig`), e.g. `{"backend": {"redis": {...}}}`.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -88,7 +96,30 @@ fn main() -> ExitCode {
         Command::Devices { json } => report(devices(json)),
         Command::Models { json } => report(models(json)),
         Command::Generate(g) => generate(g),
+        Command::Worker { config } => report(worker(&config)),
     }
+}
+
+fn worker(path: &std::path::Path) -> vgen_core::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vgen_core::Error::invalid(format!("cannot read {}: {e}", path.display())))?;
+    let config = EngineConfig::from_json(&text)?;
+    let (models, problems) = Models::discover();
+    for p in problems {
+        eprintln!("vgen: warning: {p}");
+    }
+    let engine = Engine::with_models(config, models)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .map_err(|e| vgen_core::Error::internal(format!("cannot handle signals: {e}")))?;
+    eprintln!("vgen: worker running; SIGTERM or Ctrl-C stops it");
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("vgen: stopping");
+    engine.shutdown(Duration::from_millis(engine.config().shutdown_timeout_ms));
+    Ok(())
 }
 
 fn report(r: vgen_core::Result<()>) -> ExitCode {

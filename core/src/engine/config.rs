@@ -29,6 +29,8 @@ pub struct EngineConfig {
     /// Memory a single job may use on a device, for admission control. None: the device's memory (the RAM on
     /// the CPU).
     pub memory_budget_bytes: Option<u64>,
+    /// Where jobs wait and their state lives: in this process (the default), or in Redis, shared by many engines.
+    pub backend: Backend,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +48,7 @@ impl Default for EngineConfig {
             limits: Limits::default(),
             shutdown_timeout_ms: 10_000,
             memory_budget_bytes: None,
+            backend: Backend::InProcess,
         }
     }
 }
@@ -88,4 +91,61 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self { enabled: true, max_bytes: 1 << 30, disk_dir: None, disk_max_bytes: 10 << 30 }
     }
+}
+
+/// Where the engine's queue and job state live. `"in_process"`, or `{"redis": {...}}`: the same API on both.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    #[default]
+    InProcess,
+    Redis(RedisConfig),
+}
+
+/// A Redis Streams backend (the `redis` cargo feature): jobs go to one stream per priority, workers in a consumer
+/// group run them, and job state, events and results are readable from every engine sharing the namespace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` (or `rediss://` for TLS, `redis+unix:///path` for a socket).
+    pub url: String,
+    /// The prefix of every key, so that several clusters can share one Redis.
+    pub namespace: String,
+    /// Whether this engine runs jobs from the shared queue (`worker`), only submits and reads them
+    /// (`submitter`), or both.
+    pub role: Role,
+    /// The shared result store: a folder every engine of the cluster can read and write (a shared filesystem).
+    /// Finished videos are written here and referenced from Redis, never copied through it.
+    pub results_dir: std::path::PathBuf,
+    /// A job whose worker has not renewed its lease for this long is reclaimed and run again elsewhere.
+    pub lease_ms: u64,
+    /// How long a finished job's state, events and result are kept.
+    pub job_ttl_ms: u64,
+    /// How often a worker checks the jobs it runs for a cancel from another node.
+    pub cancel_check_ms: u64,
+    /// Timeout of one connection attempt or command.
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".into(),
+            namespace: "vgen".into(),
+            role: Role::Both,
+            results_dir: std::env::temp_dir().join("vgen-results"),
+            lease_ms: 30_000,
+            job_ttl_ms: 86_400_000,
+            cancel_check_ms: 100,
+            timeout_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Submitter,
+    Worker,
+    Both,
 }

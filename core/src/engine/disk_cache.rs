@@ -1,24 +1,14 @@
 //! The optional disk cache: one file per cache key in a folder, within a byte budget, least recently used first.
 //!
-//! A file is a JSON header line (sizes, fps, metadata) followed by the raw RGB8 frames. Files are written to a
-//! temporary name and renamed into place, so a reader never sees half a file, and concurrent engines sharing the
-//! folder at worst evict each other's entries early. A file that cannot be read is treated as a miss and removed.
+//! A file is a raw video file (`video_file.rs`), written to a temporary name and renamed into place, so a reader
+//! never sees half a file, and concurrent engines sharing the folder at worst evict each other's entries early. A
+//! file that cannot be read is treated as a miss and removed.
 
-use crate::video::{Frames, Video, VideoMetadata};
+use crate::video::Video;
 use std::fs;
-use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Header {
-    num_frames: usize,
-    height: usize,
-    width: usize,
-    fps: f64,
-    metadata: VideoMetadata,
-}
 
 pub(crate) struct DiskCache {
     dir: PathBuf,
@@ -39,17 +29,7 @@ impl DiskCache {
 
     pub fn get(&self, key: u64) -> Option<Arc<Video>> {
         let path = self.path(key);
-        let read = || -> std::io::Result<Video> {
-            let mut file = std::io::BufReader::new(fs::File::open(&path)?);
-            let mut line = String::new();
-            file.read_line(&mut line)?;
-            let h: Header = serde_json::from_str(&line).map_err(std::io::Error::other)?;
-            let mut data = Vec::with_capacity(h.num_frames * h.height * h.width * 3);
-            file.read_to_end(&mut data)?;
-            let frames = Frames::new(h.num_frames, h.height, h.width, data).map_err(std::io::Error::other)?;
-            Ok(Video { frames: Arc::new(frames), fps: h.fps, metadata: h.metadata })
-        };
-        match read() {
+        match super::video_file::read(&path) {
             Ok(video) => {
                 // Mark it used, for LRU eviction.
                 let _ = fs::File::options().append(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
@@ -70,19 +50,8 @@ impl DiskCache {
         if size > self.max_bytes {
             return;
         }
-        let header = Header { num_frames: f.num_frames, height: f.height, width: f.width, fps: video.fps, metadata: video.metadata.clone() };
-        let tmp = self.dir.join(format!(".{key:016x}.{}.tmp", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut file = std::io::BufWriter::new(fs::File::create(&tmp)?);
-            serde_json::to_writer(&mut file, &header).map_err(std::io::Error::other)?;
-            file.write_all(b"\n")?;
-            file.write_all(f.data())?;
-            file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            fs::rename(&tmp, self.path(key))
-        };
-        if let Err(e) = write() {
+        if let Err(e) = super::video_file::write(&self.path(key), video) {
             tracing::warn!(error = %e, "could not write to the disk cache");
-            let _ = fs::remove_file(&tmp);
             return;
         }
         self.evict();

@@ -2,11 +2,11 @@
 
 use super::job::{JobError, JobId, JobState, Stage};
 use crate::video::Frames;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// One thing that happened to a job. `seq` counts from 1 within the job, with no gaps.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Event {
     pub job: JobId,
     pub seq: u64,
@@ -16,7 +16,7 @@ pub struct Event {
     pub kind: EventKind,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
     Queued { position: u32 },
@@ -26,7 +26,7 @@ pub enum EventKind {
     /// A cheap look at the video so far: the latents projected to RGB, not a full decode.
     Preview {
         step: u32,
-        #[serde(skip)]
+        #[serde(skip, default = "Frames::none")]
         frames: Arc<Frames>,
     },
     RetryScheduled { attempt: u32, delay_ms: u64, error: JobError },

@@ -1,11 +1,11 @@
 //! A job as the host sees it: its id, state, stage and the snapshot `poll` returns.
 
 use crate::error::{Error, ErrorCode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A job's id, unique within an engine for its lifetime. Never 0, so C hosts can use 0 as "none".
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct JobId(pub u64);
 
 impl fmt::Display for JobId {
@@ -16,7 +16,7 @@ impl fmt::Display for JobId {
 
 /// Where a job is in its life. `queued → running → succeeded | failed | cancelled`; a job waiting to be retried
 /// is `queued` again with a higher attempt number. Every job reaches exactly one terminal state, exactly once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[repr(u32)]
 pub enum JobState {
@@ -43,7 +43,7 @@ impl JobState {
 }
 
 /// The stages of a generation, in order. Progress weights each by its measured cost.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[repr(u32)]
 pub enum Stage {
@@ -80,7 +80,7 @@ impl Stage {
 }
 
 /// How sure the engine is of an ETA.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[repr(u32)]
 pub enum Confidence {
@@ -93,7 +93,7 @@ pub enum Confidence {
 }
 
 /// A point-in-time view of a job, as `poll` returns it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobStatus {
     pub id: JobId,
     pub state: JobState,
@@ -119,7 +119,7 @@ pub struct JobStatus {
 }
 
 /// A job's error as a host sees it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobError {
     pub code: ErrorCode,
     pub message: String,

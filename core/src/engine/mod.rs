@@ -14,6 +14,8 @@ mod attempt;
 mod breaker;
 mod cache;
 mod cell;
+#[cfg(feature = "redis")]
+mod cluster;
 mod config;
 mod dispatcher;
 mod disk_cache;
@@ -27,11 +29,14 @@ mod queue;
 mod request;
 mod retry;
 mod supervisor;
+mod video_file;
 mod worker;
 
 pub use attempt::Attempt;
 pub use breaker::{BreakerConfig, BreakerState};
-pub use config::{CacheConfig, EngineConfig, Retention};
+#[cfg(feature = "redis")]
+pub use cluster::ClusterMetrics;
+pub use config::{Backend, CacheConfig, EngineConfig, RedisConfig, Retention, Role};
 pub use event::{Callback, Event, EventKind};
 pub use job::{Confidence, JobError, JobId, JobState, JobStatus, Stage};
 pub use metrics::{BUCKETS_MS, Histogram, MetricsSnapshot};
@@ -100,6 +105,19 @@ pub struct Engine {
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     dispatcher_thread: Mutex<Option<JoinHandle<()>>>,
+    /// The Redis backend, when the configuration names one: every job call then goes to the cluster.
+    #[cfg(feature = "redis")]
+    cluster: Option<Arc<cluster::Cluster>>,
+}
+
+/// Routes a call to the cluster when the engine has one.
+macro_rules! clustered {
+    ($engine:expr, $c:ident => $call:expr) => {
+        #[cfg(feature = "redis")]
+        if let Some($c) = &$engine.cluster {
+            return $call;
+        }
+    };
 }
 
 impl Engine {
@@ -186,7 +204,29 @@ impl Engine {
                 .spawn(move || supervisor::run(s))
                 .map_err(|e| Error::internal(format!("could not start the supervisor thread: {e}")))?,
         );
-        Ok(Self { shared, threads: Mutex::new(threads), dispatcher_thread: Mutex::new(Some(dispatcher_thread)) })
+        #[allow(unused_mut)]
+        let mut engine = Self {
+            shared,
+            threads: Mutex::new(threads),
+            dispatcher_thread: Mutex::new(Some(dispatcher_thread)),
+            #[cfg(feature = "redis")]
+            cluster: None,
+        };
+        match &engine.shared.config.backend {
+            config::Backend::InProcess => {}
+            #[cfg(feature = "redis")]
+            config::Backend::Redis(redis) => {
+                // On an error here the engine is dropped, which stops the threads already started.
+                engine.cluster = Some(cluster::Cluster::start(engine.shared.clone(), redis.clone())?);
+            }
+            #[cfg(not(feature = "redis"))]
+            config::Backend::Redis(_) => {
+                return Err(Error::invalid(
+                    "backend: this build of vgen has no Redis support (build vgen-core with the `redis` feature)",
+                ));
+            }
+        }
+        Ok(engine)
     }
 
     /// Validates a request and queues it. Returns the job's id at once, or an error that says what is wrong.
@@ -197,6 +237,12 @@ impl Engine {
     /// As [`submit`](Self::submit), with a callback that receives every event of this job, the terminal one
     /// exactly once, on the dispatcher thread. The callback is dropped after its last event.
     pub fn submit_with(&self, request: Request, callback: Option<Callback>) -> Result<JobId> {
+        #[cfg(feature = "redis")]
+        let result = match &self.cluster {
+            Some(c) => c.submit(request, callback),
+            None => self.shared.submit(request, callback),
+        };
+        #[cfg(not(feature = "redis"))]
         let result = self.shared.submit(request, callback);
         if result.is_err() {
             self.shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
@@ -208,6 +254,7 @@ impl Engine {
     /// the queue has changed since the last poll, and only if the queue's lock is free at that instant (else the
     /// previous position is reported).
     pub fn poll(&self, id: JobId) -> Result<JobStatus> {
+        clustered!(self, c => c.poll(id));
         let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
         let snapshot = cell.snapshot();
         let mut status = snapshot.status.clone();
@@ -225,6 +272,7 @@ impl Engine {
     /// Reads the job's latest status in place, without copying or allocating (for hosts that poll every frame,
     /// such as the C ABI). `f` also gets the queue position while the job is queued.
     pub fn peek<R>(&self, id: JobId, f: impl FnOnce(&JobStatus, u32, Option<u64>) -> R) -> Result<R> {
+        clustered!(self, c => c.poll(id).map(|s| f(&s, s.queue_position, s.eta_ms)));
         let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
         let snapshot = cell.snapshot();
         let status = &snapshot.status;
@@ -238,6 +286,7 @@ impl Engine {
 
     /// The job's events with a sequence number above `since` (0 for all), in order.
     pub fn events(&self, id: JobId, since: u64) -> Result<Vec<Event>> {
+        clustered!(self, c => c.events(id, since));
         let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
         let r = cell.read();
         let from = (since as usize).min(r.events.len());
@@ -247,6 +296,7 @@ impl Engine {
     /// Cancels a job. A queued job is removed at once; a running one stops at its next step boundary. Returns
     /// whether this call cancelled it: `false` means it had already finished, which is harmless.
     pub fn cancel(&self, id: JobId) -> Result<bool> {
+        clustered!(self, c => c.cancel(id));
         let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
         Ok(self.shared.detach(&cell, Error::new(ErrorCode::Cancelled, "cancelled by the host"), false))
     }
@@ -254,6 +304,7 @@ impl Engine {
     /// Waits for the job to finish, up to `timeout` (forever for `None`). Returns its final status, or a
     /// `timeout` error while it is still going.
     pub fn wait(&self, id: JobId, timeout: Option<Duration>) -> Result<JobStatus> {
+        clustered!(self, c => c.wait(id, timeout));
         let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut r = cell.read();
@@ -272,6 +323,7 @@ impl Engine {
 
     /// The finished video. A failed or cancelled job returns its error; an unfinished one `not_ready`.
     pub fn result(&self, id: JobId) -> Result<Arc<Video>> {
+        clustered!(self, c => c.result(id));
         let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
         let r = cell.read();
         match (&r.status.state, &r.result, &r.status.error) {
@@ -282,8 +334,16 @@ impl Engine {
         }
     }
 
+    /// The request the job was submitted with, as the host sent it (its `metadata` included).
+    pub fn request(&self, id: JobId) -> Result<Request> {
+        clustered!(self, c => c.request(id));
+        let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
+        Ok(cell.request.clone())
+    }
+
     /// Forgets a finished job and its video now, rather than at the end of its retention.
     pub fn release(&self, id: JobId) -> Result<()> {
+        clustered!(self, c => c.release(id));
         let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
         if !cell.is_terminal() {
             return Err(Error::invalid(format!("{id} has not finished: cancel it first")));
@@ -294,12 +354,22 @@ impl Engine {
 
     /// Registers a callback for every event of every job, on the dispatcher thread.
     pub fn on_event(&self, callback: Callback) {
+        clustered!(self, c => c.on_event(callback));
         self.shared.callbacks.write().push(callback);
     }
 
+    /// This engine's counters. With the Redis backend, `queue_depth` is the cluster's backlog.
     pub fn metrics(&self) -> MetricsSnapshot {
         let depth = self.shared.queue.lock().len() as u64;
-        self.shared.metrics.snapshot(depth, self.shared.workers as u64)
+        let local = self.shared.metrics.snapshot(depth, self.shared.workers as u64);
+        clustered!(self, c => c.metrics(local));
+        local
+    }
+
+    /// The cluster's backlog per priority and its live workers (for autoscaling); `None` in-process.
+    #[cfg(feature = "redis")]
+    pub fn cluster_metrics(&self) -> Result<Option<ClusterMetrics>> {
+        self.cluster.as_ref().map(|c| c.metrics_cluster()).transpose()
     }
 
     /// The devices this engine runs on, with the state of each one's circuit breaker.
@@ -320,6 +390,10 @@ impl Engine {
     /// every thread. Idempotent.
     pub fn shutdown(&self, timeout: Duration) {
         let shared = &self.shared;
+        #[cfg(feature = "redis")]
+        if let Some(c) = &self.cluster {
+            c.drain();
+        }
         shared.accepting.store(false, Ordering::Release);
         let until = Instant::now() + timeout;
         while Instant::now() < until && (shared.metrics.running.load(Ordering::Acquire) > 0 || !shared.queue.lock().is_empty()) {
@@ -344,6 +418,11 @@ impl Engine {
         if let Some(d) = self.dispatcher_thread.lock().take() {
             let _ = shared.dispatcher.send(dispatcher::Message::Stop);
             let _ = d.join();
+        }
+        // After the dispatcher: every local event has reached the cluster's mirror by now.
+        #[cfg(feature = "redis")]
+        if let Some(c) = &self.cluster {
+            c.stop();
         }
     }
 }

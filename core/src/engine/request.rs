@@ -40,6 +40,10 @@ pub struct Request {
     /// Whether the result keeps the frames in memory (default true). `false` needs `outputs`: the video then
     /// goes only to its files, and memory no longer grows with the video's length.
     pub keep_frames: Option<bool>,
+    /// The host's own labels (who asked, for what), kept with the job and readable from any node with
+    /// `Engine::request`; the engine never interprets them, and they do not change the video or its cache key.
+    /// At most 16 entries, keys of 1 to 64 bytes, values of at most 512.
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 impl Request {
@@ -198,6 +202,7 @@ pub fn validate(request: &Request, model: &ModelInfo, limits: &Limits, draw_seed
         return Err(Error::invalid("preview_every must be at least 1 step"));
     }
     check_outputs(request)?;
+    check_metadata(request)?;
     if let Some(key) = &request.idempotency_key {
         if key.is_empty() || key.len() > 256 {
             return Err(Error::invalid("idempotency_key must have 1 to 256 bytes"));
@@ -215,6 +220,21 @@ pub fn validate(request: &Request, model: &ModelInfo, limits: &Limits, draw_seed
         seed: request.seed.unwrap_or_else(draw_seed),
         preview_every: request.preview_every,
     })
+}
+
+fn check_metadata(request: &Request) -> Result<()> {
+    if request.metadata.len() > 16 {
+        return Err(Error::invalid(format!("{} metadata entries; at most 16", request.metadata.len())));
+    }
+    for (key, value) in &request.metadata {
+        if key.is_empty() || key.len() > 64 {
+            return Err(Error::invalid(format!("metadata key {key:?} must have 1 to 64 bytes")));
+        }
+        if value.len() > 512 {
+            return Err(Error::invalid(format!("metadata[{key:?}] has {} bytes; at most 512", value.len())));
+        }
+    }
+    Ok(())
 }
 
 /// The output files: a known format each, no path twice, a folder that exists and can be written, and somewhere

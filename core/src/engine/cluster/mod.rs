@@ -1,0 +1,409 @@
+//! The Redis backend: many engines share one queue and one job-state store, with the same API as one engine.
+//!
+//! ```text
+//!  any node: submit ──SUBMIT──► stream {ns}:queue:{priority} ──XREADGROUP / XAUTOCLAIM──► worker node
+//!            poll / events / wait / result ◄── {ns}:job:{id} (hash), {ns}:events:{id} (list) ◄── UPDATE / FINISH
+//!            cancel ──CANCEL──► terminal at once; the worker sees it at its next check and stops the run
+//!  results:  worker ──► ResultStore (shared folder) ──reference in the job hash──► result() on any node
+//! ```
+//!
+//! A worker node runs each job on its own in-process engine (`Shared`): retries, the circuit breakers, deadlines,
+//! previews and output files work as on one machine, and this module mirrors the run into Redis. The scripts in
+//! `scripts.rs` keep the cluster's invariants; delivery is at least once (a job whose worker dies runs again
+//! elsewhere) and every job ends exactly once.
+//!
+//! Ids come from one Redis counter, so a `JobId` means the same job on every node.
+
+mod follower;
+mod redis_link;
+mod scripts;
+mod store;
+mod worker;
+
+use super::config::{RedisConfig, Role};
+use super::event::{Callback, Event, EventKind};
+use super::job::{JobError, JobId, JobState, JobStatus, Stage, unix_ms};
+use super::request::{self, Request};
+use super::{MetricsSnapshot, Shared};
+use crate::error::{Error, ErrorCode, Result};
+use crate::video::Video;
+use parking_lot::{Mutex, RwLock};
+use redis_link::RedisLink;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use store::{DirStore, ResultStore};
+
+/// The consumer group every worker reads the streams through.
+const GROUP: &str = "workers";
+
+/// What the cluster knows that one engine cannot: the backlog per priority and the workers alive, for autoscaling.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ClusterMetrics {
+    /// Jobs waiting, not yet taken by a worker, per priority (highest first).
+    pub queued_by_priority: Vec<(i32, u64)>,
+    /// Jobs taken by a worker and not yet finished.
+    pub running: u64,
+    /// Worker engines that renewed their heartbeat within the lease.
+    pub workers_alive: u64,
+}
+
+/// Redis key names, all under the namespace.
+pub(crate) struct Keys {
+    ns: String,
+}
+
+impl Keys {
+    fn next_id(&self) -> String {
+        format!("{}:next_id", self.ns)
+    }
+    fn job(&self, id: JobId) -> String {
+        format!("{}:job:{}", self.ns, id.0)
+    }
+    fn events(&self, id: JobId) -> String {
+        format!("{}:events:{}", self.ns, id.0)
+    }
+    fn stream(&self, priority: i32) -> String {
+        format!("{}:queue:{priority}", self.ns)
+    }
+    fn priorities(&self) -> String {
+        format!("{}:priorities", self.ns)
+    }
+    fn idempotency(&self, key: &str) -> String {
+        format!("{}:idempotency:{key}", self.ns)
+    }
+    fn cache(&self, key: u64) -> String {
+        format!("{}:cache:{key:016x}", self.ns)
+    }
+    fn flight(&self, key: u64) -> String {
+        format!("{}:flight:{key:016x}", self.ns)
+    }
+    fn workers(&self) -> String {
+        format!("{}:workers", self.ns)
+    }
+}
+
+pub(crate) struct Cluster {
+    config: RedisConfig,
+    keys: Keys,
+    link: RedisLink,
+    store: Box<dyn ResultStore>,
+    /// The local engine: validation and the model registry on every node, and the runs on a worker.
+    shared: Arc<Shared>,
+    /// This engine's name in the consumer group (unique per process).
+    node: String,
+    /// Engine-wide callbacks: every event of every job submitted through this engine.
+    callbacks: RwLock<Vec<Callback>>,
+    /// Jobs submitted here whose events go to callbacks: id → (its own callback, events delivered so far).
+    followed: Mutex<HashMap<JobId, (Option<Callback>, u64)>>,
+    runs: Mutex<HashMap<JobId, worker::Run>>,
+    mirror: (crossbeam_channel::Sender<worker::Mirror>, crossbeam_channel::Receiver<worker::Mirror>),
+    accepting: AtomicBool,
+    /// Set at shutdown: take no more jobs; give back (not end) the ones the local engine stops.
+    draining: AtomicBool,
+    stopping: AtomicBool,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Cluster {
+    pub(crate) fn start(shared: Arc<Shared>, config: RedisConfig) -> Result<Arc<Self>> {
+        if config.namespace.is_empty() || config.namespace.contains(char::is_whitespace) {
+            return Err(Error::invalid("backend.redis.namespace must be a non-empty word"));
+        }
+        if config.lease_ms < 300 || config.cancel_check_ms == 0 || config.timeout_ms == 0 {
+            return Err(Error::invalid(
+                "backend.redis: lease_ms must be at least 300, cancel_check_ms and timeout_ms at least 1",
+            ));
+        }
+        let link = RedisLink::open(&config.url, Duration::from_millis(config.timeout_ms))?;
+        let store = Box::new(DirStore::open(&config.results_dir)?);
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        let node = format!("{}-{}-{:08x}", if host.is_empty() { "node" } else { &host }, std::process::id(), rand::random::<u32>());
+        let cluster = Arc::new(Self {
+            keys: Keys { ns: config.namespace.clone() },
+            link,
+            store,
+            shared,
+            node,
+            callbacks: RwLock::new(Vec::new()),
+            followed: Mutex::new(HashMap::new()),
+            runs: Mutex::new(HashMap::new()),
+            mirror: crossbeam_channel::unbounded(),
+            accepting: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            threads: Mutex::new(Vec::new()),
+            config,
+        });
+        let mut threads = Vec::new();
+        let c = cluster.clone();
+        threads.push(spawn("vgen-cluster-follower", move || c.follow_loop())?);
+        if cluster.config.role != Role::Submitter {
+            let c = cluster.clone();
+            threads.push(spawn("vgen-cluster-worker", move || c.work_loop())?);
+        }
+        *cluster.threads.lock() = threads;
+        Ok(cluster)
+    }
+
+    /// First half of shutdown: refuse submits, take no more jobs, and give back the ones the local engine stops.
+    pub(crate) fn drain(&self) {
+        self.accepting.store(false, Ordering::Release);
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Second half, after the local engine has stopped and delivered its last events: finish the mirroring, stop.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    pub(crate) fn on_event(&self, callback: Callback) {
+        self.callbacks.write().push(callback);
+    }
+
+    pub(crate) fn submit(&self, request: Request, callback: Option<Callback>) -> Result<JobId> {
+        if !self.accepting.load(Ordering::Acquire) {
+            return Err(Error::new(ErrorCode::ShuttingDown, "the engine is shutting down"));
+        }
+        let shared = &self.shared;
+        let model = shared.models.get(request.model.as_deref())?;
+        let info = model.info();
+        let params = request::validate(&request, info, &shared.config.limits, rand::random::<u64>)?;
+        shared.admit(&*model, &params)?;
+        let plan = shared.eta.lock().plan(&info.name, shared.devices[0], &params);
+        let id = JobId(self.link.with(|c| redis::cmd("INCR").arg(self.keys.next_id()).query::<u64>(c))?);
+        let status = JobStatus {
+            id,
+            state: JobState::Queued,
+            stage: Stage::Validating,
+            progress: 0.0,
+            step: 0,
+            steps: params.steps,
+            queue_position: 0,
+            attempt: 0,
+            eta_ms: Some(plan.total_ms().round() as u64),
+            eta_confidence: plan.confidence,
+            submitted_at_ms: unix_ms(),
+            started_at_ms: None,
+            finished_at_ms: None,
+            error: None,
+            cache_hit: false,
+        };
+        // The seed is drawn once, here, so a job run again after its worker died makes the same video.
+        let stored = Request { seed: Some(params.seed), ..request.clone() };
+        let queued = event_json(id, EventKind::Queued { position: 0 });
+        let idempotency = request.idempotency_key.as_deref().map(|k| self.keys.idempotency(k)).unwrap_or_default();
+        let reply: Vec<String> = self.link.with(|c| {
+            scripts::SUBMIT
+                .key(&idempotency)
+                .key(self.keys.job(id))
+                .key(self.keys.events(id))
+                .key(self.keys.stream(request.priority))
+                .key(self.keys.priorities())
+                .arg(id.0)
+                .arg(json(&stored))
+                .arg(json(&status))
+                .arg(&queued)
+                .arg(request.priority)
+                .arg(shared.config.queue_capacity)
+                .arg(&self.keys.ns)
+                .arg(self.config.job_ttl_ms)
+                .invoke(c)
+        })?;
+        match reply.first().map(String::as_str) {
+            Some("queued") => {}
+            Some("existing") => {
+                let existing = JobId(reply.get(1).and_then(|s| s.parse().ok()).unwrap_or(0));
+                let original = self.request(existing)?;
+                if (Request { seed: request.seed.or(original.seed), ..request.clone() }) != original {
+                    return Err(Error::new(
+                        ErrorCode::AlreadyExists,
+                        format!(
+                            "idempotency key {:?} was used for {existing} with a different request",
+                            request.idempotency_key.as_deref().unwrap_or("")
+                        ),
+                    ));
+                }
+                return Ok(existing);
+            }
+            Some("full") => {
+                let backlog: u64 = reply.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                let workers = self.metrics_cluster().map(|m| m.workers_alive).unwrap_or(1).max(1);
+                let retry_after = (plan.total_ms().max(1.0) * backlog as f64 / workers as f64) as u64;
+                return Err(Error::new(
+                    ErrorCode::QueueFull,
+                    format!("the cluster's queue is full ({backlog} jobs not finished); retry later"),
+                )
+                .with_retry_after(retry_after.max(1)));
+            }
+            _ => return Err(Error::new(ErrorCode::Internal, format!("redis: unexpected submit reply {reply:?}"))),
+        }
+        // Followed even without a callback: an engine-wide callback registered later still sees its events.
+        self.followed.lock().insert(id, (callback, 0));
+        Ok(id)
+    }
+
+    fn status_and(&self, id: JobId, field: &str) -> Result<(JobStatus, Option<String>)> {
+        let (status, other): (Option<String>, Option<String>) =
+            self.link.with(|c| redis::cmd("HMGET").arg(self.keys.job(id)).arg("status").arg(field).query(c))?;
+        let status = status.ok_or_else(|| not_found(id))?;
+        Ok((parse(&status, "job status")?, other))
+    }
+
+    pub(crate) fn poll(&self, id: JobId) -> Result<JobStatus> {
+        Ok(self.status_and(id, "status")?.0)
+    }
+
+    pub(crate) fn events(&self, id: JobId, since: u64) -> Result<Vec<Event>> {
+        let (exists, items): (bool, Vec<String>) = self.link.with(|c| {
+            redis::pipe()
+                .cmd("EXISTS")
+                .arg(self.keys.job(id))
+                .cmd("LRANGE")
+                .arg(self.keys.events(id))
+                .arg(since.min(i64::MAX as u64))
+                .arg(-1)
+                .query(c)
+        })?;
+        if !exists && items.is_empty() {
+            return Err(not_found(id));
+        }
+        items.iter().map(|e| parse(e, "job event")).collect()
+    }
+
+    pub(crate) fn wait(&self, id: JobId, timeout: Option<Duration>) -> Result<JobStatus> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let status = self.poll(id)?;
+            if status.state.is_terminal() {
+                return Ok(status);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::new(ErrorCode::Timeout, format!("{id} is still {}", status.state.name())));
+            }
+            let left = deadline.map_or(pause, |d| d.saturating_duration_since(Instant::now()));
+            std::thread::sleep(pause.min(left));
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    pub(crate) fn cancel(&self, id: JobId) -> Result<bool> {
+        let status = self.poll(id)?;
+        if status.state.is_terminal() {
+            return Ok(false);
+        }
+        let error = JobError::from(&Error::new(ErrorCode::Cancelled, "cancelled by the host"));
+        let ended = JobStatus {
+            state: JobState::Cancelled,
+            error: Some(error.clone()),
+            finished_at_ms: Some(unix_ms()),
+            eta_ms: Some(0),
+            queue_position: 0,
+            ..status
+        };
+        let event = event_json(id, EventKind::Finished { state: JobState::Cancelled, error: Some(error), cache_hit: false });
+        let n: i64 = self.link.with(|c| {
+            scripts::CANCEL
+                .key(self.keys.job(id))
+                .key(self.keys.events(id))
+                .arg(json(&ended))
+                .arg(&event)
+                .arg(self.config.job_ttl_ms)
+                .invoke(c)
+        })?;
+        match n {
+            -1 => Err(not_found(id)),
+            n => Ok(n == 1),
+        }
+    }
+
+    pub(crate) fn result(&self, id: JobId) -> Result<Arc<Video>> {
+        let (status, reference) = self.status_and(id, "result")?;
+        match (status.state, reference, &status.error) {
+            (JobState::Succeeded, Some(r), _) => Ok(Arc::new(self.store.get(&r)?)),
+            (JobState::Succeeded, None, _) => Err(Error::new(ErrorCode::NotFound, format!("{id}'s video was released"))),
+            (_, _, Some(e)) => Err(e.to_error()),
+            (state, _, None) => Err(Error::new(ErrorCode::NotReady, format!("{id} is still {}", state.name()))),
+        }
+    }
+
+    pub(crate) fn request(&self, id: JobId) -> Result<Request> {
+        let r: Option<String> = self.link.with(|c| redis::cmd("HGET").arg(self.keys.job(id)).arg("request").query(c))?;
+        parse(&r.ok_or_else(|| not_found(id))?, "job request")
+    }
+
+    /// Forgets a finished job now. Its video file stays in the store until the store's retention removes it,
+    /// because identical jobs served from the cluster's cache may share it.
+    pub(crate) fn release(&self, id: JobId) -> Result<()> {
+        let status = self.poll(id)?;
+        if !status.state.is_terminal() {
+            return Err(Error::invalid(format!("{id} has not finished: cancel it first")));
+        }
+        self.link.with(|c| redis::cmd("DEL").arg(self.keys.job(id)).arg(self.keys.events(id)).query::<()>(c))?;
+        self.followed.lock().remove(&id);
+        Ok(())
+    }
+
+    pub(crate) fn metrics(&self, local: MetricsSnapshot) -> MetricsSnapshot {
+        let queued = self.metrics_cluster().map(|m| m.queued_by_priority.iter().map(|p| p.1).sum()).unwrap_or(0);
+        MetricsSnapshot { queue_depth: queued, ..local }
+    }
+
+    pub(crate) fn metrics_cluster(&self) -> Result<ClusterMetrics> {
+        let now = unix_ms();
+        self.link.with(|c| {
+            let priorities: Vec<i32> = redis::cmd("ZREVRANGE").arg(self.keys.priorities()).arg(0).arg(-1).query(c)?;
+            let mut m = ClusterMetrics::default();
+            for p in priorities {
+                let stream = self.keys.stream(p);
+                let (len, pending): (u64, redis::Value) =
+                    redis::pipe().cmd("XLEN").arg(&stream).cmd("XPENDING").arg(&stream).arg(GROUP).query(c)?;
+                let pending = match pending {
+                    redis::Value::Array(v) => match v.first() {
+                        Some(redis::Value::Int(n)) => *n as u64,
+                        _ => 0,
+                    },
+                    _ => 0,
+                };
+                m.queued_by_priority.push((p, len.saturating_sub(pending)));
+                m.running += pending;
+            }
+            m.workers_alive = redis::cmd("ZCOUNT")
+                .arg(self.keys.workers())
+                .arg(now.saturating_sub(self.config.lease_ms))
+                .arg("+inf")
+                .query(c)?;
+            Ok(m)
+        })
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| Error::internal(format!("could not start the {name} thread: {e}")))
+}
+
+fn not_found(id: JobId) -> Error {
+    Error::new(ErrorCode::NotFound, format!("no job {id} (it may have been released or expired)"))
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("engine types serialise")
+}
+
+fn parse<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| Error::new(ErrorCode::Internal, format!("a damaged {what} in Redis: {e}")))
+}
+
+/// An event as the scripts take it: `seq` is a placeholder they replace.
+fn event_json(id: JobId, kind: EventKind) -> String {
+    json(&Event { job: id, seq: 0, at_ms: unix_ms(), kind })
+}

@@ -1,0 +1,643 @@
+//! A worker node: takes jobs from the streams (highest priority first, then jobs reclaimed from dead workers),
+//! runs each on the local engine, and mirrors the run into Redis under a lease.
+//!
+//! One thread does all of it, so the bookkeeping needs no more locking than the maps: per tick it mirrors the
+//! local engine's events, retries finishes that Redis refused, checks the running jobs for a cancel or a lost
+//! lease, renews the leases, takes new jobs while local slots are free, and reclaims abandoned ones.
+//!
+//! The lease is the stream entry's idle time in the consumer group: the heartbeat `XCLAIM`s each running entry
+//! to this node, which resets it; an entry idle longer than `lease_ms` belongs to a worker that died, and
+//! `XAUTOCLAIM` hands it to a live one. The `lease` field of the job hash names the run that may report.
+
+use super::{Cluster, GROUP, event_json, json, parse, scripts};
+use crate::engine::cell::Outcome;
+use crate::engine::event::{Event, EventKind};
+use crate::engine::job::{JobError, JobId, JobState, JobStatus, unix_ms};
+use crate::engine::request::{self, Request};
+use crate::error::{Error, ErrorCode, Result};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// An event of a local run, for the worker thread to mirror.
+pub(crate) struct Mirror {
+    cluster: JobId,
+    event: Event,
+}
+
+/// A job this node is running (or waiting to run, behind an identical one).
+pub(crate) struct Run {
+    local: Option<JobId>,
+    token: String,
+    stream: String,
+    entry: String,
+    /// The single-flight key of its parameters; the cluster-wide cache key too.
+    key: u64,
+    /// Whether its video may serve identical requests (it has frames and no files of its own to write).
+    cacheable: bool,
+    /// Set when the cluster ended the job or another worker took it: the local run is being stopped.
+    stopped_by_cluster: bool,
+    /// Waiting for another job with the same key to finish, to share its video.
+    waiting: Option<(Request, Option<u64>)>,
+    /// The job's status as the cluster sees it, moved on by each mirrored event (never read from the local job,
+    /// which may be further along than the event being mirrored).
+    status: JobStatus,
+}
+
+/// The end of a run, kept until Redis accepts it.
+struct Ending {
+    id: JobId,
+    token: String,
+    key: u64,
+    status: JobStatus,
+    event: String,
+    result: Option<String>,
+    cacheable: bool,
+}
+
+const TICK: Duration = Duration::from_millis(10);
+
+impl Cluster {
+    pub(super) fn work_loop(self: &Arc<Self>) {
+        let lease = Duration::from_millis(self.config.lease_ms);
+        let check = Duration::from_millis(self.config.cancel_check_ms);
+        let mut endings: Vec<Ending> = Vec::new();
+        let (mut beat, mut checked, mut reclaimed, mut swept) = (Instant::now() - lease, Instant::now(), Instant::now() - lease, Instant::now());
+        let mut backoff = Backoff::default();
+        loop {
+            let stopping = self.stopping.load(Ordering::Acquire);
+            while let Ok(m) = self.mirror.1.try_recv() {
+                if let Some(ending) = self.mirror_event(m) {
+                    endings.push(ending);
+                }
+            }
+            endings.retain(|e| !self.try_finish(e));
+            if stopping {
+                // Runs still here were given back or are lost with this process; their entries are reclaimed.
+                let runs: Vec<(JobId, Run)> = self.runs.lock().drain().collect();
+                for (id, run) in runs {
+                    let _ = self.give_back(id, &run, None);
+                }
+                return;
+            }
+            if backoff.waiting() {
+                std::thread::sleep(TICK);
+                continue;
+            }
+            let mut step = || -> Result<()> {
+                if beat.elapsed() >= lease / 3 {
+                    self.heartbeat()?;
+                    beat = Instant::now();
+                }
+                if checked.elapsed() >= check {
+                    self.check_runs()?;
+                    checked = Instant::now();
+                }
+                if !self.draining.load(Ordering::Acquire) {
+                    while self.free_slots() > 0 {
+                        let Some((stream, entry, job)) = self.take()? else { break };
+                        self.begin(stream, entry, job)?;
+                    }
+                    if reclaimed.elapsed() >= lease / 4 && self.free_slots() > 0 {
+                        for (stream, entry, job) in self.reclaim()? {
+                            self.begin(stream, entry, job)?;
+                        }
+                        reclaimed = Instant::now();
+                    }
+                }
+                if swept.elapsed() >= Duration::from_secs(60) {
+                    self.store.expire(Duration::from_millis(self.config.job_ttl_ms));
+                    swept = Instant::now();
+                }
+                Ok(())
+            };
+            match step() {
+                Ok(()) => backoff.reset(),
+                Err(e) if e.code() == ErrorCode::Unavailable => {
+                    tracing::warn!(error = %e, "redis unreachable; the worker retries with backoff");
+                    backoff.fail();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cluster worker");
+                    backoff.fail();
+                }
+            }
+            std::thread::sleep(TICK);
+        }
+    }
+
+    fn free_slots(&self) -> usize {
+        let now = Instant::now();
+        if self.shared.all_breakers_open(now).is_some() {
+            return 0;
+        }
+        self.shared.workers.saturating_sub(self.runs.lock().len())
+    }
+
+    /// The next entry of the highest priority stream with one waiting.
+    fn take(&self) -> Result<Option<(String, String, JobId)>> {
+        let priorities: Vec<i32> =
+            self.link.with(|c| redis::cmd("ZREVRANGE").arg(self.keys.priorities()).arg(0).arg(-1).query(c))?;
+        for p in priorities {
+            let stream = self.keys.stream(p);
+            let reply: redis::Value = self.link.with(|c| {
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(GROUP)
+                    .arg(&self.node)
+                    .arg("COUNT")
+                    .arg(1)
+                    .arg("STREAMS")
+                    .arg(&stream)
+                    .arg(">")
+                    .query(c)
+            })?;
+            if let Some((entry, job)) = entries(&reply).into_iter().next() {
+                return Ok(Some((stream, entry, job)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Entries whose worker stopped renewing them, now this node's.
+    fn reclaim(&self) -> Result<Vec<(String, String, JobId)>> {
+        let priorities: Vec<i32> =
+            self.link.with(|c| redis::cmd("ZREVRANGE").arg(self.keys.priorities()).arg(0).arg(-1).query(c))?;
+        let mut taken = Vec::new();
+        for p in priorities {
+            let free = self.free_slots().saturating_sub(taken.len());
+            if free == 0 {
+                break;
+            }
+            let stream = self.keys.stream(p);
+            let reply: redis::Value = self.link.with(|c| {
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg(&self.node)
+                    .arg(self.config.lease_ms)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(free)
+                    .query(c)
+            })?;
+            for (entry, job) in entries(&reply) {
+                tracing::info!(job = %job, "reclaimed a job whose worker stopped renewing its lease");
+                taken.push((stream.clone(), entry, job));
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Takes the job's lease and starts it on the local engine (or serves it from the cluster's cache, or waits
+    /// behind an identical job that is running elsewhere).
+    fn begin(self: &Arc<Self>, stream: String, entry: String, id: JobId) -> Result<()> {
+        let token = format!("{}:{}", self.node, rand::random::<u64>());
+        let reply: Vec<String> = self.link.with(|c| {
+            scripts::START.key(self.keys.job(id)).arg(&token).arg(&stream).arg(&entry).invoke(c)
+        })?;
+        let (Some("run"), Some(request), Some(status)) = (reply.first().map(String::as_str), reply.get(1), reply.get(2))
+        else {
+            return Ok(());
+        };
+        let request: Request = parse(request, "job request")?;
+        let status: JobStatus = parse(status, "job status")?;
+        let mut run = Run {
+            local: None,
+            token,
+            stream,
+            entry,
+            key: 0,
+            cacheable: false,
+            stopped_by_cluster: false,
+            waiting: None,
+            status: status.clone(),
+        };
+        let params = self
+            .shared
+            .models
+            .get(request.model.as_deref())
+            .and_then(|m| request::validate(&request, m.info(), &self.shared.config.limits, rand::random::<u64>).map(|p| (m, p)));
+        let (model, params) = match params {
+            Ok(mp) => mp,
+            Err(e) => {
+                // This node cannot run it (a model it does not have, other limits): the job fails with the reason.
+                self.runs.lock().insert(id, run);
+                return self.end_now(id, status, Outcome::Failed(e), None);
+            }
+        };
+        run.key = params.cache_key(model.info());
+        run.cacheable = self.shared.config.cache.enabled && request.outputs.is_empty() && request.keep_frames != Some(false);
+        let remaining = match request.deadline_ms {
+            Some(ms) => match ms.checked_sub(unix_ms().saturating_sub(status.submitted_at_ms)) {
+                Some(left) if left > 0 => Some(left),
+                _ => {
+                    self.runs.lock().insert(id, run);
+                    let e = Error::new(ErrorCode::DeadlineExceeded, format!("the deadline of {ms} ms passed while {id} was queued"));
+                    return self.end_now(id, status, Outcome::Failed(e), None);
+                }
+            },
+            None => None,
+        };
+        run.waiting = Some((request, remaining));
+        self.runs.lock().insert(id, run);
+        self.advance(id, status)
+    }
+
+    /// A job waiting for its turn: served from the cluster's cache, or started if no identical job is running.
+    fn advance(self: &Arc<Self>, id: JobId, status: JobStatus) -> Result<()> {
+        let Some((key, cacheable)) = self.runs.lock().get(&id).map(|r| (r.key, r.cacheable)) else {
+            return Ok(());
+        };
+        if cacheable {
+            let hit: Option<String> = self.link.with(|c| redis::cmd("GET").arg(self.keys.cache(key)).query(c))?;
+            if let Some(reference) = hit {
+                if let Ok(video) = self.store.get(&reference) {
+                    let mut v = video;
+                    v.metadata.cache_hit = true;
+                    let outcome = Outcome::Succeeded { video: Arc::new(v), cache_hit: true };
+                    return self.end_now(id, status, outcome, Some(reference));
+                }
+            }
+        }
+        let flight: bool = self.link.with(|c| {
+            redis::cmd("SET")
+                .arg(self.keys.flight(key))
+                .arg(id.0)
+                .arg("NX")
+                .arg("PX")
+                .arg(self.config.lease_ms)
+                .query::<Option<String>>(c)
+                .map(|r| r.is_some())
+        })?;
+        if !flight {
+            return Ok(()); // an identical job is running; `check_runs` tries again
+        }
+        let Some((request, remaining)) = self.runs.lock().get_mut(&id).and_then(|r| r.waiting.take()) else {
+            return Ok(());
+        };
+        let local_request = Request { idempotency_key: None, deadline_ms: remaining, priority: 0, ..request };
+        let tx = self.mirror.0.clone();
+        let callback: crate::engine::Callback = Arc::new(move |event: &Event| {
+            let _ = tx.send(Mirror { cluster: id, event: event.clone() });
+        });
+        match self.shared.submit(local_request, Some(callback)) {
+            Ok(local) => {
+                if let Some(run) = self.runs.lock().get_mut(&id) {
+                    run.local = Some(local);
+                }
+                Ok(())
+            }
+            Err(e) if e.retryable() => {
+                // This node cannot take it now (its devices are failing): give it back for another worker.
+                let run = self.runs.lock().remove(&id);
+                if let Some(run) = run {
+                    self.give_back(id, &run, Some(key))?;
+                }
+                Ok(())
+            }
+            Err(e) => self.end_now(id, status, Outcome::Failed(e), None),
+        }
+    }
+
+    /// Ends a job that never ran here (refused, past its deadline, or served from the cache).
+    fn end_now(&self, id: JobId, status: JobStatus, outcome: Outcome, reference: Option<String>) -> Result<()> {
+        let Some(run) = self.runs.lock().remove(&id) else { return Ok(()) };
+        let (state, error, cache_hit) = match &outcome {
+            Outcome::Succeeded { cache_hit, .. } => (JobState::Succeeded, None, *cache_hit),
+            Outcome::Failed(e) => (JobState::Failed, Some(JobError::from(e)), false),
+            Outcome::Cancelled(e) => (JobState::Cancelled, Some(JobError::from(e)), false),
+        };
+        let now = unix_ms();
+        let status = JobStatus {
+            state,
+            error: error.clone(),
+            cache_hit,
+            finished_at_ms: Some(now),
+            started_at_ms: status.started_at_ms.or(Some(now)),
+            progress: if state == JobState::Succeeded { 1.0 } else { status.progress },
+            eta_ms: Some(0),
+            queue_position: 0,
+            ..status
+        };
+        let ending = Ending {
+            id,
+            token: run.token,
+            key: run.key,
+            event: event_json(id, EventKind::Finished { state, error, cache_hit }),
+            status,
+            result: reference,
+            cacheable: false,
+        };
+        self.finish(&ending).map(|_| ())
+    }
+
+    /// Mirrors one local event. Returns the run's ending once its local job has finished.
+    fn mirror_event(self: &Arc<Self>, m: Mirror) -> Option<Ending> {
+        let id = m.cluster;
+        let (local, token, mut status, stopped, key, cacheable) = {
+            let mut runs = self.runs.lock();
+            let r = runs.get_mut(&id)?;
+            advance_status(&mut r.status, &m.event);
+            (r.local?, r.token.clone(), r.status.clone(), r.stopped_by_cluster, r.key, r.cacheable)
+        };
+        let cell = self.shared.cell(local)?;
+        match &m.event.kind {
+            EventKind::Queued { .. } | EventKind::Preview { .. } => None,
+            EventKind::Finished { state, error, cache_hit } => {
+                let run = self.runs.lock().remove(&id)?;
+                let (video, local_status) = {
+                    let r = cell.read();
+                    (r.result.clone(), r.status.clone())
+                };
+                status = JobStatus {
+                    id,
+                    submitted_at_ms: status.submitted_at_ms,
+                    queue_position: 0,
+                    attempt: status.attempt.max(local_status.attempt),
+                    ..local_status
+                };
+                self.shared.forget(local);
+                let shut_down = *state == JobState::Cancelled && self.draining.load(Ordering::Acquire) && !stopped;
+                if shut_down {
+                    // This engine is shutting down, not the host cancelling: another worker runs it.
+                    let _ = self.give_back(id, &run, Some(key));
+                    return None;
+                }
+                let mut result = None;
+                if let (JobState::Succeeded, Some(video)) = (state, video) {
+                    match self.store.put(&format!("{}-{}-{:016x}", self.keys.ns, id.0, rand::random::<u64>()), &video) {
+                        Ok(r) => result = Some(r),
+                        Err(e) => {
+                            // No shared copy, no success: the job fails, retryably, rather than losing the video.
+                            status.state = JobState::Failed;
+                            status.error = Some(JobError::from(&e));
+                        }
+                    }
+                }
+                let event = EventKind::Finished {
+                    state: status.state,
+                    error: if status.state == *state { error.clone() } else { status.error.clone() },
+                    cache_hit: *cache_hit,
+                };
+                Some(Ending { id, token, key, event: event_json(id, event), status, result, cacheable })
+            }
+            kind => {
+                let event = json(&Event { job: id, seq: 0, at_ms: m.event.at_ms, kind: kind.clone() });
+                let kept: Result<i64> = self.link.with(|c| {
+                    scripts::UPDATE
+                        .key(self.keys.job(id))
+                        .key(self.keys.events(id))
+                        .arg(&token)
+                        .arg(json(&status))
+                        .arg(&event)
+                        .invoke(c)
+                });
+                if let Ok(0) = kept {
+                    self.stop_local(id);
+                }
+                None
+            }
+        }
+    }
+
+    /// Writes a run's end. Returns whether Redis took it (a refused write is retried at the next tick).
+    fn try_finish(&self, ending: &Ending) -> bool {
+        match self.finish(ending) {
+            Ok(_) => true,
+            Err(e) if e.code() == ErrorCode::Unavailable => false,
+            Err(e) => {
+                tracing::error!(job = %ending.id, error = %e, "could not record a job's end");
+                true
+            }
+        }
+    }
+
+    fn finish(&self, e: &Ending) -> Result<bool> {
+        let cache = if e.cacheable && e.result.is_some() { self.keys.cache(e.key) } else { String::new() };
+        let ended: i64 = self.link.with(|c| {
+            scripts::FINISH
+                .key(self.keys.job(e.id))
+                .key(self.keys.events(e.id))
+                .key(&cache)
+                .key(self.keys.flight(e.key))
+                .arg(&e.token)
+                .arg(json(&e.status))
+                .arg(&e.event)
+                .arg(e.status.state.name())
+                .arg(self.config.job_ttl_ms)
+                .arg(e.result.as_deref().unwrap_or(""))
+                .arg(e.id.0)
+                .invoke(c)
+        })?;
+        if ended == 0 {
+            // Another run ended it (or the host cancelled it): this run's video is nobody's.
+            if let Some(r) = &e.result {
+                self.store.remove(r);
+            }
+        }
+        Ok(ended == 1)
+    }
+
+    /// Gives a job back without ending it: the lease is dropped and the entry made idle for a lease, so the next
+    /// reclaim anywhere takes it.
+    fn give_back(&self, id: JobId, run: &Run, key: Option<u64>) -> Result<()> {
+        self.link.with(|c| {
+            scripts::RELEASE.key(self.keys.job(id)).arg(&run.token).invoke::<i64>(c)?;
+            if let Some(key) = key {
+                let flight = self.keys.flight(key);
+                let holder: Option<u64> = redis::cmd("GET").arg(&flight).query(c)?;
+                if holder == Some(id.0) {
+                    redis::cmd("DEL").arg(&flight).query::<()>(c)?;
+                }
+            }
+            redis::cmd("XCLAIM")
+                .arg(&run.stream)
+                .arg(GROUP)
+                .arg(&self.node)
+                .arg(0)
+                .arg(&run.entry)
+                .arg("IDLE")
+                .arg(self.config.lease_ms * 10)
+                .arg("JUSTID")
+                .query::<()>(c)
+        })
+    }
+
+    /// Renews every running entry's lease, the flights this node holds, and this worker's presence.
+    fn heartbeat(&self) -> Result<()> {
+        let runs: Vec<(String, String, u64, bool)> =
+            self.runs.lock().values().map(|r| (r.stream.clone(), r.entry.clone(), r.key, r.local.is_some())).collect();
+        self.link.with(|c| {
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZADD").arg(self.keys.workers()).arg(unix_ms()).arg(&self.node).ignore();
+            for (stream, entry, key, running) in &runs {
+                pipe.cmd("XCLAIM").arg(stream).arg(GROUP).arg(&self.node).arg(0).arg(entry).arg("JUSTID").ignore();
+                if *running {
+                    pipe.cmd("PEXPIRE").arg(self.keys.flight(*key)).arg(self.config.lease_ms).ignore();
+                }
+            }
+            pipe.query::<()>(c)
+        })
+    }
+
+    /// Stops the runs the cluster ended (a cancel from any node) or gave to another worker, and moves waiting ones
+    /// on.
+    fn check_runs(self: &Arc<Self>) -> Result<()> {
+        let runs: Vec<(JobId, String, bool)> =
+            self.runs.lock().iter().map(|(id, r)| (*id, r.token.clone(), r.waiting.is_some())).collect();
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let states: Vec<(Option<String>, Option<String>, Option<String>)> = self.link.with(|c| {
+            let mut pipe = redis::pipe();
+            for (id, _, _) in &runs {
+                pipe.cmd("HMGET").arg(self.keys.job(*id)).arg("terminal").arg("lease").arg("status");
+            }
+            pipe.query(c)
+        })?;
+        for ((id, token, waiting), (terminal, lease, status)) in runs.into_iter().zip(states) {
+            if terminal.is_some() || lease.as_deref() != Some(token.as_str()) {
+                if waiting {
+                    if let Some(run) = self.runs.lock().remove(&id) {
+                        // Ended while it waited: acknowledge its entry (FINISH does that for the lease holder).
+                        self.finish(&Ending {
+                            id,
+                            token: run.token,
+                            key: run.key,
+                            status: status.as_deref().map(|s| parse(s, "job status")).transpose()?.unwrap_or_else(|| blank(id)),
+                            event: String::new(),
+                            result: None,
+                            cacheable: false,
+                        })?;
+                    }
+                } else {
+                    self.stop_local(id);
+                }
+            } else if waiting {
+                if let Some(status) = status {
+                    self.advance(id, parse(&status, "job status")?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Cancels the local run of a job the cluster no longer wants from this node.
+    fn stop_local(&self, id: JobId) {
+        let local = {
+            let mut runs = self.runs.lock();
+            let Some(run) = runs.get_mut(&id) else { return };
+            if run.stopped_by_cluster {
+                return;
+            }
+            run.stopped_by_cluster = true;
+            run.local
+        };
+        if let Some(cell) = local.and_then(|l| self.shared.cell(l)) {
+            self.shared.detach(&cell, Error::new(ErrorCode::Cancelled, "cancelled through the cluster"), false);
+        }
+    }
+}
+
+/// Moves a mirrored job's status on by one event of its local run.
+fn advance_status(status: &mut JobStatus, event: &Event) {
+    match &event.kind {
+        EventKind::Started { attempt, .. } => {
+            status.state = JobState::Running;
+            status.attempt = *attempt;
+            status.started_at_ms.get_or_insert(event.at_ms);
+        }
+        EventKind::Stage { stage } => status.stage = *stage,
+        EventKind::Progress { step, steps, progress, eta_ms } => {
+            status.step = *step;
+            status.steps = *steps;
+            status.progress = *progress;
+            status.eta_ms = *eta_ms;
+        }
+        EventKind::RetryScheduled { attempt, delay_ms, .. } => {
+            status.state = JobState::Queued;
+            status.attempt = *attempt;
+            status.eta_ms = status.eta_ms.map(|e| e + delay_ms);
+        }
+        EventKind::Queued { .. } | EventKind::Preview { .. } | EventKind::Warning { .. } | EventKind::Finished { .. } => {}
+    }
+}
+
+fn blank(id: JobId) -> JobStatus {
+    JobStatus {
+        id,
+        state: JobState::Cancelled,
+        stage: crate::engine::Stage::Validating,
+        progress: 0.0,
+        step: 0,
+        steps: 0,
+        queue_position: 0,
+        attempt: 0,
+        eta_ms: None,
+        eta_confidence: crate::engine::Confidence::Prior,
+        submitted_at_ms: 0,
+        started_at_ms: None,
+        finished_at_ms: None,
+        error: None,
+        cache_hit: false,
+    }
+}
+
+/// `(entry id, job id)` pairs from an XREADGROUP or XAUTOCLAIM reply. Entries deleted since they were read (their
+/// job ended) come back without fields and are skipped.
+fn entries(reply: &redis::Value) -> Vec<(String, JobId)> {
+    use redis::Value;
+    fn text(v: &Value) -> Option<String> {
+        match v {
+            Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+            Value::SimpleString(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+    fn walk(v: &Value, out: &mut Vec<(String, JobId)>) {
+        let Value::Array(items) = v else { return };
+        if let [id, Value::Array(fields)] = items.as_slice() {
+            if let Some(id) = text(id).filter(|s| s.contains('-') && s.chars().all(|c| c.is_ascii_digit() || c == '-')) {
+                let job = fields
+                    .chunks(2)
+                    .find(|kv| kv.first().and_then(text).as_deref() == Some("job"))
+                    .and_then(|kv| kv.get(1).and_then(text))
+                    .and_then(|s| s.parse().ok());
+                if let Some(job) = job {
+                    out.push((id, JobId(job)));
+                }
+                return;
+            }
+        }
+        for item in items {
+            walk(item, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(reply, &mut out);
+    out
+}
+
+/// Exponential backoff with full jitter for a worker that cannot reach Redis: 50 ms doubling to 5 s.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+impl Backoff {
+    fn fail(&mut self) {
+        self.failures = (self.failures + 1).min(16);
+        let cap = (50u64 << self.failures.min(7)).min(5_000);
+        let wait = rand::random::<u64>() % (cap + 1);
+        self.until = Some(Instant::now() + Duration::from_millis(wait));
+    }
+    fn reset(&mut self) {
+        self.failures = 0;
+        self.until = None;
+    }
+    fn waiting(&self) -> bool {
+        self.until.is_some_and(|u| Instant::now() < u)
+    }
+}

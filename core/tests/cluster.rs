@@ -1,0 +1,310 @@
+//! The Redis backend with a real `redis-server` (Debian's `redis-server`; `.ci/run` installs it): engines on one
+//! queue, a worker killed mid-job, a Redis restart, cancel across nodes, backpressure and idempotency.
+#![cfg(feature = "redis")]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vgen_core::engine::{Backend, EngineConfig, EventKind, RedisConfig, Request, Role};
+use vgen_core::{Device, Engine, ErrorCode, JobState};
+
+const WAIT: Option<Duration> = Some(Duration::from_secs(60));
+
+/// A private redis-server on a free loopback port, in its own folder, stopped on drop.
+struct Redis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start(tag: &str) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = scratch(&format!("redis-{tag}"));
+        let mut r = Self { port, dir, child: None };
+        r.launch();
+        r
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+            .args(["--appendfsync", "always", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt install redis-server): these tests need a real one");
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = redis::Client::open(self.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok();
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < until, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A clean restart: Redis writes its append-only file and stops, then starts again from it.
+    fn restart(&mut self) {
+        let mut c = redis::Client::open(self.url()).unwrap().get_connection().unwrap();
+        let _ = redis::cmd("SHUTDOWN").query::<()>(&mut c);
+        let _ = self.child.take().unwrap().wait();
+        self.launch();
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vgen-cluster-{tag}-{}-{}", std::process::id(), rand_u32()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn rand_u32() -> u32 {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos())
+        ^ N.fetch_add(1, Ordering::Relaxed) as u32
+}
+
+fn redis_config(redis: &Redis, role: Role, results: &Path) -> RedisConfig {
+    RedisConfig {
+        url: redis.url(),
+        namespace: "test".into(),
+        role,
+        results_dir: results.to_path_buf(),
+        lease_ms: 1_000,
+        cancel_check_ms: 20,
+        ..RedisConfig::default()
+    }
+}
+
+fn node(redis: &Redis, role: Role, results: &Path) -> Engine {
+    node_with(redis, role, results, EngineConfig::default())
+}
+
+fn node_with(redis: &Redis, role: Role, results: &Path, base: EngineConfig) -> Engine {
+    let config = EngineConfig {
+        devices: vec![Device::Cpu],
+        shutdown_timeout_ms: 2_000,
+        backend: Backend::Redis(redis_config(redis, role, results)),
+        ..base
+    };
+    Engine::new(config).unwrap()
+}
+
+fn small(prompt: &str, seed: u64) -> Request {
+    Request { num_frames: Some(5), width: Some(32), height: Some(32), steps: Some(4), seed: Some(seed), ..Request::new(prompt) }
+}
+
+fn slow(prompt: &str, step_ms: u64, steps: u32, seed: u64) -> Request {
+    Request { model: Some("faulty".into()), steps: Some(steps), ..small(&format!("!slow={step_ms} {prompt}"), seed) }
+}
+
+/// Every event of the job, read back from Redis: numbered 1.. with no gap, and exactly one terminal event, last.
+fn assert_one_end(engine: &Engine, id: vgen_core::JobId) {
+    let events = engine.events(id, 0).unwrap();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.seq, i as u64 + 1, "{id}: events numbered without gaps: {events:?}");
+    }
+    let ends = events.iter().filter(|e| e.kind.is_terminal()).count();
+    assert_eq!(ends, 1, "{id} ended {ends} times: {events:?}");
+    assert!(events.last().unwrap().kind.is_terminal());
+}
+
+#[test]
+fn engines_on_one_queue_run_every_job_once_and_any_node_reads_it() {
+    let redis = Redis::start("many");
+    let results = scratch("many-results");
+    let api = node(&redis, Role::Submitter, &results);
+    let workers = [node(&redis, Role::Worker, &results), node(&redis, Role::Worker, &results)];
+    let ids: Vec<_> = (0..16)
+        .map(|i| api.submit(Request { priority: (i % 3) as i32, ..small(&format!("job {i}"), i) }).unwrap())
+        .collect();
+    for &id in &ids {
+        let status = api.wait(id, WAIT).unwrap();
+        assert_eq!(status.state, JobState::Succeeded, "{status:?}");
+        let video = workers[1].result(id).unwrap();
+        assert_eq!((video.frames.num_frames, video.frames.height, video.frames.width), (5, 32, 32));
+        assert_eq!(video, api.result(id).unwrap(), "every node reads the same result");
+        assert_one_end(&api, id);
+        assert_eq!(workers[0].poll(id).unwrap().state, JobState::Succeeded);
+        let kinds: Vec<&str> = api.events(id, 0).unwrap().iter().map(|e| e.kind.name()).collect();
+        assert!(kinds.contains(&"started") && kinds.contains(&"progress"), "{kinds:?}");
+    }
+    let m = api.cluster_metrics().unwrap().unwrap();
+    assert_eq!(m.workers_alive, 2, "{m:?}");
+    assert_eq!(m.queued_by_priority.iter().map(|p| p.1).sum::<u64>(), 0, "{m:?}");
+    assert_eq!(m.running, 0);
+}
+
+#[test]
+fn callbacks_on_the_submitting_node_see_every_event_and_one_end() {
+    let redis = Redis::start("callbacks");
+    let results = scratch("callbacks-results");
+    let api = node(&redis, Role::Submitter, &results);
+    let _worker = node(&redis, Role::Worker, &results);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let id = api.submit_with(small("callback", 3), Some(Arc::new(move |e: &vgen_core::engine::Event| s.lock().unwrap().push(e.clone())))).unwrap();
+    api.wait(id, WAIT).unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while !seen.lock().unwrap().iter().any(|e| e.kind.is_terminal()) {
+        assert!(Instant::now() < until, "no terminal callback");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let seen = seen.lock().unwrap();
+    let seqs: Vec<u64> = seen.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "in order, none missing or twice");
+    assert_eq!(seen.iter().filter(|e| e.kind.is_terminal()).count(), 1);
+}
+
+#[test]
+fn a_cancel_through_any_node_stops_the_job_on_its_worker() {
+    let redis = Redis::start("cancel");
+    let results = scratch("cancel-results");
+    let api = node(&redis, Role::Submitter, &results);
+    let worker = node(&redis, Role::Worker, &results);
+    let id = api.submit(slow("long", 50, 200, 1)).unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    while api.poll(id).unwrap().step < 2 {
+        assert!(Instant::now() < until, "the job never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(api.cancel(id).unwrap());
+    assert_eq!(api.poll(id).unwrap().state, JobState::Cancelled, "cancel ends the job at once");
+    assert!(!api.cancel(id).unwrap(), "a second cancel is harmless");
+    // The worker's only slot is free again within a step or two: the next job runs at once.
+    let started = Instant::now();
+    let next = api.submit(small("next", 2)).unwrap();
+    assert_eq!(api.wait(next, WAIT).unwrap().state, JobState::Succeeded);
+    assert!(started.elapsed() < Duration::from_secs(5), "the cancelled run kept the worker busy");
+    assert_one_end(&api, id);
+    let progress = api.events(id, 0).unwrap().iter().filter(|e| matches!(e.kind, EventKind::Progress { .. })).count();
+    assert!(progress < 100, "the run stopped early ({progress} steps)");
+    drop(worker);
+}
+
+#[test]
+fn a_worker_killed_mid_job_loses_nothing_another_worker_finishes_it_once() {
+    let redis = Redis::start("kill");
+    let results = scratch("kill-results");
+    let api = node(&redis, Role::Submitter, &results);
+    let config = scratch("kill-config").join("worker.json");
+    let rc = redis_config(&redis, Role::Worker, &results);
+    let json = serde_json::json!({"devices": ["cpu"], "backend": {"redis": rc}});
+    std::fs::write(&config, json.to_string()).unwrap();
+    let mut doomed = Command::new(env!("CARGO_BIN_EXE_vgen"))
+        .args(["worker", "--config"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = api.submit(slow("doomed", 40, 40, 5)).unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while api.poll(id).unwrap().step < 3 {
+        assert!(Instant::now() < until, "the worker process never started the job");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    doomed.kill().unwrap(); // SIGKILL: no goodbye, the lease simply stops being renewed
+    doomed.wait().unwrap();
+    let rescuer = node(&redis, Role::Worker, &results);
+    let status = api.wait(id, WAIT).unwrap();
+    assert_eq!(status.state, JobState::Succeeded, "{status:?}");
+    assert_eq!(api.result(id).unwrap().frames.num_frames, 5);
+    assert_one_end(&api, id);
+    let starts = api.events(id, 0).unwrap().iter().filter(|e| matches!(e.kind, EventKind::Started { .. })).count();
+    assert_eq!(starts, 2, "it ran twice (at least once), and ended once");
+    drop(rescuer);
+}
+
+#[test]
+fn jobs_queued_across_a_redis_restart_all_complete() {
+    let mut redis = Redis::start("restart");
+    let results = scratch("restart-results");
+    let api = node(&redis, Role::Submitter, &results);
+    let ids: Vec<_> = (0..6).map(|i| api.submit(small(&format!("survivor {i}"), i)).unwrap()).collect();
+    redis.restart();
+    // While Redis is down or loading, a submit says "unavailable, retry", never crashes or hangs.
+    let worker = node(&redis, Role::Worker, &results);
+    for id in ids {
+        let status = api.wait(id, WAIT).unwrap();
+        assert_eq!(status.state, JobState::Succeeded, "{status:?}");
+        assert_one_end(&api, id);
+    }
+    drop(worker);
+}
+
+#[test]
+fn a_submit_while_redis_is_down_is_unavailable_and_retryable() {
+    let mut redis = Redis::start("down");
+    let results = scratch("down-results");
+    let api = node(&redis, Role::Submitter, &results);
+    let mut c = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let _ = redis::cmd("SHUTDOWN").query::<()>(&mut c);
+    let _ = redis.child.take().unwrap().wait();
+    let e = api.submit(small("nowhere", 1)).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
+    assert!(e.retryable() && e.retry_after_ms().is_some(), "{e:?}");
+    redis.launch();
+    let _worker = node(&redis, Role::Worker, &results);
+    let id = api.submit(small("back", 1)).unwrap();
+    assert_eq!(api.wait(id, WAIT).unwrap().state, JobState::Succeeded);
+}
+
+#[test]
+fn the_shared_queue_is_bounded_and_idempotency_holds_across_nodes() {
+    let redis = Redis::start("bounds");
+    let results = scratch("bounds-results");
+    let a = node_with(&redis, Role::Submitter, &results, EngineConfig { queue_capacity: 2, ..EngineConfig::default() });
+    let b = node_with(&redis, Role::Submitter, &results, EngineConfig { queue_capacity: 2, ..EngineConfig::default() });
+    let keyed = Request { idempotency_key: Some("order-7".into()), ..small("keyed", 1) };
+    let first = a.submit(keyed.clone()).unwrap();
+    assert_eq!(b.submit(keyed.clone()).unwrap(), first, "the same key on another node is the same job");
+    let e = b.submit(Request { prompt: "other".into(), ..keyed }).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AlreadyExists, "{e}");
+    b.submit(small("second", 2)).unwrap();
+    let e = a.submit(small("third", 3)).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::QueueFull, "{e}");
+    assert!(e.retry_after_ms().is_some());
+    assert_eq!(a.cluster_metrics().unwrap().unwrap().queued_by_priority.iter().map(|p| p.1).sum::<u64>(), 2);
+}
+
+#[test]
+fn identical_jobs_on_different_nodes_are_generated_once() {
+    let redis = Redis::start("flight");
+    let results = scratch("flight-results");
+    let a = node(&redis, Role::Both, &results);
+    let b = node(&redis, Role::Both, &results);
+    let request = slow("same", 20, 10, 42);
+    let x = a.submit(request.clone()).unwrap();
+    let y = b.submit(request).unwrap();
+    assert_ne!(x, y);
+    for id in [x, y] {
+        assert_eq!(a.wait(id, WAIT).unwrap().state, JobState::Succeeded);
+    }
+    assert_eq!(a.result(x).unwrap().frames, b.result(y).unwrap().frames);
+    let hits = [x, y].iter().filter(|id| a.poll(**id).unwrap().cache_hit).count();
+    assert_eq!(hits, 1, "one generation; the other job got its video");
+}
