@@ -308,3 +308,41 @@ fn identical_jobs_on_different_nodes_are_generated_once() {
     let hits = [x, y].iter().filter(|id| a.poll(**id).unwrap().cache_hit).count();
     assert_eq!(hits, 1, "one generation; the other job got its video");
 }
+
+#[test]
+fn a_worker_stopped_with_sigterm_gives_its_job_back_and_another_finishes_it() {
+    let redis = Redis::start("sigterm");
+    let results = scratch("sigterm-results");
+    let api = node(&redis, Role::Submitter, &results);
+    let config = scratch("sigterm-config").join("worker.json");
+    let rc = RedisConfig { lease_ms: 60_000, ..redis_config(&redis, Role::Worker, &results) };
+    let json = serde_json::json!({"devices": ["cpu"], "shutdown_timeout_ms": 100, "backend": {"redis": rc.clone()}});
+    std::fs::write(&config, json.to_string()).unwrap();
+    let mut leaving = Command::new(env!("CARGO_BIN_EXE_vgen"))
+        .args(["worker", "--config"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = api.submit(slow("handed over", 40, 40, 6)).unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while api.poll(id).unwrap().step < 2 {
+        assert!(Instant::now() < until, "the worker process never started the job");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let term = Command::new("kill").args(["-TERM", &leaving.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    assert!(leaving.wait().unwrap().success(), "a drained worker exits cleanly");
+    // The lease is a minute long: only the hand-over lets another worker take the job this soon.
+    let started = Instant::now();
+    let config = EngineConfig {
+        devices: vec![Device::Cpu],
+        backend: Backend::Redis(rc),
+        ..EngineConfig::default()
+    };
+    let next = Engine::new(config).unwrap();
+    assert_eq!(api.wait(id, WAIT).unwrap().state, JobState::Succeeded);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_one_end(&api, id);
+    drop(next);
+}
