@@ -12,7 +12,7 @@ CARGO ?= cargo
 CFLAGS_STRICT := -Wall -Wextra -Wpedantic -Werror
 TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 
-.PHONY: demo test test-rust test-c test-python build header bench bench-side soak fuzz test-wan-full env clean
+.PHONY: demo test test-rust test-c test-python test-server build header bench bench-side soak fuzz test-wan-full env clean
 .PHONY: test-c-plain test-c-package test-c-asan test-c-valgrind package-config
 
 # --- the environment -------------------------------------------------------------------------------------------
@@ -36,10 +36,11 @@ demo: $(STAMPS)/venv
 	$(TARGET_DIR)/release/vgen generate --prompt "a red circle moving right" --seed 1 --out out/demo.mp4 --out out/demo.gif
 
 # --- the tests ---------------------------------------------------------------------------------------------------
-test: test-rust test-c test-python
+test: test-rust test-c test-python test-server
 
+# The HTTP service (vgen-server) has its own target, test-server, so its tests run once.
 test-rust: build
-	VGEN_REQUIRE_FFPROBE=1 $(CARGO) test --workspace
+	VGEN_REQUIRE_FFPROBE=1 $(CARGO) test --workspace --exclude vgen-server
 	$(TARGET_DIR)/debug/examples/hello | grep '^vgen .* on libtorch 2\.11'
 
 # One debug build of every target of every crate (libvgen.so, the Python extension, binaries, tests, examples),
@@ -123,6 +124,12 @@ test-python: build
 	$(PY) examples/python/hello.py | grep '^vgen .* on libtorch 2\.11'
 	VGEN_CLI=$(TARGET_DIR)/debug/vgen CARGO_TARGET_DIR=$(TARGET_DIR) \
 		$(PY) -m pytest -q --pip-install bindings/python/tests tools/shapes/test_world.py
+
+# The HTTP and WebSocket service in examples/server: its Rust tests (servers in the test process and the built
+# binary under SIGTERM), then the guide's aiohttp client (tests/test_client.py) against the built binary.
+test-server: build
+	$(CARGO) test -p vgen-server
+	VGEN_SERVER=$(TARGET_DIR)/debug/vgen-server $(PY) -m pytest -q examples/server/tests/test_client.py
 
 # --- developer targets -------------------------------------------------------------------------------------------
 header: $(STAMPS)/venv
