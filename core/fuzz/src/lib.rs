@@ -50,6 +50,16 @@ pub fn config_json(data: &[u8]) {
     // A disk cache would write wherever the input says; the folder is the host's to choose, not under test here.
     config.cache.disk_dir = None;
     config.shutdown_timeout_ms = config.shutdown_timeout_ms.min(100);
+    // Likewise the Redis backend: its settings are checked as given, but it connects nowhere (a closed local
+    // port) and keeps results in a scratch folder.
+    if let vgen_core::engine::Backend::Redis(redis) = &mut config.backend {
+        let scheme = redis.url.split("://").next().unwrap_or("").to_ascii_lowercase();
+        if ["redis", "rediss", "valkey", "valkeys", "redis+unix", "valkey+unix", "unix"].contains(&scheme.as_str()) {
+            redis.url = "redis://127.0.0.1:1/0".into();
+        }
+        redis.results_dir = std::env::temp_dir().join("vgen-fuzz-results");
+        redis.timeout_ms = redis.timeout_ms.min(100);
+    }
     if let Ok(engine) = vgen_core::Engine::with_models(config, Models::builtin()) {
         engine.shutdown(std::time::Duration::from_millis(100));
     }
