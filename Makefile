@@ -38,9 +38,8 @@ demo: $(STAMPS)/venv
 # --- the tests ---------------------------------------------------------------------------------------------------
 test: test-rust test-c test-python test-server
 
-# The HTTP service (vgen-server) has its own target, test-server, so its tests run once.
 test-rust: build
-	VGEN_REQUIRE_FFPROBE=1 $(CARGO) test --workspace --exclude vgen-server
+	VGEN_REQUIRE_FFPROBE=1 $(CARGO) test --workspace
 	$(TARGET_DIR)/debug/examples/hello | grep '^vgen .* on libtorch 2\.11'
 
 # One debug build of every target of every crate (libvgen.so, the Python extension, binaries, tests, examples),
@@ -125,10 +124,16 @@ test-python: build
 	VGEN_CLI=$(TARGET_DIR)/debug/vgen CARGO_TARGET_DIR=$(TARGET_DIR) \
 		$(PY) -m pytest -q --pip-install bindings/python/tests tools/shapes/test_world.py
 
-# The HTTP and WebSocket service in examples/server: its Rust tests (servers in the test process and the built
-# binary under SIGTERM), then the guide's aiohttp client (tests/test_client.py) against the built binary.
+# The HTTP and WebSocket service in examples/server: its integration tests (servers in the test process and the
+# built binary under SIGTERM; test-rust runs them too, with its unit tests), then the guide's aiohttp client
+# (tests/test_client.py) against the built binary. The test binary is the one `build` made, found through cargo's
+# JSON messages: `cargo test -p vgen-server` (or `--test server`) would resolve features for fewer targets and
+# rebuild the dependencies, vgen-core and tch included.
 test-server: build
-	$(CARGO) test -p vgen-server
+	test_bin=$$($(CARGO) test --workspace --no-run --message-format=json | $(PY) -c 'import json, sys; \
+		print(*[m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" \
+		and m["target"]["name"] == "server" and "vgen-server" in m["package_id"] and m.get("executable")])'); \
+		test -x "$$test_bin" && "$$test_bin"
 	VGEN_SERVER=$(TARGET_DIR)/debug/vgen-server $(PY) -m pytest -q examples/server/tests/test_client.py
 
 # --- developer targets -------------------------------------------------------------------------------------------

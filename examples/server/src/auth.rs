@@ -9,7 +9,7 @@ use crate::error::ApiError;
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -50,14 +50,14 @@ pub async fn require_token(State(tokens): State<Arc<Tokens>>, mut request: Reque
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
     });
     let Some(presented) = presented else {
-        return ApiError::unauthorized(false).into_response_now();
+        return ApiError::unauthorized(false).into_response();
     };
     match tokens.scope_of(presented) {
         Some(scope) => {
             request.extensions_mut().insert(scope);
             next.run(request).await
         }
-        None => ApiError::unauthorized(true).into_response_now(),
+        None => ApiError::unauthorized(true).into_response(),
     }
 }
 

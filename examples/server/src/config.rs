@@ -121,7 +121,11 @@ impl ServerConfig {
         if self.listen.is_some() && self.tokens.is_empty() {
             return Err("tokens is empty: every route needs a bearer token, so no client could use the server".into());
         }
+        let mut seen = std::collections::HashSet::new();
         for (i, t) in self.tokens.iter().enumerate() {
+            if !seen.insert(&t.token) {
+                return Err(format!("tokens[{i}].token is listed twice: each token grants exactly one scope"));
+            }
             if t.token.len() < 16 {
                 return Err(format!("tokens[{i}].token has {} bytes; use at least 16 random ones", t.token.len()));
             }
@@ -200,6 +204,11 @@ mod tests {
     fn weak_secrets_and_bad_addresses_are_refused() {
         assert!(ServerConfig::from_json(&GOOD.replace("0123456789abcdef", "short")).is_err());
         assert!(ServerConfig::from_json(&GOOD.replace("127.0.0.1:0", "localhost")).is_err());
+        let twice = GOOD.replace(
+            r#"{"token": "0123456789abcdef", "scope": "a"}"#,
+            r#"{"token": "0123456789abcdef", "scope": "a"}, {"token": "0123456789abcdef", "scope": "b"}"#,
+        );
+        assert!(ServerConfig::from_json(&twice).unwrap_err().contains("twice"));
         let worker =
             GOOD.replace("\"127.0.0.1:0\"", "null").replace(r#"{"token": "0123456789abcdef", "scope": "a"}"#, "");
         assert!(ServerConfig::from_json(&worker).unwrap().listen_addr().unwrap().is_none());

@@ -91,11 +91,6 @@ impl ApiError {
             _ => Self::from_engine(e),
         }
     }
-
-    /// For middleware, which returns a `Response` rather than a `Result`.
-    pub fn into_response_now(self) -> Response {
-        self.into_response()
-    }
 }
 
 /// The field of a `POST /generate` body an engine validation message is about. The engine's messages start

@@ -1,9 +1,7 @@
 //! The `vgen-server` program: configuration errors, SIGTERM in HTTP mode (no new jobs, status still served,
 //! exit 0) and the worker-only mode (`listen: null`).
 
-mod common;
-
-use common::*;
+use super::common::*;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

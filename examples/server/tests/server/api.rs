@@ -1,8 +1,6 @@
 //! The HTTP contract, against a server in this process on a free port with the built-in test models.
 
-mod common;
-
-use common::*;
+use super::common::*;
 use serde_json::json;
 use std::time::Duration;
 

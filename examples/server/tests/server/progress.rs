@@ -1,8 +1,6 @@
 //! `WS /progress/{id}`: every event of the job, in order, from the first, ending with the terminal one.
 
-mod common;
-
-use common::*;
+use super::common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;

@@ -1,9 +1,7 @@
 //! Webhooks: one signed POST with the final status, retried with backoff when the receiver fails, bounded.
 
-mod common;
-
+use super::common::*;
 use axum::http::{HeaderMap, StatusCode};
-use common::*;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
