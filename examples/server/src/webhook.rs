@@ -30,6 +30,9 @@ pub struct Due {
     pub url: String,
 }
 
+/// Deliveries in progress at once, retries' waits included.
+pub const MAX_IN_FLIGHT: usize = 64;
+
 pub struct Webhooks {
     config: WebhookConfig,
     client: reqwest::Client,
@@ -64,16 +67,22 @@ impl Webhooks {
         Ok(Self { config, client, tracker: TaskTracker::new() })
     }
 
-    /// Runs deliveries as jobs become due, until every sender is dropped.
+    /// Runs deliveries as jobs become due, until every sender is dropped. At most [`MAX_IN_FLIGHT`] at once: a
+    /// burst of finished jobs waits in the channel rather than opening thousands of connections.
     pub async fn run(
         self: Arc<Self>,
         engine: Arc<Engine>,
         base_url: String,
         mut due: tokio::sync::mpsc::UnboundedReceiver<Due>,
     ) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         while let Some(job) = due.recv().await {
+            let Ok(slot) = slots.clone().acquire_owned().await else { return };
             let (this, engine, base_url) = (self.clone(), engine.clone(), base_url.clone());
-            self.tracker.spawn(async move { this.deliver(&engine, job, &base_url).await });
+            self.tracker.spawn(async move {
+                this.deliver(&engine, job, &base_url).await;
+                drop(slot);
+            });
         }
     }
 
