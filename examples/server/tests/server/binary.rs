@@ -4,12 +4,14 @@
 use super::common::*;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Starts the binary with this configuration; returns it and its first line on stdout.
+/// Starts the binary with this configuration (written into its results folder); returns it and its first line
+/// on stdout.
 fn spawn(config: &Value) -> (Child, String) {
-    let path = results_dir().join("server.json");
+    let path = PathBuf::from(config["results_dir"].as_str().unwrap()).join("server.json");
     std::fs::write(&path, config.to_string()).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_vgen-server"))
         .arg("--config")
@@ -47,9 +49,11 @@ fn exit_code(child: &mut Child, limit: Duration) -> i32 {
 fn a_bad_configuration_is_refused_with_the_field_named() {
     let mut config = config_json(json!({}));
     config["engine"]["queue_capacty"] = json!(3);
-    let path = results_dir().join("bad.json");
+    let dir = PathBuf::from(config["results_dir"].as_str().unwrap());
+    let path = dir.join("bad.json");
     std::fs::write(&path, config.to_string()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_vgen-server")).arg("--config").arg(&path).output().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("queue_capacty"), "{stderr}");
@@ -60,7 +64,8 @@ fn a_bad_configuration_is_refused_with_the_field_named() {
 #[tokio::test]
 async fn sigterm_stops_taking_jobs_lets_clients_read_status_then_exits_cleanly() {
     let engine = json!({"devices": ["cpu"], "shutdown_timeout_ms": 3000});
-    let (mut child, line) = spawn(&config_json(json!({"engine": engine})));
+    let config = config_json(json!({"engine": engine}));
+    let (mut child, line) = spawn(&config);
     let url = line.strip_prefix("vgen-server listening on ").unwrap_or_else(|| panic!("{line}")).to_string();
     let alpha = Client::at(&url, ALPHA);
     let done = alpha.submit(small_job("before", 1)).await;
@@ -83,6 +88,7 @@ async fn sigterm_stops_taking_jobs_lets_clients_read_status_then_exits_cleanly()
     assert_eq!(alpha.get(&format!("/jobs/{done}")).await.json()["status"], "completed");
     let code = tokio::task::spawn_blocking(move || exit_code(&mut child, Duration::from_secs(20))).await.unwrap();
     assert_eq!(code, 0);
+    std::fs::remove_dir_all(config["results_dir"].as_str().unwrap()).unwrap();
 }
 
 #[test]
@@ -95,4 +101,5 @@ fn a_worker_only_process_runs_until_sigterm() {
     assert!(child.try_wait().unwrap().is_none(), "it keeps running");
     sigterm(&child);
     assert_eq!(exit_code(&mut child, Duration::from_secs(20)), 0);
+    std::fs::remove_dir_all(config["results_dir"].as_str().unwrap()).unwrap();
 }

@@ -46,9 +46,31 @@ pub fn config_json(patch: Value) -> Value {
     config
 }
 
-pub async fn start(patch: Value) -> Server {
-    let config = ServerConfig::from_json(&config_json(patch).to_string()).expect("a good test configuration");
-    Server::start(config).await.expect("the server starts")
+/// A server in this process, and its results folder, removed when the test shuts it down.
+pub struct TestServer {
+    server: Server,
+    dir: PathBuf,
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl TestServer {
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub async fn start(patch: Value) -> TestServer {
+    let json = config_json(patch);
+    let dir = PathBuf::from(json["results_dir"].as_str().unwrap());
+    let config = ServerConfig::from_json(&json.to_string()).expect("a good test configuration");
+    TestServer { server: Server::start(config).await.expect("the server starts"), dir }
 }
 
 pub struct Client {
