@@ -2,9 +2,12 @@
 //! queue, a worker killed mid-job, a Redis restart, cancel across nodes, backpressure and idempotency.
 #![cfg(feature = "redis")]
 
-use std::net::TcpListener;
+#[path = "common/redis_server.rs"]
+mod redis_server;
+
+use redis_server::RedisServer as Redis;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,68 +15,6 @@ use vgen_core::engine::{Backend, EngineConfig, EventKind, RedisConfig, Request, 
 use vgen_core::{Device, Engine, ErrorCode, JobState};
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(60));
-
-/// A private redis-server on a free loopback port, in its own folder, stopped on drop.
-struct Redis {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start(tag: &str) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = scratch(&format!("redis-{tag}"));
-        let mut r = Self { port, dir, child: None };
-        r.launch();
-        r
-    }
-
-    fn launch(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-            .args(["--appendfsync", "always", "--dir"])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (apt install redis-server): these tests need a real one");
-        self.child = Some(child);
-        let until = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ok = redis::Client::open(self.url())
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok();
-            if ok {
-                return;
-            }
-            assert!(Instant::now() < until, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// A clean restart: Redis writes its append-only file and stops, then starts again from it.
-    fn restart(&mut self) {
-        let mut c = redis::Client::open(self.url()).unwrap().get_connection().unwrap();
-        let _ = redis::cmd("SHUTDOWN").query::<()>(&mut c);
-        let _ = self.child.take().unwrap().wait();
-        self.launch();
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vgen-cluster-{tag}-{}-{}", std::process::id(), rand_u32()));
@@ -261,9 +202,7 @@ fn a_submit_while_redis_is_down_is_unavailable_and_retryable() {
     let mut redis = Redis::start("down");
     let results = scratch("down-results");
     let api = node(&redis, Role::Submitter, &results);
-    let mut c = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
-    let _ = redis::cmd("SHUTDOWN").query::<()>(&mut c);
-    let _ = redis.child.take().unwrap().wait();
+    redis.shutdown();
     let e = api.submit(small("nowhere", 1)).unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
     assert!(e.retryable() && e.retry_after_ms().is_some(), "{e:?}");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 /// Starts the binary with this configuration (written into its results folder); returns it and its first line
 /// on stdout.
-fn spawn(config: &Value) -> (Child, String) {
+pub(super) fn spawn(config: &Value) -> (Child, String) {
     let path = PathBuf::from(config["results_dir"].as_str().unwrap()).join("server.json");
     std::fs::write(&path, config.to_string()).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_vgen-server"))
@@ -25,7 +25,7 @@ fn spawn(config: &Value) -> (Child, String) {
     (child, line.trim().to_string())
 }
 
-fn sigterm(child: &Child) {
+pub(super) fn sigterm(child: &Child) {
     let ok = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap().success();
     assert!(ok);
 }

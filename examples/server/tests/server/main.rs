@@ -3,6 +3,7 @@
 
 mod api;
 mod binary;
+mod cluster;
 mod common;
 mod progress;
 mod webhook;
