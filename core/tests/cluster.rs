@@ -54,6 +54,22 @@ fn node_with(redis: &Redis, role: Role, results: &Path, base: EngineConfig) -> E
     Engine::new(config).unwrap()
 }
 
+/// `vgen worker` in a process of its own, with this engine configuration.
+fn worker_process(config: serde_json::Value) -> std::process::Child {
+    let path = scratch("worker-config").join("worker.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_vgen")).args(["worker", "--config"]).arg(&path).stderr(Stdio::null()).spawn().unwrap()
+}
+
+/// Waits until the job has finished `steps` denoising steps (it is running, on some worker).
+fn wait_for_step(engine: &Engine, id: vgen_core::JobId, steps: u32) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while engine.poll(id).unwrap().step < steps {
+        assert!(Instant::now() < until, "{id} never reached step {steps}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn small(prompt: &str, seed: u64) -> Request {
     Request { num_frames: Some(5), width: Some(32), height: Some(32), steps: Some(4), seed: Some(seed), ..Request::new(prompt) }
 }
@@ -128,11 +144,7 @@ fn a_cancel_through_any_node_stops_the_job_on_its_worker() {
     let api = node(&redis, Role::Submitter, &results);
     let worker = node(&redis, Role::Worker, &results);
     let id = api.submit(slow("long", 50, 200, 1)).unwrap();
-    let until = Instant::now() + Duration::from_secs(20);
-    while api.poll(id).unwrap().step < 2 {
-        assert!(Instant::now() < until, "the job never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_step(&api, id, 2);
     assert!(api.cancel(id).unwrap());
     assert_eq!(api.poll(id).unwrap().state, JobState::Cancelled, "cancel ends the job at once");
     assert!(!api.cancel(id).unwrap(), "a second cancel is harmless");
@@ -152,22 +164,9 @@ fn a_worker_killed_mid_job_loses_nothing_another_worker_finishes_it_once() {
     let redis = Redis::start("kill");
     let results = scratch("kill-results");
     let api = node(&redis, Role::Submitter, &results);
-    let config = scratch("kill-config").join("worker.json");
-    let rc = redis_config(&redis, Role::Worker, &results);
-    let json = serde_json::json!({"devices": ["cpu"], "backend": {"redis": rc}});
-    std::fs::write(&config, json.to_string()).unwrap();
-    let mut doomed = Command::new(env!("CARGO_BIN_EXE_vgen"))
-        .args(["worker", "--config"])
-        .arg(&config)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut doomed = worker_process(serde_json::json!({"devices": ["cpu"], "backend": {"redis": redis_config(&redis, Role::Worker, &results)}}));
     let id = api.submit(slow("doomed", 40, 40, 5)).unwrap();
-    let until = Instant::now() + Duration::from_secs(30);
-    while api.poll(id).unwrap().step < 3 {
-        assert!(Instant::now() < until, "the worker process never started the job");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_step(&api, id, 3);
     doomed.kill().unwrap(); // SIGKILL: no goodbye, the lease simply stops being renewed
     doomed.wait().unwrap();
     let rescuer = node(&redis, Role::Worker, &results);
@@ -253,22 +252,10 @@ fn a_worker_stopped_with_sigterm_gives_its_job_back_and_another_finishes_it() {
     let redis = Redis::start("sigterm");
     let results = scratch("sigterm-results");
     let api = node(&redis, Role::Submitter, &results);
-    let config = scratch("sigterm-config").join("worker.json");
     let rc = RedisConfig { lease_ms: 60_000, ..redis_config(&redis, Role::Worker, &results) };
-    let json = serde_json::json!({"devices": ["cpu"], "shutdown_timeout_ms": 100, "backend": {"redis": rc.clone()}});
-    std::fs::write(&config, json.to_string()).unwrap();
-    let mut leaving = Command::new(env!("CARGO_BIN_EXE_vgen"))
-        .args(["worker", "--config"])
-        .arg(&config)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut leaving = worker_process(serde_json::json!({"devices": ["cpu"], "shutdown_timeout_ms": 100, "backend": {"redis": rc.clone()}}));
     let id = api.submit(slow("handed over", 40, 40, 6)).unwrap();
-    let until = Instant::now() + Duration::from_secs(30);
-    while api.poll(id).unwrap().step < 2 {
-        assert!(Instant::now() < until, "the worker process never started the job");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_step(&api, id, 2);
     let term = Command::new("kill").args(["-TERM", &leaving.id().to_string()]).status().unwrap();
     assert!(term.success());
     assert!(leaving.wait().unwrap().success(), "a drained worker exits cleanly");

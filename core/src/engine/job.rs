@@ -118,6 +118,29 @@ pub struct JobStatus {
     pub cache_hit: bool,
 }
 
+impl JobStatus {
+    /// A job's status at submit: queued, nothing done, with the ETA of its plan.
+    pub(crate) fn queued(id: JobId, steps: u32, plan: &super::eta::Plan) -> Self {
+        Self {
+            id,
+            state: JobState::Queued,
+            stage: Stage::Validating,
+            progress: 0.0,
+            step: 0,
+            steps,
+            queue_position: 0,
+            attempt: 0,
+            eta_ms: Some(plan.total_ms().round() as u64),
+            eta_confidence: plan.confidence,
+            submitted_at_ms: unix_ms(),
+            started_at_ms: None,
+            finished_at_ms: None,
+            error: None,
+            cache_hit: false,
+        }
+    }
+}
+
 /// A job's error as a host sees it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobError {

@@ -504,23 +504,7 @@ impl Shared {
         let deadline_ms = request.deadline_ms.or(self.config.default_deadline_ms);
         let deadline = deadline_ms.map(|ms| now + Duration::from_millis(ms));
         let plan = self.eta.lock().plan(&info.name, self.devices[0], &params);
-        let mut status = JobStatus {
-            id,
-            state: JobState::Queued,
-            stage: Stage::Validating,
-            progress: 0.0,
-            step: 0,
-            steps: params.steps,
-            queue_position: 0,
-            attempt: 0,
-            eta_ms: Some(plan.total_ms().round() as u64),
-            eta_confidence: plan.confidence,
-            submitted_at_ms: job::unix_ms(),
-            started_at_ms: None,
-            finished_at_ms: None,
-            error: None,
-            cache_hit: false,
-        };
+        let mut status = JobStatus::queued(id, params.steps, &plan);
         // A cached video is served here unless files must be written from it: that is a worker's job (see
         // `worker::execute`), so that submit never waits for an encoder.
         let cached = if request.outputs.is_empty() { self.cached(key) } else { None };

@@ -22,7 +22,7 @@ mod worker;
 
 use super::config::{RedisConfig, Role};
 use super::event::{Callback, Event, EventKind};
-use super::job::{JobError, JobId, JobState, JobStatus, Stage, unix_ms};
+use super::job::{JobError, JobId, JobState, JobStatus, unix_ms};
 use super::request::{self, Request};
 use super::{MetricsSnapshot, Shared};
 use crate::error::{Error, ErrorCode, Result};
@@ -177,23 +177,7 @@ impl Cluster {
         shared.admit(&*model, &params)?;
         let plan = shared.eta.lock().plan(&info.name, shared.devices[0], &params);
         let id = JobId(self.link.with(|c| redis::cmd("INCR").arg(self.keys.next_id()).query::<u64>(c))?);
-        let status = JobStatus {
-            id,
-            state: JobState::Queued,
-            stage: Stage::Validating,
-            progress: 0.0,
-            step: 0,
-            steps: params.steps,
-            queue_position: 0,
-            attempt: 0,
-            eta_ms: Some(plan.total_ms().round() as u64),
-            eta_confidence: plan.confidence,
-            submitted_at_ms: unix_ms(),
-            started_at_ms: None,
-            finished_at_ms: None,
-            error: None,
-            cache_hit: false,
-        };
+        let status = JobStatus::queued(id, params.steps, &plan);
         // The seed is drawn once, here, so a job run again after its worker died makes the same video.
         let stored = Request { seed: Some(params.seed), ..request.clone() };
         let queued = event_json(id, EventKind::Queued { position: 0 });

@@ -25,6 +25,33 @@ fn observer(redis: &RedisServer, results: &Path) -> Engine {
     Engine::new(EngineConfig::from_json(&engine(redis, "submitter", results).to_string()).unwrap()).unwrap()
 }
 
+/// The service's API process (a submitter) and `workers` worker-only processes on this Redis; returns the API's
+/// base URL, the processes (the API first) and the shared results folder.
+fn service(redis: &RedisServer, workers: usize) -> (String, Vec<std::process::Child>, std::path::PathBuf) {
+    let results = results_dir();
+    let api_config = config_json(json!({"results_dir": results, "engine": engine(redis, "submitter", &results)}));
+    let (api, line) = spawn(&api_config);
+    let base = line.trim_start_matches("vgen-server listening on ").to_string();
+    let mut processes = vec![api];
+    for n in 0..workers {
+        let dir = results.join(format!("worker-{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = json!({"listen": null, "tokens": [], "results_dir": dir, "engine": engine(redis, "worker", &results)});
+        processes.push(spawn(&config).0);
+    }
+    (base, processes, results)
+}
+
+/// Stops the processes still running with SIGTERM; each must exit cleanly.
+fn stop(processes: &mut [std::process::Child]) {
+    for p in processes.iter() {
+        sigterm(p);
+    }
+    for p in processes {
+        assert!(p.wait().unwrap().success());
+    }
+}
+
 fn job_id(id: &str) -> JobId {
     JobId(id.trim_start_matches("job-").parse().unwrap())
 }
@@ -32,18 +59,7 @@ fn job_id(id: &str) -> JobId {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_node_and_two_workers_finish_50_jobs_once_each_though_a_worker_is_killed() {
     let redis = RedisServer::start("service");
-    let results = results_dir();
-    let api_config = config_json(json!({"results_dir": results, "engine": engine(&redis, "submitter", &results)}));
-    let (mut api, line) = spawn(&api_config);
-    let base = line.trim_start_matches("vgen-server listening on ").to_string();
-    let mut workers = Vec::new();
-    for n in 0..2 {
-        let dir = results.join(format!("worker-{n}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = json!({"listen": null, "tokens": [], "results_dir": dir,
-                            "engine": engine(&redis, "worker", &results)});
-        workers.push(spawn(&config).0);
-    }
+    let (base, mut processes, results) = service(&redis, 2);
     let client = Client::at(&base, ALPHA);
     let mut ids = Vec::new();
     for i in 0..50 {
@@ -55,8 +71,9 @@ async fn an_api_node_and_two_workers_finish_50_jobs_once_each_though_a_worker_is
         assert!(Instant::now() < until, "no job started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    workers[0].kill().unwrap();
-    workers[0].wait().unwrap();
+    let mut killed = processes.remove(1);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
     for id in &ids {
         let status = client.finish(id).await;
         assert_eq!(status["status"], "completed", "{status}");
@@ -72,24 +89,14 @@ async fn an_api_node_and_two_workers_finish_50_jobs_once_each_though_a_worker_is
         reruns += events.iter().filter(|e| matches!(e.kind, EventKind::Started { .. })).count() - 1;
     }
     assert!(reruns >= 1, "the killed worker's job ran again elsewhere");
-    sigterm(&workers[1]);
-    sigterm(&api);
-    assert!(workers[1].wait().unwrap().success());
-    assert!(api.wait().unwrap().success());
+    stop(&mut processes);
     let _ = std::fs::remove_dir_all(&results);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_through_the_api_node_stops_the_job_on_its_worker() {
     let redis = RedisServer::start("service-cancel");
-    let results = results_dir();
-    let api_config = config_json(json!({"results_dir": results, "engine": engine(&redis, "submitter", &results)}));
-    let (mut api, line) = spawn(&api_config);
-    let base = line.trim_start_matches("vgen-server listening on ").to_string();
-    let dir = results.join("worker");
-    std::fs::create_dir_all(&dir).unwrap();
-    let (mut worker, _) =
-        spawn(&json!({"listen": null, "tokens": [], "results_dir": dir, "engine": engine(&redis, "worker", &results)}));
+    let (base, mut processes, results) = service(&redis, 1);
     let client = Client::at(&base, ALPHA);
     let id = client.submit(slow_job(1, 200, 50)).await;
     client.wait_for(&id, "running").await;
@@ -104,9 +111,6 @@ async fn a_cancel_through_the_api_node_stops_the_job_on_its_worker() {
     let observer = observer(&redis, &results);
     let steps = observer.events(job_id(&id), 0).unwrap().iter().filter(|e| matches!(e.kind, EventKind::Progress { .. })).count();
     assert!(steps < 100, "the run stopped early ({steps} of 200 steps)");
-    sigterm(&worker);
-    sigterm(&api);
-    assert!(worker.wait().unwrap().success());
-    assert!(api.wait().unwrap().success());
+    stop(&mut processes);
     let _ = std::fs::remove_dir_all(&results);
 }
