@@ -85,7 +85,7 @@ def test_ctrl_c_cancels_the_job_and_raises_keyboard_interrupt(tmp_path):
                 started.append(1)
                 print("running", flush=True)
         try:
-            vgen.generate("!slow=50 interrupted", model="faulty", steps=200, on_progress=on_progress)
+            vgen.generate("!slow=50 interrupted", model="faulty", steps=600, on_progress=on_progress)
         except KeyboardInterrupt:
             engine = vgen._default_engine()
             deadline = time.time() + 10
@@ -103,7 +103,8 @@ def test_ctrl_c_cancels_the_job_and_raises_keyboard_interrupt(tmp_path):
         out, err = child.communicate(timeout=60)
     finally:
         child.kill()
-    assert time.monotonic() - sent < 8, "the interrupt was seen within a step, not after the 10 s job"
+    # The job alone takes 30 s; on a loaded 2-core machine the child still exits within a few seconds.
+    assert time.monotonic() - sent < 20, "the interrupt was seen within a step, not after the 30 s job"
     assert "interrupted; cancelled: 1" in out, (out, err)
     assert "KeyboardInterrupt" in err and child.returncode == -signal.SIGINT, (child.returncode, err[-2000:])
 
