@@ -85,7 +85,7 @@ def test_ctrl_c_cancels_the_job_and_raises_keyboard_interrupt(tmp_path):
                 started.append(1)
                 print("running", flush=True)
         try:
-            vgen.generate("!slow=50 interrupted", model="faulty", steps=600, on_progress=on_progress)
+            vgen.generate("!slow=150 interrupted", model="faulty", steps=200, on_progress=on_progress)
         except KeyboardInterrupt:
             engine = vgen._default_engine()
             deadline = time.time() + 10
