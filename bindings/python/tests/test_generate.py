@@ -76,8 +76,12 @@ def test_ctrl_c_cancels_the_job_and_raises_keyboard_interrupt(tmp_path):
     GIL), cancel the job, and let KeyboardInterrupt end the program as Python's Ctrl-C does."""
     script = tmp_path / "interrupted.py"
     script.write_text(textwrap.dedent("""
-        import sys, time
+        import signal, sys, time
         import vgen
+
+        # A child started from a background job inherits SIGINT ignored (POSIX shells do that without job
+        # control); a terminal's Ctrl-C reaches Python's own handler, so install it as the terminal case has it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
         started = []
         def on_progress(event):
