@@ -27,6 +27,14 @@ impl RedisLink {
         Ok(con)
     }
 
+    /// Returns a working connection to the pool, unless the pool is full.
+    fn keep(&self, con: redis::Connection) {
+        let mut idle = self.idle.lock();
+        if idle.len() < POOL {
+            idle.push(con);
+        }
+    }
+
     /// Runs `f` on a pooled connection. A connection that failed is dropped, not returned to the pool.
     pub fn with<T>(&self, f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>) -> Result<T> {
         let pooled = self.idle.lock().pop();
@@ -36,10 +44,7 @@ impl RedisLink {
         };
         match f(&mut con) {
             Ok(v) => {
-                let mut idle = self.idle.lock();
-                if idle.len() < POOL {
-                    idle.push(con);
-                }
+                self.keep(con);
                 Ok(v)
             }
             Err(e) => {
@@ -50,10 +55,7 @@ impl RedisLink {
                     return Err(unavailable(e));
                 }
                 if !broken {
-                    let mut idle = self.idle.lock();
-                    if idle.len() < POOL {
-                        idle.push(con);
-                    }
+                    self.keep(con);
                     return Err(Error::new(ErrorCode::Internal, format!("redis: {e}")));
                 }
                 self.idle.lock().clear();

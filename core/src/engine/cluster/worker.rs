@@ -499,17 +499,23 @@ impl Cluster {
         for ((id, token, waiting), (terminal, lease, status)) in runs.into_iter().zip(states) {
             if terminal.is_some() || lease.as_deref() != Some(token.as_str()) {
                 if waiting {
-                    if let Some(run) = self.runs.lock().remove(&id) {
-                        // Ended while it waited: acknowledge its entry (FINISH does that for the lease holder).
-                        self.finish(&Ending {
-                            id,
-                            token: run.token,
-                            key: run.key,
-                            status: status.as_deref().map(|s| parse(s, "job status")).transpose()?.unwrap_or_else(|| blank(id)),
-                            event: String::new(),
-                            result: None,
-                            cacheable: false,
-                        })?;
+                    let run = self.runs.lock().remove(&id);
+                    // Ended (a cancel) while it waited, and still this run's: acknowledge its entry, which FINISH
+                    // does for the lease holder before it finds `terminal` set and writes nothing else. A run whose
+                    // lease went elsewhere, or whose job is gone, has nothing to acknowledge here: the entry's new
+                    // holder, or the reclaim that finds no job, does it.
+                    if let (Some(run), Some(status)) = (run, status.as_deref()) {
+                        if lease.as_deref() == Some(run.token.as_str()) {
+                            self.finish(&Ending {
+                                id,
+                                token: run.token,
+                                key: run.key,
+                                status: parse(status, "job status")?,
+                                event: String::new(),
+                                result: None,
+                                cacheable: false,
+                            })?;
+                        }
                     }
                 } else {
                     self.stop_local(id);
@@ -561,26 +567,6 @@ fn advance_status(status: &mut JobStatus, event: &Event) {
             status.eta_ms = status.eta_ms.map(|e| e + delay_ms);
         }
         EventKind::Queued { .. } | EventKind::Preview { .. } | EventKind::Warning { .. } | EventKind::Finished { .. } => {}
-    }
-}
-
-fn blank(id: JobId) -> JobStatus {
-    JobStatus {
-        id,
-        state: JobState::Cancelled,
-        stage: crate::engine::Stage::Validating,
-        progress: 0.0,
-        step: 0,
-        steps: 0,
-        queue_position: 0,
-        attempt: 0,
-        eta_ms: None,
-        eta_confidence: crate::engine::Confidence::Prior,
-        submitted_at_ms: 0,
-        started_at_ms: None,
-        finished_at_ms: None,
-        error: None,
-        cache_hit: false,
     }
 }
 
