@@ -4,8 +4,11 @@ Each side runs in its own process (so peak memory is its own), warms up once, th
 gives medians and vgen/diffusers ratios. Cases:
 
   pipeline  a model folder end to end (default: models/shapes-tiny, the project's trained model), CPU
-  step      one transformer forward with random weights from a config (default: the real Wan2.1-T2V-1.3B
-            configuration) at a reduced size on the CPU, or 480x832x81 with --device cuda
+  step      one denoising step with classifier-free guidance, with random weights from a config (default: the
+            real Wan2.1-T2V-1.3B configuration) at a reduced size on the CPU, or 480x832x81 with --device cuda:
+            diffusers runs the conditional and unconditional forwards one after the other (as WanPipeline
+            does), vgen as one batch with the text side prepared once per job; prompts of 32 tokens padded with
+            zeros to 512, as the text encoder hands them over
   decode    VAE decode peak memory at 17, 33, 65 and 129 frames: vgen streaming to an MP4 file, diffusers
             returning the whole array (the tiny VAE, and the real Wan2.1 VAE configuration with random weights)
 
@@ -31,6 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 WAN_CONFIGS = ROOT / "core/tests/fixtures/wan/wan2.1-t2v-1.3b-configs"
 TINY_WAN = ROOT / "core/tests/fixtures/wan/tiny-wan"
+# The step case's prompts: real rows of the prompt and of the negative prompt, the rest of the 512 zero.
+PROMPT_TOKENS = 32
+NEGATIVE_TOKENS = 32
 
 
 def peak_rss() -> int:
@@ -92,7 +98,18 @@ def diffusers_pipeline(a) -> None:
                           "threads": torch.get_num_threads()}), flush=True)
 
 
+def step_text(torch, text_dim: int, device, dtype):
+    """The [cond; uncond] prompt embeddings of a step, as the text encoder and the pipeline hand them over:
+    PROMPT_TOKENS and NEGATIVE_TOKENS real rows, then zeros to 512, as vgen-side builds them."""
+    torch.manual_seed(1)
+    text = torch.randn(2, 512, text_dim)
+    text[0, PROMPT_TOKENS:] = 0
+    text[1, NEGATIVE_TOKENS:] = 0
+    return text.to(device=device, dtype=dtype)
+
+
 def diffusers_step(a) -> None:
+    """One denoising step with classifier-free guidance as WanPipeline runs it: two transformer forwards."""
     import torch
     from diffusers import WanTransformer3DModel
 
@@ -103,7 +120,7 @@ def diffusers_step(a) -> None:
     torch.manual_seed(0)
     lf = (a.frames - 1) // 4 + 1
     x = torch.randn(1, 16, lf, a.height // 8, a.width // 8, device=device, dtype=dtype)
-    text = torch.randn(1, 512, config["text_dim"], device=device, dtype=dtype)
+    text = step_text(torch, config["text_dim"], device, dtype)
     t = torch.tensor([500.0], device=device)
     tokens = lf * (a.height // 16) * (a.width // 16)
     with torch.no_grad():
@@ -111,7 +128,9 @@ def diffusers_step(a) -> None:
             if a.device == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
-            model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)
+            cond = model(hidden_states=x, timestep=t, encoder_hidden_states=text[:1], return_dict=False)[0]
+            uncond = model(hidden_states=x, timestep=t, encoder_hidden_states=text[1:], return_dict=False)[0]
+            uncond + 5.0 * (cond - uncond)
             if a.device == "cuda":
                 torch.cuda.synchronize()
             step = (time.perf_counter() - started) * 1e3
@@ -201,8 +220,8 @@ def main() -> None:
         if a.device == "cpu":
             v = run_side([side, "step", "--transformer", t, "--runs", str(a.runs), *size])
             tokens = v[0]["tokens"]
-            rows.append((f"Wan2.1-1.3B transformer step, {tokens} tokens", median(v, "step_ms"), median(d, "step_ms"), "step_ms"))
-            rows.append((f"Wan2.1-1.3B transformer step, {tokens} tokens, peak RSS", median(v, "peak_rss"), median(d, "peak_rss"), "peak_rss"))
+            rows.append((f"Wan2.1-1.3B denoising step with CFG, {tokens} tokens", median(v, "step_ms"), median(d, "step_ms"), "step_ms"))
+            rows.append((f"Wan2.1-1.3B denoising step with CFG, {tokens} tokens, peak RSS", median(v, "peak_rss"), median(d, "peak_rss"), "peak_rss"))
         else:
             rows.append((f"diffusers 1.3B step on {a.device} (no vgen side in this script)", float("nan"), median(d, "step_ms"), "step_ms"))
     if "decode" in cases:

@@ -121,8 +121,13 @@ fn pipeline(
     Ok(())
 }
 
-/// One transformer forward on random latents, with random weights built from a config.
+/// One denoising step with classifier-free guidance as the pipeline runs it: the conditional and unconditional
+/// latents in one batch, the text side of the cross-attention prepared once per job (before the timed steps, as a
+/// job pays it once), random weights built from a config. The prompts are `run.py`'s: 32 real rows each, then
+/// zeros to 512, as the text encoder hands them over.
 fn step(folder: &Path, [frames, height, width]: [i64; 3], runs: usize) -> vgen_core::Result<()> {
+    const PROMPT_TOKENS: i64 = 32;
+    const NEGATIVE_TOKENS: i64 = 32;
     let config: TransformerConfig = weights::read_config(folder)?;
     let text_dim = config.text_dim;
     let vs = VarStore::new(Device::Cpu);
@@ -131,14 +136,19 @@ fn step(folder: &Path, [frames, height, width]: [i64; 3], runs: usize) -> vgen_c
     tch::manual_seed(0);
     let latent_frames = (frames - 1) / 4 + 1;
     let x = Tensor::randn([1, 16, latent_frames, height / 8, width / 8], (Kind::Float, Device::Cpu));
-    let text = Tensor::randn([1, 512, text_dim], (Kind::Float, Device::Cpu));
-    let t = Tensor::from_slice(&[500.0f32]);
+    let text = Tensor::randn([2, 512, text_dim], (Kind::Float, Device::Cpu));
+    let _ = text.get(0).narrow(0, PROMPT_TOKENS, 512 - PROMPT_TOKENS).zero_();
+    let _ = text.get(1).narrow(0, NEGATIVE_TOKENS, 512 - NEGATIVE_TOKENS).zero_();
+    let t = Tensor::from_slice(&[500.0f32, 500.0]);
     let tokens = latent_frames * (height / 16) * (width / 16);
+    let context = model.text_context(&text, true);
     for run in 0..=runs {
         let started = Instant::now();
-        let out = model.forward(&x, &t, &text)?;
+        let out = model.forward_with(&Tensor::cat(&[&x, &x], 0), &t, &context)?;
+        let parts = out.chunk(2, 0);
+        let guided = &parts[1] + (&parts[0] - &parts[1]) * 5.0;
         let elapsed = started.elapsed();
-        assert_eq!(out.size(), x.size());
+        assert_eq!(guided.size(), x.size());
         let line = serde_json::json!({
             "side": "vgen", "case": "step", "warmup": run == 0, "tokens": tokens,
             "step_ms": ms(elapsed), "peak_rss": peak_rss(), "threads": vgen_core::runtime::cpu_threads(),

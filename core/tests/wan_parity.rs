@@ -88,7 +88,8 @@ fn transformer_matches_diffusers() {
         let (cos, sin) = model.rope.forward(s[2], s[3], s[4]);
         assert_close(&format!("{case} rope cos"), &cos, &c[&format!("{case}.rope_cos")], 1e-6);
         assert_close(&format!("{case} rope sin"), &sin, &c[&format!("{case}.rope_sin")], 1e-6);
-        let (temb, proj, text_proj) = model.condition_embedder.forward(t, text);
+        let (temb, proj) = model.condition_embedder.time(t, Kind::Float);
+        let text_proj = model.condition_embedder.text(text);
         assert_close(&format!("{case} temb"), &temb, &c[&format!("{case}.temb")], 1e-4);
         assert_close(&format!("{case} timestep_proj"), &proj, &c[&format!("{case}.timestep_proj")], 1e-4);
         assert_close(&format!("{case} text_proj"), &text_proj, &c[&format!("{case}.text_proj")], 1e-4);
@@ -147,6 +148,40 @@ fn tokenizers_give_transformers_ids_and_masks() {
         let (raw, clean) = (case["raw"].as_str().unwrap(), case["clean"].as_str().unwrap());
         assert_eq!(wan::tokenizer::prompt_clean(raw), clean, "prompt_clean({raw:?})");
     }
+}
+
+#[test]
+fn folding_the_prompt_padding_gives_the_same_velocity() {
+    // Prompts as the pipeline hands them over: real rows, then zeros to the padded length. Folding the zeros into
+    // one row with a ln(count) logit bias must not change the output; prompts of different lengths share a batch.
+    let c = cases("transformer.safetensors");
+    let folder = fixtures().join("tiny-wan/transformer");
+    let config = read_config(&folder).unwrap();
+    let (_vs, model) =
+        wan::load_component(&folder, "diffusion_pytorch_model", Device::Cpu, &[], &[], |p| WanTransformer::new(p, config)).unwrap();
+    let _g = tch::no_grad_guard();
+    let (x, t) = (&c["a.hidden_states"], &c["a.timestep"]);
+    // The fixture's own text already ends in zeros; random rows have none, so the lengths are exactly these.
+    tch::manual_seed(3);
+    let text = &c["a.encoder_hidden_states"].randn_like();
+    let [b, l, _] = text.size()[..] else { unreachable!() };
+    assert!(b == 2 && l >= 8, "the fixture's text is {:?}", text.size());
+    for lengths in [[3, 7], [1, 4], [l - 1, 2], [5, l]] {
+        let batch = text.copy();
+        for (row, n) in lengths.into_iter().enumerate() {
+            let _ = batch.get(row as i64).narrow(0, n, l - n).zero_();
+        }
+        let folded = model.text_context(&batch, true);
+        let full = model.text_context(&batch, false);
+        // Each prompt's real rows and one row for its padding; the batch takes the longest.
+        let keys = lengths.iter().map(|&n| (n + 1).min(l)).max().unwrap();
+        assert_eq!((folded.keys(), full.keys()), (keys, l), "{lengths:?}");
+        let folded_out = model.forward_with(x, t, &folded).unwrap();
+        let full_out = model.forward_with(x, t, &full).unwrap();
+        assert_close(&format!("folded {lengths:?}"), &folded_out, &full_out, 1e-5);
+    }
+    // Nothing to fold when every row is real.
+    assert_eq!(model.text_context(text, true).keys(), l);
 }
 
 #[test]

@@ -89,6 +89,9 @@ class Plan:
     # transformer phase 2 starts from, with a fresh optimiser. "" trains everything from scratch.
     base_run: str = ""
     ema_decay: float = 0.999
+    # End phase 2 after this many steps (0: at dit_steps) with the EMA weights as they are, the schedule unchanged:
+    # for a run that must finish by a deadline. Not pinned, so a resumed run may set it.
+    dit_stop_at: int = 0
     dit_probe_every: int = 1000
     probe_prompts: int = 12  # per split, in the generation probes during phase 2
     checkpoint_minutes: float = 4.0
@@ -507,9 +510,12 @@ def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
     vae = vae_with_statistics(vae, data).eval()
     text_encoder.train(), transformer.train()
     timer, saved, smooth = Timer(), time.monotonic(), None
-    bar = progress(plan.dit_steps, start, "phase 2 dit")
+    end = min(plan.dit_steps, plan.dit_stop_at or plan.dit_steps)
+    if end < plan.dit_steps:
+        log(f"dit: stopping at step {end} of {plan.dit_steps} (--dit-stop-at)")
+    bar = progress(end, start, "phase 2 dit")
     try:
-        for step in range(start, plan.dit_steps):
+        for step in range(start, end):
             threads = cpu_share.adjust()
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(plan.dit_lr, plan.dit_warmup, plan.dit_steps, step)
@@ -531,7 +537,7 @@ def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
             bar.update()
             timer.tick()
             done = step + 1
-            if done % plan.dit_probe_every == 0 or done == plan.dit_steps:
+            if done % plan.dit_probe_every == 0 or done == end:
                 rate = timer.per_step
                 eta = f", {rate:.2f} s/step, phase ETA {rate * (plan.dit_steps - done) / 60:.1f} min" if rate else ""
                 log(f"dit step {done}/{plan.dit_steps}: loss {smooth:.4f} probe all-correct {probe_dit(vae, ema_text_encoder, ema_transformer, plan.probe_prompts)}{eta}")
@@ -539,7 +545,7 @@ def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
             elif done % 100 == 0:
                 rate = timer.per_step
                 log(f"dit step {done}/{plan.dit_steps}: loss {smooth:.4f}" + (f", {rate:.2f} s/step, phase ETA {rate * (plan.dit_steps - done) / 60:.1f} min" if rate else ""))
-            if done < plan.dit_steps and (
+            if done < end and (
                 time.monotonic() - saved >= plan.checkpoint_minutes * 60 or stop_requested()
             ):
                 save_atomic(state(done), checkpoint)
@@ -552,7 +558,7 @@ def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
     save_atomic(
         {"text_encoder": ema_text_encoder.state_dict(), "transformer": ema_transformer.state_dict()}, folder / "final.pt"
     )
-    (folder / "done").write_text(f"{plan.dit_steps}\n")
+    (folder / "done").write_text(f"{end}\n")
     checkpoint.unlink(missing_ok=True)
     return ema_text_encoder, ema_transformer
 
@@ -604,6 +610,26 @@ def export(run: pathlib.Path, plan: Plan, out: pathlib.Path, vae, text_encoder, 
     os.replace(staging, out)
     (run / "export.done").write_text(str(out) + "\n")
     log(f"export: {out} ({total / 1e6:.2f} MB of weights: {sizes})")
+
+
+def warm_start_text(plan: Plan) -> str:
+    """The chain of runs this one's phase 2 continues, oldest first, each with its plan's phase-2 settings."""
+    chain, base = [], plan.base_run
+    while base:
+        settings = json.loads((HERE / "runs" / base / "plan.json").read_text())
+        chain.append(f"`{base}` ({settings['dit_steps']:,} steps of {settings['dit_batch']}, lr {settings['dit_lr']}, "
+                     f"sigma shift {settings.get('sigma_shift', 1.0):g})")
+        base = settings.get("base_run", "")
+    if not chain:
+        return ""
+    return "\n   Phase 2 started from the exported weights of run " + ", which continued ".join(chain) + \
+        " (`tools/shapes/runs/`); the VAE is the first run's."
+
+
+def dit_steps_text(plan: Plan) -> str:
+    if plan.dit_stop_at and plan.dit_stop_at < plan.dit_steps:
+        return f"{plan.dit_stop_at:,} (of a {plan.dit_steps:,}-step schedule)"
+    return f"{plan.dit_steps:,}"
 
 
 def model_card(run, plan: Plan, sizes: dict, vae, text_encoder, transformer, command: str) -> str:
@@ -676,10 +702,10 @@ transformers 5.23.0. Seed {plan.seed}.
    latents' spread of Gaussian noise (the log-variance head is not trained: use the mode). Reconstruction probe
    at the end: {probe}.
 2. {plan.dataset_clips} training clips encoded once; per-channel latent statistics measured.
-3. Text encoder + transformer jointly: {plan.dit_steps} AdamW steps of {plan.dit_batch} (lr {plan.dit_lr}, cosine,
+3. Text encoder + transformer jointly: {dit_steps_text(plan)} AdamW steps of {plan.dit_batch} (lr {plan.dit_lr}, cosine,
    EMA {plan.ema_decay}), rectified flow (x_t = (1 - s) x0 + s n, target n - x0, timestep s * 1000,
-   s ~ logit-normal(0, 1) with {plan.uniform_sigma:.0%} uniform), {plan.prompt_dropout:.0%} empty prompts; the
-   EMA weights are exported.
+   s ~ logit-normal(0, 1) with {plan.uniform_sigma:.0%} uniform, shifted by {plan.sigma_shift:g}),
+   {plan.prompt_dropout:.0%} empty prompts; the EMA weights are exported.{warm_start_text(plan)}
 
 ## Evaluation
 `tools/shapes/evaluate.py` generates with diffusers' `WanPipeline` and scores each clip with
@@ -745,13 +771,16 @@ PHASE_FIELDS = {
 }
 
 
-def share_phase_one(run: pathlib.Path, base: pathlib.Path) -> None:
-    """A warm-started run uses its base run's finished VAE and encoded latents (links, not copies)."""
+def share_phase_one(run: pathlib.Path, base: pathlib.Path, plan: Plan) -> None:
+    """A warm-started run uses its base run's finished VAE (a link, not a copy), and its encoded latents too when
+    it asks for as many clips as the base run encoded; a run that asks for another number encodes its own."""
     if not (base / "vae" / "done").exists() or not (base / "dit" / "done").exists():
         raise SystemExit(f"{base}: the base run has not finished its VAE and transformer")
-    for phase in ("vae", "latents"):
+    base_clips = json.loads((base / "plan.json").read_text())["dataset_clips"]
+    phases = ("vae", "latents") if plan.dataset_clips == base_clips else ("vae",)
+    for phase in phases:
         link = run / phase
-        if not link.exists():
+        if not link.exists() and not link.is_symlink():
             link.symlink_to(pathlib.Path("..") / base.name / phase)
 
 
@@ -786,6 +815,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dit-batch", type=int)
     parser.add_argument("--dit-lr", type=float)
     parser.add_argument("--sigma-shift", type=float)
+    parser.add_argument("--dit-stop-at", type=int, help="end phase 2 at this step with the EMA weights so far")
     parser.add_argument("--no-evaluate", action="store_true", help="stop after the export")
     parser.add_argument(
         "--threads", default="auto",
@@ -803,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in {
             "vae_steps": args.vae_steps, "dit_steps": args.dit_steps, "dataset_clips": args.dataset_clips,
             "seed": args.seed, "base_run": args.base_run, "dit_batch": args.dit_batch, "dit_lr": args.dit_lr,
-            "sigma_shift": args.sigma_shift,
+            "sigma_shift": args.sigma_shift, "dit_stop_at": args.dit_stop_at,
         }.items()
         if v is not None
     }
@@ -813,7 +843,7 @@ def main(argv: list[str] | None = None) -> int:
     out = pathlib.Path(args.out) if args.out else (run / "export" if args.smoke else REPO / "models" / "shapes-tiny")
     run.mkdir(parents=True, exist_ok=True)
     if plan.base_run:
-        share_phase_one(run, HERE / "runs" / plan.base_run)
+        share_phase_one(run, HERE / "runs" / plan.base_run, plan)
     pin_plan(run, plan)
     command = " ".join(["python tools/shapes/train.py", *(argv if argv is not None else sys.argv[1:])])
     log(f"run {run} -> {out}; plan {dataclasses.asdict(plan)}")

@@ -226,12 +226,14 @@ impl WanModel {
         let mut scheduler = self.scheduler.build(steps)?;
         let timesteps = scheduler.timesteps().to_vec();
         let cfg = guidance > 1.0;
+        // The text side of the cross-attention depends on the prompts alone: prepared once, used every step.
+        let context = c.transformer.text_context(text, true);
         let mut x = latents;
         for (i, t) in timesteps.iter().enumerate() {
             let batch = if cfg { Tensor::cat(&[&x, &x], 0) } else { x.shallow_clone() };
             let b = batch.size()[0];
             let timestep = Tensor::full([b], *t as f64, (Kind::Float, x.device()));
-            let out = c.transformer.forward(&batch, &timestep, text)?;
+            let out = c.transformer.forward_with(&batch, &timestep, &context)?;
             let noise = if cfg {
                 let parts = out.chunk(2, 0);
                 &parts[1] + (&parts[0] - &parts[1]) * guidance

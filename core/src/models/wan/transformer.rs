@@ -260,29 +260,98 @@ impl Attention {
         }
     }
 
-    /// Attention of `x` `[B, S, dim]` to `context` (itself when None), with RoPE on q and k when given.
-    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>, rope: Option<(&Tensor, &Tensor)>) -> Tensor {
-        let ctx = context.unwrap_or(x);
-        let q = self.norm_q.forward(&self.to_q.forward(x)).unflatten(2, [self.heads, -1]);
-        let k = self.norm_k.forward(&self.to_k.forward(ctx)).unflatten(2, [self.heads, -1]);
-        let v = self.to_v.forward(ctx).unflatten(2, [self.heads, -1]);
-        let (q, k) = match rope {
-            Some((cos, sin)) => (apply_rope(&q, cos, sin), apply_rope(&k, cos, sin)),
-            None => (q, k),
-        };
-        // [B, S, H, D] → [B, H, S, D] for the fused kernel (flash or cuDNN on GPUs), and back.
-        let out = Tensor::scaled_dot_product_attention(
-            &q.transpose(1, 2),
-            &k.transpose(1, 2),
-            &v.transpose(1, 2),
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        );
-        self.to_out.forward(&out.transpose(1, 2).flatten(2, 3).to_kind(x.kind()))
+    /// Self-attention of `x` `[B, S, dim]`, with RoPE on q and k.
+    pub fn forward_self(&self, x: &Tensor, rope: (&Tensor, &Tensor)) -> Tensor {
+        let q = apply_rope(&self.query(x), rope.0, rope.1);
+        let k = self.norm_k.forward(&self.to_k.forward(x)).unflatten(2, [self.heads, -1]);
+        let k = apply_rope(&k, rope.0, rope.1);
+        let v = self.to_v.forward(x).unflatten(2, [self.heads, -1]);
+        self.attend(x.kind(), &q, &k.transpose(1, 2), &v.transpose(1, 2), None)
     }
+
+    /// Attention of `x` `[B, S, dim]` to prepared keys and values (see [`TextContext`]), with an additive bias on
+    /// the logits, `[B, 1, 1, L]`, when given.
+    pub fn forward_cross(&self, x: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Tensor {
+        self.attend(x.kind(), &self.query(x), k, v, bias)
+    }
+
+    /// q `[B, S, heads, D]`, normed.
+    fn query(&self, x: &Tensor) -> Tensor {
+        self.norm_q.forward(&self.to_q.forward(x)).unflatten(2, [self.heads, -1])
+    }
+
+    /// k (normed) and v of `context` `[B, L, dim]`, each `[B, heads, L, D]` as the fused kernel takes them.
+    pub fn keys_values(&self, context: &Tensor) -> (Tensor, Tensor) {
+        let k = self.norm_k.forward(&self.to_k.forward(context)).unflatten(2, [self.heads, -1]);
+        let v = self.to_v.forward(context).unflatten(2, [self.heads, -1]);
+        (k.transpose(1, 2), v.transpose(1, 2))
+    }
+
+    fn attend(&self, kind: Kind, q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Tensor {
+        // [B, S, H, D] → [B, H, S, D] for the fused kernel (flash or cuDNN on GPUs), and back.
+        let out = Tensor::scaled_dot_product_attention(&q.transpose(1, 2), k, v, bias, 0.0, false, None, false);
+        self.to_out.forward(&out.transpose(1, 2).flatten(2, 3).to_kind(kind))
+    }
+}
+
+/// The text side of a job's cross-attention: every block's keys and values for the projected prompt embeddings.
+/// They depend on the prompt alone, so the denoising loop prepares them once per job instead of every step.
+///
+/// Rows past a prompt's length are zero (the pipeline zeroes them, as diffusers does), so all of them project to
+/// one and the same key and value. The context keeps a single such row and adds ln(count) to its attention logit:
+/// a softmax over n identical entries is one entry weighted n, so the attention is unchanged while it runs over
+/// the prompt's real length plus one row instead of the whole padded length (512 for Wan2.1). Rows other
+/// prompts of the batch do not have are masked out with −∞.
+pub struct TextContext {
+    blocks: Vec<(Tensor, Tensor)>,
+    bias: Option<Tensor>,
+}
+
+impl TextContext {
+    /// How many key rows each block attends to.
+    pub fn keys(&self) -> i64 {
+        self.blocks.first().map_or(0, |(k, _)| k.size()[2])
+    }
+}
+
+/// Per batch row of `text` `[B, L, d]`: the length up to its last non-zero row.
+fn text_lengths(text: &Tensor) -> Vec<i64> {
+    let nonzero = text.abs().amax([-1], false).gt(0.0).to_kind(Kind::Int64).to_device(tch::Device::Cpu);
+    let [b, l] = nonzero.size()[..] else { unreachable!("[B, L] by construction") };
+    let flags = Vec::<i64>::try_from(nonzero.flatten(0, -1)).unwrap_or_default();
+    (0..b as usize)
+        .map(|row| {
+            let row = &flags[row * l as usize..(row + 1) * l as usize];
+            row.iter().rposition(|&f| f != 0).map_or(0, |i| i as i64 + 1)
+        })
+        .collect()
+}
+
+/// `text` `[B, L, d]` with its zero tail folded to one row per prompt, and the logit bias that makes the fold
+/// exact, `[B, 1, 1, L']`; `None` for the bias when no prompt has a zero tail (nothing folds).
+fn fold_padding(text: &Tensor) -> (Tensor, Option<Tensor>) {
+    let [b, l, _] = text.size()[..] else { unreachable!("[B, L, d] by construction") };
+    let lengths = text_lengths(text);
+    if lengths.iter().all(|&n| n == l) {
+        return (text.shallow_clone(), None);
+    }
+    // Each prompt keeps its real rows and, when it has a tail, its first zero row, standing for all of them. Every
+    // row past a prompt's length is zero, so the rows a shorter prompt gets beyond that are zero too (and masked).
+    let kept = lengths.iter().map(|&n| (n + 1).min(l)).max().unwrap_or(1);
+    let folded = text.narrow(1, 0, kept);
+    let mut bias = vec![0f32; (b * kept) as usize];
+    for (row, &n) in lengths.iter().enumerate() {
+        for (j, value) in bias[row * kept as usize..(row + 1) * kept as usize].iter_mut().enumerate() {
+            let j = j as i64;
+            if j == n {
+                *value = ((l - n) as f32).ln();
+            } else if j > n {
+                *value = f32::NEG_INFINITY;
+            }
+        }
+    }
+    let bias = Tensor::from_slice(&bias).view([b, 1, 1, kept]).to_device(text.device());
+    (folded, Some(bias))
 }
 
 #[derive(Debug)]
@@ -313,20 +382,28 @@ impl Block {
         }
     }
 
-    /// `x` `[B, S, dim]`, `text` `[B, L, dim]`, `modulation` `[B, 6, dim]` (the projected timestep).
-    pub fn forward(&self, x: &Tensor, text: &Tensor, modulation: &Tensor, rope: (&Tensor, &Tensor)) -> Tensor {
+    /// `x` `[B, S, dim]`, `text` this block's prepared keys and values with their `bias` (see [`TextContext`]),
+    /// `modulation` `[B, 6, dim]` (the projected timestep).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        text: &(Tensor, Tensor),
+        bias: Option<&Tensor>,
+        modulation: &Tensor,
+        rope: (&Tensor, &Tensor),
+    ) -> Tensor {
         let kind = x.kind();
         let m = (&self.scale_shift_table.to_kind(Kind::Float) + modulation.to_kind(Kind::Float)).chunk(6, 1);
         let (shift, scale, gate, c_shift, c_scale, c_gate) = (&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
         let xf = x.to_kind(Kind::Float);
         let h = (self.norm1.forward(&xf) * (scale + 1.0) + shift).to_kind(kind);
-        let attn = self.attn1.forward(&h, None, Some(rope));
+        let attn = self.attn1.forward_self(&h, rope);
         let x = (xf + attn * gate).to_kind(kind);
         let h = match &self.norm2 {
             Some(n) => n.forward(&x).to_kind(kind),
             None => x.shallow_clone(),
         };
-        let x = &x + self.attn2.forward(&h, Some(text), None);
+        let x = &x + self.attn2.forward_cross(&h, &text.0, &text.1, bias);
         let h = (self.norm3.forward(&x) * (c_scale + 1.0) + c_shift).to_kind(kind);
         let ff = self.ffn_out.forward(&self.ffn_in.forward(&h).gelu("tanh"));
         (x.to_kind(Kind::Float) + ff.to_kind(Kind::Float) * c_gate).to_kind(kind)
@@ -358,13 +435,17 @@ impl ConditionEmbedder {
         }
     }
 
-    /// (temb `[B, dim]`, projected timestep `[B, 6·dim]`, projected text `[B, L, dim]`).
-    pub fn forward(&self, timestep: &Tensor, text: &Tensor) -> (Tensor, Tensor, Tensor) {
+    /// (temb `[B, dim]`, projected timestep `[B, 6·dim]`), in `kind`.
+    pub fn time(&self, timestep: &Tensor, kind: Kind) -> (Tensor, Tensor) {
         let sinusoid = timestep_sinusoid(timestep, self.freq_dim).to_kind(self.time_1.ws.kind());
-        let temb = self.time_2.forward(&self.time_1.forward(&sinusoid).silu()).to_kind(text.kind());
+        let temb = self.time_2.forward(&self.time_1.forward(&sinusoid).silu()).to_kind(kind);
         let proj = self.time_proj.forward(&temb.silu());
-        let text = self.text_2.forward(&self.text_1.forward(text).gelu("tanh"));
-        (temb, proj, text)
+        (temb, proj)
+    }
+
+    /// The projected text `[B, L, dim]`.
+    pub fn text(&self, text: &Tensor) -> Tensor {
+        self.text_2.forward(&self.text_1.forward(text).gelu("tanh"))
     }
 }
 
@@ -398,8 +479,25 @@ impl WanTransformer {
         })
     }
 
+    /// The text side of every block's cross-attention for prompt embeddings `text` `[B, L, text_dim]` (see
+    /// [`TextContext`]). `fold` folds the zero rows past each prompt's length into one; it applies in fp32 only,
+    /// where ln(count) in the bias is exact to rounding (in bf16 it would be off by up to 1% of the padding's
+    /// weight), so reduced-precision weights keep every row.
+    pub fn text_context(&self, text: &Tensor, fold: bool) -> TextContext {
+        let kind = self.patch_embedding.ws.kind();
+        let text = text.to_kind(kind);
+        let (text, bias) = if fold && kind == Kind::Float { fold_padding(&text) } else { (text, None) };
+        let projected = self.condition_embedder.text(&text);
+        TextContext { blocks: self.blocks.iter().map(|b| b.attn2.keys_values(&projected)).collect(), bias }
+    }
+
     /// The velocity for latents `x` `[B, C, F, H, W]` at `timestep` `[B]`, given text `[B, L, text_dim]`.
     pub fn forward(&self, x: &Tensor, timestep: &Tensor, text: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, timestep, &self.text_context(text, true))
+    }
+
+    /// [`Self::forward`] with the text side prepared once by [`Self::text_context`], as the denoising loop calls it.
+    pub fn forward_with(&self, x: &Tensor, timestep: &Tensor, text: &TextContext) -> Result<Tensor> {
         let [b, _c, f, h, w] = x.size()[..] else {
             return Err(Error::internal(format!("latents must be [B, C, F, H, W], got {:?}", x.size())));
         };
@@ -414,18 +512,20 @@ impl WanTransformer {
                 self.config.rope_max_seq_len
             )));
         }
+        if text.blocks.len() != self.blocks.len() || text.blocks.first().is_some_and(|(k, _)| k.size()[0] != b) {
+            return Err(Error::internal("the text context was prepared for another model or batch"));
+        }
         let (cos, sin) = self.rope.forward(f, h, w);
         // Inputs follow the weights' dtype (bf16 or fp16 on GPUs); the norms and modulation still run in fp32,
         // and the velocity is returned in fp32 for the scheduler.
         let kind = self.patch_embedding.ws.kind();
         let x = x.to_kind(kind);
-        let text = text.to_kind(kind);
         let tokens = x.apply(&self.patch_embedding).flatten(2, -1).transpose(1, 2).contiguous();
-        let (temb, proj, text) = self.condition_embedder.forward(timestep, &text);
+        let (temb, proj) = self.condition_embedder.time(timestep, kind);
         let modulation = proj.unflatten(1, [6, -1]);
         let mut hidden = tokens;
-        for block in &self.blocks {
-            hidden = block.forward(&hidden, &text, &modulation, (&cos, &sin));
+        for (block, kv) in self.blocks.iter().zip(&text.blocks) {
+            hidden = block.forward(&hidden, kv, text.bias.as_ref(), &modulation, (&cos, &sin));
         }
         let m = (self.scale_shift_table.to_kind(Kind::Float) + temb.to_kind(Kind::Float).unsqueeze(1)).chunk(2, 1);
         let (shift, scale) = (&m[0], &m[1]);

@@ -4,7 +4,8 @@
 //! It decodes one latent frame at a time. Every causal convolution keeps the last two frames of its input in a
 //! feature cache slot, taken from the input before the convolution runs, so that the next chunk sees its past;
 //! the first chunk gives 1 frame and each later one 4. Memory therefore does not grow with the video's length, and
-//! each chunk of frames can be handed on as soon as it exists.
+//! each chunk of frames can be handed on as soon as it exists. (Chunks of four latent frames measured 12% faster
+//! on a 64×64 video but peaked 23% higher; one frame at a time keeps memory lowest, as diffusers does.)
 
 use crate::error::{Error, Result};
 use serde::Deserialize;
@@ -142,7 +143,7 @@ impl CausalConv3d {
             }
             _ => x.shallow_clone(),
         };
-        x.constant_pad_nd([pw, pw, ph, ph, front, 0]).apply(&self.conv)
+        convolve(&x.constant_pad_nd([pw, pw, ph, ph, front, 0]), &self.conv)
     }
 
     /// With the feature cache: reads this conv's slot, and stores the frames the next chunk will need.
@@ -156,6 +157,19 @@ impl CausalConv3d {
         let out = self.forward(x, prev);
         cache.slots[i] = Slot::Frames(keep);
         out
+    }
+}
+
+/// A 3-D convolution without padding (the causal padding is already applied). On the CPU in fp32 it calls oneDNN
+/// directly: for a batch of one whose N·C·T·H is small, libtorch's dispatcher picks its unblocked reference kernel
+/// (`slow_conv3d`, im2col and a GEMM), a heuristic made for 2-D convolutions. On this decoder's shapes oneDNN is
+/// 1.2-4.4× faster (12 channels × 6 × 64 × 64: 2.36 ms → 0.53 ms), with the same result to 1e-5 relative.
+fn convolve(x: &Tensor, conv: &nn::Conv<[i64; 3]>) -> Tensor {
+    static MKLDNN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if x.device() == tch::Device::Cpu && x.kind() == Kind::Float && *MKLDNN.get_or_init(tch::utils::has_mkldnn) {
+        x.mkldnn_convolution(&conv.ws, conv.bs.as_ref(), [0, 0, 0], [1, 1, 1], [1, 1, 1], 1)
+    } else {
+        x.apply(conv)
     }
 }
 
@@ -173,8 +187,11 @@ impl RmsNorm {
     fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
         let xf = if matches!(kind, Kind::Half | Kind::BFloat16) { x.to_kind(Kind::Float) } else { x.shallow_clone() };
-        let norm = xf.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
-        (xf / norm).to_kind(kind) * self.scale * &self.gamma
+        // x / max(‖x‖, 1e-12) as x · rsqrt(max(Σx², 1e-24)): the same value, but libtorch's vector norm reduces
+        // over the strided channel dim some 45× slower than a sum of squares does (5 ms against 0.1 ms for
+        // 12 channels × 6 × 64 × 64), which made the norms a third of the decode.
+        let inverse = xf.square().sum_dim_intlist(1, true, Kind::Float).clamp_min(1e-24).rsqrt();
+        (xf * inverse).to_kind(kind) * self.scale * &self.gamma
     }
 }
 
@@ -362,8 +379,9 @@ impl WanVaeDecoder {
         self.post_quant_conv.forward(z, None)
     }
 
-    /// Decodes one latent frame `[B, z, 1, h, w]` (already through `post_quant`), carrying `cache` across calls.
-    /// Returns raw (unclamped) frames: 1 for the first chunk, then 4 per chunk.
+    /// Decodes one chunk of latent frames `[B, z, t, h, w]` (already through `post_quant`), carrying `cache`
+    /// across calls. Returns raw (unclamped) frames: the first chunk must be one latent frame and gives 1 frame;
+    /// each later chunk gives 4 frames per latent frame.
     pub fn decode_chunk(&self, z: &Tensor, cache: &mut FeatureCache) -> Tensor {
         cache.start_chunk();
         let mut x = self.conv_in.forward_cached(z, cache);
@@ -382,8 +400,8 @@ impl WanVaeDecoder {
         self.conv_out.forward_cached(&x, cache)
     }
 
-    /// Decodes normalised-away latents `[B, z, T, h, w]` chunk by chunk, calling `on_chunk` with each chunk of
-    /// frames in [-1, 1] (clamped) as soon as it exists.
+    /// Decodes normalised-away latents `[B, z, T, h, w]` one latent frame at a time, calling
+    /// `on_chunk(i, T, frames)` with each chunk of frames in [-1, 1] (clamped) as soon as it exists.
     pub fn decode(&self, z: &Tensor, mut on_chunk: impl FnMut(usize, usize, Tensor) -> Result<()>) -> Result<()> {
         let x = self.post_quant(z);
         let t = x.size()[2];
