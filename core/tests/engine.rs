@@ -286,6 +286,8 @@ fn priority_order_fifo_within_a_priority_and_aging() {
     // Aging: with a 1 ms aging interval, an old low-priority job outranks a newer high one.
     let e = engine_with(EngineConfig { aging_ms: 1, ..config() });
     let blocker = e.submit(faulty("!slow=20 blocker")).unwrap();
+    // Running, not queued: otherwise, on a loaded machine, the blocker would still be ahead of `old` in the queue.
+    wait_running(&e, blocker);
     let old = e.submit(Request { priority: -5, ..small("old") }).unwrap();
     std::thread::sleep(Duration::from_millis(30));
     let new = e.submit(Request { priority: 5, ..small("new") }).unwrap();

@@ -72,13 +72,17 @@ fn umt5_encoder_matches_transformers() {
     assert_eq!(max_err(&buckets, &c["relative_position_buckets"]), 0.0);
 }
 
+/// The tiny random transformer of the fixtures, in fp32 on the CPU.
+fn tiny_transformer() -> (tch::nn::VarStore, WanTransformer) {
+    let folder = fixtures().join("tiny-wan/transformer");
+    let config = read_config(&folder).unwrap();
+    wan::load_component(&folder, "diffusion_pytorch_model", Device::Cpu, &[], &[], |p| WanTransformer::new(p, config)).unwrap()
+}
+
 #[test]
 fn transformer_matches_diffusers() {
     let c = cases("transformer.safetensors");
-    let folder = fixtures().join("tiny-wan/transformer");
-    let config = read_config(&folder).unwrap();
-    let (_vs, model) =
-        wan::load_component(&folder, "diffusion_pytorch_model", Device::Cpu, &[], &[], |p| WanTransformer::new(p, config)).unwrap();
+    let (_vs, model) = tiny_transformer();
     let _g = tch::no_grad_guard();
     for case in ["a", "b"] {
         let x = &c[&format!("{case}.hidden_states")];
@@ -155,10 +159,7 @@ fn folding_the_prompt_padding_gives_the_same_velocity() {
     // Prompts as the pipeline hands them over: real rows, then zeros to the padded length. Folding the zeros into
     // one row with a ln(count) logit bias must not change the output; prompts of different lengths share a batch.
     let c = cases("transformer.safetensors");
-    let folder = fixtures().join("tiny-wan/transformer");
-    let config = read_config(&folder).unwrap();
-    let (_vs, model) =
-        wan::load_component(&folder, "diffusion_pytorch_model", Device::Cpu, &[], &[], |p| WanTransformer::new(p, config)).unwrap();
+    let (_vs, model) = tiny_transformer();
     let _g = tch::no_grad_guard();
     let (x, t) = (&c["a.hidden_states"], &c["a.timestep"]);
     // The fixture's own text already ends in zeros; random rows have none, so the lengths are exactly these.
@@ -223,12 +224,7 @@ fn the_whole_pipeline_matches_wan_pipeline_from_prompt_to_frames() {
 fn the_transformer_runs_in_bf16_close_to_fp32() {
     // GPUs run the transformer in bf16 with fp32 norms and modulation; the same path runs here on the CPU.
     let c = cases("transformer.safetensors");
-    let folder = fixtures().join("tiny-wan/transformer");
-    let load = || {
-        let config = read_config(&folder).unwrap();
-        wan::load_component(&folder, "diffusion_pytorch_model", Device::Cpu, &[], &[], |p| WanTransformer::new(p, config)).unwrap()
-    };
-    let (mut vs, model) = load();
+    let (mut vs, model) = tiny_transformer();
     vs.set_kind(Kind::BFloat16);
     let _g = tch::no_grad_guard();
     let out = model.forward(&c["a.hidden_states"], &c["a.timestep"], &c["a.encoder_hidden_states"]).unwrap();

@@ -118,7 +118,10 @@ def assess(pipe, items: list[dict], steps: int, guidance: float, save: pathlib.P
     for split in ("seen", "held_out"):
         rows = [r for r in records if r["split"] == split]
         if rows:
-            splits[split] = {"n": len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in ("color", "shape", "motion", "all")}}
+            splits[split] = {
+                "n": len(rows),
+                **{k: float(np.mean([r[k] for r in rows])) for k in ("color", "shape", "motion", "all", "coherent")},
+            }
     return {
         "steps": steps,
         "guidance_scale": guidance,
@@ -132,11 +135,12 @@ def assess(pipe, items: list[dict], steps: int, guidance: float, save: pathlib.P
 def table(result: dict) -> str:
     lines = [
         f"steps {result['steps']}  guidance {result['guidance_scale']}  flow_shift {result['flow_shift']}",
-        f"{'split':<10}{'n':>5}{'colour':>9}{'shape':>9}{'motion':>9}{'all':>9}",
+        f"{'split':<10}{'n':>5}{'colour':>9}{'shape':>9}{'motion':>9}{'all':>9}{'coherent':>10}",
     ]
     for split, s in result["splits"].items():
         lines.append(
             f"{split:<10}{s['n']:>5}{s['color']:>9.1%}{s['shape']:>9.1%}{s['motion']:>9.1%}{s['all']:>9.1%}"
+            f"{s.get('coherent', float('nan')):>10.1%}"
         )
     return "\n".join(lines)
 
@@ -271,12 +275,13 @@ def update_card(folder: pathlib.Path, result: dict, latency: float | None) -> No
         f"flow_shift {result['flow_shift']}; {sum(s['n'] for s in result['splits'].values())} clips "
         "scored by `tools/shapes/score.py` (generated with diffusers' `WanPipeline`).",
         "",
-        "| split | clips | colour | shape | motion | all three |",
-        "|---|---|---|---|---|---|",
+        "| split | clips | colour | shape | motion | all three | coherent in time |",
+        "|---|---|---|---|---|---|---|",
     ]
     for split, s in result["splits"].items():
         body.append(
-            f"| {split.replace('_', '-')} | {s['n']} | {s['color']:.1%} | {s['shape']:.1%} | {s['motion']:.1%} | {s['all']:.1%} |"
+            f"| {split.replace('_', '-')} | {s['n']} | {s['color']:.1%} | {s['shape']:.1%} | {s['motion']:.1%} "
+            f"| {s['all']:.1%} | {s.get('coherent', float('nan')):.1%} |"
         )
     if latency is not None:
         body += ["", f"diffusers on this 2-core CPU: {latency:.2f} s median per clip (batch 1, all models)."]

@@ -106,6 +106,24 @@ def test_scorer_reads_ground_truth_clips():
     for key in ("color", "shape", "motion", "all"):
         accuracy = np.mean([r[key] for r in results])
         assert accuracy >= 0.99, (key, accuracy)
+    # Every rendered clip is coherent in time.
+    assert all(r["coherent"] for r in results)
+
+
+def test_scorer_flags_an_object_that_jumps_between_frames():
+    scene = world.Scene("red", "circle", "standing still")
+    clip = world.render(scene, 7)
+    assert score.score_clip(clip).coherent
+    # The same object, every other frame shifted a quarter of the frame: colour and shape still read right.
+    jumpy = clip.copy()
+    jumpy[1::2] = np.roll(clip[1::2], world.WIDTH // 4, axis=2)
+    reading = score.score_clip(jumpy)
+    assert not reading.coherent and reading.max_jump >= 0.2, reading
+    assert reading.color == "red" and reading.shape == "circle"
+    # A clip whose object vanishes for a frame is not coherent either.
+    gap = clip.copy()
+    gap[8] = gap[8, 0, 0]
+    assert not score.score_clip(gap).coherent
 
 
 def test_scorer_sees_nothing_in_an_empty_clip():

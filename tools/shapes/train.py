@@ -690,7 +690,7 @@ Never seen in training (for either background); the evaluation reports them sepa
 {size_lines}
 
 ## Training
-`{command}` (about 2 hours on 2 CPU cores; resumable), PyTorch 2.11 CPU, diffusers 0.42.1,
+`{command}` ({"resumable; warm-started from earlier runs, whose commands are in `tools/shapes/README.md`" if plan.base_run else "about 2 hours on 2 CPU cores; resumable"}), PyTorch 2.11 CPU, diffusers 0.42.1,
 transformers 5.23.0. Seed {plan.seed}.
 
 1. VAE: {plan.vae_image_steps} AdamW steps of {plan.vae_image_batch} single frames (every 4th step

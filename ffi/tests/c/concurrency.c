@@ -43,7 +43,7 @@ static void request_for(char *out, size_t size, enum kind kind, int thread, int 
         break;
     case TESTCARD:
         /* The same few requests across threads: some share an execution, some are served from the cache. */
-        snprintf(out, size, "{\"prompt\": \"card %d\", \"width\": 32, \"height\": 16, \"num_frames\": 5, \"steps\": 2, \"seed\": %d}",
+        snprintf(out, size, "{\"prompt\": \"card %d\", \"model\": \"testcard\", \"width\": 32, \"height\": 16, \"num_frames\": 5, \"steps\": 2, \"seed\": %d}",
                  i % 2, seed % 3);
         break;
     case FAILS:

@@ -38,10 +38,11 @@ static void check_tally(const struct tally *t, vgen_job_state state, const char 
 
 static void null_everywhere(void) {
     vgen_engine *e = new_engine(CPU);
-    /* A finished job with a preview and a video, so that only the NULL argument is wrong in each call. */
+    /* A finished job with a preview and a video, so that only the NULL argument is wrong in each call. The test card,
+     * whatever the default model is where this runs: its preview is the whole video at most 32 pixels wide. */
     uint64_t job = 0;
-    EXPECT_OK(vgen_engine_submit(e, "{\"prompt\": \"a blue square\", \"width\": 32, \"height\": 32, \"num_frames\": 5, "
-                                    "\"steps\": 2, \"preview_every\": 1, \"seed\": 3}", NULL, &job));
+    EXPECT_OK(vgen_engine_submit(e, "{\"prompt\": \"a blue square\", \"model\": \"testcard\", \"width\": 32, \"height\": 32, "
+                                    "\"num_frames\": 5, \"steps\": 2, \"preview_every\": 1, \"seed\": 3}", NULL, &job));
     CHECK(wait_for(e, job).state == VGEN_JOB_SUCCEEDED, "job succeeded");
     vgen_video *video = NULL;
     EXPECT_OK(vgen_job_result(e, job, &video));

@@ -92,7 +92,7 @@ int main() {
         CHECK(failed.destroyed == 1 && failed.events == 0);
         EXPECT_ERROR(engine.submit(R"({"prompt": "x", "model": "nothing"})"), VGEN_STATUS_NOT_FOUND);
 
-        vgen::Job job = engine.submit(R"({"prompt": "a green square", "width": 32, "height": 32, "num_frames": 5,
+        vgen::Job job = engine.submit(R"({"prompt": "a green square", "model": "testcard", "width": 32, "height": 32, "num_frames": 5,
                                           "steps": 3, "preview_every": 1, "seed": 9})",
                                       counting(ok));
         vgen::Job copy = job;  // a Job is a value

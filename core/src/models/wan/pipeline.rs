@@ -294,6 +294,7 @@ impl Model for WanModel {
         if !unknown.is_empty() {
             attempt.warn(format!("words outside the model's vocabulary are ignored: {}", unknown.join(", ")));
         }
+        let (prompt, negative) = (self.tokenizer.without_unknown_words(&prompt), self.tokenizer.without_unknown_words(&negative));
         let cfg = p.guidance_scale > 1.0;
         let prompts: Vec<&str> = if cfg { vec![&prompt, &negative] } else { vec![&prompt] };
         let text = self.encode_prompts(&c, &prompts, dev)?;

@@ -72,6 +72,25 @@ impl WanTokenizer {
         words.dedup();
         words
     }
+
+    /// `prompt` without the words the vocabulary does not know, so that they are ignored rather than encoded as
+    /// `<unk>`: a small model never trained on `<unk>` (shapes-tiny) can be thrown off by it entirely.
+    pub fn without_unknown_words(&self, prompt: &str) -> String {
+        let (Some(unk), Ok(enc)) = (self.unk_id, self.inner.encode(prompt, false)) else { return prompt.to_string() };
+        let unknown: Vec<(usize, usize)> =
+            enc.get_ids().iter().zip(enc.get_offsets()).filter(|(id, _)| **id == unk).map(|(_, span)| *span).collect();
+        if unknown.is_empty() {
+            return prompt.to_string(); // untouched, byte for byte, as the reference pipeline encodes it
+        }
+        let mut kept = String::with_capacity(prompt.len());
+        let mut from = 0;
+        for (start, end) in unknown {
+            kept.push_str(prompt.get(from..start).unwrap_or(""));
+            from = end;
+        }
+        kept.push_str(prompt.get(from..).unwrap_or(""));
+        kept.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
 }
 
 /// WanPipeline's `prompt_clean`: HTML entities unescaped (twice), whitespace runs collapsed to one space, trimmed.
