@@ -96,6 +96,11 @@ class Plan:
     probe_prompts: int = 12  # per split, in the generation probes during phase 2
     checkpoint_minutes: float = 4.0
 
+    @property
+    def dit_end(self) -> int:
+        """The step phase 2 ends at: dit_steps, or dit_stop_at when that comes first."""
+        return min(self.dit_steps, self.dit_stop_at or self.dit_steps)
+
 
 SMOKE = Plan(
     vae_image_steps=4,
@@ -510,7 +515,7 @@ def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
     vae = vae_with_statistics(vae, data).eval()
     text_encoder.train(), transformer.train()
     timer, saved, smooth = Timer(), time.monotonic(), None
-    end = min(plan.dit_steps, plan.dit_stop_at or plan.dit_steps)
+    end = plan.dit_end
     if end < plan.dit_steps:
         log(f"dit: stopping at step {end} of {plan.dit_steps} (--dit-stop-at)")
     bar = progress(end, start, "phase 2 dit")
@@ -627,8 +632,8 @@ def warm_start_text(plan: Plan) -> str:
 
 
 def dit_steps_text(plan: Plan) -> str:
-    if plan.dit_stop_at and plan.dit_stop_at < plan.dit_steps:
-        return f"{plan.dit_stop_at:,} (of a {plan.dit_steps:,}-step schedule)"
+    if plan.dit_end < plan.dit_steps:
+        return f"{plan.dit_end:,} (of a {plan.dit_steps:,}-step schedule)"
     return f"{plan.dit_steps:,}"
 
 

@@ -58,17 +58,16 @@ impl WanTokenizer {
         Ok((Tensor::from_slice(&ids).view(shape), Tensor::from_slice(&mask).view(shape).to_kind(Kind::Int64)))
     }
 
+    /// The byte spans of `prompt` that the vocabulary does not know (they would become `<unk>`).
+    fn unknown_spans(&self, prompt: &str) -> Vec<(usize, usize)> {
+        let (Some(unk), Ok(enc)) = (self.unk_id, self.inner.encode(prompt, false)) else { return Vec::new() };
+        enc.get_ids().iter().zip(enc.get_offsets()).filter(|(id, _)| **id == unk).map(|(_, span)| *span).collect()
+    }
+
     /// The words of a prompt that the vocabulary does not know (they become `<unk>` and carry no meaning).
     pub fn unknown_words(&self, prompt: &str) -> Vec<String> {
-        let Some(unk) = self.unk_id else { return Vec::new() };
-        let Ok(enc) = self.inner.encode(prompt, false) else { return Vec::new() };
-        let mut words: Vec<String> = enc
-            .get_ids()
-            .iter()
-            .zip(enc.get_offsets())
-            .filter(|(id, _)| **id == unk)
-            .filter_map(|(_, (a, b))| prompt.get(*a..*b).map(str::to_string))
-            .collect();
+        let mut words: Vec<String> =
+            self.unknown_spans(prompt).into_iter().filter_map(|(a, b)| prompt.get(a..b).map(str::to_string)).collect();
         words.dedup();
         words
     }
@@ -76,9 +75,7 @@ impl WanTokenizer {
     /// `prompt` without the words the vocabulary does not know, so that they are ignored rather than encoded as
     /// `<unk>`: a small model never trained on `<unk>` (shapes-tiny) can be thrown off by it entirely.
     pub fn without_unknown_words(&self, prompt: &str) -> String {
-        let (Some(unk), Ok(enc)) = (self.unk_id, self.inner.encode(prompt, false)) else { return prompt.to_string() };
-        let unknown: Vec<(usize, usize)> =
-            enc.get_ids().iter().zip(enc.get_offsets()).filter(|(id, _)| **id == unk).map(|(_, span)| *span).collect();
+        let unknown = self.unknown_spans(prompt);
         if unknown.is_empty() {
             return prompt.to_string(); // untouched, byte for byte, as the reference pipeline encodes it
         }

@@ -263,10 +263,8 @@ impl Attention {
     /// Self-attention of `x` `[B, S, dim]`, with RoPE on q and k.
     pub fn forward_self(&self, x: &Tensor, rope: (&Tensor, &Tensor)) -> Tensor {
         let q = apply_rope(&self.query(x), rope.0, rope.1);
-        let k = self.norm_k.forward(&self.to_k.forward(x)).unflatten(2, [self.heads, -1]);
-        let k = apply_rope(&k, rope.0, rope.1);
-        let v = self.to_v.forward(x).unflatten(2, [self.heads, -1]);
-        self.attend(x.kind(), &q, &k.transpose(1, 2), &v.transpose(1, 2), None)
+        let k = apply_rope(&self.key(x), rope.0, rope.1);
+        self.attend(x.kind(), &q, &k.transpose(1, 2), &self.value(x).transpose(1, 2), None)
     }
 
     /// Attention of `x` `[B, S, dim]` to prepared keys and values (see [`TextContext`]), with an additive bias on
@@ -280,11 +278,19 @@ impl Attention {
         self.norm_q.forward(&self.to_q.forward(x)).unflatten(2, [self.heads, -1])
     }
 
-    /// k (normed) and v of `context` `[B, L, dim]`, each `[B, heads, L, D]` as the fused kernel takes them.
+    /// k `[B, S, heads, D]`, normed.
+    fn key(&self, x: &Tensor) -> Tensor {
+        self.norm_k.forward(&self.to_k.forward(x)).unflatten(2, [self.heads, -1])
+    }
+
+    /// v `[B, S, heads, D]`.
+    fn value(&self, x: &Tensor) -> Tensor {
+        self.to_v.forward(x).unflatten(2, [self.heads, -1])
+    }
+
+    /// k and v of `context` `[B, L, dim]`, each `[B, heads, L, D]` as the fused kernel takes them.
     pub fn keys_values(&self, context: &Tensor) -> (Tensor, Tensor) {
-        let k = self.norm_k.forward(&self.to_k.forward(context)).unflatten(2, [self.heads, -1]);
-        let v = self.to_v.forward(context).unflatten(2, [self.heads, -1]);
-        (k.transpose(1, 2), v.transpose(1, 2))
+        (self.key(context).transpose(1, 2), self.value(context).transpose(1, 2))
     }
 
     fn attend(&self, kind: Kind, q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Tensor {
