@@ -74,6 +74,20 @@ class Plan:
     spike_factor: float = 2.5  # skip an update whose loss exceeds this x the running loss of its kind
     vae_probe_every: int = 250
     dataset_clips: int = 4096  # training clips encoded once for phase 2
+    # Phase 1b: the decoder alone (and its post-quant conv) fine-tuned on whole encoded training clips, the encoder
+    # frozen, so the latents, their statistics and any transformer trained on them stay valid. 0 skips it.
+    decoder_steps: int = 0
+    decoder_batch: int = 4
+    decoder_lr: float = 2e-4
+    decoder_warmup: int = 50
+    # Extra loss weight on the band of pixels within 2 of the object's outline: where the corners that tell a
+    # square from a circle are won or lost.
+    edge_weight: float = 16.0
+    # > 0: the decoder reads what the sampler will hand it, the transformer's estimate of the clean latent,
+    # x0 = x_t - s v, from the clip's latent noised to a level s drawn uniformly up to this (needs a base run, whose
+    # text encoder and transformer make the estimates). The transformer's errors, which round a square's
+    # corners, are then in the decoder's training data, and the clip it must draw is still the true one.
+    decoder_sigma_max: float = 0.0
     # Phase 2: text encoder + transformer.
     dit_steps: int = 2800
     dit_batch: int = 64
@@ -110,6 +124,9 @@ SMOKE = Plan(
     vae_warmup=1,
     vae_probe_every=2,
     dataset_clips=48,
+    decoder_steps=4,
+    decoder_batch=2,
+    decoder_warmup=1,
     dit_steps=6,
     dit_batch=8,
     dit_warmup=1,
@@ -352,6 +369,15 @@ def train_vae(run: pathlib.Path, plan: Plan):
 LATENT_CHUNK = 256
 
 
+def dataset_chunk(seed: int, clips: int, start: int) -> tuple[list[world.Scene], np.ndarray]:
+    """The scenes and render seeds of the dataset's clips start .. start + LATENT_CHUNK (fewer at the end):
+    what encode_dataset encodes, and what the decoder phase renders again as the targets of those latents."""
+    rng = np.random.default_rng([seed, 2, start])
+    count = min(LATENT_CHUNK, clips - start)
+    scenes = [world.random_scene(rng, TRAINING_SCENES) for _ in range(count)]
+    return scenes, rng.integers(2**31, size=count)
+
+
 @torch.no_grad()
 def encode_dataset(run: pathlib.Path, plan: Plan, vae) -> dict:
     """Encode dataset_clips training clips (resumable by chunk); returns mean/std/scene tensors and stats."""
@@ -363,10 +389,8 @@ def encode_dataset(run: pathlib.Path, plan: Plan, vae) -> dict:
     bar = progress(plan.dataset_clips, plan.dataset_clips - sum(min(LATENT_CHUNK, plan.dataset_clips - c) for c in todo), "phase 1 latents")
     timer = Timer(skip=1)
     for start in todo:
-        rng = np.random.default_rng([plan.seed, 2, start])
-        count = min(LATENT_CHUNK, plan.dataset_clips - start)
-        scenes = [world.random_scene(rng, TRAINING_SCENES) for _ in range(count)]
-        seeds = rng.integers(2**31, size=count)
+        scenes, seeds = dataset_chunk(plan.seed, plan.dataset_clips, start)
+        count = len(scenes)
         means, stds = [], []
         for i in range(0, count, 16):
             cpu_share.adjust()
@@ -404,6 +428,181 @@ def encode_dataset(run: pathlib.Path, plan: Plan, vae) -> dict:
         log(f"latents: {len(data['scene'])} clips, shape {tuple(data['mean'].shape[1:])}, stats {stats_path}")
     data.update(json.loads(stats_path.read_text()))
     return data
+
+
+# ------------------------------------------------------------------------------------------ phase 1b
+
+
+class DatasetClips:
+    """Renders the dataset's clip i again, exactly as it was encoded: the latents folder may be a base run's, so
+    its scenes and seeds come from the plan of the run that encoded it."""
+
+    def __init__(self, run: pathlib.Path):
+        encoder_run = (run / "latents").resolve().parent
+        origin = json.loads((encoder_run / "plan.json").read_text())
+        self.seed, self.clips = origin["seed"], origin["dataset_clips"]
+        self.chunks: dict[int, tuple[list[world.Scene], np.ndarray]] = {}
+
+    def __call__(self, index: int) -> tuple[world.Scene, np.ndarray]:
+        start = index - index % LATENT_CHUNK
+        if start not in self.chunks:
+            self.chunks[start] = dataset_chunk(self.seed, self.clips, start)
+        scenes, seeds = self.chunks[start]
+        scene = scenes[index - start]
+        return scene, world.render(scene, int(seeds[index - start]))
+
+
+def outline_band(mask: torch.Tensor, width: int = 2) -> torch.Tensor:
+    """(B, 1, T, H, W) bool object mask -> the pixels within `width` of its outline, inside or outside."""
+    b, _, t, h, w = mask.shape
+    frames = mask.float().permute(0, 2, 1, 3, 4).reshape(b * t, 1, h, w)
+    size = 2 * width + 1
+    dilated = F.max_pool2d(frames, size, stride=1, padding=width)
+    eroded = -F.max_pool2d(-frames, size, stride=1, padding=width)
+    return (dilated > eroded).reshape(b, t, 1, h, w).permute(0, 2, 1, 3, 4)
+
+
+class CleanEstimate:
+    """The transformer's estimate of a clean latent from a noised one, x0 = x_t - s v (conditioned on the clip's
+    prompt): what the sampler's last steps hand the decoder, the transformer's errors included."""
+
+    def __init__(self, base: pathlib.Path, data: dict):
+        state = torch.load(base / "dit" / "final.pt", weights_only=False)
+        self.text_encoder, self.transformer = model.build_text_encoder(), model.build_transformer()
+        self.text_encoder.load_state_dict(state["text_encoder"])
+        self.transformer.load_state_dict(state["transformer"])
+        self.text_encoder.eval().requires_grad_(False)
+        self.transformer.eval().requires_grad_(False)
+        self.tokenizer = model.build_tokenizer()
+        self.mean = torch.tensor(data["latents_mean"]).view(1, -1, 1, 1, 1)
+        self.std = torch.tensor(data["latents_std"]).view(1, -1, 1, 1, 1)
+
+    @torch.no_grad()
+    def __call__(self, z: torch.Tensor, prompts: list[str], sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        x0 = (z - self.mean) / self.std
+        s = sigma.view(-1, 1, 1, 1, 1)
+        noisy = (1 - s) * x0 + s * noise
+        embeddings = model.encode_prompts(self.tokenizer, self.text_encoder, prompts)
+        velocity = self.transformer(
+            hidden_states=noisy, timestep=sigma * 1000.0, encoder_hidden_states=embeddings, return_dict=False
+        )[0]
+        return (noisy - s * velocity) * self.std + self.mean
+
+
+def decoder_batch(plan: Plan, step: int, data: dict, dataset, estimate=None):
+    """(latents, clips in [-1, 1], per-pixel loss weight) of a decoder step: whole encoded training clips, their
+    latents (the stored posterior mode, or `estimate`'s reading of it when decoder_sigma_max > 0) plus a little
+    noise."""
+    rng, gen = step_random(plan, 4, step)
+    index = rng.integers(len(data["scene"]), size=plan.decoder_batch)
+    clips, masks, prompts = [], [], []
+    for i in index.tolist():
+        scene, clip = dataset(i)
+        background = np.array(world.BACKGROUNDS[scene.background], dtype=np.int16)
+        masks.append(np.abs(clip.astype(np.int16) - background).max(-1) > 4)
+        clips.append(clip)
+        prompts.append(prompt_for(scene, rng))
+    mask = torch.from_numpy(np.stack(masks))[:, None]  # (B, 1, T, H, W)
+    weight = 1.0 + plan.object_weight * mask.float() + plan.edge_weight * outline_band(mask).float()
+    spread = torch.tensor(data["latents_std"]).view(1, -1, 1, 1, 1)
+    z = data["mean"][torch.from_numpy(index)]
+    if plan.decoder_sigma_max > 0:
+        sigma = plan.decoder_sigma_max * torch.rand(len(index), generator=gen)
+        z = estimate(z, prompts, sigma, torch.randn(z.shape, generator=gen))
+    z = z + plan.latent_noise * spread * torch.randn(z.shape, generator=gen)
+    return z, to_video(np.stack(clips)), weight
+
+
+def tune_decoder(run: pathlib.Path, plan: Plan, vae, data: dict):
+    """Phase 1b: fine-tune the decoder on whole clips with the encoder frozen; returns the VAE to export."""
+    folder = run / "decoder"
+    final = folder / "model"
+    from diffusers import AutoencoderKLWan
+
+    if plan.decoder_steps == 0:
+        return vae
+    if (folder / "done").exists():
+        return AutoencoderKLWan.from_pretrained(final)
+    folder.mkdir(parents=True, exist_ok=True)
+    dataset = DatasetClips(run)
+    _check_dataset(vae, data, dataset)
+    estimate = None
+    if plan.decoder_sigma_max > 0:
+        if not plan.base_run:
+            raise SystemExit("decoder: --decoder-sigma-max needs a base run, whose transformer makes the estimates")
+        estimate = CleanEstimate(HERE / "runs" / plan.base_run, data)
+    trained = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    for p in trained:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trained, lr=plan.decoder_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    start = 0
+    checkpoint = folder / "checkpoint.pt"
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        vae.load_state_dict(state["vae"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        log(f"decoder: resuming at step {start}/{plan.decoder_steps}")
+    else:
+        (folder / "before.json").write_text(json.dumps(probe_vae(vae)) + "\n")
+    log(f"decoder: {model.parameter_count(vae.decoder) + model.parameter_count(vae.post_quant_conv):,} parameters "
+        f"trained, {plan.decoder_steps} steps of {plan.decoder_batch} whole clips; before: {(folder / 'before.json').read_text().strip()}")
+    vae.train()
+    timer, saved, smooth = Timer(), time.monotonic(), None
+    bar = progress(plan.decoder_steps, start, "phase 1b decoder")
+    try:
+        for step in range(start, plan.decoder_steps):
+            threads = cpu_share.adjust()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(plan.decoder_lr, plan.decoder_warmup, plan.decoder_steps, step)
+            z, x, weight = decoder_batch(plan, step, data, dataset, estimate)
+            error = model.decode_unclamped(vae, z) - x
+            loss = (weight * (error.abs() + error.pow(2))).sum() / (weight.sum() * 3)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
+            optimizer.step()
+            smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
+            bar.set_postfix(loss=f"{smooth:.4f}", threads=threads, refresh=False)
+            bar.update()
+            timer.tick()
+            done = step + 1
+            if done % plan.vae_probe_every == 0 or done == plan.decoder_steps:
+                rate = timer.per_step
+                eta = f", {rate:.2f} s/step, phase ETA {rate * (plan.decoder_steps - done) / 60:.1f} min" if rate else ""
+                log(f"decoder step {done}/{plan.decoder_steps}: loss {smooth:.4f} probe {probe_vae(vae)}{eta}")
+            if done < plan.decoder_steps and (
+                time.monotonic() - saved >= plan.checkpoint_minutes * 60 or stop_requested()
+            ):
+                save_atomic({"step": done, "vae": vae.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint)
+                saved = time.monotonic()
+                if stop_requested():
+                    raise Stop(f"decoder checkpoint at step {done}")
+    finally:
+        bar.close()
+    record_timing(run, "decoder_s_per_step", timer.per_step)
+    vae.eval()
+    for p in vae.parameters():
+        p.requires_grad_(True)
+    vae.save_pretrained(final, safe_serialization=True)
+    (folder / "done").write_text(json.dumps(probe_vae(vae)) + "\n")
+    checkpoint.unlink(missing_ok=True)
+    return vae
+
+
+@torch.no_grad()
+def _check_dataset(vae, data: dict, dataset: DatasetClips) -> None:
+    """The clips rendered again must be the ones the latents were encoded from (the same scenes, seeds, VAE)."""
+    vae.eval()
+    for i in (0, len(data["scene"]) - 1):
+        scene, clip = dataset(i)
+        if SCENE_INDEX[scene] != int(data["scene"][i]):
+            raise SystemExit(f"decoder: dataset clip {i} renders {scene}, but its latent was encoded from another scene")
+        mode = vae.encode(to_video(clip[None])).latent_dist.mode()
+        if not torch.allclose(mode, data["mean"][i : i + 1], atol=1e-3):
+            raise SystemExit(f"decoder: dataset clip {i} does not encode to its stored latent (another VAE?)")
 
 
 def vae_with_statistics(vae, data: dict):
@@ -622,13 +821,55 @@ def warm_start_text(plan: Plan) -> str:
     chain, base = [], plan.base_run
     while base:
         settings = json.loads((HERE / "runs" / base / "plan.json").read_text())
-        chain.append(f"`{base}` ({settings['dit_steps']:,} steps of {settings['dit_batch']}, lr {settings['dit_lr']}, "
-                     f"sigma shift {settings.get('sigma_shift', 1.0):g})")
+        if settings["dit_steps"] == 0:
+            chain.append(f"`{base}` (which tuned only the decoder)")
+        else:
+            chain.append(f"`{base}` ({settings['dit_steps']:,} steps of {settings['dit_batch']}, lr {settings['dit_lr']}, "
+                         f"sigma shift {settings.get('sigma_shift', 1.0):g})")
         base = settings.get("base_run", "")
     if not chain:
         return ""
+    if plan.dit_steps == 0:
+        return " They are those of run " + ", which continued ".join(chain) + \
+            " (`tools/shapes/runs/`), unchanged."
     return "\n   Phase 2 started from the exported weights of run " + ", which continued ".join(chain) + \
-        " (`tools/shapes/runs/`); the VAE is the first run's."
+        " (`tools/shapes/runs/`); the VAE's encoder is the first run's."
+
+
+def decoder_text(run: pathlib.Path, plan: Plan) -> str:
+    """The model card's line on the decoder's fine-tuning: this run's, or the one its VAE comes from."""
+    if (run / "decoder" / "done").exists():
+        folder, settings = run / "decoder", dataclasses.asdict(plan)
+    elif (run / "vae").resolve().name == "decoder":
+        folder = (run / "vae").resolve()
+        settings = json.loads((folder.parent / "plan.json").read_text())
+    else:
+        return ""
+    before = (folder / "before.json").read_text().strip() if (folder / "before.json").exists() else "?"
+    where = "" if folder.parent == run else f" (in run `{folder.parent.name}`)"
+    if folder.parent == run and (run / "vae").resolve().name == "decoder":
+        where = f" (again, from run `{(run / 'vae').resolve().parent.name}`'s tuned decoder)"
+    sigma = settings.get("decoder_sigma_max", 0.0)
+    reads = (
+        f"the base run's transformer's estimate of the clean latent from the mode noised to a level up to {sigma:g}"
+        if sigma > 0 else "the posterior's mode"
+    )
+    return f"""
+   Then the decoder alone (the encoder frozen, so the latents stay as they were) was fine-tuned{where}:
+   {settings['decoder_steps']:,} AdamW steps of {settings['decoder_batch']} whole encoded training clips (lr
+   {settings['decoder_lr']}, cosine), the decoder reading {reads}, plus {settings['latent_noise']:g} x the latents'
+   spread of noise; loss as above plus {settings['edge_weight']:g}x weight on the pixels within 2 of the object's
+   outline. Probe before: {before}; after: {(folder / "done").read_text().strip()}."""
+
+
+def dit_text(plan: Plan) -> str:
+    """The model card's item on phase 2."""
+    if plan.dit_steps == 0 and plan.base_run:
+        return "Text encoder + transformer: not trained in this run." + warm_start_text(plan)
+    return f"""Text encoder + transformer jointly: {dit_steps_text(plan)} AdamW steps of {plan.dit_batch} (lr {plan.dit_lr}, cosine,
+   EMA {plan.ema_decay}), rectified flow (x_t = (1 - s) x0 + s n, target n - x0, timestep s * 1000,
+   s ~ logit-normal(0, 1) with {plan.uniform_sigma:.0%} uniform, shifted by {plan.sigma_shift:g}),
+   {plan.prompt_dropout:.0%} empty prompts; the EMA weights are exported.{warm_start_text(plan)}"""
 
 
 def dit_steps_text(plan: Plan) -> str:
@@ -640,6 +881,8 @@ def dit_steps_text(plan: Plan) -> str:
 def model_card(run, plan: Plan, sizes: dict, vae, text_encoder, transformer, command: str) -> str:
     held_out = "\n".join(f"- {c} {s} {m}" for c, s, m in world.HELD_OUT)
     probe = (run / "vae" / "done").read_text().strip() if (run / "vae" / "done").exists() else "{}"
+    if (run / "vae").resolve().name == "decoder":  # the base run's tuned VAE: its probe is the decoder's
+        probe = (run / "vae" / "before.json").read_text().strip()
     size_lines = "\n".join(f"| `{k}` | {v / 1e6:.2f} MB |" for k, v in sizes.items())
     return f"""# shapes-tiny
 
@@ -705,12 +948,9 @@ transformers 5.23.0. Seed {plan.seed}.
    loss L1 + L2 with {1 + plan.object_weight:g}x weight on the object's pixels, plus {plan.latent_l2:g} x the
    latent's mean square; in the video steps the decoder sees the posterior's mode plus {plan.latent_noise:g} x the
    latents' spread of Gaussian noise (the log-variance head is not trained: use the mode). Reconstruction probe
-   at the end: {probe}.
+   at the end: {probe}.{decoder_text(run, plan)}
 2. {plan.dataset_clips} training clips encoded once; per-channel latent statistics measured.
-3. Text encoder + transformer jointly: {dit_steps_text(plan)} AdamW steps of {plan.dit_batch} (lr {plan.dit_lr}, cosine,
-   EMA {plan.ema_decay}), rectified flow (x_t = (1 - s) x0 + s n, target n - x0, timestep s * 1000,
-   s ~ logit-normal(0, 1) with {plan.uniform_sigma:.0%} uniform, shifted by {plan.sigma_shift:g}),
-   {plan.prompt_dropout:.0%} empty prompts; the EMA weights are exported.{warm_start_text(plan)}
+3. {dit_text(plan)}
 
 ## Evaluation
 `tools/shapes/evaluate.py` generates with diffusers' `WanPipeline` and scores each clip with
@@ -769,6 +1009,10 @@ PHASE_FIELDS = {
         "latent_noise", "latent_l2", "object_weight", "spike_factor",
     ),
     "latents": ("seed", "dataset_clips"),
+    "decoder": (
+        "seed", "decoder_steps", "decoder_batch", "decoder_lr", "decoder_warmup", "edge_weight", "latent_noise",
+        "object_weight", "decoder_sigma_max", "base_run",
+    ),
     "dit": (
         "seed", "dit_steps", "dit_batch", "dit_lr", "dit_warmup", "weight_decay", "prompt_dropout",
         "uniform_sigma", "ema_decay", "sigma_shift", "base_run",
@@ -777,23 +1021,30 @@ PHASE_FIELDS = {
 
 
 def share_phase_one(run: pathlib.Path, base: pathlib.Path, plan: Plan) -> None:
-    """A warm-started run uses its base run's finished VAE (a link, not a copy), and its encoded latents too when
-    it asks for as many clips as the base run encoded; a run that asks for another number encodes its own."""
+    """A warm-started run uses its base run's final VAE (a link, not a copy: its fine-tuned decoder when it has
+    one, else its VAE), and its encoded latents too when it asks for as many clips as the base run encoded; a run
+    that asks for another number encodes its own. The decoder phase never changes the encoder, so the latents
+    are the same either way."""
     if not (base / "vae" / "done").exists() or not (base / "dit" / "done").exists():
         raise SystemExit(f"{base}: the base run has not finished its VAE and transformer")
-    base_clips = json.loads((base / "plan.json").read_text())["dataset_clips"]
-    phases = ("vae", "latents") if plan.dataset_clips == base_clips else ("vae",)
-    for phase in phases:
+    base_plan = json.loads((base / "plan.json").read_text())
+    if base_plan.get("decoder_steps", 0) and not (base / "decoder" / "done").exists():
+        raise SystemExit(f"{base}: the base run has not finished its decoder phase")
+    links = {"vae": "decoder" if (base / "decoder" / "done").exists() else "vae"}
+    if plan.dataset_clips == base_plan["dataset_clips"]:
+        links["latents"] = "latents"
+    for phase, target in links.items():
         link = run / phase
         if not link.exists() and not link.is_symlink():
-            link.symlink_to(pathlib.Path("..") / base.name / phase)
+            link.symlink_to(pathlib.Path("..") / base.name / target)
 
 
 def pin_plan(run: pathlib.Path, plan: Plan) -> None:
     path = run / "plan.json"
     current = dataclasses.asdict(plan)
     if path.exists():
-        previous = json.loads(path.read_text())
+        # A setting added since the plan was written took its default, which leaves the old behaviour unchanged.
+        previous = {**dataclasses.asdict(Plan()), **json.loads(path.read_text())}
         for phase, fields in PHASE_FIELDS.items():
             if not (run / phase).exists():
                 continue
@@ -815,6 +1066,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-steps", type=int)
     parser.add_argument("--dit-steps", type=int)
     parser.add_argument("--dataset-clips", type=int)
+    parser.add_argument("--decoder-steps", type=int, help="fine-tune the decoder alone for this many steps (phase 1b)")
+    parser.add_argument("--decoder-sigma-max", type=float, help="phase 1b decodes the base run's transformer's x0 estimates from noise levels up to this")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--base-run", help="share this run's VAE and latents and start phase 2 from its weights")
     parser.add_argument("--dit-batch", type=int)
@@ -836,7 +1089,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {
         k: v
         for k, v in {
-            "vae_steps": args.vae_steps, "dit_steps": args.dit_steps, "dataset_clips": args.dataset_clips,
+            "vae_steps": args.vae_steps, "decoder_steps": args.decoder_steps, "decoder_sigma_max": args.decoder_sigma_max, "dit_steps": args.dit_steps, "dataset_clips": args.dataset_clips,
             "seed": args.seed, "base_run": args.base_run, "dit_batch": args.dit_batch, "dit_lr": args.dit_lr,
             "sigma_shift": args.sigma_shift, "dit_stop_at": args.dit_stop_at,
         }.items()
@@ -857,6 +1110,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         vae = train_vae(run, plan)
         data = encode_dataset(run, plan, vae)
+        vae = tune_decoder(run, plan, vae, data)
         text_encoder, transformer = train_dit(run, plan, vae, data)
         export(run, plan, out, vae, text_encoder, transformer, data, command)
         if not args.no_evaluate:

@@ -1,0 +1,93 @@
+"""The training script's data: what the decoder phase renders and how it weights the loss.
+
+Run: .venv/bin/python -m pytest tools/shapes/test_train.py -q
+"""
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import train  # noqa: E402
+import world  # noqa: E402
+
+
+def test_outline_band_is_the_ring_within_two_pixels_of_the_outline_corners_included():
+    mask = torch.zeros(1, 1, 2, 16, 16, dtype=torch.bool)
+    mask[0, 0, 0, 4:12, 4:12] = True  # an 8x8 square in frame 0; frame 1 is empty
+    band = train.outline_band(mask)[0, 0]
+    expected = np.zeros((16, 16), dtype=bool)
+    expected[2:14, 2:14] = True  # up to 2 outside the square
+    expected[6:10, 6:10] = False  # more than 2 inside it
+    assert (band[0].numpy() == expected).all()
+    assert band[0, 2, 2] and band[0, 5, 5]  # the corners, outside and inside
+    assert not band[1].any()
+
+
+def fake_run(tmp_path: pathlib.Path, seed: int, clips: int) -> pathlib.Path:
+    """A run folder whose latents are a link to another run's, as a warm-started run has."""
+    encoder_run = tmp_path / "base"
+    (encoder_run / "latents").mkdir(parents=True)
+    (encoder_run / "plan.json").write_text(json.dumps({"seed": seed, "dataset_clips": clips}))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "latents").symlink_to(pathlib.Path("..") / "base" / "latents")
+    (run / "plan.json").write_text(json.dumps({"seed": seed + 1, "dataset_clips": clips}))
+    return run
+
+
+def test_decoder_targets_are_the_encoded_clips_of_the_run_that_encoded_them(tmp_path):
+    run = fake_run(tmp_path, seed=5, clips=300)
+    dataset = train.DatasetClips(run)
+    assert (dataset.seed, dataset.clips) == (5, 300)  # the encoding run's plan, not the warm-started run's
+    for index in (0, 255, 256, 299):  # both chunks, both ends
+        scenes, seeds = train.dataset_chunk(5, 300, index - index % train.LATENT_CHUNK)
+        scene, clip = dataset(index)
+        assert scene == scenes[index % train.LATENT_CHUNK]
+        assert (clip == world.render(scene, int(seeds[index % train.LATENT_CHUNK]))).all()
+    held_out = set(world.HELD_OUT)
+    assert all(s.combination not in held_out for s in train.dataset_chunk(5, 300, 0)[0])
+
+
+def test_decoder_batch_weights_background_object_and_outline():
+    plan = train.Plan(decoder_batch=2, latent_noise=0.0)
+    run_scenes = [world.Scene("red", "square", "standing still", "black")] * 2
+    data = {
+        "scene": torch.zeros(2, dtype=torch.long),
+        "mean": torch.randn(2, 16, 5, 8, 8),
+        "latents_std": [1.0] * 16,
+    }
+
+    def dataset(index):
+        return run_scenes[index], world.render(run_scenes[index], 7 + index)
+
+    z, x, weight = train.decoder_batch(plan, 0, data, dataset)
+    assert z.shape == (2, 16, 5, 8, 8) and x.shape == (2, 3, 17, 64, 64)
+    assert all(any(torch.equal(latent, stored) for stored in data["mean"]) for latent in z)  # no noise asked
+    values = set(weight.unique().tolist())
+    # background, background near the outline, object near the outline, the object's inside
+    assert values == {1.0, 1.0 + plan.edge_weight, 1.0 + plan.object_weight + plan.edge_weight, 1.0 + plan.object_weight}
+    assert (weight[:, :, :, 0, 0] == 1.0).all()  # the corner pixel is background, far from the object
+
+
+def test_decoder_batch_hands_the_estimate_each_clips_prompt_and_a_noise_level_up_to_the_maximum():
+    plan = train.Plan(decoder_batch=3, latent_noise=0.0, decoder_sigma_max=0.4)
+    scenes = [world.Scene("green", "triangle", "moving left", "gray"), world.Scene("blue", "circle", "growing", "black")]
+    data = {"scene": torch.zeros(2, dtype=torch.long), "mean": torch.randn(2, 16, 5, 8, 8), "latents_std": [1.0] * 16}
+    seen = {}
+
+    def estimate(z, prompts, sigma, noise):
+        seen.update(z=z, prompts=prompts, sigma=sigma, noise=noise)
+        return torch.zeros_like(z)
+
+    z, x, _ = train.decoder_batch(plan, 3, data, lambda i: (scenes[i], world.render(scenes[i], i)), estimate)
+    assert torch.equal(z, torch.zeros_like(z))  # the decoder reads the estimate, not the stored latent
+    assert len(seen["prompts"]) == 3 and ((seen["sigma"] >= 0) & (seen["sigma"] <= 0.4)).all()
+    for latent, prompt, clip in zip(seen["z"], seen["prompts"], x):
+        i = next(i for i in range(2) if torch.equal(latent, data["mean"][i]))
+        assert world.parse(prompt) == scenes[i]  # each clip's own prompt
+        assert torch.equal(clip, train.to_video(world.render(scenes[i], i)[None])[0])
+    assert seen["noise"].shape == seen["z"].shape
