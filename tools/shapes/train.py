@@ -662,6 +662,9 @@ SWEEP_PROBE_SEED = 7
 
 def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
     folder = run / "dit"
+    if plan.dit_steps == 0 and plan.base_run and not folder.exists():
+        # Nothing to train: this run's transformer is its base run's, shared by a link rather than copied.
+        folder.symlink_to(pathlib.Path("..") / plan.base_run / "dit")
     if (folder / "done").exists():
         state = torch.load(folder / "final.pt", weights_only=False)
         text_encoder, transformer = model.build_text_encoder(), model.build_transformer()
