@@ -91,3 +91,23 @@ def test_decoder_batch_hands_the_estimate_each_clips_prompt_and_a_noise_level_up
         assert world.parse(prompt) == scenes[i]  # each clip's own prompt
         assert torch.equal(clip, train.to_video(world.render(scenes[i], i)[None])[0])
     assert seen["noise"].shape == seen["z"].shape
+
+
+def test_checkpoints_save_when_due_never_at_the_last_step_and_stop_after_saving(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    checkpoints = train.Checkpoints(path, minutes=60.0, phase="decoder")
+    checkpoints.after_step(1, 10, lambda: {"step": 1})
+    assert not path.exists()  # not due yet
+    checkpoints.minutes = 0.0
+    checkpoints.after_step(2, 10, lambda: {"step": 2})
+    assert torch.load(path)["step"] == 2
+    checkpoints.after_step(10, 10, lambda: {"step": 10})
+    assert torch.load(path)["step"] == 2  # the finished phase saves its result, not a checkpoint
+    checkpoints.minutes = 60.0
+    monkeypatch.setitem(train.STOP, "signal", "SIGTERM")
+    try:
+        checkpoints.after_step(3, 10, lambda: {"step": 3})
+        raise AssertionError("a requested stop must end the phase")
+    except train.Stop as stop:
+        assert "decoder checkpoint at step 3" in str(stop)
+    assert torch.load(path)["step"] == 3  # saved before stopping: a rerun resumes at step 3

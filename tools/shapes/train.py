@@ -183,6 +183,23 @@ def save_atomic(state: dict, path: pathlib.Path) -> None:
     os.replace(tmp, path)
 
 
+class Checkpoints:
+    """A phase's checkpoint file: written every `minutes` and when a stop was requested, after which the phase
+    ends by raising Stop. The last step is never checkpointed: the phase saves its result instead."""
+
+    def __init__(self, path: pathlib.Path, minutes: float, phase: str):
+        self.path, self.minutes, self.phase, self.saved = path, minutes, phase, time.monotonic()
+
+    def after_step(self, done: int, total: int, state) -> None:
+        """`state()` makes the dict to save; called only when one is due."""
+        if done >= total or (time.monotonic() - self.saved < self.minutes * 60 and not stop_requested()):
+            return
+        save_atomic(state(), self.path)
+        self.saved = time.monotonic()
+        if stop_requested():
+            raise Stop(f"{self.phase} checkpoint at step {done}")
+
+
 def to_video(clips: np.ndarray) -> torch.Tensor:
     """(B, T, H, W, 3) uint8 -> (B, 3, T, H, W) in [-1, 1]."""
     return torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
@@ -304,7 +321,8 @@ def train_vae(run: pathlib.Path, plan: Plan):
     total = plan.vae_image_steps + plan.vae_steps
     log(f"vae: {model.parameter_count(vae):,} parameters, {plan.vae_image_steps} image + {plan.vae_steps} video steps")
     vae.train()
-    timer, saved, skipped = Timer(), time.monotonic(), 0
+    timer, skipped = Timer(), 0
+    checkpoints = Checkpoints(checkpoint, plan.checkpoint_minutes, "vae")
     smooths: dict[str, float] = {}  # running loss per kind of step
     counts: dict[str, int] = {}
     bar = progress(total, start, "phase 1 vae")
@@ -345,13 +363,7 @@ def train_vae(run: pathlib.Path, plan: Plan):
                 eta = f", {rate:.2f} s/step, phase ETA {rate * (total - done) / 60:.1f} min" if rate else ""
                 running = {k: round(v, 4) for k, v in smooths.items()}
                 log(f"vae step {done}/{total}: loss {running} latent spread {spread.mean().item():.3f} probe {probe_vae(vae)}{eta}")
-            if done < total and (
-                time.monotonic() - saved >= plan.checkpoint_minutes * 60 or stop_requested()
-            ):
-                save_atomic({"step": done, "vae": vae.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint)
-                saved = time.monotonic()
-                if stop_requested():
-                    raise Stop(f"vae checkpoint at step {done}")
+            checkpoints.after_step(done, total, lambda: {"step": done, "vae": vae.state_dict(), "optimizer": optimizer.state_dict()})
         if skipped:
             log(f"vae: {skipped} updates skipped as spikes")
     finally:
@@ -550,7 +562,8 @@ def tune_decoder(run: pathlib.Path, plan: Plan, vae, data: dict):
     log(f"decoder: {model.parameter_count(vae.decoder) + model.parameter_count(vae.post_quant_conv):,} parameters "
         f"trained, {plan.decoder_steps} steps of {plan.decoder_batch} whole clips; before: {(folder / 'before.json').read_text().strip()}")
     vae.train()
-    timer, saved, smooth = Timer(), time.monotonic(), None
+    timer, smooth = Timer(), None
+    checkpoints = Checkpoints(checkpoint, plan.checkpoint_minutes, "decoder")
     bar = progress(plan.decoder_steps, start, "phase 1b decoder")
     try:
         for step in range(start, plan.decoder_steps):
@@ -573,13 +586,7 @@ def tune_decoder(run: pathlib.Path, plan: Plan, vae, data: dict):
                 rate = timer.per_step
                 eta = f", {rate:.2f} s/step, phase ETA {rate * (plan.decoder_steps - done) / 60:.1f} min" if rate else ""
                 log(f"decoder step {done}/{plan.decoder_steps}: loss {smooth:.4f} probe {probe_vae(vae)}{eta}")
-            if done < plan.decoder_steps and (
-                time.monotonic() - saved >= plan.checkpoint_minutes * 60 or stop_requested()
-            ):
-                save_atomic({"step": done, "vae": vae.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint)
-                saved = time.monotonic()
-                if stop_requested():
-                    raise Stop(f"decoder checkpoint at step {done}")
+            checkpoints.after_step(done, plan.decoder_steps, lambda: {"step": done, "vae": vae.state_dict(), "optimizer": optimizer.state_dict()})
     finally:
         bar.close()
     record_timing(run, "decoder_s_per_step", timer.per_step)
@@ -716,7 +723,8 @@ def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
     tokenizer = model.build_tokenizer()
     vae = vae_with_statistics(vae, data).eval()
     text_encoder.train(), transformer.train()
-    timer, saved, smooth = Timer(), time.monotonic(), None
+    timer, smooth = Timer(), None
+    checkpoints = Checkpoints(checkpoint, plan.checkpoint_minutes, "dit")
     end = plan.dit_end
     if end < plan.dit_steps:
         log(f"dit: stopping at step {end} of {plan.dit_steps} (--dit-stop-at)")
@@ -752,13 +760,7 @@ def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
             elif done % 100 == 0:
                 rate = timer.per_step
                 log(f"dit step {done}/{plan.dit_steps}: loss {smooth:.4f}" + (f", {rate:.2f} s/step, phase ETA {rate * (plan.dit_steps - done) / 60:.1f} min" if rate else ""))
-            if done < end and (
-                time.monotonic() - saved >= plan.checkpoint_minutes * 60 or stop_requested()
-            ):
-                save_atomic(state(done), checkpoint)
-                saved = time.monotonic()
-                if stop_requested():
-                    raise Stop(f"dit checkpoint at step {done}")
+            checkpoints.after_step(done, end, lambda: state(done))
     finally:
         bar.close()
     record_timing(run, "dit_s_per_step", timer.per_step)
