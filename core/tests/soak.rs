@@ -18,21 +18,29 @@ fn env_count(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn engine_threads() -> usize {
+/// The threads of this process named `vgen-…`, by id.
+fn engine_threads() -> std::collections::HashSet<String> {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.starts_with("vgen-"))
-        .count()
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let name = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            name.starts_with("vgen-").then(|| t.file_name().to_string_lossy().into_owned())
+        })
+        .collect()
 }
 
-/// [`engine_threads`] once they have had up to 2 s to wind down. A worker that runs libtorch ops starts an OpenMP
-/// thread pool of its own, whose threads inherit the worker's name (Linux threads take their creator's) and exit
-/// just after the worker does, so a count taken at once can still see them.
-fn engine_threads_after_shutdown() -> usize {
-    let until = Instant::now() + Duration::from_secs(2);
+/// The `vgen-…` threads that were not there before the engine started (`before`), once they have had up to 5 s to
+/// wind down.
+///
+/// Linux threads take their creator's name, so a thread that a library starts from inside an engine worker is
+/// named like the worker. Some exit just after the worker (the OpenMP team of a worker that ran libtorch ops); some
+/// live as long as the process (a pool the library keeps once it exists). The second kind, started by an earlier
+/// test's engine in this process, is in `before` and is not this engine's.
+fn engine_threads_after_shutdown(before: &std::collections::HashSet<String>) -> usize {
+    let until = Instant::now() + Duration::from_secs(5);
     loop {
-        let n = engine_threads();
+        let n = engine_threads().difference(before).count();
         if n == 0 || Instant::now() >= until {
             return n;
         }
@@ -89,6 +97,7 @@ fn chaos_every_job_ends_exactly_once_and_nothing_is_left_behind() {
         ..EngineConfig::default()
     };
     let rss_before = rss_bytes();
+    let threads_before = engine_threads();
     let engine = Arc::new(Engine::with_models(config, models).unwrap());
     // Terminal events seen by the engine-wide callback, and by each job's own callback.
     let engine_terminals: Arc<Mutex<HashMap<JobId, u32>>> = Arc::default();
@@ -150,7 +159,7 @@ fn chaos_every_job_ends_exactly_once_and_nothing_is_left_behind() {
     let m = engine.metrics();
     let engine = Arc::try_unwrap(engine).ok().expect("the test holds the only engine reference");
     drop(engine);
-    let threads_after = engine_threads_after_shutdown();
+    let threads_after = engine_threads_after_shutdown(&threads_before);
     let rss_after = rss_bytes();
 
     let count = |map: &HashMap<JobId, u32>| {
