@@ -58,7 +58,7 @@ def test_decoder_batch_weights_background_object_and_outline():
     data = {
         "scene": torch.zeros(2, dtype=torch.long),
         "mean": torch.randn(2, 16, 5, 8, 8),
-        "latents_std": [1.0] * 16,
+        "latents_mean": [0.0] * 16, "latents_std": [1.0] * 16,
     }
 
     def dataset(index):
@@ -76,7 +76,7 @@ def test_decoder_batch_weights_background_object_and_outline():
 def test_decoder_batch_hands_the_estimate_each_clips_prompt_and_a_noise_level_up_to_the_maximum():
     plan = train.Plan(decoder_batch=3, latent_noise=0.0, decoder_sigma_max=0.4)
     scenes = [world.Scene("green", "triangle", "moving left", "gray"), world.Scene("blue", "circle", "growing", "black")]
-    data = {"scene": torch.zeros(2, dtype=torch.long), "mean": torch.randn(2, 16, 5, 8, 8), "latents_std": [1.0] * 16}
+    data = {"scene": torch.zeros(2, dtype=torch.long), "mean": torch.randn(2, 16, 5, 8, 8), "latents_mean": [0.0] * 16, "latents_std": [1.0] * 16}
     seen = {}
 
     def estimate(z, prompts, sigma, noise):

@@ -239,6 +239,13 @@ def record_timing(run: pathlib.Path, phase: str, per_step: float | None) -> None
 # ---------------------------------------------------------------------------------------------- phase 1
 
 
+def object_mask(clip: np.ndarray, scene: world.Scene) -> np.ndarray:
+    """(T, H, W) bool: the pixels of a rendered clip that differ from its background (the object and its
+    anti-aliased edge)."""
+    background = np.array(world.BACKGROUNDS[scene.background], dtype=np.int16)
+    return np.abs(clip.astype(np.int16) - background).max(-1) > 4
+
+
 def vae_batch(plan: Plan, step: int) -> tuple[str, torch.Tensor, torch.Tensor, torch.Generator]:
     """(kind, video, per-pixel loss weight, generator) of a VAE step; kind: image (cropped frames), frame (whole
     frames), video (cropped windows) or full (whole clips)."""
@@ -257,8 +264,7 @@ def vae_batch(plan: Plan, step: int) -> tuple[str, torch.Tensor, torch.Tensor, t
         clip = world.render(scene, int(rng.integers(2**31)))
         start = int(rng.integers(0, world.FRAMES - frames + 1))
         clip = clip[start : start + frames]
-        background = np.array(world.BACKGROUNDS[scene.background], dtype=np.int16)
-        mask = np.abs(clip.astype(np.int16) - background).max(-1) > 4
+        mask = object_mask(clip, scene)
         if crop < world.WIDTH:
             ys, xs = np.nonzero(mask[frames // 2])
             top = int(np.clip(round((ys.mean() - crop / 2) / 8) * 8, 0, world.HEIGHT - crop))
@@ -479,15 +485,11 @@ class CleanEstimate:
     prompt): what the sampler's last steps hand the decoder, the transformer's errors included."""
 
     def __init__(self, base: pathlib.Path, data: dict):
-        state = torch.load(base / "dit" / "final.pt", weights_only=False)
-        self.text_encoder, self.transformer = model.build_text_encoder(), model.build_transformer()
-        self.text_encoder.load_state_dict(state["text_encoder"])
-        self.transformer.load_state_dict(state["transformer"])
+        self.text_encoder, self.transformer = load_phase_two(base / "dit")
         self.text_encoder.eval().requires_grad_(False)
         self.transformer.eval().requires_grad_(False)
         self.tokenizer = model.build_tokenizer()
-        self.mean = torch.tensor(data["latents_mean"]).view(1, -1, 1, 1, 1)
-        self.std = torch.tensor(data["latents_std"]).view(1, -1, 1, 1, 1)
+        self.mean, self.std = latent_statistics(data)
 
     @torch.no_grad()
     def __call__(self, z: torch.Tensor, prompts: list[str], sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -510,13 +512,12 @@ def decoder_batch(plan: Plan, step: int, data: dict, dataset, estimate=None):
     clips, masks, prompts = [], [], []
     for i in index.tolist():
         scene, clip = dataset(i)
-        background = np.array(world.BACKGROUNDS[scene.background], dtype=np.int16)
-        masks.append(np.abs(clip.astype(np.int16) - background).max(-1) > 4)
+        masks.append(object_mask(clip, scene))
         clips.append(clip)
         prompts.append(prompt_for(scene, rng))
     mask = torch.from_numpy(np.stack(masks))[:, None]  # (B, 1, T, H, W)
     weight = 1.0 + plan.object_weight * mask.float() + plan.edge_weight * outline_band(mask).float()
-    spread = torch.tensor(data["latents_std"]).view(1, -1, 1, 1, 1)
+    _, spread = latent_statistics(data)
     z = data["mean"][torch.from_numpy(index)]
     if plan.decoder_sigma_max > 0:
         sigma = plan.decoder_sigma_max * torch.rand(len(index), generator=gen)
@@ -612,6 +613,14 @@ def _check_dataset(vae, data: dict, dataset: DatasetClips) -> None:
             raise SystemExit(f"decoder: dataset clip {i} does not encode to its stored latent (another VAE?)")
 
 
+def latent_statistics(data: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dataset's per-channel latent mean and std, shaped (1, C, 1, 1, 1) to broadcast over latents."""
+    return (
+        torch.tensor(data["latents_mean"]).view(1, -1, 1, 1, 1),
+        torch.tensor(data["latents_std"]).view(1, -1, 1, 1, 1),
+    )
+
+
 def vae_with_statistics(vae, data: dict):
     vae.register_to_config(latents_mean=data["latents_mean"], latents_std=data["latents_std"])
     return vae
@@ -667,25 +676,30 @@ def probe_dit(vae, text_encoder, transformer, limit: int = 12) -> dict:
 SWEEP_PROBE_SEED = 7
 
 
+def load_phase_two(folder: pathlib.Path):
+    """The text encoder and transformer a finished phase 2 exported (its EMA weights, `final.pt` in `folder`)."""
+    state = torch.load(folder / "final.pt", weights_only=False)
+    text_encoder, transformer = model.build_text_encoder(), model.build_transformer()
+    text_encoder.load_state_dict(state["text_encoder"])
+    transformer.load_state_dict(state["transformer"])
+    return text_encoder, transformer
+
+
 def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
     folder = run / "dit"
     if plan.dit_steps == 0 and plan.base_run and not folder.exists():
         # Nothing to train: this run's transformer is its base run's, shared by a link rather than copied.
         folder.symlink_to(pathlib.Path("..") / plan.base_run / "dit")
     if (folder / "done").exists():
-        state = torch.load(folder / "final.pt", weights_only=False)
-        text_encoder, transformer = model.build_text_encoder(), model.build_transformer()
-        text_encoder.load_state_dict(state["text_encoder"])
-        transformer.load_state_dict(state["transformer"])
+        text_encoder, transformer = load_phase_two(folder)
         return text_encoder.eval(), transformer.eval()
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(plan.seed + 1)
-    text_encoder, transformer = model.build_text_encoder(), model.build_transformer()
     if plan.base_run:
-        base = torch.load(HERE / "runs" / plan.base_run / "dit" / "final.pt", weights_only=False)
-        text_encoder.load_state_dict(base["text_encoder"])
-        transformer.load_state_dict(base["transformer"])
+        text_encoder, transformer = load_phase_two(HERE / "runs" / plan.base_run / "dit")
         log(f"dit: starting from run {plan.base_run}'s exported weights")
+    else:
+        text_encoder, transformer = model.build_text_encoder(), model.build_transformer()
     ema_text_encoder, ema_transformer = copy.deepcopy(text_encoder).eval(), copy.deepcopy(transformer).eval()
     for p in list(ema_text_encoder.parameters()) + list(ema_transformer.parameters()):
         p.requires_grad_(False)
@@ -718,8 +732,7 @@ def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
         f"dit: text encoder {model.parameter_count(text_encoder):,} + transformer "
         f"{model.parameter_count(transformer):,} parameters, {plan.dit_steps} steps of {plan.dit_batch}"
     )
-    mean = torch.tensor(data["latents_mean"]).view(1, -1, 1, 1, 1)
-    std = torch.tensor(data["latents_std"]).view(1, -1, 1, 1, 1)
+    mean, std = latent_statistics(data)
     tokenizer = model.build_tokenizer()
     vae = vae_with_statistics(vae, data).eval()
     text_encoder.train(), transformer.train()
