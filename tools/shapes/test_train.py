@@ -3,11 +3,13 @@
 Run: .venv/bin/python -m pytest tools/shapes/test_train.py -q
 """
 
+import dataclasses
 import json
 import pathlib
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -91,6 +93,64 @@ def test_decoder_batch_hands_the_estimate_each_clips_prompt_and_a_noise_level_up
         assert world.parse(prompt) == scenes[i]  # each clip's own prompt
         assert torch.equal(clip, train.to_video(world.render(scenes[i], i)[None])[0])
     assert seen["noise"].shape == seen["z"].shape
+
+
+def _scene_data(scenes: list[world.Scene]) -> dict:
+    return {
+        "scene": torch.tensor([train.SCENE_INDEX[s] for s in scenes]),
+        "mean": torch.randn(len(scenes), 16, 5, 8, 8),
+        "latents_mean": [0.0] * 16, "latents_std": [1.0] * 16,
+    }
+
+
+def test_decoder_focus_draws_each_group_in_proportion_to_its_weight():
+    scenes = [world.Scene("green", "triangle", "moving up", "black")] * 3 + [world.Scene("red", "circle", "growing", "gray")] * 5
+    focus = train.DecoderFocus(_scene_data(scenes), {"green triangle": 3.0, "red circle": 1.0})
+    rng = np.random.default_rng(0)
+    draws = [focus.draw(rng) for _ in range(4000)]
+    assert set(draws) == set(range(8))  # every clip of a group can be drawn
+    assert abs(np.mean([d < 3 for d in draws]) - 0.75) < 0.03  # green triangles: 3 / (3 + 1)
+    with pytest.raises(SystemExit, match="red circle"):
+        train.DecoderFocus(_scene_data(scenes), {"green triangle": 1.0})
+
+
+def test_decoder_batch_with_full_focus_draws_only_the_weighted_group_and_without_it_draws_as_before():
+    scenes = [world.Scene("green", "triangle", "moving up", "black")] * 2 + [world.Scene("red", "circle", "growing", "gray")] * 6
+    data = _scene_data(scenes)
+    dataset = lambda i: (scenes[i], world.render(scenes[i], i))  # noqa: E731
+    focus = train.DecoderFocus(data, {"green triangle": 1.0, "red circle": 0.0})
+    for step in range(6):
+        z, _, _ = train.decoder_batch(train.Plan(decoder_batch=4, latent_noise=0.0, decoder_focus=1.0), step, data, dataset, focus=focus)
+        assert all(any(torch.equal(latent, data["mean"][i]) for i in (0, 1)) for latent in z)
+    plain = train.Plan(decoder_batch=4, latent_noise=0.0)
+    assert torch.equal(train.decoder_batch(plain, 2, data, dataset)[0], train.decoder_batch(plain, 2, data, dataset)[0])
+
+
+def test_decoder_focus_weighs_the_group_whose_shapes_come_back_wrong(monkeypatch):
+    scenes = [world.Scene("green", "triangle", "moving up", "black")] * 2 + [world.Scene("red", "circle", "growing", "gray")] * 2
+    data = _scene_data(scenes)
+    dataset = lambda i: (scenes[i], world.render(scenes[i], i))  # noqa: E731
+
+    def decode(_vae, z):
+        """Draws every red circle exactly and every green triangle as a square."""
+        out = []
+        for latent in z:
+            i = next(i for i in range(4) if torch.equal(latent, data["mean"][i]))
+            scene = scenes[i] if scenes[i].color == "red" else dataclasses.replace(scenes[i], shape="square")
+            out.append(train.to_video(world.render(scene, i)[None])[0])
+        return torch.stack(out)
+
+    class Vae:
+        def eval(self):
+            return self
+
+        def train(self):
+            return self
+
+    monkeypatch.setattr(train.model, "decode_unclamped", decode)
+    weights = train.DecoderFocus.measure(Vae(), data, dataset, seed=0, per_group=2)
+    assert weights["red circle"] == pytest.approx(0.01)  # the floor: right, but still drawn now and then
+    assert weights["green triangle"] > 0.3  # a square's fill ratio (~1) against a triangle's (~0.5)
 
 
 def test_checkpoints_save_when_due_never_at_the_last_step_and_stop_after_saving(tmp_path, monkeypatch):
