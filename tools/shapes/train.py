@@ -948,9 +948,15 @@ def decoder_text(run: pathlib.Path, plan: Plan) -> str:
         f"the base run's transformer's estimate of the clean latent from the mode noised to a level up to {sigma:g}"
         if sigma > 0 else "the posterior's mode"
     )
+    focus = settings.get("decoder_focus", 0.0)
+    drawn = (
+        f", {focus:.0%} of them drawn by colour and shape in proportion to how far off that group's reconstructed "
+        "fill ratios were at the start (decoder/focus.json), the rest uniformly"
+        if focus > 0 else ""
+    )
     return f"""
    Then the decoder alone (the encoder frozen, so the latents stay as they were) was fine-tuned{where}:
-   {settings['decoder_steps']:,} AdamW steps of {settings['decoder_batch']} whole encoded training clips (lr
+   {settings['decoder_steps']:,} AdamW steps of {settings['decoder_batch']} whole encoded training clips{drawn} (lr
    {settings['decoder_lr']}, cosine), the decoder reading {reads}, plus {settings['latent_noise']:g} x the latents'
    spread of noise; loss as above plus {settings['edge_weight']:g}x weight on the pixels within 2 of the object's
    outline. Probe before: {before}; after: {(folder / "done").read_text().strip()}."""
