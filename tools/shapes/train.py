@@ -741,11 +741,12 @@ def pipeline_from(vae, text_encoder, transformer, flow_shift: float | None = Non
 
 
 def probe_dit(vae, text_encoder, transformer, limit: int = 12) -> dict:
-    """Generate 12 held-out and 12 seen prompts (one seed) with the EMA weights and score them."""
+    """Generate 12 held-out and 12 seen prompts (one seed) with the EMA weights and score them, at 20 steps and
+    guidance 3: the guidance every sweep since `amx` chose (at 5 the probe read a run's progress as a decline)."""
     items = [c for c in evaluate.cases([SWEEP_PROBE_SEED]) if c["split"] == "held_out"][:limit]
     items += [c for c in evaluate.cases([SWEEP_PROBE_SEED]) if c["split"] == "seen"][:limit]
     text_encoder.eval(), transformer.eval()
-    result = evaluate.assess(pipeline_from(vae, text_encoder, transformer), items, 20, 5.0)
+    result = evaluate.assess(pipeline_from(vae, text_encoder, transformer), items, 20, 3.0)
     return {split: round(s["all"], 3) for split, s in result["splits"].items()}
 
 
