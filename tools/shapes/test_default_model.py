@@ -37,9 +37,9 @@ HELD_OUT = [
     "a magenta square standing still",
 ]
 # The thresholds, per attribute, from the full evaluation (model card, 208 clips): colour is right in every clip
-# and motion in 98%, so a regression in any layer shows there first; shape is the model's weak point (squares
-# drawn with rounded corners read as circles: 3 of the 8 prompts are squares, and these seeds miss all three).
-MIN_RIGHT = {"color": 8, "motion": 7, "all": 5}
+# and motion in 97%, so a regression in any layer shows there first. These seeds give 7 of 8 all-correct (the
+# magenta square comes out with rounded corners and reads as a circle, fill ratio 0.87); one more miss is allowed.
+MIN_RIGHT = {"color": 8, "motion": 7, "all": 6}
 
 
 @pytest.fixture(scope="module")
