@@ -194,14 +194,19 @@ fn chaos_every_job_ends_exactly_once_and_nothing_is_left_behind() {
 
 /// Real generations in one engine, one after another, the way a long-running host uses it (take the video, then
 /// release the job; a result cache with a small budget, so that it is full after the warm-up): memory must level
-/// off, not grow with the jobs served. The warm-up is the first sixth of the jobs: with the shipped Wan model the
-/// first twenty or so still grow the allocator's arenas as the workers take turns (measured: +5.2% from job 12 to
-/// 120, but +3.4% from job 40 to 400, 18 KiB a job).
+/// off, not grow with the jobs served. The warm-up is the first sixth of the jobs.
+///
+/// What growth there is belongs to glibc's malloc, not to vgen: each worker thread allocates from its own arena,
+/// and the arenas fragment as the workers take turns. Measured (release, `shapes-tiny`, 300 generations, RSS from
+/// job 50 to job 300): +3.3% as the process starts, +0.13% with `MALLOC_ARENA_MAX=2`, -1.4% with 1, and no slower.
+/// So the bound here is loose (`VGEN_SOAK_MAX_GROWTH`, default 5%) and `make soak` runs with two arenas and a 1%
+/// bound, which a real leak of even a few KiB a job would break.
 #[test]
 fn many_generations_in_one_engine_do_not_grow_memory() {
     let _alone = ONE_AT_A_TIME.lock();
     let generations = env_count("VGEN_SOAK_GENERATIONS", 120);
     let warm = (generations / 6).max(1);
+    let max_growth: f64 = std::env::var("VGEN_SOAK_MAX_GROWTH").ok().and_then(|v| v.parse().ok()).unwrap_or(0.05);
     let (models, _) = Models::discover_in(&[std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")]);
     let model = models.default_name().unwrap().to_string();
     let config = EngineConfig {
@@ -234,5 +239,10 @@ fn many_generations_in_one_engine_do_not_grow_memory() {
         rss_end as f64 / 1048576.0,
         growth * 100.0
     );
-    assert!(growth < 0.05, "RSS grew {:.1}% from job {warm} to job {generations}", growth * 100.0);
+    assert!(
+        growth < max_growth,
+        "RSS grew {:.2}% from job {warm} to job {generations} (bound {:.2}%)",
+        growth * 100.0,
+        max_growth * 100.0
+    );
 }
