@@ -521,8 +521,12 @@ def decoder_loss(vae, z: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) ->
     return (weight * (error.abs() + error.pow(2))).sum() / (weight.sum() * 3)
 
 
-def shape_group(scene: world.Scene) -> str:
-    return f"{scene.color} {scene.shape}"
+def shape_groups(data: dict) -> dict[str, list[int]]:
+    """The dataset's clip indices by "{colour} {shape}"."""
+    groups: dict[str, list[int]] = {}
+    for i, scene in enumerate(data["scene"].tolist()):
+        groups.setdefault(f"{ALL_SCENES[scene].color} {ALL_SCENES[scene].shape}", []).append(i)
+    return groups
 
 
 class DecoderFocus:
@@ -531,9 +535,7 @@ class DecoderFocus:
     that a resumed run draws the same clips)."""
 
     def __init__(self, data: dict, weights: dict[str, float]):
-        groups: dict[str, list[int]] = {}
-        for i, scene in enumerate(data["scene"].tolist()):
-            groups.setdefault(shape_group(ALL_SCENES[scene]), []).append(i)
+        groups = shape_groups(data)
         self.names = sorted(groups)
         missing = [n for n in self.names if n not in weights]
         if missing:
@@ -554,9 +556,7 @@ class DecoderFocus:
         group is left out. The fill ratio is what tells a square from a circle and a circle from a triangle; the
         pixel loss hardly sees a rounded corner."""
         rng = np.random.default_rng([seed, 5])
-        groups: dict[str, list[int]] = {}
-        for i, scene in enumerate(data["scene"].tolist()):
-            groups.setdefault(shape_group(ALL_SCENES[scene]), []).append(i)
+        groups = shape_groups(data)
         vae.eval()
         weights = {}
         for name in sorted(groups):
@@ -572,7 +572,7 @@ class DecoderFocus:
 def decoder_batch(plan: Plan, step: int, data: dict, dataset, estimate=None, focus: DecoderFocus | None = None):
     """(latents, clips in [-1, 1], per-pixel loss weight) of a decoder step: whole encoded training clips, their
     latents (the stored posterior mode, or `estimate`'s reading of it when decoder_sigma_max > 0) plus a little
-    noise. With `focus`, each clip is drawn from its loss-weighted groups with probability decoder_focus."""
+    noise. With `focus`, each clip is drawn from its weighted groups with probability decoder_focus."""
     rng, gen = step_random(plan, 4, step)
     index = rng.integers(len(data["scene"]), size=plan.decoder_batch)
     if focus is not None:
