@@ -14,7 +14,8 @@ use vgen_core::models::faulty::{FaultRates, Faulty};
 use vgen_core::models::{Models, noop::NoOp, testcard::TestCard};
 use vgen_core::{Device, Engine, JobId, JobState};
 
-fn env_count(name: &str, default: u64) -> u64 {
+/// A setting of the soak from the environment, or `default` when it is unset or does not parse.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
@@ -81,7 +82,7 @@ impl Drop for Finalizer {
 fn chaos_every_job_ends_exactly_once_and_nothing_is_left_behind() {
     let _alone = ONE_AT_A_TIME.lock();
     quiet_injected_panics();
-    let jobs = env_count("VGEN_SOAK_JOBS", 2_000);
+    let jobs = env_or("VGEN_SOAK_JOBS", 2_000u64);
     let rates = FaultRates { fail: 0.20, panic: 0.01, oom: 0.05, invalid: 0.0 };
     let mut models = Models::default();
     models.insert(Arc::new(Faulty::random(Arc::new(NoOp::new()), rates).named("chaos-noop")));
@@ -204,9 +205,9 @@ fn chaos_every_job_ends_exactly_once_and_nothing_is_left_behind() {
 #[test]
 fn many_generations_in_one_engine_do_not_grow_memory() {
     let _alone = ONE_AT_A_TIME.lock();
-    let generations = env_count("VGEN_SOAK_GENERATIONS", 120);
+    let generations = env_or("VGEN_SOAK_GENERATIONS", 120u64);
     let warm = (generations / 6).max(1);
-    let max_growth: f64 = std::env::var("VGEN_SOAK_MAX_GROWTH").ok().and_then(|v| v.parse().ok()).unwrap_or(0.05);
+    let max_growth = env_or("VGEN_SOAK_MAX_GROWTH", 0.05f64);
     let (models, _) = Models::discover_in(&[std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")]);
     let model = models.default_name().unwrap().to_string();
     let config = EngineConfig {

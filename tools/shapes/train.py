@@ -743,8 +743,8 @@ def pipeline_from(vae, text_encoder, transformer, flow_shift: float | None = Non
 def probe_dit(vae, text_encoder, transformer, limit: int = 12) -> dict:
     """Generate 12 held-out and 12 seen prompts (one seed) with the EMA weights and score them, at 20 steps and
     guidance 3: the guidance every sweep since `amx` chose (at 5 the probe read a run's progress as a decline)."""
-    items = [c for c in evaluate.cases([SWEEP_PROBE_SEED]) if c["split"] == "held_out"][:limit]
-    items += [c for c in evaluate.cases([SWEEP_PROBE_SEED]) if c["split"] == "seen"][:limit]
+    cases = evaluate.cases([SWEEP_PROBE_SEED])
+    items = [c for c in cases if c["split"] == "held_out"][:limit] + [c for c in cases if c["split"] == "seen"][:limit]
     text_encoder.eval(), transformer.eval()
     result = evaluate.assess(pipeline_from(vae, text_encoder, transformer), items, 20, 3.0)
     return {split: round(s["all"], 3) for split, s in result["splits"].items()}
@@ -1169,7 +1169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset-clips", type=int)
     parser.add_argument("--decoder-steps", type=int, help="fine-tune the decoder alone for this many steps (phase 1b)")
     parser.add_argument("--decoder-lr", type=float, help="phase 1b's peak learning rate (lower to continue a tuned decoder)")
-    parser.add_argument("--decoder-focus", type=float, help="phase 1b: share of clips drawn by their (colour, shape) group's loss")
+    parser.add_argument("--decoder-focus", type=float, help="phase 1b: share of clips drawn by (colour, shape) group, weighted by the group's reconstructed fill-ratio error")
     parser.add_argument("--decoder-sigma-max", type=float, help="phase 1b decodes the base run's transformer's x0 estimates from noise levels up to this")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--base-run", help="share this run's VAE and latents and start phase 2 from its weights")
