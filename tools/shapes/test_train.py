@@ -171,3 +171,35 @@ def test_checkpoints_save_when_due_never_at_the_last_step_and_stop_after_saving(
     except train.Stop as stop:
         assert "decoder checkpoint at step 3" in str(stop)
     assert torch.load(path)["step"] == 3  # saved before stopping: a rerun resumes at step 3
+
+
+def test_vae_edge_weight_adds_the_outline_band_and_zero_leaves_the_weights_as_they_were():
+    plain = train.Plan(vae_image_batch=4)
+    edged = dataclasses.replace(plain, vae_edge_weight=16.0)
+    for step in (0, 3, 2000, 2003):  # image, frame, video and full steps
+        kind, x, weight, _ = train.vae_batch(plain, step)
+        _, x2, weight2, _ = train.vae_batch(edged, step)
+        assert torch.equal(x, x2), kind  # the same clips
+        assert set(torch.unique(weight).tolist()) == {1.0, 1.0 + plain.object_weight}, kind
+        extra = weight2 - weight
+        assert set(torch.unique(extra).tolist()) == {0.0, 16.0}, kind
+        # The extra weight sits on the outline: on both sides of it, and nowhere deep inside or far outside.
+        outline = extra > 0
+        assert (outline & (weight > 1)).any() and (outline & (weight == 1)).any(), kind
+        assert not outline.all(), kind
+
+
+def test_sigma_shift_moves_from_its_start_to_its_end_over_phase_two():
+    plan = train.Plan(dit_steps=101, sigma_shift=2.0, sigma_shift_end=1.0)
+    assert train.sigma_shift_at(plan, 0) == 2.0
+    assert train.sigma_shift_at(plan, 50) == pytest.approx(1.5)
+    assert train.sigma_shift_at(plan, 100) == 1.0
+    steady = train.Plan(dit_steps=101, sigma_shift=2.0)
+    assert {train.sigma_shift_at(steady, s) for s in (0, 50, 100)} == {2.0}
+    # A higher shift puts the same draws at higher noise: the batch's sigmas fall as the shift falls.
+    data = {"scene": torch.zeros(8, dtype=torch.long), "mean": torch.zeros(8, 16, 5, 8, 8)}
+    zero, one = torch.zeros(1, 16, 1, 1, 1), torch.ones(1, 16, 1, 1, 1)
+    early = train.dit_batch(dataclasses.replace(plan, dit_batch=64), 0, data, zero, one)[2]
+    late_plan = dataclasses.replace(plan, dit_batch=64, sigma_shift=1.0, sigma_shift_end=0.0)
+    late = train.dit_batch(late_plan, 0, data, zero, one)[2]
+    assert (early >= late).all() and (early > late).any()

@@ -71,11 +71,16 @@ class Plan:
     latent_noise: float = 0.03  # video steps: noise added to the posterior mode, x the latents' spread
     latent_l2: float = 1e-4  # keeps the latent's scale bounded (the KL's mean term)
     object_weight: float = 7.0  # extra reconstruction weight on the object's pixels
+    # Extra reconstruction weight on the pixels within 2 of the object's outline in phase 1 too (edge_weight is
+    # phase 1b's): what the decoder phases of the warm-started chain won over thousands of steps, asked for from
+    # the start. 0 (the chain's VAE) leaves phase 1's loss as it was.
+    vae_edge_weight: float = 0.0
     spike_factor: float = 2.5  # skip an update whose loss exceeds this x the running loss of its kind
     vae_probe_every: int = 250
     dataset_clips: int = 4096  # training clips encoded once for phase 2
     # Phase 1b: the decoder alone (and its post-quant conv) fine-tuned on whole encoded training clips, the encoder
-    # frozen, so the latents, their statistics and any transformer trained on them stay valid. 0 skips it.
+    # frozen, so the latents, their statistics and any transformer trained on them stay valid. It runs after phase
+    # 2, whose transformer it may read (decoder_sigma_max). 0 skips it.
     decoder_steps: int = 0
     decoder_batch: int = 4
     decoder_lr: float = 2e-4
@@ -84,8 +89,8 @@ class Plan:
     # square from a circle are won or lost.
     edge_weight: float = 16.0
     # > 0: the decoder reads what the sampler will hand it, the transformer's estimate of the clean latent,
-    # x0 = x_t - s v, from the clip's latent noised to a level s drawn uniformly up to this (needs a base run, whose
-    # text encoder and transformer make the estimates). The transformer's errors, which round a square's
+    # x0 = x_t - s v, from the clip's latent noised to a level s drawn uniformly up to this (the text encoder and
+    # transformer of this run's phase 2, or of its base run's when it trains none). The transformer's errors, which round a square's
     # corners, are then in the decoder's training data, and the clip it must draw is still the true one.
     decoder_sigma_max: float = 0.0
     # > 0: this share of a decoder batch's clips is drawn by (colour, shape) group, each group in proportion to how
@@ -104,6 +109,10 @@ class Plan:
     # Shift of the training sigmas, s -> k s / (1 + (k - 1) s), the same map as the sampler's flow_shift: k > 1
     # spends more of the steps at high noise, where the layout and the motion of the clip are decided.
     sigma_shift: float = 1.0
+    # > 0: the shift moves linearly from sigma_shift at phase 2's first step to this at its last, so that the
+    # steps go to the layout and the motion first and to the details last (the warm-started chain did the same in
+    # two runs: shift 2, then 1). 0 keeps sigma_shift throughout.
+    sigma_shift_end: float = 0.0
     # Warm start: another run whose VAE and latents this run shares and whose exported (EMA) text encoder and
     # transformer phase 2 starts from, with a fresh optimiser. "" trains everything from scratch.
     base_run: str = ""
@@ -132,6 +141,11 @@ SMOKE = Plan(
     decoder_steps=4,
     decoder_batch=2,
     decoder_warmup=1,
+    decoder_sigma_max=0.4,  # every setting of the single-run recipe, so the smoke passes through its code
+    decoder_focus=0.5,
+    vae_edge_weight=16.0,
+    sigma_shift=2.0,
+    sigma_shift_end=1.0,
     dit_steps=6,
     dit_batch=8,
     dit_warmup=1,
@@ -263,7 +277,7 @@ def vae_batch(plan: Plan, step: int) -> tuple[str, torch.Tensor, torch.Tensor, t
         kind, count, frames, crop = "full", 2, world.FRAMES, world.WIDTH
     else:
         kind, count, frames, crop = "video", plan.vae_batch, 9, plan.vae_crop
-    clips, weights = [], []
+    clips, weights, masks = [], [], []
     for _ in range(count):
         scene = world.random_scene(rng, TRAINING_SCENES)
         clip = world.render(scene, int(rng.integers(2**31)))
@@ -277,8 +291,11 @@ def vae_batch(plan: Plan, step: int) -> tuple[str, torch.Tensor, torch.Tensor, t
             clip = clip[:, top : top + crop, left : left + crop]
             mask = mask[:, top : top + crop, left : left + crop]
         weights.append(1.0 + plan.object_weight * mask)
+        masks.append(mask)
         clips.append(clip)
     weight = torch.from_numpy(np.stack(weights)).float()[:, None]  # (B, 1, T, H, W)
+    if plan.vae_edge_weight > 0:
+        weight = weight + plan.vae_edge_weight * outline_band(torch.from_numpy(np.stack(masks))[:, None]).float()
     return kind, to_video(np.stack(clips)), weight, gen
 
 
@@ -489,8 +506,8 @@ class CleanEstimate:
     """The transformer's estimate of a clean latent from a noised one, x0 = x_t - s v (conditioned on the clip's
     prompt): what the sampler's last steps hand the decoder, the transformer's errors included."""
 
-    def __init__(self, base: pathlib.Path, data: dict):
-        self.text_encoder, self.transformer = load_phase_two(base / "dit")
+    def __init__(self, run: pathlib.Path, data: dict):
+        self.text_encoder, self.transformer = load_phase_two(run / "dit")
         self.text_encoder.eval().requires_grad_(False)
         self.transformer.eval().requires_grad_(False)
         self.tokenizer = model.build_tokenizer()
@@ -596,7 +613,8 @@ def decoder_batch(plan: Plan, step: int, data: dict, dataset, estimate=None, foc
 
 
 def tune_decoder(run: pathlib.Path, plan: Plan, vae, data: dict):
-    """Phase 1b: fine-tune the decoder on whole clips with the encoder frozen; returns the VAE to export."""
+    """Phase 1b, after phase 2: fine-tune the decoder on whole clips with the encoder frozen; returns the VAE to
+    export."""
     folder = run / "decoder"
     final = folder / "model"
     from diffusers import AutoencoderKLWan
@@ -610,9 +628,8 @@ def tune_decoder(run: pathlib.Path, plan: Plan, vae, data: dict):
     _check_dataset(vae, data, dataset)
     estimate = None
     if plan.decoder_sigma_max > 0:
-        if not plan.base_run:
-            raise SystemExit("decoder: --decoder-sigma-max needs a base run, whose transformer makes the estimates")
-        estimate = CleanEstimate(HERE / "runs" / plan.base_run, data)
+        # Phase 2 has finished: run/dit is this run's transformer, or a link to its base run's when it trains none.
+        estimate = CleanEstimate(run, data)
     focus = None
     if plan.decoder_focus > 0:
         focus_path = folder / "focus.json"
@@ -711,6 +728,13 @@ def prompt_for(scene: world.Scene, rng: np.random.Generator) -> str:
     return scene.prompt()
 
 
+def sigma_shift_at(plan: Plan, step: int) -> float:
+    """The shift of phase 2's training sigmas at `step`: sigma_shift, or moving linearly to sigma_shift_end."""
+    if plan.sigma_shift_end <= 0:
+        return plan.sigma_shift
+    return plan.sigma_shift + (plan.sigma_shift_end - plan.sigma_shift) * step / max(plan.dit_steps - 1, 1)
+
+
 def dit_batch(plan: Plan, step: int, data: dict, mean: torch.Tensor, std: torch.Tensor):
     rng, gen = step_random(plan, 3, step)
     index = torch.from_numpy(rng.integers(len(data["scene"]), size=plan.dit_batch))
@@ -723,7 +747,8 @@ def dit_batch(plan: Plan, step: int, data: dict, mean: torch.Tensor, std: torch.
     uniform = torch.rand(plan.dit_batch, generator=gen)
     pick = torch.rand(plan.dit_batch, generator=gen) < plan.uniform_sigma
     sigma = torch.where(pick, uniform, sigma)
-    sigma = plan.sigma_shift * sigma / (1 + (plan.sigma_shift - 1) * sigma)
+    shift = sigma_shift_at(plan, step)
+    sigma = shift * sigma / (1 + (shift - 1) * sigma)
     noise = torch.randn(x0.shape, generator=gen)
     s = sigma.view(-1, 1, 1, 1, 1)
     return prompts, (1 - s) * x0 + s * noise, sigma * 1000.0, noise - x0
@@ -946,7 +971,7 @@ def decoder_text(run: pathlib.Path, plan: Plan) -> str:
         where = f" (again, from run `{(run / 'vae').resolve().parent.name}`'s tuned decoder)"
     sigma = settings.get("decoder_sigma_max", 0.0)
     reads = (
-        f"the base run's transformer's estimate of the clean latent from the mode noised to a level up to {sigma:g}"
+        f"the phase-2 transformer's estimate of the clean latent from the mode noised to a level up to {sigma:g}"
         if sigma > 0 else "the posterior's mode"
     )
     focus = settings.get("decoder_focus", 0.0)
@@ -956,11 +981,11 @@ def decoder_text(run: pathlib.Path, plan: Plan) -> str:
         if focus > 0 else ""
     )
     return f"""
-   Then the decoder alone (the encoder frozen, so the latents stay as they were) was fine-tuned{where}:
+   After phase 2, the decoder alone (the encoder frozen, so the latents stay as they were) was fine-tuned{where}:
    {settings['decoder_steps']:,} AdamW steps of {settings['decoder_batch']} whole encoded training clips{drawn} (lr
    {settings['decoder_lr']}, cosine), the decoder reading {reads}, plus {settings['latent_noise']:g} x the latents'
-   spread of noise; loss as above plus {settings['edge_weight']:g}x weight on the pixels within 2 of the object's
-   outline. Probe before: {before}; after: {(folder / "done").read_text().strip()}."""
+   spread of noise; loss L1 + L2 with {1 + settings['object_weight']:g}x weight on the object's pixels and
+   {settings['edge_weight']:g} more on those within 2 of its outline. Probe before: {before}; after: {(folder / "done").read_text().strip()}."""
 
 
 def dit_text(plan: Plan) -> str:
@@ -969,14 +994,26 @@ def dit_text(plan: Plan) -> str:
         return "Text encoder + transformer: not trained in this run." + warm_start_text(plan)
     return f"""Text encoder + transformer jointly: {dit_steps_text(plan)} AdamW steps of {plan.dit_batch} (lr {plan.dit_lr}, cosine,
    EMA {plan.ema_decay}), rectified flow (x_t = (1 - s) x0 + s n, target n - x0, timestep s * 1000,
-   s ~ logit-normal(0, 1) with {plan.uniform_sigma:.0%} uniform, shifted by {plan.sigma_shift:g}),
+   s ~ logit-normal(0, 1) with {plan.uniform_sigma:.0%} uniform, shifted by {shift_text(plan)}),
    {plan.prompt_dropout:.0%} empty prompts; the EMA weights are exported.{warm_start_text(plan)}"""
+
+
+def shift_text(plan: Plan) -> str:
+    if plan.sigma_shift_end > 0:
+        return f"{plan.sigma_shift:g} at the first step, moving linearly to {plan.sigma_shift_end:g} at the last"
+    return f"{plan.sigma_shift:g}"
 
 
 def dit_steps_text(plan: Plan) -> str:
     if plan.dit_end < plan.dit_steps:
         return f"{plan.dit_end:,} (of a {plan.dit_steps:,}-step schedule)"
     return f"{plan.dit_steps:,}"
+
+
+def edge_text(plan: Plan) -> str:
+    if plan.vae_edge_weight > 0:
+        return f" and {plan.vae_edge_weight:g} more on those within 2 of its outline"
+    return ""
 
 
 def model_card(run, plan: Plan, sizes: dict, vae, text_encoder, transformer, command: str) -> str:
@@ -1046,7 +1083,7 @@ transformers 5.23.0. Seed {plan.seed}.
    {plan.vae_image_batch // 2} whole frames), then {plan.vae_steps} video steps ({plan.vae_batch} 9-frame windows;
    every 4th step 2 whole 17-frame clips), frames and windows otherwise cropped to
    {plan.vae_crop}x{plan.vae_crop} around the object (lr {plan.vae_lr}, warm-up {plan.vae_warmup}, cosine);
-   loss L1 + L2 with {1 + plan.object_weight:g}x weight on the object's pixels, plus {plan.latent_l2:g} x the
+   loss L1 + L2 with {1 + plan.object_weight:g}x weight on the object's pixels{edge_text(plan)}, plus {plan.latent_l2:g} x the
    latent's mean square; in the video steps the decoder sees the posterior's mode plus {plan.latent_noise:g} x the
    latents' spread of Gaussian noise (the log-variance head is not trained: use the mode). Reconstruction probe
    at the end: {probe}.{decoder_text(run, plan)}
@@ -1107,7 +1144,7 @@ SMOKE_PROMPTS = {
 PHASE_FIELDS = {
     "vae": (
         "seed", "vae_image_steps", "vae_image_batch", "vae_steps", "vae_batch", "vae_crop", "vae_lr", "vae_warmup",
-        "latent_noise", "latent_l2", "object_weight", "spike_factor",
+        "latent_noise", "latent_l2", "object_weight", "spike_factor", "vae_edge_weight",
     ),
     "latents": ("seed", "dataset_clips"),
     "decoder": (
@@ -1116,7 +1153,7 @@ PHASE_FIELDS = {
     ),
     "dit": (
         "seed", "dit_steps", "dit_batch", "dit_lr", "dit_warmup", "weight_decay", "prompt_dropout",
-        "uniform_sigma", "ema_decay", "sigma_shift", "base_run",
+        "uniform_sigma", "ema_decay", "sigma_shift", "sigma_shift_end", "base_run",
     ),
 }
 
@@ -1170,12 +1207,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decoder-steps", type=int, help="fine-tune the decoder alone for this many steps (phase 1b)")
     parser.add_argument("--decoder-lr", type=float, help="phase 1b's peak learning rate (lower to continue a tuned decoder)")
     parser.add_argument("--decoder-focus", type=float, help="phase 1b: share of clips drawn by (colour, shape) group, weighted by the group's reconstructed fill-ratio error")
-    parser.add_argument("--decoder-sigma-max", type=float, help="phase 1b decodes the base run's transformer's x0 estimates from noise levels up to this")
+    parser.add_argument("--decoder-sigma-max", type=float, help="phase 1b decodes phase 2's x0 estimates (this run's transformer, or its base run's) from noise levels up to this")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--base-run", help="share this run's VAE and latents and start phase 2 from its weights")
     parser.add_argument("--dit-batch", type=int)
     parser.add_argument("--dit-lr", type=float)
     parser.add_argument("--sigma-shift", type=float)
+    parser.add_argument("--sigma-shift-end", type=float, help="phase 2's sigma shift moves linearly from --sigma-shift to this")
+    parser.add_argument("--vae-edge-weight", type=float, help="phase 1: extra loss weight on the object's outline")
     parser.add_argument("--dit-stop-at", type=int, help="end phase 2 at this step with the EMA weights so far")
     parser.add_argument("--no-evaluate", action="store_true", help="stop after the export")
     parser.add_argument(
@@ -1195,7 +1234,8 @@ def main(argv: list[str] | None = None) -> int:
             "vae_steps": args.vae_steps, "decoder_steps": args.decoder_steps, "decoder_lr": args.decoder_lr,
             "decoder_sigma_max": args.decoder_sigma_max, "decoder_focus": args.decoder_focus, "dit_steps": args.dit_steps, "dataset_clips": args.dataset_clips,
             "seed": args.seed, "base_run": args.base_run, "dit_batch": args.dit_batch, "dit_lr": args.dit_lr,
-            "sigma_shift": args.sigma_shift, "dit_stop_at": args.dit_stop_at,
+            "sigma_shift": args.sigma_shift, "sigma_shift_end": args.sigma_shift_end,
+            "vae_edge_weight": args.vae_edge_weight, "dit_stop_at": args.dit_stop_at,
         }.items()
         if v is not None
     }
@@ -1214,8 +1254,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         vae = train_vae(run, plan)
         data = encode_dataset(run, plan, vae)
-        vae = tune_decoder(run, plan, vae, data)
         text_encoder, transformer = train_dit(run, plan, vae, data)
+        vae = tune_decoder(run, plan, vae, data)
         export(run, plan, out, vae, text_encoder, transformer, data, command)
         if not args.no_evaluate:
             evaluate_export(run, out, args.smoke)
