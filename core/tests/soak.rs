@@ -14,9 +14,16 @@ use vgen_core::models::faulty::{FaultRates, Faulty};
 use vgen_core::models::{Models, noop::NoOp, testcard::TestCard};
 use vgen_core::{Device, Engine, JobId, JobState};
 
-/// A setting of the soak from the environment, or `default` when it is unset or does not parse.
+/// A setting of the soak from the environment, or `default` when it is unset. A value that does not parse stops the test:
+/// a mistyped bound must not quietly become the default.
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(value) => value
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a valid {}", std::any::type_name::<T>())),
+    }
 }
 
 /// The threads of this process named `vgen-…`, by id.
