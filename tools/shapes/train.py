@@ -90,8 +90,9 @@ class Plan:
     edge_weight: float = 16.0
     # > 0: the decoder reads what the sampler will hand it, the transformer's estimate of the clean latent,
     # x0 = x_t - s v, from the clip's latent noised to a level s drawn uniformly up to this (the text encoder and
-    # transformer of this run's phase 2, or of its base run's when it trains none). The transformer's errors, which round a square's
-    # corners, are then in the decoder's training data, and the clip it must draw is still the true one.
+    # transformer of this run's phase 2, or of its base run's when it trains none). The transformer's errors,
+    # which round a square's corners, are then in the decoder's training data, and the clip it must draw is
+    # still the true one.
     decoder_sigma_max: float = 0.0
     # > 0: this share of a decoder batch's clips is drawn by (colour, shape) group, each group in proportion to how
     # far off its reconstructions' shapes are when the phase starts (decoder/focus.json), the rest uniformly. The
