@@ -14,8 +14,8 @@ use vgen_core::models::faulty::{FaultRates, Faulty};
 use vgen_core::models::{Models, noop::NoOp, testcard::TestCard};
 use vgen_core::{Device, Engine, JobId, JobState};
 
-/// A setting of the soak from the environment, or `default` when it is unset. A value that does not parse stops the test:
-/// a mistyped bound must not quietly become the default.
+/// A setting of the soak from the environment, or `default` when it is unset. A value that does not parse stops
+/// the test: a mistyped bound must not quietly become the default.
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
         Err(_) => default,

@@ -278,7 +278,7 @@ def vae_batch(plan: Plan, step: int) -> tuple[str, torch.Tensor, torch.Tensor, t
         kind, count, frames, crop = "full", 2, world.FRAMES, world.WIDTH
     else:
         kind, count, frames, crop = "video", plan.vae_batch, 9, plan.vae_crop
-    clips, weights, masks = [], [], []
+    clips, masks = [], []
     for _ in range(count):
         scene = world.random_scene(rng, TRAINING_SCENES)
         clip = world.render(scene, int(rng.integers(2**31)))
@@ -291,13 +291,9 @@ def vae_batch(plan: Plan, step: int) -> tuple[str, torch.Tensor, torch.Tensor, t
             left = int(np.clip(round((xs.mean() - crop / 2) / 8) * 8, 0, world.WIDTH - crop))
             clip = clip[:, top : top + crop, left : left + crop]
             mask = mask[:, top : top + crop, left : left + crop]
-        weights.append(1.0 + plan.object_weight * mask)
         masks.append(mask)
         clips.append(clip)
-    weight = torch.from_numpy(np.stack(weights)).float()[:, None]  # (B, 1, T, H, W)
-    if plan.vae_edge_weight > 0:
-        weight = weight + plan.vae_edge_weight * outline_band(torch.from_numpy(np.stack(masks))[:, None]).float()
-    return kind, to_video(np.stack(clips)), weight, gen
+    return kind, to_video(np.stack(clips)), pixel_weight(masks, plan.object_weight, plan.vae_edge_weight), gen
 
 
 def vae_probe_clips() -> tuple[list[world.Scene], np.ndarray]:
@@ -526,11 +522,19 @@ class CleanEstimate:
         return (noisy - s * velocity) * self.std + self.mean
 
 
-def decoder_weight(plan: Plan, masks: list[np.ndarray]) -> torch.Tensor:
-    """(B, 1, T, H, W) per-pixel loss weight of phase 1b: background 1, object 1 + object_weight, and edge_weight
-    more within 2 pixels of the outline."""
+def pixel_weight(masks: list[np.ndarray], object_weight: float, edge_weight: float) -> torch.Tensor:
+    """(B, 1, T, H, W) per-pixel loss weight of the VAE's and the decoder's phases: background 1, object
+    1 + object_weight, and edge_weight more within 2 pixels of the outline."""
     mask = torch.from_numpy(np.stack(masks))[:, None]
-    return 1.0 + plan.object_weight * mask.float() + plan.edge_weight * outline_band(mask).float()
+    weight = 1.0 + object_weight * mask.float()
+    if edge_weight > 0:
+        weight = weight + edge_weight * outline_band(mask).float()
+    return weight
+
+
+def decoder_weight(plan: Plan, masks: list[np.ndarray]) -> torch.Tensor:
+    """Phase 1b's per-pixel loss weight: its edge_weight on the outline (phase 1's is vae_edge_weight)."""
+    return pixel_weight(masks, plan.object_weight, plan.edge_weight)
 
 
 def decoder_loss(vae, z: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
