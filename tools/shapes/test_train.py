@@ -4,6 +4,7 @@ Run: .venv/bin/python -m pytest tools/shapes/test_train.py -q
 """
 
 import dataclasses
+import io
 import json
 import pathlib
 import sys
@@ -203,3 +204,96 @@ def test_sigma_shift_moves_from_its_start_to_its_end_over_phase_two():
     late_plan = dataclasses.replace(plan, dit_batch=64, sigma_shift=1.0, sigma_shift_end=0.0)
     late = train.dit_batch(late_plan, 0, data, zero, one)[2]
     assert (early >= late).all() and (early > late).any()
+
+
+def test_learning_rate_held_then_decayed_over_the_last_share_and_cosine_over_all_without_one():
+    base, warmup, total = 1e-3, 200, 10000
+    held = [train.learning_rate(base, warmup, total, s, decay=0.3) for s in range(total)]
+    assert held[0] == pytest.approx(base / warmup) and held[warmup - 1] == pytest.approx(base)  # the warmup
+    assert set(held[warmup:7001]) == {base}  # held until the last 30% begins
+    assert all(a > b for a, b in zip(held[7001:], held[7002:]))  # then falls at every step
+    assert held[-1] == pytest.approx(0.1 * base, rel=1e-3)  # to a tenth
+    cosine = [train.learning_rate(base, warmup, total, s) for s in range(total)]
+    assert cosine[warmup] == base and all(a > b for a, b in zip(cosine[warmup:], cosine[warmup + 1:]))
+    assert cosine[5100] == pytest.approx(base * (0.1 + 0.9 * 0.5)) and cosine[-1] == pytest.approx(0.1 * base, rel=1e-3)
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_every_other_parameter():
+    text_encoder, transformer = train.model.build_text_encoder(), train.model.build_transformer()
+    muon = train.DitOptimizer(train.Plan(dit_optimizer="muon"), text_encoder, transformer)
+    adamw, orthogonal = muon.parts
+    assert isinstance(orthogonal, torch.optim.Muon)
+    under = lambda part: {id(p) for g in part.param_groups for p in g["params"]}  # noqa: E731
+    everything = {id(p) for p in list(text_encoder.parameters()) + list(transformer.parameters())}
+    assert under(adamw) | under(orthogonal) == everything and not under(adamw) & under(orthogonal)
+    names = {id(p): n for n, p in [*transformer.named_parameters(), *text_encoder.named_parameters()]}
+    chosen = sorted(names[i] for i in under(orthogonal))
+    assert "blocks.0.attn1.to_q.weight" in chosen and "blocks.5.ffn.net.2.weight" in chosen
+    assert "encoder.block.0.layer.0.SelfAttention.q.weight" in chosen
+    # Tables, heads, norms and biases stay with AdamW.
+    for kept in ("shared.weight", "proj_out.weight", "patch_embedding.weight", "blocks.0.attn1.to_q.bias",
+                 "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", "blocks.0.norm2.weight"):
+        assert kept not in chosen, kept
+    only = train.DitOptimizer(train.Plan(), text_encoder, transformer)
+    assert len(only.parts) == 1 and under(only.parts[0]) == everything
+    with pytest.raises(SystemExit, match="adamw or muon"):
+        train.DitOptimizer(train.Plan(dit_optimizer="sgd"), text_encoder, transformer)
+
+
+def test_dit_optimizer_checkpoints_resume_the_same_updates_and_old_adamw_checkpoints_still_load():
+    def model_and_optimizer(name):
+        torch.manual_seed(0)
+        text_encoder, transformer = train.model.build_text_encoder(), train.model.build_transformer()
+        return text_encoder, transformer, train.DitOptimizer(train.Plan(dit_optimizer=name), text_encoder, transformer)
+
+    def step(text_encoder, transformer, optimizer):
+        loss = sum(p.square().sum() for p in [*text_encoder.parameters(), *transformer.parameters()])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def saved(module) -> dict:  # through torch.save, as a checkpoint: loading shares tensors, not copies
+        buffer = io.BytesIO()
+        torch.save(module.state_dict(), buffer)
+        return torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+
+    first = model_and_optimizer("muon")
+    step(*first)
+    second = model_and_optimizer("muon")
+    second[0].load_state_dict(saved(first[0])), second[1].load_state_dict(saved(first[1]))
+    second[2].load_state_dict(saved(first[2]))  # the momenta travel with the checkpoint
+    step(*first), step(*second)
+    for a, b in zip(first[1].parameters(), second[1].parameters()):
+        assert torch.equal(a, b)
+    text_encoder, transformer, adamw = model_and_optimizer("adamw")
+    step(text_encoder, transformer, adamw)
+    old = adamw.parts[0].state_dict()  # what a checkpoint held before the optimiser could be chosen
+    model_and_optimizer("adamw")[2].load_state_dict(old)
+    with pytest.raises(SystemExit, match="dit_optimizer"):
+        model_and_optimizer("muon")[2].load_state_dict(old)
+
+
+def test_phase_one_is_shared_only_from_a_run_that_trained_it_with_the_same_settings(tmp_path, monkeypatch):
+    source = tmp_path / "first"
+    (source / "vae").mkdir(parents=True), (source / "latents").mkdir()
+    (source / "vae" / "done").write_text("4000\n"), (source / "latents" / "stats.json").write_text("{}")
+    plan = train.Plan(seed=3, dataset_clips=1024, vae_edge_weight=16.0, dit_lr=1e-3)
+    (source / "plan.json").write_text(json.dumps(dataclasses.asdict(dataclasses.replace(plan, dit_lr=5e-4))))
+    other = tmp_path / "other"
+    other.mkdir()
+    for differing in ({"vae_edge_weight": 0.0}, {"seed": 4}, {"dataset_clips": 2048}):
+        with pytest.raises(SystemExit, match=next(iter(differing))):
+            train.share_phase_one_only(other, source, dataclasses.replace(plan, **differing))
+    assert not any(other.iterdir())  # nothing linked
+    run = tmp_path / "run"
+    run.mkdir()
+    train.share_phase_one_only(run, source, plan)  # phase 2's settings may differ
+    assert (run / "vae").resolve() == (source / "vae").resolve()
+    assert (run / "latents").resolve() == (source / "latents").resolve()
+    with pytest.raises(SystemExit, match="name the run that trained it"):
+        train.share_phase_one_only(tmp_path / "third", run, plan)
+
+
+def test_the_reproducing_command_leaves_out_the_shared_phase_one():
+    argv = ["--run", "x", "--phase-one-from", "single", "--seed", "0", "--phase-one-from=single", "--no-evaluate"]
+    assert train.reproducing_arguments(argv) == ["--run", "x", "--seed", "0", "--no-evaluate"]

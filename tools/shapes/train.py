@@ -104,6 +104,14 @@ class Plan:
     dit_batch: int = 64
     dit_lr: float = 4e-4
     dit_warmup: int = 200
+    # > 0: the learning rate holds at dit_lr after the warmup and decays (cosine, to a tenth) over only this last
+    # share of the steps (warmup-stable-decay). 0: it decays over all of them. A held rate keeps the steps large
+    # for longer: runs/single's cosine had fallen to a third by its step 7,000, still without motion.
+    dit_decay: float = 0.0
+    # "adamw", or "muon": the matrices of the transformer's blocks and of the text encoder's layers take
+    # orthogonalised momentum updates (torch.optim.Muon, its step scaled to AdamW's RMS so that dit_lr and
+    # weight_decay mean the same), the rest (embeddings, norms, biases, the heads) AdamW.
+    dit_optimizer: str = "adamw"
     weight_decay: float = 0.01
     prompt_dropout: float = 0.1
     uniform_sigma: float = 0.2  # fraction of sigmas drawn uniformly; the rest logit-normal(0, 1)
@@ -117,6 +125,10 @@ class Plan:
     # Warm start: another run whose VAE and latents this run shares and whose exported (EMA) text encoder and
     # transformer phase 2 starts from, with a fresh optimiser. "" trains everything from scratch.
     base_run: str = ""
+    # Another run whose phase 1 (its VAE, before any decoder phase) and encoded latents this run shares, to try
+    # phase-2 settings without training the same VAE again: it must have run phase 1 with this plan's settings and
+    # seed, so the outcome is the one this run's own phase 1 would give. Phase 2 starts from scratch.
+    phase_one_run: str = ""
     ema_decay: float = 0.999
     # End phase 2 after this many steps (0: at dit_steps) with the EMA weights as they are, the schedule unchanged:
     # for a run that must finish by a deadline. Not pinned, so a resumed run may set it.
@@ -147,6 +159,8 @@ SMOKE = Plan(
     vae_edge_weight=16.0,
     sigma_shift=2.0,
     sigma_shift_end=1.0,
+    dit_decay=0.5,
+    dit_optimizer="muon",
     dit_steps=6,
     dit_batch=8,
     dit_warmup=1,
@@ -190,10 +204,13 @@ def step_random(plan: Plan, phase: int, step: int) -> tuple[np.random.Generator,
     return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
 
 
-def learning_rate(base: float, warmup: int, total: int, step: int) -> float:
+def learning_rate(base: float, warmup: int, total: int, step: int, decay: float = 0.0) -> float:
+    """Linear warmup, then a cosine from `base` to a tenth of it: over all the steps left, or, when `decay` > 0,
+    over only that last share of the `total` steps, the rate held at `base` until then."""
     if step < warmup:
         return base * (step + 1) / warmup
-    progress_ = (step - warmup) / max(total - warmup, 1)
+    start = max(warmup, round(total * (1 - decay))) if decay > 0 else warmup
+    progress_ = max(step - start, 0) / max(total - start, 1)
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress_, 1.0))))
 
 
@@ -792,6 +809,61 @@ def load_phase_two(folder: pathlib.Path):
     return text_encoder, transformer
 
 
+def muon_matrices(text_encoder, transformer) -> list[torch.nn.Parameter]:
+    """The hidden matrices Muon updates: the 2-D weights of the transformer's blocks and of the text encoder's
+    layers, not the embeddings (the relative attention bias is a table too), the norms, the biases or the heads."""
+    named = [(f"transformer.{n}", p) for n, p in transformer.named_parameters()]
+    named += [(f"text_encoder.{n}", p) for n, p in text_encoder.named_parameters()]
+    return [
+        p for n, p in named
+        if p.ndim == 2 and (".blocks." in n or ".encoder.block." in n) and "relative_attention_bias" not in n
+    ]
+
+
+class DitOptimizer:
+    """Phase 2's optimiser: AdamW over every parameter, or Muon over the hidden matrices and AdamW over the rest
+    (plan.dit_optimizer). It steps, zeroes and checkpoints as one, and its param_groups are all of them."""
+
+    def __init__(self, plan: Plan, text_encoder, transformer):
+        params = list(text_encoder.parameters()) + list(transformer.parameters())
+        if plan.dit_optimizer == "adamw":
+            matrices = []
+        elif plan.dit_optimizer == "muon":
+            matrices = muon_matrices(text_encoder, transformer)
+        else:
+            raise SystemExit(f"--dit-optimizer {plan.dit_optimizer!r}: expected adamw or muon")
+        chosen = {id(p) for p in matrices}
+        rest = [p for p in params if id(p) not in chosen]
+        self.parts = [torch.optim.AdamW(rest, lr=plan.dit_lr, betas=(0.9, 0.99), weight_decay=plan.weight_decay)]
+        if matrices:
+            self.parts.append(
+                torch.optim.Muon(matrices, lr=plan.dit_lr, weight_decay=plan.weight_decay, adjust_lr_fn="match_rms_adamw")
+            )
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for part in self.parts for group in part.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts:
+            part.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for part in self.parts:
+            part.step()
+
+    def state_dict(self) -> dict:
+        return {"parts": [part.state_dict() for part in self.parts]}
+
+    def load_state_dict(self, state: dict) -> None:
+        # A checkpoint from before the optimiser could be chosen is AdamW's own state dict.
+        states = state["parts"] if "parts" in state else [state]
+        if len(states) != len(self.parts):
+            raise SystemExit("dit checkpoint: its optimiser is not this plan's dit_optimizer")
+        for part, part_state in zip(self.parts, states):
+            part.load_state_dict(part_state)
+
+
 def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
     folder = run / "dit"
     if plan.dit_steps == 0 and plan.base_run and not folder.exists():
@@ -812,7 +884,7 @@ def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
         p.requires_grad_(False)
     params = list(text_encoder.parameters()) + list(transformer.parameters())
     ema_params = list(ema_text_encoder.parameters()) + list(ema_transformer.parameters())
-    optimizer = torch.optim.AdamW(params, lr=plan.dit_lr, betas=(0.9, 0.99), weight_decay=plan.weight_decay)
+    optimizer = DitOptimizer(plan, text_encoder, transformer)
     checkpoint = folder / "checkpoint.pt"
     start = 0
 
@@ -853,7 +925,7 @@ def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
         for step in range(start, end):
             threads = cpu_share.adjust()
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(plan.dit_lr, plan.dit_warmup, plan.dit_steps, step)
+                group["lr"] = learning_rate(plan.dit_lr, plan.dit_warmup, plan.dit_steps, step, plan.dit_decay)
             prompts, noisy, timestep, target = dit_batch(plan, step, data, mean, std)
             embeddings = model.encode_prompts(tokenizer, text_encoder, prompts)
             prediction = transformer(
@@ -997,10 +1069,29 @@ def dit_text(plan: Plan) -> str:
     """The model card's item on phase 2."""
     if plan.dit_steps == 0 and plan.base_run:
         return "Text encoder + transformer: not trained in this run." + warm_start_text(plan)
-    return f"""Text encoder + transformer jointly: {dit_steps_text(plan)} AdamW steps of {plan.dit_batch} (lr {plan.dit_lr}, cosine,
+    return f"""Text encoder + transformer jointly: {dit_steps_text(plan)} steps of {plan.dit_batch} ({optimizer_text(plan)}, lr {plan.dit_lr}, {schedule_text(plan)},
    EMA {plan.ema_decay}), rectified flow (x_t = (1 - s) x0 + s n, target n - x0, timestep s * 1000,
    s ~ logit-normal(0, 1) with {plan.uniform_sigma:.0%} uniform, shifted by {shift_text(plan)}),
    {plan.prompt_dropout:.0%} empty prompts; the EMA weights are exported.{warm_start_text(plan)}"""
+
+
+def phase_one_text(plan: Plan) -> str:
+    if not plan.phase_one_run:
+        return ""
+    return (f" Phase 1 (the VAE and the encoded clips) is run `{plan.phase_one_run}`'s, which trained it with these"
+            " same settings and seed; this run shared it rather than train it again.")
+
+
+def optimizer_text(plan: Plan) -> str:
+    if plan.dit_optimizer == "muon":
+        return "Muon on the blocks' matrices, its update scaled to AdamW's RMS, and AdamW on the rest"
+    return "AdamW"
+
+
+def schedule_text(plan: Plan) -> str:
+    if plan.dit_decay > 0:
+        return f"held after a {plan.dit_warmup}-step warmup, cosine over the last {plan.dit_decay:.0%}"
+    return "cosine"
 
 
 def shift_text(plan: Plan) -> str:
@@ -1081,8 +1172,8 @@ Never seen in training (for either background); the evaluation reports them sepa
 {size_lines}
 
 ## Training
-`{command}` ({"resumable; warm-started from earlier runs, whose commands are in `tools/shapes/README.md`" if plan.base_run else "about 2 hours on 2 CPU cores; resumable"}), PyTorch 2.11 CPU, diffusers 0.42.1,
-transformers 5.23.0. Seed {plan.seed}.
+`{command}` ({"resumable; warm-started from earlier runs, whose commands are in `tools/shapes/README.md`" if plan.base_run else "resumable; its time on 2 CPU cores is measured in `tools/shapes/README.md`"}), PyTorch 2.11 CPU, diffusers 0.42.1,
+transformers 5.23.0. Seed {plan.seed}.{phase_one_text(plan)}
 
 1. VAE: {plan.vae_image_steps} AdamW steps of {plan.vae_image_batch} single frames (every 4th step
    {plan.vae_image_batch // 2} whole frames), then {plan.vae_steps} video steps ({plan.vae_batch} 9-frame windows;
@@ -1158,7 +1249,7 @@ PHASE_FIELDS = {
     ),
     "dit": (
         "seed", "dit_steps", "dit_batch", "dit_lr", "dit_warmup", "weight_decay", "prompt_dropout",
-        "uniform_sigma", "ema_decay", "sigma_shift", "sigma_shift_end", "base_run",
+        "uniform_sigma", "ema_decay", "sigma_shift", "sigma_shift_end", "base_run", "dit_decay", "dit_optimizer",
     ),
 }
 
@@ -1182,6 +1273,24 @@ def share_phase_one(run: pathlib.Path, base: pathlib.Path, plan: Plan) -> None:
             link.symlink_to(pathlib.Path("..") / base.name / target)
 
 
+def share_phase_one_only(run: pathlib.Path, source: pathlib.Path, plan: Plan) -> None:
+    """Link `source`'s VAE and latents into `run` (plan.phase_one_run): only when `source` ran phase 1 and encoded
+    its clips with exactly this plan's settings, so that sharing them changes nothing but the time taken."""
+    if not (source / "vae" / "done").exists() or not (source / "latents" / "stats.json").exists():
+        raise SystemExit(f"{source}: that run has not finished its VAE and its encoded latents")
+    if (source / "vae").is_symlink() or (source / "latents").is_symlink():
+        raise SystemExit(f"{source}: that run shares its own phase 1; name the run that trained it")
+    theirs = {**dataclasses.asdict(Plan()), **json.loads((source / "plan.json").read_text())}
+    ours = dataclasses.asdict(plan)
+    differ = {f: (theirs[f], ours[f]) for f in PHASE_FIELDS["vae"] + PHASE_FIELDS["latents"] if theirs[f] != ours[f]}
+    if differ:
+        raise SystemExit(f"--phase-one-from {source.name}: its phase 1 had other settings {differ}")
+    for phase in ("vae", "latents"):
+        link = run / phase
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(pathlib.Path("..") / source.name / phase)
+
+
 def pin_plan(run: pathlib.Path, plan: Plan) -> None:
     path = run / "plan.json"
     current = dataclasses.asdict(plan)
@@ -1201,6 +1310,20 @@ def pin_plan(run: pathlib.Path, plan: Plan) -> None:
 
 
 
+def reproducing_arguments(argv: list[str]) -> list[str]:
+    """The command line less --phase-one-from: sharing a phase 1 trained with the same settings only saves its
+    time, and the model card's command must work on a clone that has no runs."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--phase-one-from":
+            skip = True
+        elif not arg.startswith("--phase-one-from="):
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", help="run name: state lives in tools/shapes/runs/<run>/ (default main; smoke with --smoke)")
@@ -1215,6 +1338,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decoder-sigma-max", type=float, help="phase 1b decodes phase 2's x0 estimates (this run's transformer, or its base run's) from noise levels up to this")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--base-run", help="share this run's VAE and latents and start phase 2 from its weights")
+    parser.add_argument(
+        "--phase-one-from", metavar="RUN",
+        help="share this run's phase 1 (VAE and latents, trained with the same settings and seed); phase 2 from scratch",
+    )
+    parser.add_argument("--dit-decay", type=float, help="hold phase 2's lr and decay it over only this last share of the steps")
+    parser.add_argument("--dit-optimizer", choices=("adamw", "muon"), help="phase 2: adamw, or muon for the hidden matrices (AdamW for the rest)")
     parser.add_argument("--dit-batch", type=int)
     parser.add_argument("--dit-lr", type=float)
     parser.add_argument("--sigma-shift", type=float)
@@ -1241,6 +1370,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed, "base_run": args.base_run, "dit_batch": args.dit_batch, "dit_lr": args.dit_lr,
             "sigma_shift": args.sigma_shift, "sigma_shift_end": args.sigma_shift_end,
             "vae_edge_weight": args.vae_edge_weight, "dit_stop_at": args.dit_stop_at,
+            "phase_one_run": args.phase_one_from, "dit_decay": args.dit_decay, "dit_optimizer": args.dit_optimizer,
         }.items()
         if v is not None
     }
@@ -1249,10 +1379,14 @@ def main(argv: list[str] | None = None) -> int:
     run = HERE / "runs" / name
     out = pathlib.Path(args.out) if args.out else (run / "export" if args.smoke else REPO / "models" / "shapes-tiny")
     run.mkdir(parents=True, exist_ok=True)
+    if plan.base_run and plan.phase_one_run:
+        raise SystemExit("--base-run shares a whole run; --phase-one-from only its phase 1: name one")
     if plan.base_run:
         share_phase_one(run, HERE / "runs" / plan.base_run, plan)
+    if plan.phase_one_run:
+        share_phase_one_only(run, HERE / "runs" / plan.phase_one_run, plan)
     pin_plan(run, plan)
-    command = " ".join(["python tools/shapes/train.py", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(["python tools/shapes/train.py", *reproducing_arguments(argv if argv is not None else sys.argv[1:])])
     log(f"run {run} -> {out}; plan {dataclasses.asdict(plan)}")
 
     started = time.monotonic()
