@@ -18,7 +18,6 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 import model
 import train
@@ -58,17 +57,9 @@ def measure(run: pathlib.Path, steps: int, batch: int, threads: int, rounds: int
     for round_ in range(rounds):  # in turns: AdamW's steps, then Muon's, on the same batches
         for name, (text_encoder, transformer, optimizer) in setups.items():
             for step in range(steps):
-                prompts, noisy, timestep, target = train.dit_batch(plan, round_ * steps + step, data, mean, std)
+                batch = train.dit_batch(plan, round_ * steps + step, data, mean, std)
                 started = time.perf_counter()
-                embeddings = model.encode_prompts(tokenizer, text_encoder, prompts)
-                prediction = transformer(
-                    hidden_states=noisy, timestep=timestep, encoder_hidden_states=embeddings, return_dict=False
-                )[0]
-                loss = F.mse_loss(prediction, target)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([*text_encoder.parameters(), *transformer.parameters()], 1.0)
-                optimizer.step()
+                train.dit_step(tokenizer, text_encoder, transformer, optimizer, batch)
                 if step >= 2:  # the first steps of a turn warm the caches
                     times[name].append(time.perf_counter() - started)
     median = {name: statistics.median(t) for name, t in times.items()}

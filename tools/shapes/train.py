@@ -864,6 +864,21 @@ class DitOptimizer:
             part.load_state_dict(part_state)
 
 
+def dit_step(tokenizer, text_encoder, transformer, optimizer: DitOptimizer, batch) -> torch.Tensor:
+    """One update of phase 2 on a `dit_batch`: the flow-matching loss, its gradients clipped to norm 1."""
+    prompts, noisy, timestep, target = batch
+    embeddings = model.encode_prompts(tokenizer, text_encoder, prompts)
+    prediction = transformer(
+        hidden_states=noisy, timestep=timestep, encoder_hidden_states=embeddings, return_dict=False
+    )[0]
+    loss = F.mse_loss(prediction, target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([*text_encoder.parameters(), *transformer.parameters()], 1.0)
+    optimizer.step()
+    return loss
+
+
 def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
     folder = run / "dit"
     if plan.dit_steps == 0 and plan.base_run and not folder.exists():
@@ -926,16 +941,7 @@ def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
             threads = cpu_share.adjust()
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(plan.dit_lr, plan.dit_warmup, plan.dit_steps, step, plan.dit_decay)
-            prompts, noisy, timestep, target = dit_batch(plan, step, data, mean, std)
-            embeddings = model.encode_prompts(tokenizer, text_encoder, prompts)
-            prediction = transformer(
-                hidden_states=noisy, timestep=timestep, encoder_hidden_states=embeddings, return_dict=False
-            )[0]
-            loss = F.mse_loss(prediction, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
+            loss = dit_step(tokenizer, text_encoder, transformer, optimizer, dit_batch(plan, step, data, mean, std))
             decay = min(plan.ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
                 torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
