@@ -57,9 +57,9 @@ def measure(run: pathlib.Path, steps: int, batch: int, threads: int, rounds: int
     for round_ in range(rounds):  # in turns: AdamW's steps, then Muon's, on the same batches
         for name, (text_encoder, transformer, optimizer) in setups.items():
             for step in range(steps):
-                batch = train.dit_batch(plan, round_ * steps + step, data, mean, std)
+                clips = train.dit_batch(plan, round_ * steps + step, data, mean, std)
                 started = time.perf_counter()
-                train.dit_step(tokenizer, text_encoder, transformer, optimizer, batch)
+                train.dit_step(tokenizer, text_encoder, transformer, optimizer, clips)
                 if step >= 2:  # the first steps of a turn warm the caches
                     times[name].append(time.perf_counter() - started)
     median = {name: statistics.median(t) for name, t in times.items()}
