@@ -25,8 +25,7 @@ import train
 
 def encoded_clips(run: pathlib.Path) -> dict:
     """A run's encoded training clips and their statistics, as phase 2 reads them (nothing is encoded here)."""
-    parts = [torch.load(path) for path in sorted((run / "latents").glob("*.pt"))]
-    data = {k: torch.cat([part[k] for part in parts]) for k in ("scene", "mean", "std")}
+    data = train.read_latents(run / "latents", train.saved_plan(run)["dataset_clips"])
     data.update(json.loads((run / "latents" / "stats.json").read_text()))
     return data
 

@@ -433,6 +433,12 @@ def dataset_chunk(seed: int, clips: int, start: int) -> tuple[list[world.Scene],
 
 
 @torch.no_grad()
+def read_latents(folder: pathlib.Path, clips: int) -> dict:
+    """The encoded clips in a run's `latents/` folder: scene indices and posterior means and stds, in order."""
+    parts = [torch.load(folder / f"{c:06d}.pt") for c in range(0, clips, LATENT_CHUNK)]
+    return {k: torch.cat([p[k] for p in parts]) for k in ("scene", "mean", "std")}
+
+
 def encode_dataset(run: pathlib.Path, plan: Plan, vae) -> dict:
     """Encode dataset_clips training clips (resumable by chunk); returns mean/std/scene tensors and stats."""
     folder = run / "latents"
@@ -468,8 +474,7 @@ def encode_dataset(run: pathlib.Path, plan: Plan, vae) -> dict:
     bar.close()
     if timer.per_step is not None:
         record_timing(run, "latents_s_per_clip", timer.per_step / LATENT_CHUNK)
-    parts = [torch.load(folder / f"{c:06d}.pt") for c in chunks]
-    data = {k: torch.cat([p[k] for p in parts]) for k in ("scene", "mean", "std")}
+    data = read_latents(folder, plan.dataset_clips)
     stats_path = folder / "stats.json"
     if not stats_path.exists():
         mean = data["mean"].transpose(0, 1).reshape(model.Z_DIM, -1)
@@ -493,7 +498,7 @@ class DatasetClips:
 
     def __init__(self, run: pathlib.Path):
         encoder_run = (run / "latents").resolve().parent
-        origin = json.loads((encoder_run / "plan.json").read_text())
+        origin = saved_plan(encoder_run)
         self.seed, self.clips = origin["seed"], origin["dataset_clips"]
         self.chunks: dict[int, tuple[list[world.Scene], np.ndarray]] = {}
 
@@ -825,7 +830,7 @@ class DitOptimizer:
     (plan.dit_optimizer). It steps, zeroes and checkpoints as one, and its param_groups are all of them."""
 
     def __init__(self, plan: Plan, text_encoder, transformer):
-        params = list(text_encoder.parameters()) + list(transformer.parameters())
+        self.params = list(text_encoder.parameters()) + list(transformer.parameters())  # text encoder's first
         if plan.dit_optimizer == "adamw":
             matrices = []
         elif plan.dit_optimizer == "muon":
@@ -833,7 +838,7 @@ class DitOptimizer:
         else:
             raise SystemExit(f"--dit-optimizer {plan.dit_optimizer!r}: expected adamw or muon")
         chosen = {id(p) for p in matrices}
-        rest = [p for p in params if id(p) not in chosen]
+        rest = [p for p in self.params if id(p) not in chosen]
         self.parts = [torch.optim.AdamW(rest, lr=plan.dit_lr, betas=(0.9, 0.99), weight_decay=plan.weight_decay)]
         if matrices:
             self.parts.append(
@@ -874,7 +879,7 @@ def dit_step(tokenizer, text_encoder, transformer, optimizer: DitOptimizer, batc
     loss = F.mse_loss(prediction, target)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_([*text_encoder.parameters(), *transformer.parameters()], 1.0)
+    torch.nn.utils.clip_grad_norm_(optimizer.params, 1.0)
     optimizer.step()
     return loss
 
@@ -897,9 +902,8 @@ def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
     ema_text_encoder, ema_transformer = copy.deepcopy(text_encoder).eval(), copy.deepcopy(transformer).eval()
     for p in list(ema_text_encoder.parameters()) + list(ema_transformer.parameters()):
         p.requires_grad_(False)
-    params = list(text_encoder.parameters()) + list(transformer.parameters())
-    ema_params = list(ema_text_encoder.parameters()) + list(ema_transformer.parameters())
     optimizer = DitOptimizer(plan, text_encoder, transformer)
+    ema_params = list(ema_text_encoder.parameters()) + list(ema_transformer.parameters())  # in optimizer.params' order
     checkpoint = folder / "checkpoint.pt"
     start = 0
 
@@ -944,7 +948,7 @@ def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
             loss = dit_step(tokenizer, text_encoder, transformer, optimizer, dit_batch(plan, step, data, mean, std))
             decay = min(plan.ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
-                torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
+                torch._foreach_lerp_(ema_params, [p.detach() for p in optimizer.params], 1 - decay)
             smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
             bar.set_postfix(loss=f"{smooth:.4f}", threads=threads, refresh=False)
             bar.update()
@@ -1023,13 +1027,13 @@ def warm_start_text(plan: Plan) -> str:
     """The chain of runs this one's phase 2 continues, oldest first, each with its plan's phase-2 settings."""
     chain, base = [], plan.base_run
     while base:
-        settings = json.loads((HERE / "runs" / base / "plan.json").read_text())
+        settings = saved_plan(HERE / "runs" / base)
         if settings["dit_steps"] == 0:
             chain.append(f"`{base}` (which tuned only the decoder)")
         else:
             chain.append(f"`{base}` ({settings['dit_steps']:,} steps of {settings['dit_batch']}, lr {settings['dit_lr']}, "
-                         f"sigma shift {settings.get('sigma_shift', 1.0):g})")
-        base = settings.get("base_run", "")
+                         f"sigma shift {settings['sigma_shift']:g})")
+        base = settings["base_run"]
     if not chain:
         return ""
     if plan.dit_steps == 0:
@@ -1045,19 +1049,19 @@ def decoder_text(run: pathlib.Path, plan: Plan) -> str:
         folder, settings = run / "decoder", dataclasses.asdict(plan)
     elif (run / "vae").resolve().name == "decoder":
         folder = (run / "vae").resolve()
-        settings = json.loads((folder.parent / "plan.json").read_text())
+        settings = saved_plan(folder.parent)
     else:
         return ""
     before = (folder / "before.json").read_text().strip() if (folder / "before.json").exists() else "?"
     where = "" if folder.parent == run else f" (in run `{folder.parent.name}`)"
     if folder.parent == run and (run / "vae").resolve().name == "decoder":
         where = f" (again, from run `{(run / 'vae').resolve().parent.name}`'s tuned decoder)"
-    sigma = settings.get("decoder_sigma_max", 0.0)
+    sigma = settings["decoder_sigma_max"]
     reads = (
         f"the phase-2 transformer's estimate of the clean latent from the mode noised to a level up to {sigma:g}"
         if sigma > 0 else "the posterior's mode"
     )
-    focus = settings.get("decoder_focus", 0.0)
+    focus = settings["decoder_focus"]
     drawn = (
         f", {focus:.0%} of them drawn by colour and shape in proportion to how far off that group's reconstructed "
         "fill ratios were at the start (decoder/focus.json), the rest uniformly"
@@ -1260,6 +1264,19 @@ PHASE_FIELDS = {
 }
 
 
+def saved_plan(run: pathlib.Path) -> dict:
+    """A run's pinned plan.json; a setting added since it was written takes its default, which leaves the old
+    behaviour unchanged."""
+    return {**dataclasses.asdict(Plan()), **json.loads((run / "plan.json").read_text())}
+
+
+def link_phase(run: pathlib.Path, phase: str, source: pathlib.Path, target: str) -> None:
+    """`run/phase` becomes a relative link to `source/target` (a sibling run's folder), unless it exists."""
+    link = run / phase
+    if not link.exists() and not link.is_symlink():
+        link.symlink_to(pathlib.Path("..") / source.name / target)
+
+
 def share_phase_one(run: pathlib.Path, base: pathlib.Path, plan: Plan) -> None:
     """A warm-started run uses its base run's final VAE (a link, not a copy: its fine-tuned decoder when it has
     one, else its VAE), and its encoded latents too when it asks for as many clips as the base run encoded; a run
@@ -1267,16 +1284,14 @@ def share_phase_one(run: pathlib.Path, base: pathlib.Path, plan: Plan) -> None:
     are the same either way."""
     if not (base / "vae" / "done").exists() or not (base / "dit" / "done").exists():
         raise SystemExit(f"{base}: the base run has not finished its VAE and transformer")
-    base_plan = json.loads((base / "plan.json").read_text())
-    if base_plan.get("decoder_steps", 0) and not (base / "decoder" / "done").exists():
+    base_plan = saved_plan(base)
+    if base_plan["decoder_steps"] and not (base / "decoder" / "done").exists():
         raise SystemExit(f"{base}: the base run has not finished its decoder phase")
     links = {"vae": "decoder" if (base / "decoder" / "done").exists() else "vae"}
     if plan.dataset_clips == base_plan["dataset_clips"]:
         links["latents"] = "latents"
     for phase, target in links.items():
-        link = run / phase
-        if not link.exists() and not link.is_symlink():
-            link.symlink_to(pathlib.Path("..") / base.name / target)
+        link_phase(run, phase, base, target)
 
 
 def share_phase_one_only(run: pathlib.Path, source: pathlib.Path, plan: Plan) -> None:
@@ -1286,23 +1301,20 @@ def share_phase_one_only(run: pathlib.Path, source: pathlib.Path, plan: Plan) ->
         raise SystemExit(f"{source}: that run has not finished its VAE and its encoded latents")
     if (source / "vae").is_symlink() or (source / "latents").is_symlink():
         raise SystemExit(f"{source}: that run shares its own phase 1; name the run that trained it")
-    theirs = {**dataclasses.asdict(Plan()), **json.loads((source / "plan.json").read_text())}
+    theirs = saved_plan(source)
     ours = dataclasses.asdict(plan)
     differ = {f: (theirs[f], ours[f]) for f in PHASE_FIELDS["vae"] + PHASE_FIELDS["latents"] if theirs[f] != ours[f]}
     if differ:
         raise SystemExit(f"--phase-one-from {source.name}: its phase 1 had other settings {differ}")
     for phase in ("vae", "latents"):
-        link = run / phase
-        if not link.exists() and not link.is_symlink():
-            link.symlink_to(pathlib.Path("..") / source.name / phase)
+        link_phase(run, phase, source, phase)
 
 
 def pin_plan(run: pathlib.Path, plan: Plan) -> None:
     path = run / "plan.json"
     current = dataclasses.asdict(plan)
     if path.exists():
-        # A setting added since the plan was written took its default, which leaves the old behaviour unchanged.
-        previous = {**dataclasses.asdict(Plan()), **json.loads(path.read_text())}
+        previous = saved_plan(run)
         for phase, fields in PHASE_FIELDS.items():
             if not (run / phase).exists():
                 continue
