@@ -206,6 +206,27 @@ def test_sigma_shift_moves_from_its_start_to_its_end_over_phase_two():
     assert (early >= late).all() and (early > late).any()
 
 
+def stand_ins():
+    """A text encoder and a transformer with the real models' parameter names and kinds, small, and built without
+    the reference stack (transformers is not in `make test`'s environment)."""
+    nn = torch.nn
+    block = lambda: nn.ModuleDict({  # noqa: E731
+        "attn1": nn.ModuleDict({"to_q": nn.Linear(8, 8)}), "norm2": nn.LayerNorm(8),
+        "ffn": nn.ModuleDict({"net": nn.ModuleList([nn.Identity(), nn.Identity(), nn.Linear(16, 8)])}),
+    })
+    transformer = nn.ModuleDict({
+        "patch_embedding": nn.Conv3d(4, 8, (1, 2, 2)), "blocks": nn.ModuleList([block() for _ in range(6)]),
+        "proj_out": nn.Linear(8, 4),
+    })
+    layer = nn.ModuleDict({"SelfAttention": nn.ModuleDict({
+        "q": nn.Linear(8, 8, bias=False), "relative_attention_bias": nn.Embedding(4, 2)})})
+    text_encoder = nn.ModuleDict({
+        "shared": nn.Embedding(6, 8),
+        "encoder": nn.ModuleDict({"block": nn.ModuleList([nn.ModuleDict({"layer": nn.ModuleList([layer])})])}),
+    })
+    return text_encoder, transformer
+
+
 def test_learning_rate_held_then_decayed_over_the_last_share_and_cosine_over_all_without_one():
     base, warmup, total = 1e-3, 200, 10000
     held = [train.learning_rate(base, warmup, total, s, decay=0.3) for s in range(total)]
@@ -219,7 +240,7 @@ def test_learning_rate_held_then_decayed_over_the_last_share_and_cosine_over_all
 
 
 def test_muon_takes_the_hidden_matrices_and_adamw_every_other_parameter():
-    text_encoder, transformer = train.model.build_text_encoder(), train.model.build_transformer()
+    text_encoder, transformer = stand_ins()
     muon = train.DitOptimizer(train.Plan(dit_optimizer="muon"), text_encoder, transformer)
     adamw, orthogonal = muon.parts
     assert isinstance(orthogonal, torch.optim.Muon)
@@ -243,7 +264,7 @@ def test_muon_takes_the_hidden_matrices_and_adamw_every_other_parameter():
 def test_dit_optimizer_checkpoints_resume_the_same_updates_and_old_adamw_checkpoints_still_load():
     def model_and_optimizer(name):
         torch.manual_seed(0)
-        text_encoder, transformer = train.model.build_text_encoder(), train.model.build_transformer()
+        text_encoder, transformer = stand_ins()
         return text_encoder, transformer, train.DitOptimizer(train.Plan(dit_optimizer=name), text_encoder, transformer)
 
     def step(text_encoder, transformer, optimizer):
