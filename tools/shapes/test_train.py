@@ -315,6 +315,9 @@ def test_phase_one_is_shared_only_from_a_run_that_trained_it_with_the_same_setti
         train.share_phase_one_only(tmp_path / "third", run, plan)
 
 
-def test_the_reproducing_command_leaves_out_the_shared_phase_one():
-    argv = ["--run", "x", "--phase-one-from", "single", "--seed", "0", "--phase-one-from=single", "--no-evaluate"]
-    assert train.reproducing_arguments(argv) == ["--run", "x", "--seed", "0", "--no-evaluate"]
+def test_the_reproducing_command_leaves_out_the_shared_phase_one_and_the_trial_folder():
+    argv = [
+        "--run", "x", "--phase-one-from", "single", "--seed", "0", "--phase-one-from=single", "--no-evaluate",
+        "--out", "tools/shapes/runs/x/shapes-tiny", "--out=elsewhere", "--dit-steps", "7",
+    ]
+    assert train.reproducing_arguments(argv) == ["--run", "x", "--seed", "0", "--dit-steps", "7"]

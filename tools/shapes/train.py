@@ -1329,15 +1329,19 @@ def pin_plan(run: pathlib.Path, plan: Plan) -> None:
 
 
 def reproducing_arguments(argv: list[str]) -> list[str]:
-    """The command line less --phase-one-from: sharing a phase 1 trained with the same settings only saves its
-    time, and the model card's command must work on a clone that has no runs."""
+    """The command line that reproduces the shipped model: less --phase-one-from (sharing a phase 1 trained with
+    the same settings only saves its time, and the card's command must work on a clone that has no runs), and less
+    --out and --no-evaluate (a trial exports and evaluates into its run's folder, and ships as a copy; the shipped
+    model is the default --out, evaluated)."""
+    takes_value = {"--phase-one-from", "--out"}
+    dropped = takes_value | {"--no-evaluate"}
     out, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--phase-one-from":
+        elif arg in takes_value:
             skip = True
-        elif not arg.startswith("--phase-one-from="):
+        elif arg.split("=", 1)[0] not in dropped:
             out.append(arg)
     return out
 
