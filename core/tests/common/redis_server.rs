@@ -60,6 +60,18 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// Sends one command and reads its whole reply; panics when Redis does not answer.
+    pub fn call(&self, args: &[&str]) -> Reply {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("redis-server answers");
+        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut request = format!("*{}\r\n", args.len());
+        for a in args {
+            request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        stream.write_all(request.as_bytes()).unwrap();
+        Reply::read(&mut BufReader::new(stream))
+    }
+
     /// Sends one inline command; returns the first line of the reply, or None when Redis does not answer.
     fn command(&self, command: &str) -> Option<String> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
@@ -68,6 +80,52 @@ impl RedisServer {
         let mut line = String::new();
         BufReader::new(stream).read_line(&mut line).ok()?;
         (!line.is_empty()).then(|| line.trim_end().to_string())
+    }
+}
+
+/// A RESP reply, as far as the tests read them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    Nil,
+    Int(i64),
+    Text(String),
+    Error(String),
+    Array(Vec<Reply>),
+}
+
+impl Reply {
+    fn read(r: &mut impl BufRead) -> Self {
+        let mut line = String::new();
+        r.read_line(&mut line).expect("a reply from redis-server");
+        let (kind, rest) = line.trim_end().split_at(1);
+        match kind {
+            "+" => Reply::Text(rest.to_string()),
+            "-" => Reply::Error(rest.to_string()),
+            ":" => Reply::Int(rest.parse().unwrap()),
+            "$" | "*" if rest.starts_with('-') => Reply::Nil,
+            "$" => {
+                let mut bytes = vec![0; rest.parse::<usize>().unwrap() + 2];
+                r.read_exact(&mut bytes).unwrap();
+                Reply::Text(String::from_utf8_lossy(&bytes[..bytes.len() - 2]).into_owned())
+            }
+            "*" => Reply::Array((0..rest.parse::<usize>().unwrap()).map(|_| Reply::read(r)).collect()),
+            _ => panic!("not a RESP reply: {line:?}"),
+        }
+    }
+
+    pub fn items(&self) -> &[Reply] {
+        match self {
+            Reply::Array(items) => items,
+            Reply::Nil => &[],
+            other => panic!("not an array: {other:?}"),
+        }
+    }
+
+    pub fn text(&self) -> &str {
+        match self {
+            Reply::Text(t) => t,
+            other => panic!("not a string: {other:?}"),
+        }
     }
 }
 

@@ -26,8 +26,13 @@ pub(super) fn spawn(config: &Value) -> (Child, String) {
 }
 
 pub(super) fn sigterm(child: &Child) {
-    let ok = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap().success();
-    assert!(ok);
+    signal(child, "TERM");
+}
+
+/// Sends the named signal (`TERM`, `STOP`, `CONT`, ...) to the process.
+pub(super) fn signal(child: &Child, name: &str) {
+    let ok = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().unwrap().success();
+    assert!(ok, "kill -{name} {}", child.id());
 }
 
 /// Waits for the process to exit; returns its exit code.
