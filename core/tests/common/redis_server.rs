@@ -36,7 +36,7 @@ impl RedisServer {
             .expect("redis-server must be installed (apt install redis-server): these tests need a real one");
         self.child = Some(child);
         let until = Instant::now() + Duration::from_secs(10);
-        while self.command("PING").as_deref() != Some("+PONG") {
+        while self.try_call(&["PING"]) != Some(Reply::Text("PONG".into())) {
             assert!(Instant::now() < until, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -44,7 +44,7 @@ impl RedisServer {
 
     /// Stops Redis cleanly (it writes its append-only file first) and waits for the process to end.
     pub fn shutdown(&mut self) {
-        let _ = self.command("SHUTDOWN");
+        let _ = self.try_call(&["SHUTDOWN"]);
         if let Some(mut c) = self.child.take() {
             let _ = c.wait();
         }
@@ -62,24 +62,19 @@ impl RedisServer {
 
     /// Sends one command and reads its whole reply; panics when Redis does not answer.
     pub fn call(&self, args: &[&str]) -> Reply {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("redis-server answers");
-        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        self.try_call(args).unwrap_or_else(|| panic!("redis-server did not answer {args:?}"))
+    }
+
+    /// Sends one command and reads its whole reply, or None when Redis does not answer (not up yet, or gone).
+    fn try_call(&self, args: &[&str]) -> Option<Reply> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         let mut request = format!("*{}\r\n", args.len());
         for a in args {
             request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
         }
-        stream.write_all(request.as_bytes()).unwrap();
+        stream.write_all(request.as_bytes()).ok()?;
         Reply::read(&mut BufReader::new(stream))
-    }
-
-    /// Sends one inline command; returns the first line of the reply, or None when Redis does not answer.
-    fn command(&self, command: &str) -> Option<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line).ok()?;
-        (!line.is_empty()).then(|| line.trim_end().to_string())
     }
 }
 
@@ -94,23 +89,26 @@ pub enum Reply {
 }
 
 impl Reply {
-    fn read(r: &mut impl BufRead) -> Self {
+    /// One reply from the stream, or None when it ends or times out first; a malformed reply panics.
+    fn read(r: &mut impl BufRead) -> Option<Self> {
         let mut line = String::new();
-        r.read_line(&mut line).expect("a reply from redis-server");
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
         let (kind, rest) = line.trim_end().split_at(1);
-        match kind {
+        Some(match kind {
             "+" => Reply::Text(rest.to_string()),
             "-" => Reply::Error(rest.to_string()),
             ":" => Reply::Int(rest.parse().unwrap()),
             "$" | "*" if rest.starts_with('-') => Reply::Nil,
             "$" => {
                 let mut bytes = vec![0; rest.parse::<usize>().unwrap() + 2];
-                r.read_exact(&mut bytes).unwrap();
+                r.read_exact(&mut bytes).ok()?;
                 Reply::Text(String::from_utf8_lossy(&bytes[..bytes.len() - 2]).into_owned())
             }
-            "*" => Reply::Array((0..rest.parse::<usize>().unwrap()).map(|_| Reply::read(r)).collect()),
+            "*" => Reply::Array((0..rest.parse::<usize>().unwrap()).map(|_| Reply::read(r)).collect::<Option<_>>()?),
             _ => panic!("not a RESP reply: {line:?}"),
-        }
+        })
     }
 
     pub fn items(&self) -> &[Reply] {

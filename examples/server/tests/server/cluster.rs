@@ -1,6 +1,7 @@
 //! The service on Redis: one API process and two worker processes (the built `vgen-server`, `listen: null` for the
 //! workers) on a real `redis-server`. 50 jobs go through HTTP while one worker is killed with SIGKILL mid-job:
-//! every job completes exactly once, with its video, and the job the dead worker held runs again on the other. A cancel through the API node stops the job on its worker.
+//! every job completes exactly once, with its video, and the job the dead worker held runs again on the other.
+//! A cancel through the API node stops the job on its worker.
 
 use super::binary::{signal, sigterm, spawn};
 use super::common::*;
