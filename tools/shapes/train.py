@@ -1044,7 +1044,7 @@ def warm_start_text(plan: Plan) -> str:
 
 
 def decoder_text(run: pathlib.Path, plan: Plan) -> str:
-    """The model card's line on the decoder's fine-tuning: this run's, or the one its VAE comes from."""
+    """The model card's item on the decoder's fine-tuning: this run's, or the one its VAE comes from."""
     if (run / "decoder" / "done").exists():
         folder, settings = run / "decoder", dataclasses.asdict(plan)
     elif (run / "vae").resolve().name == "decoder":
@@ -1068,7 +1068,7 @@ def decoder_text(run: pathlib.Path, plan: Plan) -> str:
         if focus > 0 else ""
     )
     return f"""
-   After phase 2, the decoder alone (the encoder frozen, so the latents stay as they were) was fine-tuned{where}:
+4. The decoder alone, after phase 2 (the encoder frozen, so the latents stay as they were), fine-tuned{where}:
    {settings['decoder_steps']:,} AdamW steps of {settings['decoder_batch']} whole encoded training clips{drawn} (lr
    {settings['decoder_lr']}, cosine), the decoder reading {reads}, plus {settings['latent_noise']:g} x the latents'
    spread of noise; loss L1 + L2 with {1 + settings['object_weight']:g}x weight on the object's pixels and
@@ -1192,9 +1192,9 @@ transformers 5.23.0. Seed {plan.seed}.{phase_one_text(plan)}
    loss L1 + L2 with {1 + plan.object_weight:g}x weight on the object's pixels{edge_text(plan)}, plus {plan.latent_l2:g} x the
    latent's mean square; in the video steps the decoder sees the posterior's mode plus {plan.latent_noise:g} x the
    latents' spread of Gaussian noise (the log-variance head is not trained: use the mode). Reconstruction probe
-   at the end: {probe}.{decoder_text(run, plan)}
+   at the end: {probe}.
 2. {plan.dataset_clips} training clips encoded once; per-channel latent statistics measured.
-3. {dit_text(plan)}
+3. {dit_text(plan)}{decoder_text(run, plan)}
 
 ## Evaluation
 `tools/shapes/evaluate.py` generates with diffusers' `WanPipeline` and scores each clip with
