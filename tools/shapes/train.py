@@ -1056,6 +1056,8 @@ def decoder_text(run: pathlib.Path, plan: Plan) -> str:
     where = "" if folder.parent == run else f" (in run `{folder.parent.name}`)"
     if folder.parent == run and (run / "vae").resolve().name == "decoder":
         where = f" (again, from run `{(run / 'vae').resolve().parent.name}`'s tuned decoder)"
+    # A base run's tuning came before this run's phase 2; only this run's own comes after it.
+    when = ", after phase 2" if folder.parent == run else ""
     sigma = settings["decoder_sigma_max"]
     reads = (
         f"the phase-2 transformer's estimate of the clean latent from the mode noised to a level up to {sigma:g}"
@@ -1068,7 +1070,7 @@ def decoder_text(run: pathlib.Path, plan: Plan) -> str:
         if focus > 0 else ""
     )
     return f"""
-4. The decoder alone, after phase 2 (the encoder frozen, so the latents stay as they were), fine-tuned{where}:
+4. The decoder alone{when} (the encoder frozen, so the latents stay as they were), fine-tuned{where}:
    {settings['decoder_steps']:,} AdamW steps of {settings['decoder_batch']} whole encoded training clips{drawn} (lr
    {settings['decoder_lr']}, cosine), the decoder reading {reads}, plus {settings['latent_noise']:g} x the latents'
    spread of noise; loss L1 + L2 with {1 + settings['object_weight']:g}x weight on the object's pixels and
