@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import cpu_share  # noqa: E402
+import mkl_paths  # noqa: E402
 import model  # noqa: E402
 import score  # noqa: E402
 import world  # noqa: E402
@@ -384,4 +385,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    mkl_paths.reexec_if_wanted()  # on AMD CPUs: MKL's faster Intel paths (see mkl_paths.py)
     raise SystemExit(main())

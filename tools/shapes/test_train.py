@@ -321,3 +321,25 @@ def test_the_reproducing_command_leaves_out_the_shared_phase_one_and_the_trial_f
         "--out", "tools/shapes/runs/x/shapes-tiny", "--out=elsewhere", "--dit-steps", "7",
     ]
     assert train.reproducing_arguments(argv) == ["--run", "x", "--seed", "0", "--dit-steps", "7"]
+
+
+def test_mkl_intel_paths_are_wanted_on_amd_cpus_only_and_at_most_once():
+    import mkl_paths
+
+    amd = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n"
+    intel = "processor\t: 0\nvendor_id\t: GenuineIntel\n"
+    assert mkl_paths.cpu_vendor(amd) == "AuthenticAMD" and mkl_paths.cpu_vendor("") is None
+    assert mkl_paths.wanted(amd, {})
+    assert not mkl_paths.wanted(intel, {})
+    assert not mkl_paths.wanted(amd, {"LD_PRELOAD": str(mkl_paths.LIBRARY)})  # already rerun: never twice
+    assert not mkl_paths.wanted(amd, {"SHAPES_MKL_INTEL_PATHS": "0"})
+
+
+def test_the_mkl_intel_paths_library_builds_and_answers_yes(tmp_path):
+    import ctypes
+
+    import mkl_paths
+
+    library = mkl_paths.build(tmp_path / "libmkl_intel_paths.so")
+    assert library is not None and library.exists()
+    assert ctypes.CDLL(str(library)).mkl_serv_intel_cpu_true() == 1

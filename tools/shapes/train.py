@@ -44,6 +44,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 import cpu_share  # noqa: E402
+import mkl_paths  # noqa: E402
 import evaluate  # noqa: E402
 import model  # noqa: E402
 import score  # noqa: E402
@@ -1430,4 +1431,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    mkl_paths.reexec_if_wanted()  # on AMD CPUs: MKL's faster Intel paths (see mkl_paths.py)
     raise SystemExit(main())
