@@ -44,8 +44,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 import cpu_share  # noqa: E402
-import mkl_paths  # noqa: E402
 import evaluate  # noqa: E402
+import mkl_paths  # noqa: E402
 import model  # noqa: E402
 import score  # noqa: E402
 import world  # noqa: E402
