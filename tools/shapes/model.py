@@ -204,6 +204,35 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], max_length: int 
     )
 
 
+def conv_layout(module: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
+    """Store every 3-D convolution weight of `module` channels-last (NDHWC) or back in the default layout.
+
+    Channels-last is oneDNN's own layout, so the VAE's convolutions and their gradients skip a reorder on every
+    call: VAE training steps 16-27% faster on the EPYC host, with the same losses (README, "Training speed").
+    safetensors saves only the default layout, so a VAE goes back to it before `save_pretrained`. The values do
+    not change either way."""
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.Conv3d):
+                m.weight.data = m.weight.data.contiguous(memory_format=layout)
+    return module
+
+
+def compile_for_training(*modules: torch.nn.Module) -> None:
+    """torch.compile each module in place (its state_dict keys do not change), falling back to eager execution,
+    with a warning, wherever compilation fails (no C compiler, an unsupported operation).
+
+    Inductor fuses the elementwise work between the matrix products (norms, modulation, activations): phase 2's
+    steps ran 13% faster side by side on the EPYC host (README, "Training speed"); the first step pays the
+    compilation (about 30-80 s, cached in the system temp folder for later runs)."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    for module in modules:
+        module.compile()
+
+
 def parameter_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

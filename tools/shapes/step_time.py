@@ -1,10 +1,17 @@
-"""Phase 2's seconds per step for each optimiser, measured side by side in one process.
+"""The trainer's seconds per step under two settings, measured side by side in one process.
 
-A run's own timings mix whatever else shared the CPU while it ran; this measures AdamW and Muon
-(`--dit-optimizer`) on the same batches, in turns, so that a busy moment slows both alike. The batches are a
-finished run's encoded clips (its `latents/`), drawn as phase 2 draws them.
+A run's own timings mix whatever else shared the CPU while it ran; this alternates the two settings step by step
+on the same batches, so that a busy moment slows both alike:
 
-    .venv/bin/python tools/shapes/step_time.py --run single --steps 60
+- `optimizer`: phase 2 with AdamW and with Muon (`--dit-optimizer`);
+- `compile`: phase 2 (Muon) eager and compiled with torch.compile (train.py compiles; `--no-compile` does not);
+- `conv-layout`: phase 1's VAE steps with its 3-D convolution weights in the default layout and channels-last
+  (train.py trains channels-last), for each kind of VAE step.
+
+Phase 2's batches are a finished run's encoded clips (its `latents/`), drawn as phase 2 draws them. On an AMD
+CPU the script reruns itself with MKL's Intel paths, as train.py does (mkl_paths.py).
+
+    .venv/bin/python tools/shapes/step_time.py --run three --compare compile --steps 40
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import time
 
 import torch
 
+import mkl_paths
 import model
 import train
 
@@ -40,51 +48,107 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure(run: pathlib.Path, steps: int, batch: int, threads: int, rounds: int) -> dict:
-    torch.set_num_threads(threads)
+def phase_two_setups(compare: str, plan: train.Plan) -> dict:
+    """Two (text encoder, transformer, optimiser) triples built from the same seed, differing only in `compare`."""
+    variants = {"optimizer": [("adamw", "adamw", False), ("muon", "muon", False)],
+                "compile": [("eager", "muon", False), ("compiled", "muon", True)]}[compare]
+    setups = {}
+    for name, optimizer, compiled in variants:
+        torch.manual_seed(0)
+        text_encoder, transformer = model.build_text_encoder(), model.build_transformer()
+        optimizer = train.DitOptimizer(dataclasses.replace(plan, dit_optimizer=optimizer), text_encoder, transformer)
+        if compiled:
+            model.compile_for_training(text_encoder, transformer)
+        setups[name] = (text_encoder, transformer, optimizer)
+    return setups
+
+
+def measure_phase_two(run: pathlib.Path, compare: str, steps: int, batch: int) -> dict:
     plan = dataclasses.replace(train.Plan(), dit_batch=batch)
     data = encoded_clips(run)
     mean, std = train.latent_statistics(data)
     tokenizer = model.build_tokenizer()
-    setups = {}
-    for name in ("adamw", "muon"):
-        torch.manual_seed(0)
-        text_encoder, transformer = model.build_text_encoder(), model.build_transformer()
-        optimizer = train.DitOptimizer(dataclasses.replace(plan, dit_optimizer=name), text_encoder, transformer)
-        setups[name] = (text_encoder, transformer, optimizer)
+    setups = phase_two_setups(compare, plan)
     times: dict[str, list[float]] = {name: [] for name in setups}
-    for round_ in range(rounds):  # in turns: AdamW's steps, then Muon's, on the same batches
+    losses: dict[str, list[float]] = {name: [] for name in setups}
+    warmup = 3  # the first steps warm the caches (and compile)
+    for step in range(warmup + steps):
+        clips = train.dit_batch(plan, step, data, mean, std)
         for name, (text_encoder, transformer, optimizer) in setups.items():
-            for step in range(steps):
-                clips = train.dit_batch(plan, round_ * steps + step, data, mean, std)
-                started = time.perf_counter()
-                train.dit_step(tokenizer, text_encoder, transformer, optimizer, clips)
-                if step >= 2:  # the first steps of a turn warm the caches
-                    times[name].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            loss = train.dit_step(tokenizer, text_encoder, transformer, optimizer, clips)
+            if step >= warmup:
+                times[name].append(time.perf_counter() - started)
+            losses[name].append(round(loss.item(), 5))
+    first, second = setups
     median = {name: statistics.median(t) for name, t in times.items()}
     return {
-        "machine": f"{cpu_name()}, {torch.get_num_threads()} threads",
         "batch": batch,
-        "steps_measured": {name: len(t) for name, t in times.items()},
+        "steps_measured": steps,
         "median_s_per_step": {name: round(m, 4) for name, m in median.items()},
-        "muon_over_adamw": round(median["muon"] / median["adamw"], 3),
+        f"{second}_over_{first}": round(median[second] / median[first], 3),
+        "first_losses": {name: values[:3] for name, values in losses.items()},
+    }
+
+
+def measure_conv_layout(steps: int) -> dict:
+    """Default layout against channels-last on phase 1's own batches: image/frame steps, then video/full ones."""
+    plan = train.Plan()
+    setups = {}
+    for name, channels_last in (("default", False), ("channels_last", True)):
+        torch.manual_seed(0)
+        vae = model.build_vae()
+        model.start_per_frame(vae)
+        model.conv_layout(vae, channels_last=channels_last)
+        setups[name] = (vae.train(), torch.optim.AdamW(vae.parameters(), lr=plan.vae_lr, betas=(0.9, 0.99)))
+    times: dict[str, dict[str, list[float]]] = {name: {} for name in setups}
+    warmup = 4
+    for first in (0, plan.vae_image_steps):
+        for step in range(first, first + warmup + steps):
+            kind, x, weight, _ = train.vae_batch(plan, step)
+            for name, (vae, optimizer) in setups.items():
+                started = time.perf_counter()
+                mode = vae.encode(x).latent_dist.mode()
+                error = model.decode_unclamped(vae, mode) - x
+                loss = (weight * (error.abs() + error.pow(2))).sum() / (weight.sum() * 3)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if step - first >= warmup:
+                    times[name].setdefault(kind, []).append(time.perf_counter() - started)
+    median = {name: {kind: statistics.median(t) for kind, t in kinds.items()} for name, kinds in times.items()}
+    return {
+        "median_s_per_step": {name: {k: round(v, 4) for k, v in kinds.items()} for name, kinds in median.items()},
+        "channels_last_over_default": {
+            kind: round(median["channels_last"][kind] / median["default"][kind], 3) for kind in median["default"]
+        },
+        "steps_measured": {kind: len(t) for kind, t in times["default"].items()},
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="a run whose latents/ are encoded (tools/shapes/runs/<run>)")
-    parser.add_argument("--steps", type=int, default=60, help="steps per optimiser in each turn")
-    parser.add_argument("--rounds", type=int, default=2, help="turns of each optimiser")
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--compare", choices=("optimizer", "compile", "conv-layout"), default="optimizer")
+    parser.add_argument("--run", help="phase 2: a run whose latents/ are encoded (tools/shapes/runs/<run>)")
+    parser.add_argument("--steps", type=int, default=40, help="measured steps of each setting (of each kind, for conv-layout)")
+    parser.add_argument("--batch", type=int, default=32, help="phase 2's batch")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    run = train.HERE / "runs" / args.run
-    if not (run / "latents" / "stats.json").exists():
-        raise SystemExit(f"{run}: no encoded latents (run phase 1 first)")
-    print(json.dumps(measure(run, args.steps, args.batch, args.threads, args.rounds), indent=2))
+    torch.set_num_threads(args.threads)
+    if args.compare == "conv-layout":
+        result = measure_conv_layout(args.steps)
+    else:
+        if not args.run:
+            raise SystemExit(f"--compare {args.compare}: name a --run whose latents/ phase 2 reads")
+        run = train.HERE / "runs" / args.run
+        if not (run / "latents" / "stats.json").exists():
+            raise SystemExit(f"{run}: no encoded latents (run phase 1 first)")
+        result = measure_phase_two(run, args.compare, args.steps, args.batch)
+    machine = {"machine": f"{cpu_name()}, {torch.get_num_threads()} threads", "compare": args.compare}
+    print(json.dumps(machine | result, indent=2))
     return 0
 
 
 if __name__ == "__main__":
+    mkl_paths.reexec_if_wanted()  # on AMD CPUs, as train.py runs (see mkl_paths.py)
     raise SystemExit(main())

@@ -343,3 +343,23 @@ def test_the_mkl_intel_paths_library_builds_and_answers_yes(tmp_path):
     library = mkl_paths.build(tmp_path / "libmkl_intel_paths.so")
     assert library is not None and library.exists()
     assert ctypes.CDLL(str(library)).mkl_serv_intel_cpu_true() == 1
+
+
+def test_channels_last_convolutions_change_no_value_and_the_vae_saves_in_the_default_layout(tmp_path):
+    import model
+
+    torch.manual_seed(0)
+    vae = model.build_vae().eval()
+    clip = train.to_video(world.render(world.random_scene(np.random.default_rng(0), train.TRAINING_SCENES), 0)[None])
+    with torch.no_grad():
+        before = vae.decode(vae.encode(clip).latent_dist.mode()).sample
+        model.conv_layout(vae, channels_last=True)
+        convolutions = [m for m in vae.modules() if isinstance(m, torch.nn.Conv3d)]
+        assert convolutions and all(m.weight.is_contiguous(memory_format=torch.channels_last_3d) for m in convolutions)
+        after = vae.decode(vae.encode(clip).latent_dist.mode()).sample
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)  # float rounding only
+    model.conv_layout(vae, channels_last=False)
+    assert all(m.weight.is_contiguous() for m in convolutions)
+    vae.save_pretrained(tmp_path / "vae", safe_serialization=True)  # safetensors refuses channels-last tensors
+    saved = type(vae).from_pretrained(tmp_path / "vae")
+    assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), vae.state_dict().values()))

@@ -352,6 +352,7 @@ def train_vae(run: pathlib.Path, plan: Plan):
     torch.manual_seed(plan.seed)
     vae = model.build_vae()
     model.start_per_frame(vae)
+    model.conv_layout(vae, channels_last=True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=plan.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
     start = 0
     checkpoint = folder / "checkpoint.pt"
@@ -413,6 +414,7 @@ def train_vae(run: pathlib.Path, plan: Plan):
         bar.close()
     record_timing(run, "vae_s_per_step", timer.per_step)
     vae.eval()
+    model.conv_layout(vae, channels_last=False)  # safetensors saves the default layout only
     vae.save_pretrained(final, safe_serialization=True)
     (folder / "done").write_text(json.dumps(probe_vae(vae)) + "\n")
     checkpoint.unlink(missing_ok=True)
@@ -440,11 +442,9 @@ def read_latents(folder: pathlib.Path, clips: int) -> dict:
     return {k: torch.cat([p[k] for p in parts]) for k in ("scene", "mean", "std")}
 
 
-def encode_dataset(run: pathlib.Path, plan: Plan, vae) -> dict:
-    """Encode dataset_clips training clips (resumable by chunk); returns mean/std/scene tensors and stats."""
-    folder = run / "latents"
-    folder.mkdir(parents=True, exist_ok=True)
-    vae.eval()
+@torch.inference_mode()
+def encode_chunks(run: pathlib.Path, plan: Plan, vae, folder: pathlib.Path) -> None:
+    """Encode the chunks of the dataset that `folder` does not hold yet, one file per chunk."""
     chunks = list(range(0, plan.dataset_clips, LATENT_CHUNK))
     todo = [c for c in chunks if not (folder / f"{c:06d}.pt").exists()]
     bar = progress(plan.dataset_clips, plan.dataset_clips - sum(min(LATENT_CHUNK, plan.dataset_clips - c) for c in todo), "phase 1 latents")
@@ -475,6 +475,18 @@ def encode_dataset(run: pathlib.Path, plan: Plan, vae) -> dict:
     bar.close()
     if timer.per_step is not None:
         record_timing(run, "latents_s_per_clip", timer.per_step / LATENT_CHUNK)
+
+
+def encode_dataset(run: pathlib.Path, plan: Plan, vae) -> dict:
+    """Encode dataset_clips training clips (resumable by chunk); returns mean/std/scene tensors and stats."""
+    folder = run / "latents"
+    folder.mkdir(parents=True, exist_ok=True)
+    vae.eval()
+    model.conv_layout(vae, channels_last=True)
+    try:
+        encode_chunks(run, plan, vae, folder)
+    finally:
+        model.conv_layout(vae, channels_last=False)  # the VAE goes on to phase 2's probes and the export
     data = read_latents(folder, plan.dataset_clips)
     stats_path = folder / "stats.json"
     if not stats_path.exists():
@@ -671,6 +683,7 @@ def tune_decoder(run: pathlib.Path, plan: Plan, vae, data: dict):
         p.requires_grad_(False)
     for p in trained:
         p.requires_grad_(True)
+    model.conv_layout(vae, channels_last=True)
     optimizer = torch.optim.AdamW(trained, lr=plan.decoder_lr, betas=(0.9, 0.99), weight_decay=0.0)
     start = 0
     checkpoint = folder / "checkpoint.pt"
@@ -715,6 +728,7 @@ def tune_decoder(run: pathlib.Path, plan: Plan, vae, data: dict):
     vae.eval()
     for p in vae.parameters():
         p.requires_grad_(True)
+    model.conv_layout(vae, channels_last=False)  # safetensors saves the default layout only
     vae.save_pretrained(final, safe_serialization=True)
     (folder / "done").write_text(json.dumps(probe_vae(vae)) + "\n")
     checkpoint.unlink(missing_ok=True)
@@ -885,7 +899,7 @@ def dit_step(tokenizer, text_encoder, transformer, optimizer: DitOptimizer, batc
     return loss
 
 
-def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
+def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict, compile: bool = True):
     folder = run / "dit"
     if plan.dit_steps == 0 and plan.base_run and not folder.exists():
         # Nothing to train: this run's transformer is its base run's, shared by a link rather than copied.
@@ -935,6 +949,9 @@ def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict):
     tokenizer = model.build_tokenizer()
     vae = vae_with_statistics(vae, data).eval()
     text_encoder.train(), transformer.train()
+    if compile:  # the trained modules only: the EMA copies, which the probes run, stay eager
+        model.compile_for_training(text_encoder, transformer)
+        log("dit: compiling the text encoder and transformer (the first step takes a minute; --no-compile to skip)")
     timer, smooth = Timer(), None
     checkpoints = Checkpoints(checkpoint, plan.checkpoint_minutes, "dit")
     end = plan.dit_end
@@ -1377,6 +1394,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dit-stop-at", type=int, help="end phase 2 at this step with the EMA weights so far")
     parser.add_argument("--no-evaluate", action="store_true", help="stop after the export")
     parser.add_argument(
+        "--no-compile", action="store_true",
+        help="phase 2 without torch.compile (eager; compiling needs a C compiler and makes each step about 13%% faster)",
+    )
+    parser.add_argument(
         "--threads", default="auto",
         help="auto (default): 2 threads while the CPU is otherwise idle, 1 while other processes compete "
         "(see cpu_share.py); a number pins it (bit-exact reruns)",
@@ -1418,7 +1439,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         vae = train_vae(run, plan)
         data = encode_dataset(run, plan, vae)
-        text_encoder, transformer = train_dit(run, plan, vae, data)
+        text_encoder, transformer = train_dit(run, plan, vae, data, compile=not args.no_compile)
         vae = tune_decoder(run, plan, vae, data)
         export(run, plan, out, vae, text_encoder, transformer, data, command)
         if not args.no_evaluate:
