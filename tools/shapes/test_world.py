@@ -96,6 +96,48 @@ def test_render_is_flat_coloured_seeded_and_inside_the_frame():
     assert (border == background).all()
 
 
+def supersampled_everywhere(scene: world.Scene, seed: int) -> np.ndarray:
+    """The reference render: every pixel of every frame supersampled, not only the shape's window."""
+    path = world.trajectory(scene, np.random.default_rng(seed))
+    background = np.array(world.BACKGROUNDS[scene.background], dtype=np.float32)
+    color = np.array(world.COLORS[scene.color], dtype=np.float32)
+    n = world._SS
+    ys = (np.arange(world.HEIGHT * n) + 0.5) / n
+    xs = (np.arange(world.WIDTH * n) + 0.5) / n
+    frames = []
+    for cx, cy, size in zip(path.x, path.y, path.size):
+        x, y = xs[None, :] - cx, ys[:, None] - cy
+        if scene.shape == "circle":
+            inside = x * x + y * y <= (size / 2) ** 2
+        elif scene.shape == "square":
+            inside = (np.abs(x) <= size / 2) & (np.abs(y) <= size / 2)
+        else:
+            h = size * np.sqrt(3) / 2
+            top, base = -2 * h / 3, h / 3
+            inside = (y >= top) & (y <= base) & (np.abs(x) <= (y - top) / h * (size / 2))
+        alpha = inside.reshape(world.HEIGHT, n, world.WIDTH, n).mean(axis=(1, 3))[..., None]
+        frames.append(np.round(background + alpha * (color - background)).astype(np.uint8))
+    return np.stack(frames)
+
+
+def test_render_equals_supersampling_every_pixel_for_every_shape_motion_and_background():
+    rng = np.random.default_rng(99)
+    scenes = world.all_scenes()
+    for i in range(120):
+        scene = scenes[int(rng.integers(len(scenes)))] if i >= len(world.SHAPES) else world.Scene("white", world.SHAPES[i], "growing", "gray")
+        assert np.array_equal(world.render(scene, 500 + i), supersampled_everywhere(scene, 500 + i)), (scene, 500 + i)
+
+
+def test_rendering_some_frames_gives_those_frames_of_the_whole_clip():
+    scene = world.Scene("cyan", "circle", "moving up", "black")
+    whole = world.render(scene, 3)
+    for frames in (range(0, 1), range(5, 14), range(16, 17), range(world.FRAMES)):
+        assert np.array_equal(world.render(scene, 3, frames), whole[frames.start : frames.stop])
+    for bad in (range(0), range(0, 17, 2), range(10, 18), range(-1, 3)):
+        with pytest.raises(ValueError, match="frames"):
+            world.render(scene, 3, bad)
+
+
 def test_scorer_reads_ground_truth_clips():
     rng = np.random.default_rng(1234)
     scenes = world.all_scenes()

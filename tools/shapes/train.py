@@ -299,9 +299,9 @@ def vae_batch(plan: Plan, step: int) -> tuple[str, torch.Tensor, torch.Tensor, t
     clips, masks = [], []
     for _ in range(count):
         scene = world.random_scene(rng, TRAINING_SCENES)
-        clip = world.render(scene, int(rng.integers(2**31)))
+        seed = int(rng.integers(2**31))
         start = int(rng.integers(0, world.FRAMES - frames + 1))
-        clip = clip[start : start + frames]
+        clip = world.render(scene, seed, range(start, start + frames))  # the frames a whole render would give
         mask = object_mask(clip, scene)
         if crop < world.WIDTH:
             ys, xs = np.nonzero(mask[frames // 2])

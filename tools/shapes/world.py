@@ -140,11 +140,21 @@ def held_out_scenes() -> list[Scene]:
 _SS = 4
 
 
-def _coverage(shape: str, cx: float, cy: float, size: float) -> np.ndarray:
-    """Fraction of each pixel covered by the shape of width `size` whose centroid is (cx, cy), in pixels."""
+def _coverage(shape: str, cx: float, cy: float, size: float) -> tuple[int, int, np.ndarray]:
+    """(top, left, fractions): the fraction of each pixel covered by the shape of width `size` whose centroid is
+    (cx, cy), in pixels, over the window of pixels from (top, left) that it can touch. Every pixel outside the
+    window is uncovered.
+
+    The window is the shape's bounding box and one more pixel on each side. Each supersample in it is computed
+    as it would be over the whole frame, so a render is the same to the bit as one that supersamples every
+    pixel, several times sooner (the training phases render every clip they see)."""
     n = _SS
-    ys = (np.arange(HEIGHT * n) + 0.5) / n
-    xs = (np.arange(WIDTH * n) + 0.5) / n
+    left, right, top, bottom = _extent(shape, size)
+    x0, x1 = max(math.floor(cx - left) - 1, 0), min(math.ceil(cx + right) + 1, WIDTH)
+    y0, y1 = max(math.floor(cy - top) - 1, 0), min(math.ceil(cy + bottom) + 1, HEIGHT)
+    x1, y1 = max(x1, x0), max(y1, y0)
+    ys = (np.arange(y0 * n, y1 * n) + 0.5) / n
+    xs = (np.arange(x0 * n, x1 * n) + 0.5) / n
     x = xs[None, :] - cx
     y = ys[:, None] - cy
     if shape == "circle":
@@ -159,7 +169,7 @@ def _coverage(shape: str, cx: float, cy: float, size: float) -> np.ndarray:
         inside = (y >= top) & (y <= base) & (np.abs(x) <= half_width)
     else:
         raise ValueError(shape)
-    return inside.reshape(HEIGHT, n, WIDTH, n).mean(axis=(1, 3))
+    return y0, x0, inside.reshape(y1 - y0, n, x1 - x0, n).mean(axis=(1, 3))
 
 
 def _extent(shape: str, size: float) -> tuple[float, float, float, float]:
@@ -211,16 +221,22 @@ def trajectory(scene: Scene, rng: np.random.Generator) -> Trajectory:
     return Trajectory(x=x, y=y, size=size)
 
 
-def render(scene: Scene, seed: int) -> np.ndarray:
-    """Render a scene as a (FRAMES, HEIGHT, WIDTH, 3) uint8 RGB clip; the same seed gives the same clip."""
+def render(scene: Scene, seed: int, frames: range = range(FRAMES)) -> np.ndarray:
+    """Render a scene as a (FRAMES, HEIGHT, WIDTH, 3) uint8 RGB clip; the same seed gives the same clip.
+
+    With `frames`, only those frames of that clip, in order (the seed decides the whole trajectory first)."""
+    if not frames or frames.step != 1 or frames.start < 0 or frames.stop > FRAMES:
+        raise ValueError(f"frames {frames}: expected a non-empty range of consecutive frames within 0..{FRAMES}")
     rng = np.random.default_rng(seed)
     path = trajectory(scene, rng)
     background = np.array(BACKGROUNDS[scene.background], dtype=np.float32)
     color = np.array(COLORS[scene.color], dtype=np.float32)
-    clip = np.empty((FRAMES, HEIGHT, WIDTH, 3), dtype=np.uint8)
-    for f in range(FRAMES):
-        alpha = _coverage(scene.shape, path.x[f], path.y[f], path.size[f])[..., None]
-        clip[f] = np.round(background + alpha * (color - background)).astype(np.uint8)
+    clip = np.empty((len(frames), HEIGHT, WIDTH, 3), dtype=np.uint8)
+    clip[:] = np.round(background).astype(np.uint8)  # what an uncovered pixel composites to
+    for i, f in enumerate(frames):
+        top, left, alpha = _coverage(scene.shape, path.x[f], path.y[f], path.size[f])
+        window = clip[i, top : top + alpha.shape[0], left : left + alpha.shape[1]]
+        window[:] = np.round(background + alpha[..., None] * (color - background)).astype(np.uint8)
     return clip
 
 
