@@ -219,6 +219,29 @@ def conv_layout(module: torch.nn.Module, channels_last: bool) -> torch.nn.Module
     return module
 
 
+class BFloat16Linear(torch.nn.Linear):
+    """A Linear layer whose matrix product runs in bfloat16: its input, weight and bias are rounded to bfloat16
+    for the product and its output comes back in the input's dtype. The weights, their gradients and the
+    optimiser's state stay float32; only the products lose precision.
+
+    CPUs with AVX-512 BF16 (AMD Zen 4) or AMX (Intel Sapphire Rapids) do twice or more the multiply-adds in
+    bfloat16: a (2560 x 192) x (192 x 768) product, phase 2's largest, ran 2-2.8x faster on the EPYC host.
+    Attention, norms and everything else stay in float32 (CPU attention in bfloat16 is slower in its backward)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(torch.bfloat16)
+        return torch.nn.functional.linear(x.to(torch.bfloat16), self.weight.to(torch.bfloat16), bias).to(x.dtype)
+
+
+def bfloat16_products(layers: list[torch.nn.Linear]) -> None:
+    """Make each of these Linear layers a BFloat16Linear in place: the same parameters, names and state_dict;
+    a deep copy (the EMA's) keeps the class, so copy before converting the layers that train."""
+    for layer in layers:
+        if type(layer) is not torch.nn.Linear:
+            raise TypeError(f"bfloat16_products: {type(layer).__name__} is not a plain torch.nn.Linear")
+        layer.__class__ = BFloat16Linear
+
+
 def compile_for_training(*modules: torch.nn.Module) -> None:
     """torch.compile each module in place (its state_dict keys do not change), falling back to eager execution,
     with a warning, wherever compilation fails (no C compiler, an unsupported operation).

@@ -3,6 +3,7 @@
 Run: .venv/bin/python -m pytest tools/shapes/test_train.py -q
 """
 
+import copy
 import dataclasses
 import io
 import json
@@ -363,3 +364,32 @@ def test_channels_last_convolutions_change_no_value_and_the_vae_saves_in_the_def
     vae.save_pretrained(tmp_path / "vae", safe_serialization=True)  # safetensors refuses channels-last tensors
     saved = type(vae).from_pretrained(tmp_path / "vae")
     assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), vae.state_dict().values()))
+
+
+def test_bfloat16_products_convert_the_hidden_linears_only_and_keep_float32_weights_and_state():
+    import model
+
+    torch.manual_seed(0)
+    text_encoder, transformer = model.build_text_encoder(), model.build_transformer()
+    reference = (copy.deepcopy(text_encoder), copy.deepcopy(transformer))
+    layers = train.hidden_linears(text_encoder, transformer)
+    weights = {id(p) for p in train.muon_matrices(text_encoder, transformer)}
+    assert layers and {id(layer.weight) for layer in layers} <= weights  # no embedding, head or norm among them
+    assert not any(id(p) in {id(layer.weight) for layer in layers} for p in transformer.proj_out.parameters())
+    model.bfloat16_products(layers)
+    assert all(type(layer) is model.BFloat16Linear for layer in layers)
+    assert list(transformer.state_dict()) == list(reference[1].state_dict())
+    assert all(p.dtype == torch.float32 for p in transformer.parameters())
+    tokenizer = model.build_tokenizer()
+    noisy = torch.randn(2, model.Z_DIM, 5, 8, 8)
+    outputs = []
+    for encoder, net in (reference, (text_encoder, transformer)):
+        embeddings = model.encode_prompts(tokenizer, encoder, ["a red circle growing", "a blue square moving up"])
+        out = net(hidden_states=noisy, timestep=torch.tensor([500.0, 900.0]), encoder_hidden_states=embeddings, return_dict=False)[0]
+        out.square().mean().backward()
+        outputs.append(out.detach())
+    assert outputs[1].dtype == torch.float32
+    assert 0 < (outputs[1] - outputs[0]).abs().max() < 0.05 * outputs[0].abs().max()  # rounded, not different
+    assert all(layer.weight.grad is not None and layer.weight.grad.dtype == torch.float32 for layer in layers)
+    with pytest.raises(TypeError, match="not a plain"):
+        model.bfloat16_products([layers[0]])

@@ -113,6 +113,10 @@ class Plan:
     # orthogonalised momentum updates (torch.optim.Muon, its step scaled to AdamW's RMS so that dit_lr and
     # weight_decay mean the same), the rest (embeddings, norms, biases, the heads) AdamW.
     dit_optimizer: str = "adamw"
+    # "float32", or "bfloat16": the matrix products of the hidden Linear layers (those Muon updates: the
+    # transformer's blocks, the text encoder's layers) run in bfloat16 while phase 2 trains (model.BFloat16Linear);
+    # weights, gradients, attention and norms stay float32, and the EMA weights that are exported are float32.
+    dit_matmuls: str = "float32"
     weight_decay: float = 0.01
     prompt_dropout: float = 0.1
     uniform_sigma: float = 0.2  # fraction of sigmas drawn uniformly; the rest logit-normal(0, 1)
@@ -829,15 +833,25 @@ def load_phase_two(folder: pathlib.Path):
     return text_encoder, transformer
 
 
+def is_hidden(name: str) -> bool:
+    """Whether a parameter or module (named from "transformer." or "text_encoder.") lies in the transformer's blocks
+    or the text encoder's layers, rather than in the embeddings or the heads."""
+    return (".blocks." in name or ".encoder.block." in name) and "relative_attention_bias" not in name
+
+
 def muon_matrices(text_encoder, transformer) -> list[torch.nn.Parameter]:
     """The hidden matrices Muon updates: the 2-D weights of the transformer's blocks and of the text encoder's
     layers, not the embeddings (the relative attention bias is a table too), the norms, the biases or the heads."""
     named = [(f"transformer.{n}", p) for n, p in transformer.named_parameters()]
     named += [(f"text_encoder.{n}", p) for n, p in text_encoder.named_parameters()]
-    return [
-        p for n, p in named
-        if p.ndim == 2 and (".blocks." in n or ".encoder.block." in n) and "relative_attention_bias" not in n
-    ]
+    return [p for n, p in named if p.ndim == 2 and is_hidden(n)]
+
+
+def hidden_linears(text_encoder, transformer) -> list[torch.nn.Linear]:
+    """The Linear layers whose weights are muon_matrices: what plan.dit_matmuls="bfloat16" converts."""
+    named = [(f"transformer.{n}", m) for n, m in transformer.named_modules()]
+    named += [(f"text_encoder.{n}", m) for n, m in text_encoder.named_modules()]
+    return [m for n, m in named if isinstance(m, torch.nn.Linear) and is_hidden(n + ".")]
 
 
 class DitOptimizer:
@@ -949,6 +963,10 @@ def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict, compile: bool = Tr
     tokenizer = model.build_tokenizer()
     vae = vae_with_statistics(vae, data).eval()
     text_encoder.train(), transformer.train()
+    if plan.dit_matmuls not in ("float32", "bfloat16"):
+        raise SystemExit(f"dit_matmuls {plan.dit_matmuls!r}: expected float32 or bfloat16")
+    if plan.dit_matmuls == "bfloat16":  # after the EMA's deep copy: the exported EMA modules stay float32
+        model.bfloat16_products(hidden_linears(text_encoder, transformer))
     if compile:  # the trained modules only: the EMA copies, which the probes run, stay eager
         model.compile_for_training(text_encoder, transformer)
         log("dit: compiling the text encoder and transformer (the first step takes a minute; --no-compile to skip)")
@@ -1113,9 +1131,10 @@ def phase_one_text(plan: Plan) -> str:
 
 
 def optimizer_text(plan: Plan) -> str:
+    products = ", the hidden layers' matrix products in bfloat16" if plan.dit_matmuls == "bfloat16" else ""
     if plan.dit_optimizer == "muon":
-        return "Muon on the blocks' matrices, its update scaled to AdamW's RMS, and AdamW on the rest"
-    return "AdamW"
+        return "Muon on the blocks' matrices, its update scaled to AdamW's RMS, and AdamW on the rest" + products
+    return "AdamW" + products
 
 
 def schedule_text(plan: Plan) -> str:
@@ -1280,6 +1299,7 @@ PHASE_FIELDS = {
     "dit": (
         "seed", "dit_steps", "dit_batch", "dit_lr", "dit_warmup", "weight_decay", "prompt_dropout",
         "uniform_sigma", "ema_decay", "sigma_shift", "sigma_shift_end", "base_run", "dit_decay", "dit_optimizer",
+        "dit_matmuls",
     ),
 }
 
@@ -1386,6 +1406,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dit-decay", type=float, help="hold phase 2's lr and decay it over only this last share of the steps")
     parser.add_argument("--dit-optimizer", choices=("adamw", "muon"), help="phase 2: adamw, or muon for the hidden matrices (AdamW for the rest)")
+    parser.add_argument(
+        "--dit-matmuls", choices=("float32", "bfloat16"),
+        help="phase 2: the hidden Linear layers' products in bfloat16 while training (weights stay float32)",
+    )
     parser.add_argument("--dit-batch", type=int)
     parser.add_argument("--dit-lr", type=float)
     parser.add_argument("--sigma-shift", type=float)
@@ -1417,6 +1441,7 @@ def main(argv: list[str] | None = None) -> int:
             "sigma_shift": args.sigma_shift, "sigma_shift_end": args.sigma_shift_end,
             "vae_edge_weight": args.vae_edge_weight, "dit_stop_at": args.dit_stop_at,
             "phase_one_run": args.phase_one_from, "dit_decay": args.dit_decay, "dit_optimizer": args.dit_optimizer,
+            "dit_matmuls": args.dit_matmuls,
         }.items()
         if v is not None
     }
