@@ -5,6 +5,8 @@ on the same batches, so that a busy moment slows both alike:
 
 - `optimizer`: phase 2 with AdamW and with Muon (`--dit-optimizer`);
 - `compile`: phase 2 (Muon) eager and compiled with torch.compile (train.py compiles; `--no-compile` does not);
+- `matmuls`: phase 2 (Muon, compiled) with its hidden Linear products in float32 and in bfloat16
+  (`--dit-matmuls`);
 - `conv-layout`: phase 1's VAE steps with its 3-D convolution weights in the default layout and channels-last
   (train.py trains channels-last), for each kind of VAE step.
 
@@ -50,13 +52,18 @@ def cpu_name() -> str:
 
 def phase_two_setups(compare: str, plan: train.Plan) -> dict:
     """Two (text encoder, transformer, optimiser) triples built from the same seed, differing only in `compare`."""
-    variants = {"optimizer": [("adamw", "adamw", False), ("muon", "muon", False)],
-                "compile": [("eager", "muon", False), ("compiled", "muon", True)]}[compare]
+    variants = {
+        "optimizer": [("adamw", "adamw", False, False), ("muon", "muon", False, False)],
+        "compile": [("eager", "muon", False, False), ("compiled", "muon", True, False)],
+        "matmuls": [("float32", "muon", True, False), ("bfloat16", "muon", True, True)],
+    }[compare]
     setups = {}
-    for name, optimizer, compiled in variants:
+    for name, optimizer, compiled, bfloat16 in variants:
         torch.manual_seed(0)
         text_encoder, transformer = model.build_text_encoder(), model.build_transformer()
         optimizer = train.DitOptimizer(dataclasses.replace(plan, dit_optimizer=optimizer), text_encoder, transformer)
+        if bfloat16:
+            model.bfloat16_products(train.hidden_linears(text_encoder, transformer))
         if compiled:
             model.compile_for_training(text_encoder, transformer)
         setups[name] = (text_encoder, transformer, optimizer)
@@ -128,7 +135,7 @@ def measure_conv_layout(steps: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--compare", choices=("optimizer", "compile", "conv-layout"), default="optimizer")
+    parser.add_argument("--compare", choices=("optimizer", "compile", "matmuls", "conv-layout"), default="optimizer")
     parser.add_argument("--run", help="phase 2: a run whose latents/ are encoded (tools/shapes/runs/<run>)")
     parser.add_argument("--steps", type=int, default=40, help="measured steps of each setting (of each kind, for conv-layout)")
     parser.add_argument("--batch", type=int, default=32, help="phase 2's batch")

@@ -365,8 +365,9 @@ def train_vae(run: pathlib.Path, plan: Plan):
         vae.load_state_dict(state["vae"])
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
-        log(f"vae: resuming at step {start}/{plan.vae_steps}")
     total = plan.vae_image_steps + plan.vae_steps
+    if start:
+        log(f"vae: resuming at step {start}/{total}")
     log(f"vae: {model.parameter_count(vae):,} parameters, {plan.vae_image_steps} image + {plan.vae_steps} video steps")
     vae.train()
     timer, skipped = Timer(), 0
