@@ -147,7 +147,7 @@ def _coverage(shape: str, cx: float, cy: float, size: float) -> tuple[int, int, 
 
     The window is the shape's bounding box and one more pixel on each side. Each supersample in it is computed
     as it would be over the whole frame, so a render is the same to the bit as one that supersamples every
-    pixel, several times sooner (the training phases render every clip they see)."""
+    pixel (test_world.py), for a fraction of the work (the training phases render every clip they see)."""
     n = _SS
     left, right, top, bottom = _extent(shape, size)
     x0, x1 = max(math.floor(cx - left) - 1, 0), min(math.ceil(cx + right) + 1, WIDTH)
