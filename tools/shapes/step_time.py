@@ -112,12 +112,12 @@ def measure_conv_layout(steps: int) -> dict:
     warmup = 4
     for first in (0, plan.vae_image_steps):
         for step in range(first, first + warmup + steps):
-            kind, x, weight, _ = train.vae_batch(plan, step)
+            kind, x, weight, gen = train.vae_batch(plan, step)
+            state = gen.get_state()
             for name, (vae, optimizer) in setups.items():
+                gen.set_state(state)  # the same latent noise for both settings
                 started = time.perf_counter()
-                mode = vae.encode(x).latent_dist.mode()
-                error = model.decode_unclamped(vae, mode) - x
-                loss = (weight * (error.abs() + error.pow(2))).sum() / (weight.sum() * 3)
+                loss, _ = train.vae_loss(plan, vae, kind, x, weight, gen)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

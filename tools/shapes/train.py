@@ -345,6 +345,19 @@ def probe_vae(vae) -> dict:
     }
 
 
+def vae_loss(plan: Plan, vae, kind: str, x: torch.Tensor, weight: torch.Tensor, gen: torch.Generator):
+    """(loss, latent spread) of a VAE step on a `vae_batch`: the weighted reconstruction of the noised posterior
+    mode (no noise on image and frame steps) plus latent_l2 x the mode's mean square."""
+    mode = vae.encode(x).latent_dist.mode()
+    spread = mode.detach().std(dim=(0, 2, 3, 4), keepdim=True)
+    noise = 0.0 if kind in ("image", "frame") else plan.latent_noise
+    z = mode + noise * spread * torch.randn(mode.shape, generator=gen)
+    error = model.decode_unclamped(vae, z) - x
+    reconstruction = (weight * (error.abs() + error.pow(2))).sum() / (weight.sum() * 3)
+    magnitude = 0.5 * mode.pow(2).mean()
+    return reconstruction + plan.latent_l2 * magnitude, spread
+
+
 def train_vae(run: pathlib.Path, plan: Plan):
     folder = run / "vae"
     final = folder / "model"
@@ -381,14 +394,7 @@ def train_vae(run: pathlib.Path, plan: Plan):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(plan.vae_lr, plan.vae_warmup, total, step)
             kind, x, weight, gen = vae_batch(plan, step)
-            mode = vae.encode(x).latent_dist.mode()
-            spread = mode.detach().std(dim=(0, 2, 3, 4), keepdim=True)
-            noise = 0.0 if kind in ("image", "frame") else plan.latent_noise
-            z = mode + noise * spread * torch.randn(mode.shape, generator=gen)
-            error = model.decode_unclamped(vae, z) - x
-            reconstruction = (weight * (error.abs() + error.pow(2))).sum() / (weight.sum() * 3)
-            magnitude = 0.5 * mode.pow(2).mean()
-            loss = reconstruction + plan.latent_l2 * magnitude
+            loss, spread = vae_loss(plan, vae, kind, x, weight, gen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             smooth = smooths.get(kind)
