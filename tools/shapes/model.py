@@ -242,6 +242,45 @@ def bfloat16_products(layers: list[torch.nn.Linear]) -> None:
         layer.__class__ = BFloat16Linear
 
 
+class BFloat16Convolution:
+    """Mixed into a convolution's own class (Conv2d, Conv3d or a subclass such as the VAE's WanCausalConv3d):
+    the convolution itself runs in bfloat16 (its input, weight and bias rounded for it) and its output comes back
+    in the input's dtype. Whatever the subclass does around it (the causal padding, the frame cache) is unchanged;
+    weights, gradients and optimiser state stay float32."""
+
+    float32_class: type  # the class this one was made from, which conv_precision restores
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        bias = None if bias is None else bias.to(torch.bfloat16)
+        return super()._conv_forward(x.to(torch.bfloat16), weight.to(torch.bfloat16), bias).to(x.dtype)
+
+
+_BFLOAT16_CLASSES: dict[type, type] = {}
+
+
+def _bfloat16_class(cls: type) -> type:
+    if cls not in _BFLOAT16_CLASSES:
+        _BFLOAT16_CLASSES[cls] = type(f"BFloat16{cls.__name__}", (BFloat16Convolution, cls), {"float32_class": cls})
+    return _BFLOAT16_CLASSES[cls]
+
+
+def conv_precision(module: torch.nn.Module, bfloat16: bool) -> torch.nn.Module:
+    """Run every 2-D and 3-D convolution of `module` in bfloat16 (BFloat16Convolution) or back in float32, in
+    place: the parameters, their names and the state_dict do not change, so a VAE goes back to float32 before it
+    is probed, exported or served, and its weights are the ones it trained.
+
+    CPUs with AVX-512 BF16 (AMD Zen 4) or AMX do twice or more the multiply-adds in bfloat16 (README, "Training
+    speed"); norms, activations, the loss and the updates stay float32."""
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)):
+            converted = isinstance(m, BFloat16Convolution)
+            if bfloat16 and not converted:
+                m.__class__ = _bfloat16_class(type(m))
+            elif not bfloat16 and converted:
+                m.__class__ = m.float32_class
+    return module
+
+
 def compile_for_training(*modules: torch.nn.Module) -> None:
     """torch.compile each module in place (its state_dict keys do not change), falling back to eager execution,
     with a warning, wherever compilation fails (no C compiler, an unsupported operation).

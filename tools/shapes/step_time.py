@@ -8,7 +8,9 @@ on the same batches, so that a busy moment slows both alike:
 - `matmuls`: phase 2 (Muon, compiled) with its hidden Linear products in float32 and in bfloat16
   (`--dit-matmuls`);
 - `conv-layout`: phase 1's VAE steps with its 3-D convolution weights in the default layout and channels-last
-  (train.py trains channels-last), for each kind of VAE step.
+  (train.py trains channels-last), for each kind of VAE step;
+- `conv-precision`: phase 1's VAE steps (channels-last) with its convolutions in float32 and in bfloat16
+  (`--vae-convolutions`).
 
 Phase 2's batches are a finished run's encoded clips (its `latents/`), drawn as phase 2 draws them. On an AMD
 CPU the script reruns itself with MKL's Intel paths, as train.py does (mkl_paths.py).
@@ -98,17 +100,27 @@ def measure_phase_two(run: pathlib.Path, compare: str, steps: int, batch: int) -
     }
 
 
-def measure_conv_layout(steps: int) -> dict:
-    """Default layout against channels-last on phase 1's own batches: image/frame steps, then video/full ones."""
+VAE_VARIANTS = {
+    # name: (channels-last weights, bfloat16 convolutions)
+    "conv-layout": {"default": (False, False), "channels_last": (True, False)},
+    "conv-precision": {"float32": (True, False), "bfloat16": (True, True)},
+}
+
+
+def measure_vae_steps(compare: str, steps: int) -> dict:
+    """Phase 1's VAE steps under the two settings of `compare`, on phase 1's own batches: image/frame steps, then
+    video/full ones."""
     plan = train.Plan()
     setups = {}
-    for name, channels_last in (("default", False), ("channels_last", True)):
+    for name, (channels_last, bfloat16) in VAE_VARIANTS[compare].items():
         torch.manual_seed(0)
         vae = model.build_vae()
         model.start_per_frame(vae)
         model.conv_layout(vae, channels_last=channels_last)
+        model.conv_precision(vae, bfloat16=bfloat16)
         setups[name] = (vae.train(), torch.optim.AdamW(vae.parameters(), lr=plan.vae_lr, betas=(0.9, 0.99)))
     times: dict[str, dict[str, list[float]]] = {name: {} for name in setups}
+    losses: dict[str, dict[str, list[float]]] = {name: {} for name in setups}
     warmup = 4
     for first in (0, plan.vae_image_steps):
         for step in range(first, first + warmup + steps):
@@ -123,27 +135,29 @@ def measure_conv_layout(steps: int) -> dict:
                 optimizer.step()
                 if step - first >= warmup:
                     times[name].setdefault(kind, []).append(time.perf_counter() - started)
+                if step - first < 3:
+                    losses[name].setdefault(kind, []).append(round(loss.item(), 5))
     median = {name: {kind: statistics.median(t) for kind, t in kinds.items()} for name, kinds in times.items()}
+    first, second = setups
     return {
         "median_s_per_step": {name: {k: round(v, 4) for k, v in kinds.items()} for name, kinds in median.items()},
-        "channels_last_over_default": {
-            kind: round(median["channels_last"][kind] / median["default"][kind], 3) for kind in median["default"]
-        },
-        "steps_measured": {kind: len(t) for kind, t in times["default"].items()},
+        f"{second}_over_{first}": {kind: round(median[second][kind] / median[first][kind], 3) for kind in median[first]},
+        "steps_measured": {kind: len(t) for kind, t in times[first].items()},
+        "first_losses": losses,
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--compare", choices=("optimizer", "compile", "matmuls", "conv-layout"), default="optimizer")
+    parser.add_argument("--compare", choices=("optimizer", "compile", "matmuls", *VAE_VARIANTS), default="optimizer")
     parser.add_argument("--run", help="phase 2: a run whose latents/ are encoded (tools/shapes/runs/<run>)")
     parser.add_argument("--steps", type=int, default=40, help="measured steps of each setting (of each kind, for conv-layout)")
     parser.add_argument("--batch", type=int, default=32, help="phase 2's batch")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.compare == "conv-layout":
-        result = measure_conv_layout(args.steps)
+    if args.compare in VAE_VARIANTS:
+        result = measure_vae_steps(args.compare, args.steps)
     else:
         if not args.run:
             raise SystemExit(f"--compare {args.compare}: name a --run whose latents/ phase 2 reads")

@@ -387,3 +387,39 @@ def test_bfloat16_products_convert_the_hidden_linears_only_and_keep_float32_weig
     assert converted.weight.grad is not None and converted.weight.grad.dtype == torch.float32
     with pytest.raises(TypeError, match="not a plain"):
         model.bfloat16_products([converted])
+
+
+def test_bfloat16_convolutions_keep_the_subclass_its_float32_weights_and_state_and_go_back_exactly():
+    import model
+
+    class CausalConv3d(torch.nn.Conv3d):  # like the VAE's WanCausalConv3d: its own padding around the convolution
+        def forward(self, x):
+            return super().forward(torch.nn.functional.pad(x, (1, 1, 1, 1, 2, 0)))
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(CausalConv3d(3, 8, 3), torch.nn.SiLU(), torch.nn.Conv3d(8, 4, 1))
+    head = torch.nn.Conv2d(4, 2, 3, padding=1)
+    x = torch.randn(2, 3, 5, 16, 16)
+    with torch.no_grad():
+        before = net(x)
+        image_before = head(before[:, :, 0])
+    keys = list(net.state_dict())
+    model.conv_precision(net, bfloat16=True)
+    model.conv_precision(head, bfloat16=True)
+    model.conv_precision(net, bfloat16=True)  # converting twice changes nothing
+    assert isinstance(net[0], CausalConv3d) and isinstance(net[0], model.BFloat16Convolution)
+    assert type(net[0]).__mro__.count(CausalConv3d) == 1
+    assert list(net.state_dict()) == keys and all(p.dtype == torch.float32 for p in net.parameters())
+    out = net(x)
+    assert out.dtype == torch.float32 and out.shape == before.shape  # the subclass's padding still applies
+    assert 0 < (out - before).abs().max() < 0.05 * before.abs().max()  # rounded, not different
+    image = head(out[:, :, 0])
+    assert 0 < (image - image_before).abs().max() < 0.05 * image_before.abs().max()
+    out.square().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters())
+    twin = copy.deepcopy(net)  # the classes survive a copy
+    assert isinstance(twin[0], model.BFloat16Convolution)
+    model.conv_precision(net, bfloat16=False)
+    assert type(net[0]) is CausalConv3d and type(net[2]) is torch.nn.Conv3d
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), before, atol=0, rtol=0)  # float32 again, bit for bit
