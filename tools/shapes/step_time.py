@@ -12,6 +12,9 @@ on the same batches, so that a busy moment slows both alike:
 - `conv-precision`: phase 1's VAE steps (channels-last) with its convolutions in float32 and in bfloat16
   (`--vae-convolutions`).
 
+The two VAE comparisons also time encoding the dataset's clips under each setting (one VAE, the same weights)
+and report how far the second setting moves the latents.
+
 Phase 2's batches are a finished run's encoded clips (its `latents/`), drawn as phase 2 draws them. On an AMD
 CPU the script reruns itself with MKL's Intel paths, as train.py does (mkl_paths.py).
 
@@ -28,11 +31,13 @@ import platform
 import statistics
 import time
 
+import numpy as np
 import torch
 
 import mkl_paths
 import model
 import train
+import world
 
 
 def encoded_clips(run: pathlib.Path) -> dict:
@@ -144,6 +149,34 @@ def measure_vae_steps(compare: str, steps: int) -> dict:
         f"{second}_over_{first}": {kind: round(median[second][kind] / median[first][kind], 3) for kind in median[first]},
         "steps_measured": {kind: len(t) for kind, t in times[first].items()},
         "first_losses": losses,
+        "encoding": measure_encoding(compare, setups[first][0], repeats=max(3, steps // 2)),
+    }
+
+
+@torch.inference_mode()
+def measure_encoding(compare: str, vae, repeats: int) -> dict:
+    """Encoding 16 clips drawn as the dataset's are, as phase 1 encodes them, under each setting of `compare`, alternated
+    on one VAE (the same weights): seconds a clip, and how far the second setting moves the latents."""
+    scenes, seeds = train.dataset_chunk(0, 16, 0)
+    x = train.to_video(np.stack([world.render(s, int(seed)) for s, seed in zip(scenes, seeds)]))
+    vae.eval()
+    times: dict[str, list[float]] = {name: [] for name in VAE_VARIANTS[compare]}
+    latents = {}
+    for repeat in range(1 + repeats):  # the first round warms up
+        for name, (channels_last, bfloat16) in VAE_VARIANTS[compare].items():
+            model.conv_layout(vae, channels_last=channels_last)
+            model.conv_precision(vae, bfloat16=bfloat16)
+            started = time.perf_counter()
+            latents[name] = vae.encode(x).latent_dist.mean
+            if repeat:
+                times[name].append((time.perf_counter() - started) / len(x))
+    first, second = times
+    median = {name: statistics.median(t) for name, t in times.items()}
+    return {
+        "median_s_per_clip": {name: round(m, 5) for name, m in median.items()},
+        f"{second}_over_{first}": round(median[second] / median[first], 3),
+        "latent_spread": round(latents[first].std().item(), 4),
+        "max_latent_difference": round((latents[second] - latents[first]).abs().max().item(), 4),
     }
 
 
