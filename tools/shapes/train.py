@@ -362,6 +362,14 @@ def vae_loss(plan: Plan, vae, kind: str, x: torch.Tensor, weight: torch.Tensor, 
     return reconstruction + plan.latent_l2 * magnitude, spread
 
 
+def vae_working_form(plan: Plan, vae, working: bool) -> None:
+    """While the VAE trains, encodes or tunes its decoder (working): channels-last convolution weights
+    (model.conv_layout) in the plan's precision (model.conv_precision). Otherwise the default layout, which
+    safetensors saves, and float32, which the probes, the export and serving run: every phase puts it back."""
+    model.conv_layout(vae, channels_last=working)
+    model.conv_precision(vae, bfloat16=working and plan.vae_convolutions == "bfloat16")
+
+
 def train_vae(run: pathlib.Path, plan: Plan):
     folder = run / "vae"
     final = folder / "model"
@@ -373,8 +381,7 @@ def train_vae(run: pathlib.Path, plan: Plan):
     torch.manual_seed(plan.seed)
     vae = model.build_vae()
     model.start_per_frame(vae)
-    model.conv_layout(vae, channels_last=True)
-    model.conv_precision(vae, bfloat16=plan.vae_convolutions == "bfloat16")
+    vae_working_form(plan, vae, working=True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=plan.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
     start = 0
     checkpoint = folder / "checkpoint.pt"
@@ -430,8 +437,7 @@ def train_vae(run: pathlib.Path, plan: Plan):
         bar.close()
     record_timing(run, "vae_s_per_step", timer.per_step)
     vae.eval()
-    model.conv_layout(vae, channels_last=False)  # safetensors saves the default layout only
-    model.conv_precision(vae, bfloat16=False)  # what it is probed and served with
+    vae_working_form(plan, vae, working=False)
     vae.save_pretrained(final, safe_serialization=True)
     (folder / "done").write_text(json.dumps(probe_vae(vae)) + "\n")
     checkpoint.unlink(missing_ok=True)
@@ -499,13 +505,11 @@ def encode_dataset(run: pathlib.Path, plan: Plan, vae) -> dict:
     folder = run / "latents"
     folder.mkdir(parents=True, exist_ok=True)
     vae.eval()
-    model.conv_layout(vae, channels_last=True)
-    model.conv_precision(vae, bfloat16=plan.vae_convolutions == "bfloat16")
+    vae_working_form(plan, vae, working=True)
     try:
         encode_chunks(run, plan, vae, folder)
     finally:  # the VAE goes on to phase 2's probes and the export
-        model.conv_layout(vae, channels_last=False)
-        model.conv_precision(vae, bfloat16=False)
+        vae_working_form(plan, vae, working=False)
     data = read_latents(folder, plan.dataset_clips)
     stats_path = folder / "stats.json"
     if not stats_path.exists():
@@ -702,8 +706,7 @@ def tune_decoder(run: pathlib.Path, plan: Plan, vae, data: dict):
         p.requires_grad_(False)
     for p in trained:
         p.requires_grad_(True)
-    model.conv_layout(vae, channels_last=True)
-    model.conv_precision(vae, bfloat16=plan.vae_convolutions == "bfloat16")
+    vae_working_form(plan, vae, working=True)
     optimizer = torch.optim.AdamW(trained, lr=plan.decoder_lr, betas=(0.9, 0.99), weight_decay=0.0)
     start = 0
     checkpoint = folder / "checkpoint.pt"
@@ -748,8 +751,7 @@ def tune_decoder(run: pathlib.Path, plan: Plan, vae, data: dict):
     vae.eval()
     for p in vae.parameters():
         p.requires_grad_(True)
-    model.conv_layout(vae, channels_last=False)  # safetensors saves the default layout only
-    model.conv_precision(vae, bfloat16=False)
+    vae_working_form(plan, vae, working=False)
     vae.save_pretrained(final, safe_serialization=True)
     (folder / "done").write_text(json.dumps(probe_vae(vae)) + "\n")
     checkpoint.unlink(missing_ok=True)
