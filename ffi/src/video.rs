@@ -136,12 +136,7 @@ pub unsafe extern "C" fn vgen_job_preview(engine: *const vgen_engine, job: u64, 
         if out.is_null() {
             return Err(null("out"));
         }
-        let events = e.engine.events(JobId(job), 0).map_err(core)?;
-        let latest = events.iter().rev().find_map(|ev| match &ev.kind {
-            vgen_core::engine::EventKind::Preview { step, frames } => Some((*step, frames.clone())),
-            _ => None,
-        });
-        let Some((step, frames)) = latest else {
+        let Some((step, frames)) = e.engine.latest_preview(JobId(job)).map_err(core)? else {
             return Err((vgen_status::VGEN_STATUS_NOT_READY, format!("job {job} has no preview yet")));
         };
         let video = Arc::new(Video { frames, fps: 0.0, metadata: Default::default() });

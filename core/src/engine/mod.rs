@@ -46,7 +46,7 @@ pub use retry::RetryPolicy;
 use crate::device::Device;
 use crate::error::{Error, ErrorCode, Result};
 use crate::models::Models;
-use crate::video::Video;
+use crate::video::{Frames, Video};
 use breaker::Breaker;
 use cache::ResultCache;
 use cell::{JobCell, Outbox, Outcome, Record};
@@ -291,6 +291,24 @@ impl Engine {
         let r = cell.read();
         let from = (since as usize).min(r.events.len());
         Ok(r.events[from..].to_vec())
+    }
+
+    /// The job's latest preview and the step it shows, without copying its event log: a game loop asks for it
+    /// every frame. `None` until the first preview.
+    pub fn latest_preview(&self, id: JobId) -> Result<Option<(u32, Arc<Frames>)>> {
+        let latest = |events: &[Event]| {
+            events.iter().rev().find_map(|ev| match &ev.kind {
+                EventKind::Preview { step, frames } => Some((*step, frames.clone())),
+                _ => None,
+            })
+        };
+        #[cfg(feature = "redis")]
+        if let Some(c) = &self.cluster {
+            return c.events(id, 0).map(|events| latest(&events));
+        }
+        let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
+        let r = cell.read();
+        Ok(latest(&r.events))
     }
 
     /// Cancels a job. A queued job is removed at once; a running one stops at its next step boundary. Returns
