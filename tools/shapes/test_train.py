@@ -423,3 +423,37 @@ def test_bfloat16_convolutions_keep_the_subclass_its_float32_weights_and_state_a
     assert type(net[0]) is CausalConv3d and type(net[2]) is torch.nn.Conv3d
     with torch.no_grad():
         torch.testing.assert_close(net(x), before, atol=0, rtol=0)  # float32 again, bit for bit
+
+
+def test_dataset_check_passes_the_vae_that_encoded_the_latents_in_their_precision_and_stops_another():
+    import model
+
+    class StandInVAE(torch.nn.Module):  # encode(video).latent_dist.mode(), as AutoencoderKLWan answers
+        def __init__(self, seed):
+            super().__init__()
+            torch.manual_seed(seed)
+            self.conv = torch.nn.Conv3d(3, 4, kernel_size=(1, 8, 8), stride=(1, 8, 8))
+
+        def encode(self, video):
+            mode = self.conv(video)
+            return type("Output", (), {"latent_dist": type("Dist", (), {"mode": lambda _: mode})()})()
+
+    scenes = [train.TRAINING_SCENES[i] for i in (0, 7, 19)]
+    clips = np.stack([world.render(scene, seed) for seed, scene in enumerate(scenes)])
+    dataset = lambda i: (scenes[i], clips[i])  # noqa: E731
+    vae = StandInVAE(seed=1)
+    model.conv_precision(vae, bfloat16=True)
+    with torch.no_grad():
+        encoded = vae.encode(train.to_video(clips)).latent_dist.mode()  # the whole batch at once, as phase 1 does
+    model.conv_precision(vae, bfloat16=False)
+    data = {"scene": torch.tensor([train.SCENE_INDEX[s] for s in scenes]), "mean": encoded}
+    with torch.no_grad():
+        train._check_dataset(train.Plan(vae_convolutions="bfloat16"), vae, data, dataset)
+        assert type(vae.conv) is torch.nn.Conv3d  # back to float32 after the check
+        with pytest.raises(SystemExit, match="does not encode to its stored latent"):  # its float32 latents differ
+            train._check_dataset(train.Plan(vae_convolutions="float32"), vae, data, dataset)
+        with pytest.raises(SystemExit, match="another VAE"):
+            train._check_dataset(train.Plan(vae_convolutions="bfloat16"), StandInVAE(seed=2), data, dataset)
+        wrong = dict(data, scene=data["scene"].flip(0))
+        with pytest.raises(SystemExit, match="another scene"):
+            train._check_dataset(train.Plan(vae_convolutions="bfloat16"), vae, wrong, dataset)
