@@ -302,10 +302,7 @@ impl Engine {
                 _ => None,
             })
         };
-        #[cfg(feature = "redis")]
-        if let Some(c) = &self.cluster {
-            return c.events(id, 0).map(|events| latest(&events));
-        }
+        clustered!(self, c => c.events(id, 0).map(|events| latest(&events)));
         let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
         let r = cell.read();
         Ok(latest(&r.events))
