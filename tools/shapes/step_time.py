@@ -7,6 +7,8 @@ on the same batches, so that a busy moment slows both alike:
 - `compile`: phase 2 (Muon) eager and compiled with torch.compile (train.py compiles; `--no-compile` does not);
 - `matmuls`: phase 2 (Muon, compiled) with its hidden Linear products in float32 and in bfloat16
   (`--dit-matmuls`);
+- `muon`: phase 2 (compiled, bfloat16 products) with torch.optim.Muon and with grouped_muon.GroupedMuon, which
+  train.py uses (the same updates, a shape at a time);
 - `conv-layout`: phase 1's VAE steps with its 3-D convolution weights in the default layout and channels-last
   (train.py trains channels-last), for each kind of VAE step;
 - `conv-precision`: phase 1's VAE steps (channels-last) with its convolutions in float32 and in bfloat16
@@ -59,16 +61,20 @@ def cpu_name() -> str:
 
 def phase_two_setups(compare: str, plan: train.Plan) -> dict:
     """Two (text encoder, transformer, optimiser) triples built from the same seed, differing only in `compare`."""
+    grouped, per_matrix = train.GroupedMuon, torch.optim.Muon
     variants = {
-        "optimizer": [("adamw", "adamw", False, False), ("muon", "muon", False, False)],
-        "compile": [("eager", "muon", False, False), ("compiled", "muon", True, False)],
-        "matmuls": [("float32", "muon", True, False), ("bfloat16", "muon", True, True)],
+        "optimizer": [("adamw", "adamw", False, False, grouped), ("muon", "muon", False, False, grouped)],
+        "compile": [("eager", "muon", False, False, grouped), ("compiled", "muon", True, False, grouped)],
+        "matmuls": [("float32", "muon", True, False, grouped), ("bfloat16", "muon", True, True, grouped)],
+        "muon": [("per_matrix", "muon", True, True, per_matrix), ("grouped", "muon", True, True, grouped)],
     }[compare]
     setups = {}
-    for name, optimizer, compiled, bfloat16 in variants:
+    for name, optimizer, compiled, bfloat16, muon in variants:
         torch.manual_seed(0)
         text_encoder, transformer = model.build_text_encoder(), model.build_transformer()
-        optimizer = train.DitOptimizer(dataclasses.replace(plan, dit_optimizer=optimizer), text_encoder, transformer)
+        optimizer = train.DitOptimizer(
+            dataclasses.replace(plan, dit_optimizer=optimizer), text_encoder, transformer, muon=muon
+        )
         if bfloat16:
             model.bfloat16_products(train.hidden_linears(text_encoder, transformer))
         if compiled:
@@ -96,8 +102,11 @@ def measure_phase_two(run: pathlib.Path, compare: str, steps: int, batch: int) -
             losses[name].append(round(loss.item(), 5))
     first, second = setups
     median = {name: statistics.median(t) for name, t in times.items()}
+    weights = [dict(setups[name][1].named_parameters()) for name in (first, second)]
     return {
         "batch": batch,
+        # after the same batches from the same start: 0.0 where the two settings compute the same updates
+        "max_weight_difference": max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]),
         "steps_measured": steps,
         "median_s_per_step": {name: round(m, 4) for name, m in median.items()},
         f"{second}_over_{first}": round(median[second] / median[first], 3),
@@ -182,7 +191,7 @@ def measure_encoding(compare: str, vae, repeats: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--compare", choices=("optimizer", "compile", "matmuls", *VAE_VARIANTS), default="optimizer")
+    parser.add_argument("--compare", choices=("optimizer", "compile", "matmuls", "muon", *VAE_VARIANTS), default="optimizer")
     parser.add_argument("--run", help="phase 2: a run whose latents/ are encoded (tools/shapes/runs/<run>)")
     parser.add_argument("--steps", type=int, default=40, help="measured steps of each setting (of each kind, for conv-layout)")
     parser.add_argument("--batch", type=int, default=32, help="phase 2's batch")

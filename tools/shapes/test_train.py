@@ -262,6 +262,42 @@ def test_muon_takes_the_hidden_matrices_and_adamw_every_other_parameter():
         train.DitOptimizer(train.Plan(dit_optimizer="sgd"), text_encoder, transformer)
 
 
+def test_grouped_muon_takes_torch_muons_steps_and_each_resumes_the_others_checkpoint():
+    from grouped_muon import GroupedMuon
+
+    # Square, tall and wide matrices (the tall ones join the wide ones of their shape), and a shape of its own.
+    shapes = [(192, 192), (192, 192), (768, 192), (192, 768), (256, 192), (192, 256), (64, 32)]
+    torch.manual_seed(0)
+    start = [torch.randn(shape) * 0.05 for shape in shapes]
+    grads = [[torch.randn(shape) for shape in shapes] for _ in range(4)]
+
+    def optimiser(kind, weights):
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        return params, kind(params, lr=1e-3, weight_decay=0.01, adjust_lr_fn="match_rms_adamw")
+
+    def step(params, optimizer, grad):
+        before = [p.detach().clone() for p in params]
+        for p, g in zip(params, grad):
+            p.grad = g.clone()
+        optimizer.step()
+        return [p.detach() - b for p, b in zip(params, before)]
+
+    reference, grouped = optimiser(torch.optim.Muon, start), optimiser(GroupedMuon, start)
+    for grad in grads[:3]:
+        for a, b in zip(step(*reference, grad), step(*grouped, grad)):
+            assert a.norm() > 0 and (a - b).norm() <= 1e-2 * a.norm()  # the same bfloat16 numbers, summed in another order
+    # Each reads the other's state (the momenta): a run can switch between them and resume.
+    for kind, source in ((GroupedMuon, reference), (torch.optim.Muon, grouped)):
+        resumed = optimiser(kind, [p.detach() for p in source[0]])
+        resumed[1].load_state_dict(copy.deepcopy(source[1].state_dict()))  # a copy, as a checkpoint file is
+        continued = optimiser(type(source[1]), [p.detach() for p in source[0]])
+        continued[1].load_state_dict(copy.deepcopy(source[1].state_dict()))
+        for a, b in zip(step(*continued, grads[3]), step(*resumed, grads[3])):
+            assert (a - b).norm() <= 1e-2 * a.norm()
+    with pytest.raises(ValueError, match="2D parameters"):  # torch.optim.Muon's own check, at construction
+        optimiser(GroupedMuon, [torch.randn(4, 4, 4)])
+
+
 def test_dit_optimizer_checkpoints_resume_the_same_updates_and_old_adamw_checkpoints_still_load():
     def model_and_optimizer(name):
         torch.manual_seed(0)

@@ -45,6 +45,7 @@ REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 import cpu_share  # noqa: E402
 import evaluate  # noqa: E402
+from grouped_muon import GroupedMuon  # noqa: E402
 import mkl_paths  # noqa: E402
 import model  # noqa: E402
 import score  # noqa: E402
@@ -114,8 +115,8 @@ class Plan:
     # for longer: runs/single's cosine had fallen to a third by its step 7,000, still without motion.
     dit_decay: float = 0.0
     # "adamw", or "muon": the matrices of the transformer's blocks and of the text encoder's layers take
-    # orthogonalised momentum updates (torch.optim.Muon, its step scaled to AdamW's RMS so that dit_lr and
-    # weight_decay mean the same), the rest (embeddings, norms, biases, the heads) AdamW.
+    # orthogonalised momentum updates (torch.optim.Muon's, batched a shape at a time by grouped_muon.py, its step
+    # scaled to AdamW's RMS so that dit_lr and weight_decay mean the same), the rest (embeddings, norms, biases, the heads) AdamW.
     dit_optimizer: str = "adamw"
     # "float32", or "bfloat16": the matrix products of the hidden Linear layers (those Muon updates: the
     # transformer's blocks, the text encoder's layers) run in bfloat16 while phase 2 trains (model.BFloat16Linear);
@@ -885,7 +886,7 @@ class DitOptimizer:
     """Phase 2's optimiser: AdamW over every parameter, or Muon over the hidden matrices and AdamW over the rest
     (plan.dit_optimizer). It steps, zeroes and checkpoints as one, and its param_groups are all of them."""
 
-    def __init__(self, plan: Plan, text_encoder, transformer):
+    def __init__(self, plan: Plan, text_encoder, transformer, muon: type = GroupedMuon):
         self.params = list(text_encoder.parameters()) + list(transformer.parameters())  # text encoder's first
         if plan.dit_optimizer == "adamw":
             matrices = []
@@ -898,7 +899,7 @@ class DitOptimizer:
         self.parts = [torch.optim.AdamW(rest, lr=plan.dit_lr, betas=(0.9, 0.99), weight_decay=plan.weight_decay)]
         if matrices:
             self.parts.append(
-                torch.optim.Muon(matrices, lr=plan.dit_lr, weight_decay=plan.weight_decay, adjust_lr_fn="match_rms_adamw")
+                muon(matrices, lr=plan.dit_lr, weight_decay=plan.weight_decay, adjust_lr_fn="match_rms_adamw")
             )
 
     @property
