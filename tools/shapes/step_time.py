@@ -9,6 +9,8 @@ on the same batches, so that a busy moment slows both alike:
   (`--dit-matmuls`);
 - `muon`: phase 2 (compiled, bfloat16 products) with torch.optim.Muon and with grouped_muon.GroupedMuon, which
   train.py uses (the same updates, a shape at a time);
+- `batch`: phase 2 (compiled, bfloat16 products, GroupedMuon) on `--batch` clips and on the first 3/4 of them
+  (`--dit-batch 24` against 32);
 - `conv-layout`: phase 1's VAE steps with its 3-D convolution weights in the default layout and channels-last
   (train.py trains channels-last), for each kind of VAE step;
 - `conv-precision`: phase 1's VAE steps (channels-last) with its convolutions in float32 and in bfloat16
@@ -67,6 +69,8 @@ def phase_two_setups(compare: str, plan: train.Plan) -> dict:
         "compile": [("eager", "muon", False, False, grouped), ("compiled", "muon", True, False, grouped)],
         "matmuls": [("float32", "muon", True, False, grouped), ("bfloat16", "muon", True, True, grouped)],
         "muon": [("per_matrix", "muon", True, True, per_matrix), ("grouped", "muon", True, True, grouped)],
+        # the same trainer; measure_phase_two hands the second the first 3/4 of each batch (24 of 32)
+        "batch": [("whole", "muon", True, True, grouped), ("three_quarters", "muon", True, True, grouped)],
     }[compare]
     setups = {}
     for name, optimizer, compiled, bfloat16, muon in variants:
@@ -95,6 +99,8 @@ def measure_phase_two(run: pathlib.Path, compare: str, steps: int, batch: int) -
     for step in range(warmup + steps):
         clips = train.dit_batch(plan, step, data, mean, std)
         for name, (text_encoder, transformer, optimizer) in setups.items():
+            if name == "three_quarters":
+                clips = tuple(part[: batch * 3 // 4] for part in clips)
             started = time.perf_counter()
             loss = train.dit_step(tokenizer, text_encoder, transformer, optimizer, clips)
             if step >= warmup:
@@ -191,7 +197,7 @@ def measure_encoding(compare: str, vae, repeats: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--compare", choices=("optimizer", "compile", "matmuls", "muon", *VAE_VARIANTS), default="optimizer")
+    parser.add_argument("--compare", choices=("optimizer", "compile", "matmuls", "muon", "batch", *VAE_VARIANTS), default="optimizer")
     parser.add_argument("--run", help="phase 2: a run whose latents/ are encoded (tools/shapes/runs/<run>)")
     parser.add_argument("--steps", type=int, default=40, help="measured steps of each setting (of each kind, for conv-layout)")
     parser.add_argument("--batch", type=int, default=32, help="phase 2's batch")
