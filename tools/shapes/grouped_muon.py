@@ -40,9 +40,9 @@ class GroupedMuon(torch.optim.Muon):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            for p in params:
-                if p.ndim != 2 or torch.is_complex(p) or p.grad.is_sparse:
-                    raise RuntimeError("GroupedMuon: Muon updates dense real 2-D matrices only")
+            for p in params:  # torch.optim.Muon's constructor has already refused anything but 2-D matrices
+                if torch.is_complex(p) or p.grad.is_sparse:
+                    raise RuntimeError("GroupedMuon: Muon updates dense real matrices only")
             grads = [p.grad for p in params]
             buffers = []
             for p in params:

@@ -116,7 +116,8 @@ class Plan:
     dit_decay: float = 0.0
     # "adamw", or "muon": the matrices of the transformer's blocks and of the text encoder's layers take
     # orthogonalised momentum updates (torch.optim.Muon's, batched a shape at a time by grouped_muon.py, its step
-    # scaled to AdamW's RMS so that dit_lr and weight_decay mean the same), the rest (embeddings, norms, biases, the heads) AdamW.
+    # scaled to AdamW's RMS so that dit_lr and weight_decay mean the same), the rest (embeddings, norms, biases,
+    # the heads) AdamW.
     dit_optimizer: str = "adamw"
     # "float32", or "bfloat16": the matrix products of the hidden Linear layers (those Muon updates: the
     # transformer's blocks, the text encoder's layers) run in bfloat16 while phase 2 trains (model.BFloat16Linear);
