@@ -37,19 +37,13 @@ class GroupedMuon(torch.optim.Muon):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params: list[torch.Tensor] = []
+            grads: list[torch.Tensor] = []
+            buffers: list[torch.Tensor] = []
+            # torch.optim.Muon's own: the parameters with gradients, its checks, and the momenta it creates
+            self._init_group(group, params, grads, buffers)
             if not params:
                 continue
-            for p in params:  # torch.optim.Muon's constructor has already refused anything but 2-D matrices
-                if torch.is_complex(p) or p.grad.is_sparse:
-                    raise RuntimeError("GroupedMuon: Muon updates dense real matrices only")
-            grads = [p.grad for p in params]
-            buffers = []
-            for p in params:
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
-                buffers.append(state["momentum_buffer"])
             momentum = group["momentum"]
             torch._foreach_lerp_(buffers, grads, 1 - momentum)
             updates = [g.lerp(m, momentum) for g, m in zip(grads, buffers)] if group["nesterov"] else buffers

@@ -99,10 +99,9 @@ def measure_phase_two(run: pathlib.Path, compare: str, steps: int, batch: int) -
     for step in range(warmup + steps):
         clips = train.dit_batch(plan, step, data, mean, std)
         for name, (text_encoder, transformer, optimizer) in setups.items():
-            if name == "three_quarters":
-                clips = tuple(part[: batch * 3 // 4] for part in clips)
+            given = tuple(part[: batch * 3 // 4] for part in clips) if name == "three_quarters" else clips
             started = time.perf_counter()
-            loss = train.dit_step(tokenizer, text_encoder, transformer, optimizer, clips)
+            loss = train.dit_step(tokenizer, text_encoder, transformer, optimizer, given)
             if step >= warmup:
                 times[name].append(time.perf_counter() - started)
             losses[name].append(round(loss.item(), 5))
