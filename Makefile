@@ -13,7 +13,7 @@ CFLAGS_STRICT := -Wall -Wextra -Wpedantic -Werror
 TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 
 .PHONY: demo test test-rust test-c test-python test-server build header bench bench-side soak fuzz test-wan-full env clean
-.PHONY: test-c-plain test-c-package test-c-asan test-c-valgrind package-config
+.PHONY: test-c-plain test-c-package test-c-asan test-c-valgrind package-config lint install install-files test-install
 
 # --- the environment -------------------------------------------------------------------------------------------
 # torch from PyPI is the source of libtorch (about 4.6 GB with its CUDA libraries; it runs on the CPU too).
@@ -36,9 +36,20 @@ demo: $(STAMPS)/venv
 	$(TARGET_DIR)/release/vgen generate --prompt "a red circle moving right" --seed 1 --out out/demo.mp4 --out out/demo.gif
 
 # --- the tests ---------------------------------------------------------------------------------------------------
-test: test-rust test-c test-python test-server
+test: lint test-rust test-c test-python test-server test-install
 
-test-rust: build
+# The gates every change passes: rustfmt's layout (rustfmt.toml) and clippy with every warning an error, over
+# every target of every crate; and the `vgen` command's own dependencies stay out of libvgen and the Python
+# extension (they come with vgen-core's `cli` feature, which those crates do not ask for).
+lint: $(STAMPS)/venv
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	for crate in vgen-ffi vgen-python; do \
+		if $(CARGO) tree -p $$crate -e normal --prefix none | grep -E '^(clap|ctrlc) '; then \
+			echo "$$crate depends on the vgen command's dependencies"; exit 1; fi; \
+	done
+
+test-rust: build $(STAMPS)/redis
 	VGEN_REQUIRE_FFPROBE=1 $(CARGO) test --workspace
 	$(TARGET_DIR)/debug/examples/hello | grep '^vgen .* on libtorch 2\.11'
 
@@ -47,21 +58,31 @@ test-rust: build
 build: $(STAMPS)/venv $(STAMPS)/ffmpeg
 	$(CARGO) build --workspace --all-targets
 
-# Debian's ffmpeg, for the tests that check our video files with a real tool (ffprobe).
+# Debian packages the tests use, each installed once when its command is missing (with sudo when not root).
+APT_INSTALL = sudo_=""; [ "$$(id -u)" = 0 ] || sudo_=sudo; \
+	{ $$sudo_ apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo_ apt-get install -y -qq --no-install-recommends
+
+# ffmpeg, for the tests that check our video files with a real tool (ffprobe).
 $(STAMPS)/ffmpeg:
 	@mkdir -p $(STAMPS)
-	command -v ffprobe >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg; }
+	command -v ffprobe >/dev/null || $(APT_INSTALL) ffmpeg; }
 	@touch $@
 
-# Debian's cmake and pkg-config, for the tests of vgen's package files; valgrind, for the C tests.
+# cmake and pkg-config, for the tests of vgen's package files; valgrind, for the C tests.
 $(STAMPS)/cmake:
 	@mkdir -p $(STAMPS)
-	command -v cmake >/dev/null && command -v pkg-config >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends cmake pkg-config; }
+	command -v cmake >/dev/null && command -v pkg-config >/dev/null || $(APT_INSTALL) cmake pkg-config; }
 	@touch $@
 
 $(STAMPS)/valgrind:
 	@mkdir -p $(STAMPS)
-	command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind; }
+	command -v valgrind >/dev/null || $(APT_INSTALL) valgrind; }
+	@touch $@
+
+# redis-server (and redis-cli), for the Redis backend's tests, which start their own servers on loopback.
+$(STAMPS)/redis:
+	@mkdir -p $(STAMPS)
+	command -v redis-server >/dev/null && command -v redis-cli >/dev/null || $(APT_INSTALL) redis-server redis-tools; }
 	@touch $@
 
 # The C and C++ examples and the C tests (ffi/tests/c/), each built strictly against the generated header and the
@@ -104,6 +125,7 @@ PKGCONFIG_DIR := $(TARGET_DIR)/debug/pkgconfig
 CMAKE_PACKAGE_DIR := $(TARGET_DIR)/debug/cmake/vgen
 VGEN_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 PACKAGE_SUBST := sed -e 's|@PREFIX@|$(CURDIR)|g' -e 's|@LIBDIR@|$(TARGET_DIR)/debug|g' -e 's|@VERSION@|$(VGEN_VERSION)|g' \
+	-e 's|@INCLUDEDIR@|$(CURDIR)/include|g' -e "s|@LIBTORCH_LIB@|$$(realpath $(VENV)/libtorch/lib)|g" \
 	-e 's|@PKGCONFIG_DIR@|$(PKGCONFIG_DIR)|g' -e 's|@CMAKE_PACKAGE_DIR@|$(CMAKE_PACKAGE_DIR)|g'
 
 package-config:
@@ -136,9 +158,51 @@ test-server: build
 		test -x "$$test_bin" && "$$test_bin"
 	VGEN_SERVER=$(TARGET_DIR)/debug/vgen-server $(PY) -m pytest -q examples/server/tests/test_client.py
 
+# --- installing ----------------------------------------------------------------------------------------------------
+# `make install PREFIX=...` (default /usr/local; DESTDIR is honoured) builds the release libvgen and `vgen`, then
+# installs: lib/libvgen.so and lib/libvgen.a, include/vgen.h and vgen.hpp, lib/pkgconfig/vgen.pc, the CMake package
+# in lib/cmake/vgen, bin/vgen, and the shipped models in share/vgen/models, where the installed `vgen` and libvgen
+# find them (core/src/models/search_path.rs). The binaries keep an rpath to the libtorch they were built against
+# (the venv's torch package) and libvgen.so also looks beside itself ($ORIGIN). `install-files` copies an existing
+# build (INSTALL_FROM, default the release folder) without building; `make test-install` uses it on the debug build.
+PREFIX ?= /usr/local
+INSTALL_FROM ?= $(TARGET_DIR)/release
+INSTALL_ROOT = $(DESTDIR)$(PREFIX)
+INSTALL_SUBST := sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@INCLUDEDIR@|$${prefix}/include|g' -e 's|@LIBDIR@|$${prefix}/lib|g' \
+	-e 's|@VERSION@|$(VGEN_VERSION)|g' -e 's|@PKGCONFIG_DIR@|$(PREFIX)/lib/pkgconfig|g' \
+	-e 's|@CMAKE_PACKAGE_DIR@|$(PREFIX)/lib/cmake/vgen|g' -e "s|@LIBTORCH_LIB@|$$(realpath $(VENV)/libtorch/lib)|g"
+CMAKE_INSTALL_SUBST := sed -e 's|@INCLUDEDIR@|$${_vgen_prefix}/include|g' -e 's|@LIBDIR@|$${_vgen_prefix}/lib|g' \
+	-e 's|@VERSION@|$(VGEN_VERSION)|g' -e 's|@CMAKE_PACKAGE_DIR@|$(PREFIX)/lib/cmake/vgen|g'
+
+install: $(STAMPS)/venv
+	$(CARGO) build --release -p vgen-ffi -p vgen-core
+	$(MAKE) --no-print-directory install-files INSTALL_FROM=$(TARGET_DIR)/release
+
+install-files:
+	@test -f $(INSTALL_FROM)/libvgen.so -a -f $(INSTALL_FROM)/libvgen.a -a -x $(INSTALL_FROM)/vgen || \
+		{ echo "no libvgen.so, libvgen.a and vgen in $(INSTALL_FROM): run make install (or make build)"; exit 1; }
+	install -d $(INSTALL_ROOT)/bin $(INSTALL_ROOT)/lib/pkgconfig $(INSTALL_ROOT)/lib/cmake/vgen \
+		$(INSTALL_ROOT)/include $(INSTALL_ROOT)/share/vgen/models
+	install -m 755 $(INSTALL_FROM)/vgen $(INSTALL_ROOT)/bin/vgen
+	install -m 755 $(INSTALL_FROM)/libvgen.so $(INSTALL_ROOT)/lib/libvgen.so
+	install -m 644 $(INSTALL_FROM)/libvgen.a $(INSTALL_ROOT)/lib/libvgen.a
+	install -m 644 include/vgen.h include/vgen.hpp $(INSTALL_ROOT)/include/
+	$(INSTALL_SUBST) ffi/packaging/vgen.pc.in > $(INSTALL_ROOT)/lib/pkgconfig/vgen.pc
+	$(CMAKE_INSTALL_SUBST) ffi/packaging/vgenConfig.cmake.in > $(INSTALL_ROOT)/lib/cmake/vgen/vgenConfig.cmake
+	$(CMAKE_INSTALL_SUBST) ffi/packaging/vgenConfigVersion.cmake.in > $(INSTALL_ROOT)/lib/cmake/vgen/vgenConfigVersion.cmake
+	for m in models/*/; do rm -rf $(INSTALL_ROOT)/share/vgen/models/$$(basename $$m); \
+		cp -R $$m $(INSTALL_ROOT)/share/vgen/models/; done
+	@echo "installed vgen $(VGEN_VERSION) into $(INSTALL_ROOT)"
+
+# Installs the debug build into a temporary prefix and, with the build folder moved away and from outside the
+# source tree, builds and runs a C host (pkg-config, shared and static) and a CMake host against it
+# (ffi/tests/install/run.sh).
+test-install: build $(STAMPS)/cmake
+	TARGET_DIR=$(TARGET_DIR) ffi/tests/install/run.sh
+
 # --- developer targets -------------------------------------------------------------------------------------------
 header: $(STAMPS)/venv
-	VGEN_BLESS=1 $(CARGO) test -p vgen-ffi --test header
+	VGEN_BLESS=1 $(CARGO) test --workspace --test header
 
 # The real Wan2.1-T2V-1.3B transformer configuration with random weights: every shape, and one step (5.7 GB).
 test-wan-full: $(STAMPS)/venv

@@ -352,6 +352,13 @@ public:
         return detail::take(text);
     }
 
+    /// The models the engine can run, each with its folder and defaults, as JSON (see `vgen_engine_models`).
+    std::string models_json() const {
+        char *text = nullptr;
+        detail::check(vgen_engine_models(engine_, &text));
+        return detail::take(text);
+    }
+
     /// The C handle, still owned by this object; NULL when empty.
     vgen_engine *get() const noexcept { return engine_; }
     /// Gives up ownership: the caller frees the handle with `vgen_engine_free`. The object becomes empty.

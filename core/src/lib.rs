@@ -4,6 +4,7 @@
 //! engine, the models and schedulers, and video encoding; `libvgen` (C) and `import vgen` (Python) are thin
 //! layers over it.
 
+pub mod backoff;
 pub mod device;
 pub mod encode;
 pub mod engine;

@@ -57,6 +57,7 @@ fn bad_requests_get_their_error_and_the_engine_serves_the_next_job() {
     let dir = scratch("requests");
     let mut models = Models::builtin();
     models.insert(Arc::new(Faulty::new(Arc::new(TestCard::new()))));
+    models.set_default("testcard").unwrap();
     let e = Engine::with_models(EngineConfig { devices: vec![Device::Cpu], ..Default::default() }, models).unwrap();
     let rows = table()["requests"].as_array().unwrap().clone();
     assert!(rows.len() >= 30);

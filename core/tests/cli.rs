@@ -62,6 +62,7 @@ fn json_mode_streams_events_and_writes_every_format() {
     let result = lines.last().unwrap();
     assert_eq!(result["type"], "result");
     assert_eq!(result["seed"], 3);
+    assert_eq!(result["model"], "shapes-tiny", "the default model is the real one");
     assert_eq!(result["paths"].as_array().unwrap().len(), 4);
     assert!(result["peak_memory_bytes"].as_u64().unwrap() > 0);
     for o in &outs {
@@ -75,7 +76,7 @@ fn ctrl_c_cancels_cleanly_and_leaves_no_file() {
     let dir = scratch("sigint");
     let out = dir.join("never.mp4");
     let mut child = vgen()
-        .args(["generate", "--prompt", "slow", "--json", "--steps", "200", "--width", "512", "--height", "512", "--frames", "129"])
+        .args(["generate", "--prompt", "slow", "--model", "testcard", "--json", "--steps", "200", "--width", "512", "--height", "512", "--frames", "129"])
         .arg("--out")
         .arg(&out)
         .stdout(Stdio::piped())
@@ -93,4 +94,56 @@ fn ctrl_c_cancels_cleanly_and_leaves_no_file() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "the exit code says cancelled");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no partial file");
+}
+
+/// The command as a user meets it in their own folder: no `$VGEN_MODELS`, nothing in the user's data folder, run
+/// from an unrelated working directory. The default model is still the real one, found in the source tree this
+/// binary was built from (`make install` tests the install prefix).
+fn elsewhere(name: &str) -> (Command, std::path::PathBuf) {
+    let dir = scratch(name);
+    let mut cmd = vgen();
+    cmd.current_dir(&dir).env_remove("VGEN_MODELS").env("XDG_DATA_HOME", dir.join("no-user-models"));
+    (cmd, dir)
+}
+
+#[test]
+fn the_default_model_is_found_from_any_folder() {
+    let (mut cmd, _dir) = elsewhere("models");
+    let r = cmd.args(["models", "--json"]).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&r.stdout).unwrap();
+    let default: Vec<&serde_json::Value> = list.iter().filter(|m| m["default"] == true).collect();
+    assert_eq!(default.len(), 1, "{list:?}");
+    assert_eq!(default[0]["name"], "shapes-tiny");
+    let source_tree = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/shapes-tiny");
+    assert_eq!(
+        std::path::Path::new(default[0]["folder"].as_str().unwrap()).canonicalize().unwrap(),
+        source_tree.canonicalize().unwrap()
+    );
+    for test_model in ["testcard", "noop", "faulty"] {
+        let m = list.iter().find(|m| m["name"] == test_model).unwrap();
+        assert_eq!((m["test_model"].as_bool(), m["default"].as_bool()), (Some(true), Some(false)), "{test_model}");
+    }
+
+    let (mut cmd, dir) = elsewhere("generate");
+    let r = cmd.args(["generate", "--prompt", "a red circle moving right", "--seed", "1", "--json", "--out", "clip.gif"]).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let last: serde_json::Value =
+        serde_json::from_str(String::from_utf8(r.stdout).unwrap().lines().last().unwrap()).unwrap();
+    assert_eq!((last["model"].as_str(), last["frames"].as_u64()), (Some("shapes-tiny"), Some(17)));
+    assert!(dir.join("clip.gif").is_file(), "written relative to the working directory");
+}
+
+#[test]
+fn the_text_listing_says_where_it_looked() {
+    let (mut cmd, dir) = elsewhere("listing");
+    let r = cmd.env("VGEN_MODELS", dir.join("mine")).arg("models").output().unwrap();
+    let out = String::from_utf8(r.stdout).unwrap();
+    assert!(out.lines().any(|l| l.starts_with("shapes-tiny") && l.ends_with("(default)")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("testcard") && l.ends_with("(test model)")), "{out}");
+    let searched = out.lines().find(|l| l.starts_with("searched: ")).expect(&out);
+    let mine = format!("{} ($VGEN_MODELS)", dir.join("mine").display());
+    let user = format!("{} (user data)", dir.join("no-user-models/vgen/models").display());
+    assert!(searched.find(&mine).unwrap() < searched.find(&user).unwrap(), "{searched}");
+    assert!(searched.contains("(install prefix)") && searched.ends_with("(source tree)"), "{searched}");
 }

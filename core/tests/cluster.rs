@@ -49,6 +49,8 @@ fn node_with(redis: &Redis, role: Role, results: &Path, base: EngineConfig) -> E
         devices: vec![Device::Cpu],
         shutdown_timeout_ms: 2_000,
         backend: Backend::Redis(redis_config(redis, role, results)),
+        // The test card is these tests' default; an engine never picks a test model by itself.
+        default_model: base.default_model.clone().or(Some("testcard".into())),
         ..base
     };
     Engine::new(config).unwrap()
@@ -164,7 +166,7 @@ fn a_worker_killed_mid_job_loses_nothing_another_worker_finishes_it_once() {
     let redis = Redis::start("kill");
     let results = scratch("kill-results");
     let api = node(&redis, Role::Submitter, &results);
-    let mut doomed = worker_process(serde_json::json!({"devices": ["cpu"], "backend": {"redis": redis_config(&redis, Role::Worker, &results)}}));
+    let mut doomed = worker_process(serde_json::json!({"devices": ["cpu"], "default_model": "testcard", "backend": {"redis": redis_config(&redis, Role::Worker, &results)}}));
     let id = api.submit(slow("doomed", 40, 40, 5)).unwrap();
     wait_for_step(&api, id, 3);
     doomed.kill().unwrap(); // SIGKILL: no goodbye, the lease simply stops being renewed
@@ -253,7 +255,7 @@ fn a_worker_stopped_with_sigterm_gives_its_job_back_and_another_finishes_it() {
     let results = scratch("sigterm-results");
     let api = node(&redis, Role::Submitter, &results);
     let rc = RedisConfig { lease_ms: 60_000, ..redis_config(&redis, Role::Worker, &results) };
-    let mut leaving = worker_process(serde_json::json!({"devices": ["cpu"], "shutdown_timeout_ms": 100, "backend": {"redis": rc.clone()}}));
+    let mut leaving = worker_process(serde_json::json!({"devices": ["cpu"], "default_model": "testcard", "shutdown_timeout_ms": 100, "backend": {"redis": rc.clone()}}));
     let id = api.submit(slow("handed over", 40, 40, 6)).unwrap();
     wait_for_step(&api, id, 2);
     let term = Command::new("kill").args(["-TERM", &leaving.id().to_string()]).status().unwrap();

@@ -12,6 +12,8 @@ use vgen_core::{Device, Engine, ErrorCode};
 fn models() -> Models {
     let mut m = Models::builtin();
     m.insert(Arc::new(Faulty::new(Arc::new(TestCard::new()))));
+    // The test card is these tests' default; an engine never picks a test model by itself.
+    m.set_default("testcard").unwrap();
     m
 }
 
@@ -154,8 +156,9 @@ fn deadlines_fail_queued_and_running_jobs() {
 
 #[test]
 fn transient_faults_are_retried_with_backoff_and_others_are_not() {
+    // A device fault (`unavailable`) is retried as the policy allows.
     let e = engine();
-    let id = e.submit(faulty("!fail=internal*2 recovers")).unwrap();
+    let id = e.submit(faulty("!fail=unavailable*2 recovers")).unwrap();
     let s = e.wait(id, WAIT).unwrap();
     assert_eq!((s.state, s.attempt), (JobState::Succeeded, 3));
     let retries: Vec<_> =
@@ -163,11 +166,20 @@ fn transient_faults_are_retried_with_backoff_and_others_are_not() {
     assert_eq!(retries.len(), 2);
     assert_eq!(e.result(id).unwrap().metadata.attempts, 3);
 
-    let id = e.submit(faulty("!fail=internal*5 gives up")).unwrap();
+    let id = e.submit(faulty("!fail=unavailable*5 gives up")).unwrap();
     let s = e.wait(id, WAIT).unwrap();
     assert_eq!((s.state, s.attempt), (JobState::Failed, 3));
     assert!(s.error.as_ref().unwrap().retryable);
     assert!(s.error.unwrap().message.contains("after 3 attempts"));
+
+    // An internal error that comes back the same way is the request's own: one retry, then it fails alone.
+    let id = e.submit(faulty("!fail=internal*5 the same every time")).unwrap();
+    let s = e.wait(id, WAIT).unwrap();
+    assert_eq!((s.state, s.attempt), (JobState::Failed, 2));
+    let message = s.error.unwrap().message;
+    assert!(message.contains("failed the same way on 2 attempts: a fault of this request"), "{message}");
+    let id = e.submit(faulty("!fail=internal*1 once")).unwrap();
+    assert_eq!(e.wait(id, WAIT).unwrap().state, JobState::Succeeded, "a one-off internal error is retried");
 
     let id = e.submit(faulty("!fail=invalid_argument*1 bad")).unwrap();
     let s = e.wait(id, WAIT).unwrap();
@@ -191,6 +203,28 @@ fn out_of_memory_retries_in_degraded_mode_then_fails_with_a_hint() {
     let err = s.error.unwrap();
     assert_eq!(err.code, ErrorCode::ResourceExhausted);
     assert!(err.message.contains("lower width"), "{}", err.message);
+}
+
+/// One user's bad requests must not deny service to the rest: requests that fail the same way on every attempt
+/// (errors, panics, numerical failures) fail alone and leave the device in rotation.
+#[test]
+fn requests_that_always_fail_do_not_open_the_breaker() {
+    let e = engine_with(EngineConfig { breaker: BreakerConfig { failure_threshold: 2, cooldown_ms: 60_000 }, ..config() });
+    for (i, prompt) in ["!fail=internal*100 bad", "!panic*100 bad", "!fail=numerical*100 bad", "!fail=internal*100 again"]
+        .into_iter()
+        .enumerate()
+    {
+        let id = e.submit(Request { seed: Some(i as u64), ..faulty(prompt) }).unwrap();
+        let s = e.wait(id, WAIT).unwrap();
+        assert_eq!((s.state, s.attempt), (JobState::Failed, 2), "{prompt}: one retry, then it fails alone");
+    }
+    assert_eq!(e.devices()[0].1, BreakerState::Closed, "the device stays in rotation");
+    let good = e.submit(small("a good request after the bad ones")).unwrap();
+    assert_eq!(e.wait(good, WAIT).unwrap().state, JobState::Succeeded);
+
+    // Attempts that fail in different ways point at the device, and count against it.
+    let flaky = e.submit(faulty("!fail=internal*1 !panic*2 flaky")).unwrap();
+    assert_eq!(e.wait(flaky, WAIT).unwrap().state, JobState::Succeeded);
 }
 
 #[test]
@@ -460,6 +494,60 @@ fn the_disk_cache_serves_a_new_engine_and_keeps_to_its_budget() {
     }
     let e = engine_with(EngineConfig { cache, ..config() });
     let id = e.submit(Request { seed: Some(103), ..small("fills the disk") }).unwrap();
-    assert_eq!(e.wait(id, WAIT).unwrap().cache_hit, false);
+    assert!(!e.wait(id, WAIT).unwrap().cache_hit);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn without_a_real_model_a_request_that_names_none_is_refused_saying_where_vgen_looked() {
+    let empty = std::env::temp_dir().join(format!("vgen-no-models-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let (models, problems) = Models::discover_in(std::slice::from_ref(&empty));
+    assert!(problems.is_empty());
+    assert_eq!(models.default_name(), None, "a test model is never the default");
+    let e = Engine::with_models(config(), models).unwrap();
+    let err = e.submit(Request::new("a red circle moving right")).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::NotFound);
+    for part in [empty.to_str().unwrap(), "make install", "VGEN_MODELS", "testcard, noop, faulty are test models"] {
+        assert!(err.message().contains(part), "{part:?} in {}", err.message());
+    }
+    // A test model named outright still runs, and a host may make one its default.
+    let id = e.submit(Request { model: Some("testcard".into()), steps: Some(1), ..Request::new("card") }).unwrap();
+    assert_eq!(e.wait(id, WAIT).unwrap().state, JobState::Succeeded);
+    let with_default = EngineConfig { default_model: Some("noop".into()), ..config() };
+    let e = Engine::with_models(with_default, Models::discover_in(std::slice::from_ref(&empty)).0).unwrap();
+    assert!(e.submit(Request::new("x")).is_ok());
+    let bad = EngineConfig { default_model: Some("nope".into()), ..config() };
+    let err = Engine::with_models(bad, Models::builtin()).err().expect("an unknown default model is refused");
+    assert_eq!(err.code(), ErrorCode::InvalidArgument);
+    assert!(err.message().starts_with("default_model: unknown model \"nope\""), "{}", err.message());
+}
+
+#[test]
+fn concurrent_submits_with_one_idempotency_key_make_one_job() {
+    // Repeated, since a race shows only sometimes: each round, 8 threads submit the same keyed request at once.
+    let e = Arc::new(engine_with(config()));
+    for round in 0..20 {
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (e, barrier) = (e.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let r = Request {
+                        idempotency_key: Some(format!("once-{round}")),
+                        steps: Some(1),
+                        seed: Some(round),
+                        ..Request::new("a keyed request")
+                    };
+                    barrier.wait();
+                    e.submit(r).unwrap()
+                })
+            })
+            .collect();
+        let ids: std::collections::BTreeSet<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(ids.len(), 1, "round {round}: one job for one key, got {ids:?}");
+        let id = *ids.first().unwrap();
+        assert_eq!(e.wait(id, WAIT).unwrap().state, JobState::Succeeded);
+    }
+    assert_eq!(e.metrics().submitted, 20, "no job was made beside the 20 keyed ones");
 }

@@ -39,6 +39,7 @@ fn small(prompt: &str) -> Request {
 fn engine() -> Engine {
     let mut models = Models::builtin();
     models.insert(Arc::new(Faulty::new(Arc::new(TestCard::new()))));
+    models.set_default("testcard").unwrap();
     Engine::with_models(EngineConfig { devices: vec![Device::Cpu], ..Default::default() }, models).unwrap()
 }
 

@@ -85,10 +85,14 @@ fn to_c(s: &JobStatus, position: u32, eta: Option<u64>) -> vgen_job_status {
 
 /// Creates an engine from a JSON configuration (the fields of the Rust `EngineConfig`: `devices`,
 /// `workers_per_device`, `queue_capacity`, `retry`, `breaker`, `default_deadline_ms`, `retention`, `cache`,
-/// `limits`, `shutdown_timeout_ms`, ...; unknown fields are an error). `config_json` may be NULL for the
-/// defaults. Models: the built-in ones (`testcard`, the default until a trained model is installed, and `noop`),
-/// model folders under `./models` or `$VGEN_MODELS`, and `faulty`, the test card failing on command
+/// `limits`, `shutdown_timeout_ms`, `default_model`, ...; unknown fields are an error). `config_json` may be NULL
+/// for the defaults. Models: the model folders found, in order, in `$VGEN_MODELS`, the user's data folder
+/// (`$XDG_DATA_HOME/vgen/models`, else `~/.local/share/vgen/models`), the install prefix's `share/vgen/models`
+/// (the folder above libvgen's) and the source tree libvgen was built from, whatever the working directory; and
+/// the test models, never a default: `testcard`, `noop`, and `faulty`, the test card failing on command
 /// (`!fail=CODE*N`, `!panic`, `!oom`, `!slow=MS` in the prompt), so that a host can test how it handles failure.
+/// The default model is `default_model`, else `shapes-tiny`, else the first real model found; with none, a request
+/// that names no model fails with VGEN_STATUS_NOT_FOUND, saying where vgen looked. `vgen_engine_models` lists them.
 ///
 /// \param out receives the engine on success; the caller frees it with `vgen_engine_free`.
 /// Any thread.
@@ -350,6 +354,31 @@ pub unsafe extern "C" fn vgen_engine_devices(engine: *const vgen_engine, json_ou
             .map(|(device, breaker)| serde_json::json!({ "device": device.to_string(), "breaker": breaker }))
             .collect();
         let text = serde_json::Value::Array(devices).to_string();
+        // SAFETY: checked non-NULL.
+        unsafe { write(json_out, owned_string(text), "json_out") }
+    })
+}
+
+/// The models the engine can run, as a JSON array sorted by name, one object per model: `name`, `default`
+/// (whether a request that names no model gets it), `test_model` (`testcard`, `noop`, `faulty`: never a default
+/// by themselves), `folder` (where it was found; null for a built-in model), `weights_bytes`, and the model's
+/// defaults `width`, `height`, `num_frames`, `fps`, `steps`, `guidance_scale`, with `size_multiple` and `dtype`.
+/// Any thread.
+///
+/// \param json_out receives a string the caller frees with `vgen_string_free`.
+///
+/// # Safety
+/// `engine` a live engine; `json_out` valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_engine_models(engine: *const vgen_engine, json_out: *mut *mut c_char) -> vgen_status {
+    guard(|| {
+        // SAFETY: by contract.
+        let e = unsafe { borrow(engine, "engine") }?;
+        if json_out.is_null() {
+            return Err(null("json_out"));
+        }
+        let text = serde_json::to_string(&e.engine.models().summaries())
+            .map_err(|err| core(vgen_core::Error::internal(err.to_string())))?;
         // SAFETY: checked non-NULL.
         unsafe { write(json_out, owned_string(text), "json_out") }
     })

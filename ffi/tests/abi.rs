@@ -230,7 +230,7 @@ fn a_job_that_keeps_no_frames_writes_its_outputs_and_returns_an_empty_video() {
     assert_eq!(wait(e, job, 60_000).unwrap().state, vgen_job_state::VGEN_JOB_SUCCEEDED);
     let mut video = ptr::null_mut();
     assert_eq!(unsafe { vgen_job_result(e, job, &mut video) }, vgen_status::VGEN_STATUS_OK);
-    let (mut data, mut frames, mut height, mut width) = (0x1 as *const u8, 7, 0, 0);
+    let (mut data, mut frames, mut height, mut width) = (std::ptr::dangling::<u8>(), 7, 0, 0);
     let s = unsafe { vgen_video_frames(video, &mut data, &mut frames, &mut height, &mut width, ptr::null_mut()) };
     assert_eq!(s, vgen_status::VGEN_STATUS_OK);
     assert_eq!((data, frames, height, width), (ptr::null(), 0, 32, 32), "no frames, and a NULL a host can test");

@@ -40,13 +40,17 @@ import torch
 
 import mkl_paths
 import model
-import train
 import world
+from dataset import dataset_chunk, latent_statistics, read_latents, to_video
+from grouped_muon import GroupedMuon
+from phase_dit import DitOptimizer, dit_batch, dit_step, hidden_linears
+from phase_vae import vae_batch, vae_loss
+from plan import RUNS, Plan, saved_plan
 
 
 def encoded_clips(run: pathlib.Path) -> dict:
     """A run's encoded training clips and their statistics, as phase 2 reads them (nothing is encoded here)."""
-    data = train.read_latents(run / "latents", train.saved_plan(run)["dataset_clips"])
+    data = read_latents(run / "latents", saved_plan(run)["dataset_clips"])
     data.update(json.loads((run / "latents" / "stats.json").read_text()))
     return data
 
@@ -61,9 +65,9 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def phase_two_setups(compare: str, plan: train.Plan) -> dict:
+def phase_two_setups(compare: str, plan: Plan) -> dict:
     """Two (text encoder, transformer, optimiser) triples built from the same seed, differing only in `compare`."""
-    grouped, per_matrix = train.GroupedMuon, torch.optim.Muon
+    grouped, per_matrix = GroupedMuon, torch.optim.Muon
     variants = {
         "optimizer": [("adamw", "adamw", False, False, grouped), ("muon", "muon", False, False, grouped)],
         "compile": [("eager", "muon", False, False, grouped), ("compiled", "muon", True, False, grouped)],
@@ -76,11 +80,11 @@ def phase_two_setups(compare: str, plan: train.Plan) -> dict:
     for name, optimizer, compiled, bfloat16, muon in variants:
         torch.manual_seed(0)
         text_encoder, transformer = model.build_text_encoder(), model.build_transformer()
-        optimizer = train.DitOptimizer(
+        optimizer = DitOptimizer(
             dataclasses.replace(plan, dit_optimizer=optimizer), text_encoder, transformer, muon=muon
         )
         if bfloat16:
-            model.bfloat16_products(train.hidden_linears(text_encoder, transformer))
+            model.bfloat16_products(hidden_linears(text_encoder, transformer))
         if compiled:
             model.compile_for_training(text_encoder, transformer)
         setups[name] = (text_encoder, transformer, optimizer)
@@ -88,20 +92,20 @@ def phase_two_setups(compare: str, plan: train.Plan) -> dict:
 
 
 def measure_phase_two(run: pathlib.Path, compare: str, steps: int, batch: int) -> dict:
-    plan = dataclasses.replace(train.Plan(), dit_batch=batch)
+    plan = dataclasses.replace(Plan(), dit_batch=batch)
     data = encoded_clips(run)
-    mean, std = train.latent_statistics(data)
+    mean, std = latent_statistics(data)
     tokenizer = model.build_tokenizer()
     setups = phase_two_setups(compare, plan)
     times: dict[str, list[float]] = {name: [] for name in setups}
     losses: dict[str, list[float]] = {name: [] for name in setups}
     warmup = 3  # the first steps warm the caches (and compile)
     for step in range(warmup + steps):
-        clips = train.dit_batch(plan, step, data, mean, std)
+        clips = dit_batch(plan, step, data, mean, std)
         for name, (text_encoder, transformer, optimizer) in setups.items():
             given = tuple(part[: batch * 3 // 4] for part in clips) if name == "three_quarters" else clips
             started = time.perf_counter()
-            loss = train.dit_step(tokenizer, text_encoder, transformer, optimizer, given)
+            loss = dit_step(tokenizer, text_encoder, transformer, optimizer, given)
             if step >= warmup:
                 times[name].append(time.perf_counter() - started)
             losses[name].append(round(loss.item(), 5))
@@ -129,7 +133,7 @@ VAE_VARIANTS = {
 def measure_vae_steps(compare: str, steps: int) -> dict:
     """Phase 1's VAE steps under the two settings of `compare`, on phase 1's own batches: image/frame steps, then
     video/full ones."""
-    plan = train.Plan()
+    plan = Plan()
     setups = {}
     for name, (channels_last, bfloat16) in VAE_VARIANTS[compare].items():
         torch.manual_seed(0)
@@ -143,12 +147,12 @@ def measure_vae_steps(compare: str, steps: int) -> dict:
     warmup = 4
     for first in (0, plan.vae_image_steps):
         for step in range(first, first + warmup + steps):
-            kind, x, weight, gen = train.vae_batch(plan, step)
+            kind, x, weight, gen = vae_batch(plan, step)
             state = gen.get_state()
             for name, (vae, optimizer) in setups.items():
                 gen.set_state(state)  # the same latent noise for both settings
                 started = time.perf_counter()
-                loss, _ = train.vae_loss(plan, vae, kind, x, weight, gen)
+                loss, _ = vae_loss(plan, vae, kind, x, weight, gen)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -171,8 +175,8 @@ def measure_vae_steps(compare: str, steps: int) -> dict:
 def measure_encoding(compare: str, vae, repeats: int) -> dict:
     """Encoding 16 clips drawn as the dataset's are, as phase 1 encodes them, under each setting of `compare`, alternated
     on one VAE (the same weights): seconds a clip, and how far the second setting moves the latents."""
-    scenes, seeds = train.dataset_chunk(0, 16, 0)
-    x = train.to_video(np.stack([world.render(s, int(seed)) for s, seed in zip(scenes, seeds)]))
+    scenes, seeds = dataset_chunk(0, 16, 0)
+    x = to_video(np.stack([world.render(s, int(seed)) for s, seed in zip(scenes, seeds)]))
     vae.eval()
     times: dict[str, list[float]] = {name: [] for name in VAE_VARIANTS[compare]}
     latents = {}
@@ -208,7 +212,7 @@ def main() -> int:
     else:
         if not args.run:
             raise SystemExit(f"--compare {args.compare}: name a --run whose latents/ phase 2 reads")
-        run = train.HERE / "runs" / args.run
+        run = RUNS / args.run
         if not (run / "latents" / "stats.json").exists():
             raise SystemExit(f"{run}: no encoded latents (run phase 1 first)")
         result = measure_phase_two(run, args.compare, args.steps, args.batch)

@@ -38,8 +38,8 @@ HELD_OUT = [
 ]
 # The thresholds, per attribute, from the full evaluation (model card, 208 clips): colour is right in 98-99% of
 # the clips and motion in 97-98%, so a regression in any layer shows there first. These seeds give 8 of 8
-# all-correct with runs/b24's export; shapes are its weakest attribute (92-94%: squares with rounded corners read
-# as circles), so two misses are allowed.
+# all-correct with the shipped model (run `b24`, tools/shapes/README.md); shapes are its weakest attribute
+# (92-94%: squares with rounded corners read as circles), so two misses are allowed.
 MIN_RIGHT = {"color": 8, "motion": 7, "all": 6}
 
 

@@ -15,14 +15,22 @@ import pytest
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import train  # noqa: E402
+import model  # noqa: E402
 import world  # noqa: E402
+from checkpoints import STOP, Checkpoints, Stop  # noqa: E402
+from dataset import LATENT_CHUNK, SCENE_INDEX, TRAINING_SCENES, DatasetClips, dataset_chunk, to_video  # noqa: E402
+from phase_decoder import DecoderFocus, _check_dataset, decoder_batch  # noqa: E402
+from phase_dit import DitOptimizer, dit_batch, hidden_linears, muon_matrices, sigma_shift_at  # noqa: E402
+from phase_vae import outline_band, vae_batch  # noqa: E402
+from plan import Plan  # noqa: E402
+from schedule import learning_rate  # noqa: E402
+from train import reproducing_arguments, share_phase_one_only  # noqa: E402
 
 
 def test_outline_band_is_the_ring_within_two_pixels_of_the_outline_corners_included():
     mask = torch.zeros(1, 1, 2, 16, 16, dtype=torch.bool)
     mask[0, 0, 0, 4:12, 4:12] = True  # an 8x8 square in frame 0; frame 1 is empty
-    band = train.outline_band(mask)[0, 0]
+    band = outline_band(mask)[0, 0]
     expected = np.zeros((16, 16), dtype=bool)
     expected[2:14, 2:14] = True  # up to 2 outside the square
     expected[6:10, 6:10] = False  # more than 2 inside it
@@ -45,19 +53,19 @@ def fake_run(tmp_path: pathlib.Path, seed: int, clips: int) -> pathlib.Path:
 
 def test_decoder_targets_are_the_encoded_clips_of_the_run_that_encoded_them(tmp_path):
     run = fake_run(tmp_path, seed=5, clips=300)
-    dataset = train.DatasetClips(run)
+    dataset = DatasetClips(run)
     assert (dataset.seed, dataset.clips) == (5, 300)  # the encoding run's plan, not the warm-started run's
     for index in (0, 255, 256, 299):  # both chunks, both ends
-        scenes, seeds = train.dataset_chunk(5, 300, index - index % train.LATENT_CHUNK)
+        scenes, seeds = dataset_chunk(5, 300, index - index % LATENT_CHUNK)
         scene, clip = dataset(index)
-        assert scene == scenes[index % train.LATENT_CHUNK]
-        assert (clip == world.render(scene, int(seeds[index % train.LATENT_CHUNK]))).all()
+        assert scene == scenes[index % LATENT_CHUNK]
+        assert (clip == world.render(scene, int(seeds[index % LATENT_CHUNK]))).all()
     held_out = set(world.HELD_OUT)
-    assert all(s.combination not in held_out for s in train.dataset_chunk(5, 300, 0)[0])
+    assert all(s.combination not in held_out for s in dataset_chunk(5, 300, 0)[0])
 
 
 def test_decoder_batch_weights_background_object_and_outline():
-    plan = train.Plan(decoder_batch=2, latent_noise=0.0)
+    plan = Plan(decoder_batch=2, latent_noise=0.0)
     run_scenes = [world.Scene("red", "square", "standing still", "black")] * 2
     data = {
         "scene": torch.zeros(2, dtype=torch.long),
@@ -68,7 +76,7 @@ def test_decoder_batch_weights_background_object_and_outline():
     def dataset(index):
         return run_scenes[index], world.render(run_scenes[index], 7 + index)
 
-    z, x, weight = train.decoder_batch(plan, 0, data, dataset)
+    z, x, weight = decoder_batch(plan, 0, data, dataset)
     assert z.shape == (2, 16, 5, 8, 8) and x.shape == (2, 3, 17, 64, 64)
     assert all(any(torch.equal(latent, stored) for stored in data["mean"]) for latent in z)  # no noise asked
     values = set(weight.unique().tolist())
@@ -78,7 +86,7 @@ def test_decoder_batch_weights_background_object_and_outline():
 
 
 def test_decoder_batch_hands_the_estimate_each_clips_prompt_and_a_noise_level_up_to_the_maximum():
-    plan = train.Plan(decoder_batch=3, latent_noise=0.0, decoder_sigma_max=0.4)
+    plan = Plan(decoder_batch=3, latent_noise=0.0, decoder_sigma_max=0.4)
     scenes = [world.Scene("green", "triangle", "moving left", "gray"), world.Scene("blue", "circle", "growing", "black")]
     data = {"scene": torch.zeros(2, dtype=torch.long), "mean": torch.randn(2, 16, 5, 8, 8), "latents_mean": [0.0] * 16, "latents_std": [1.0] * 16}
     seen = {}
@@ -87,19 +95,19 @@ def test_decoder_batch_hands_the_estimate_each_clips_prompt_and_a_noise_level_up
         seen.update(z=z, prompts=prompts, sigma=sigma, noise=noise)
         return torch.zeros_like(z)
 
-    z, x, _ = train.decoder_batch(plan, 3, data, lambda i: (scenes[i], world.render(scenes[i], i)), estimate)
+    z, x, _ = decoder_batch(plan, 3, data, lambda i: (scenes[i], world.render(scenes[i], i)), estimate)
     assert torch.equal(z, torch.zeros_like(z))  # the decoder reads the estimate, not the stored latent
     assert len(seen["prompts"]) == 3 and ((seen["sigma"] >= 0) & (seen["sigma"] <= 0.4)).all()
     for latent, prompt, clip in zip(seen["z"], seen["prompts"], x):
         i = next(i for i in range(2) if torch.equal(latent, data["mean"][i]))
         assert world.parse(prompt) == scenes[i]  # each clip's own prompt
-        assert torch.equal(clip, train.to_video(world.render(scenes[i], i)[None])[0])
+        assert torch.equal(clip, to_video(world.render(scenes[i], i)[None])[0])
     assert seen["noise"].shape == seen["z"].shape
 
 
 def _scene_data(scenes: list[world.Scene]) -> dict:
     return {
-        "scene": torch.tensor([train.SCENE_INDEX[s] for s in scenes]),
+        "scene": torch.tensor([SCENE_INDEX[s] for s in scenes]),
         "mean": torch.randn(len(scenes), 16, 5, 8, 8),
         "latents_mean": [0.0] * 16, "latents_std": [1.0] * 16,
     }
@@ -107,25 +115,25 @@ def _scene_data(scenes: list[world.Scene]) -> dict:
 
 def test_decoder_focus_draws_each_group_in_proportion_to_its_weight():
     scenes = [world.Scene("green", "triangle", "moving up", "black")] * 3 + [world.Scene("red", "circle", "growing", "gray")] * 5
-    focus = train.DecoderFocus(_scene_data(scenes), {"green triangle": 3.0, "red circle": 1.0})
+    focus = DecoderFocus(_scene_data(scenes), {"green triangle": 3.0, "red circle": 1.0})
     rng = np.random.default_rng(0)
     draws = [focus.draw(rng) for _ in range(4000)]
     assert set(draws) == set(range(8))  # every clip of a group can be drawn
     assert abs(np.mean([d < 3 for d in draws]) - 0.75) < 0.03  # green triangles: 3 / (3 + 1)
     with pytest.raises(SystemExit, match="red circle"):
-        train.DecoderFocus(_scene_data(scenes), {"green triangle": 1.0})
+        DecoderFocus(_scene_data(scenes), {"green triangle": 1.0})
 
 
 def test_decoder_batch_with_full_focus_draws_only_the_weighted_group_and_without_it_draws_as_before():
     scenes = [world.Scene("green", "triangle", "moving up", "black")] * 2 + [world.Scene("red", "circle", "growing", "gray")] * 6
     data = _scene_data(scenes)
     dataset = lambda i: (scenes[i], world.render(scenes[i], i))  # noqa: E731
-    focus = train.DecoderFocus(data, {"green triangle": 1.0, "red circle": 0.0})
+    focus = DecoderFocus(data, {"green triangle": 1.0, "red circle": 0.0})
     for step in range(6):
-        z, _, _ = train.decoder_batch(train.Plan(decoder_batch=4, latent_noise=0.0, decoder_focus=1.0), step, data, dataset, focus=focus)
+        z, _, _ = decoder_batch(Plan(decoder_batch=4, latent_noise=0.0, decoder_focus=1.0), step, data, dataset, focus=focus)
         assert all(any(torch.equal(latent, data["mean"][i]) for i in (0, 1)) for latent in z)
-    plain = train.Plan(decoder_batch=4, latent_noise=0.0)
-    assert torch.equal(train.decoder_batch(plain, 2, data, dataset)[0], train.decoder_batch(plain, 2, data, dataset)[0])
+    plain = Plan(decoder_batch=4, latent_noise=0.0)
+    assert torch.equal(decoder_batch(plain, 2, data, dataset)[0], decoder_batch(plain, 2, data, dataset)[0])
 
 
 def test_decoder_focus_weighs_the_group_whose_shapes_come_back_wrong(monkeypatch):
@@ -139,7 +147,7 @@ def test_decoder_focus_weighs_the_group_whose_shapes_come_back_wrong(monkeypatch
         for latent in z:
             i = next(i for i in range(4) if torch.equal(latent, data["mean"][i]))
             scene = scenes[i] if scenes[i].color == "red" else dataclasses.replace(scenes[i], shape="square")
-            out.append(train.to_video(world.render(scene, i)[None])[0])
+            out.append(to_video(world.render(scene, i)[None])[0])
         return torch.stack(out)
 
     class Vae:
@@ -149,15 +157,15 @@ def test_decoder_focus_weighs_the_group_whose_shapes_come_back_wrong(monkeypatch
         def train(self):
             return self
 
-    monkeypatch.setattr(train.model, "decode_unclamped", decode)
-    weights = train.DecoderFocus.measure(Vae(), data, dataset, seed=0, per_group=2)
+    monkeypatch.setattr(model, "decode_unclamped", decode)
+    weights = DecoderFocus.measure(Vae(), data, dataset, seed=0, per_group=2)
     assert weights["red circle"] == pytest.approx(0.01)  # the floor: right, but still drawn now and then
     assert weights["green triangle"] > 0.3  # a square's fill ratio (~1) against a triangle's (~0.5)
 
 
 def test_checkpoints_save_when_due_never_at_the_last_step_and_stop_after_saving(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    checkpoints = train.Checkpoints(path, minutes=60.0, phase="decoder")
+    checkpoints = Checkpoints(path, minutes=60.0, phase="decoder")
     checkpoints.after_step(1, 10, lambda: {"step": 1})
     assert not path.exists()  # not due yet
     checkpoints.minutes = 0.0
@@ -166,21 +174,21 @@ def test_checkpoints_save_when_due_never_at_the_last_step_and_stop_after_saving(
     checkpoints.after_step(10, 10, lambda: {"step": 10})
     assert torch.load(path)["step"] == 2  # the finished phase saves its result, not a checkpoint
     checkpoints.minutes = 60.0
-    monkeypatch.setitem(train.STOP, "signal", "SIGTERM")
+    monkeypatch.setitem(STOP, "signal", "SIGTERM")
     try:
         checkpoints.after_step(3, 10, lambda: {"step": 3})
         raise AssertionError("a requested stop must end the phase")
-    except train.Stop as stop:
+    except Stop as stop:
         assert "decoder checkpoint at step 3" in str(stop)
     assert torch.load(path)["step"] == 3  # saved before stopping: a rerun resumes at step 3
 
 
 def test_vae_edge_weight_adds_the_outline_band_and_zero_leaves_the_weights_as_they_were():
-    plain = train.Plan(vae_image_batch=4)
+    plain = Plan(vae_image_batch=4)
     edged = dataclasses.replace(plain, vae_edge_weight=16.0)
     for step in (0, 3, 2000, 2003):  # image, frame, video and full steps
-        kind, x, weight, _ = train.vae_batch(plain, step)
-        _, x2, weight2, _ = train.vae_batch(edged, step)
+        kind, x, weight, _ = vae_batch(plain, step)
+        _, x2, weight2, _ = vae_batch(edged, step)
         assert torch.equal(x, x2), kind  # the same clips
         assert set(torch.unique(weight).tolist()) == {1.0, 1.0 + plain.object_weight}, kind
         extra = weight2 - weight
@@ -192,18 +200,18 @@ def test_vae_edge_weight_adds_the_outline_band_and_zero_leaves_the_weights_as_th
 
 
 def test_sigma_shift_moves_from_its_start_to_its_end_over_phase_two():
-    plan = train.Plan(dit_steps=101, sigma_shift=2.0, sigma_shift_end=1.0)
-    assert train.sigma_shift_at(plan, 0) == 2.0
-    assert train.sigma_shift_at(plan, 50) == pytest.approx(1.5)
-    assert train.sigma_shift_at(plan, 100) == 1.0
-    steady = train.Plan(dit_steps=101, sigma_shift=2.0)
-    assert {train.sigma_shift_at(steady, s) for s in (0, 50, 100)} == {2.0}
+    plan = Plan(dit_steps=101, sigma_shift=2.0, sigma_shift_end=1.0)
+    assert sigma_shift_at(plan, 0) == 2.0
+    assert sigma_shift_at(plan, 50) == pytest.approx(1.5)
+    assert sigma_shift_at(plan, 100) == 1.0
+    steady = Plan(dit_steps=101, sigma_shift=2.0)
+    assert {sigma_shift_at(steady, s) for s in (0, 50, 100)} == {2.0}
     # A higher shift puts the same draws at higher noise: the batch's sigmas fall as the shift falls.
     data = {"scene": torch.zeros(8, dtype=torch.long), "mean": torch.zeros(8, 16, 5, 8, 8)}
     zero, one = torch.zeros(1, 16, 1, 1, 1), torch.ones(1, 16, 1, 1, 1)
-    early = train.dit_batch(dataclasses.replace(plan, dit_batch=64), 0, data, zero, one)[2]
+    early = dit_batch(dataclasses.replace(plan, dit_batch=64), 0, data, zero, one)[2]
     late_plan = dataclasses.replace(plan, dit_batch=64, sigma_shift=1.0, sigma_shift_end=0.0)
-    late = train.dit_batch(late_plan, 0, data, zero, one)[2]
+    late = dit_batch(late_plan, 0, data, zero, one)[2]
     assert (early >= late).all() and (early > late).any()
 
 
@@ -230,19 +238,19 @@ def stand_ins():
 
 def test_learning_rate_held_then_decayed_over_the_last_share_and_cosine_over_all_without_one():
     base, warmup, total = 1e-3, 200, 10000
-    held = [train.learning_rate(base, warmup, total, s, decay=0.3) for s in range(total)]
+    held = [learning_rate(base, warmup, total, s, decay=0.3) for s in range(total)]
     assert held[0] == pytest.approx(base / warmup) and held[warmup - 1] == pytest.approx(base)  # the warmup
     assert set(held[warmup:7001]) == {base}  # held until the last 30% begins
     assert all(a > b for a, b in zip(held[7001:], held[7002:]))  # then falls at every step
     assert held[-1] == pytest.approx(0.1 * base, rel=1e-3)  # to a tenth
-    cosine = [train.learning_rate(base, warmup, total, s) for s in range(total)]
+    cosine = [learning_rate(base, warmup, total, s) for s in range(total)]
     assert cosine[warmup] == base and all(a > b for a, b in zip(cosine[warmup:], cosine[warmup + 1:]))
     assert cosine[5100] == pytest.approx(base * (0.1 + 0.9 * 0.5)) and cosine[-1] == pytest.approx(0.1 * base, rel=1e-3)
 
 
 def test_muon_takes_the_hidden_matrices_and_adamw_every_other_parameter():
     text_encoder, transformer = stand_ins()
-    muon = train.DitOptimizer(train.Plan(dit_optimizer="muon"), text_encoder, transformer)
+    muon = DitOptimizer(Plan(dit_optimizer="muon"), text_encoder, transformer)
     adamw, orthogonal = muon.parts
     assert isinstance(orthogonal, torch.optim.Muon)
     under = lambda part: {id(p) for g in part.param_groups for p in g["params"]}  # noqa: E731
@@ -256,10 +264,10 @@ def test_muon_takes_the_hidden_matrices_and_adamw_every_other_parameter():
     for kept in ("shared.weight", "proj_out.weight", "patch_embedding.weight", "blocks.0.attn1.to_q.bias",
                  "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", "blocks.0.norm2.weight"):
         assert kept not in chosen, kept
-    only = train.DitOptimizer(train.Plan(), text_encoder, transformer)
+    only = DitOptimizer(Plan(), text_encoder, transformer)
     assert len(only.parts) == 1 and under(only.parts[0]) == everything
     with pytest.raises(SystemExit, match="adamw or muon"):
-        train.DitOptimizer(train.Plan(dit_optimizer="sgd"), text_encoder, transformer)
+        DitOptimizer(Plan(dit_optimizer="sgd"), text_encoder, transformer)
 
 
 def test_grouped_muon_takes_torch_muons_steps_and_each_resumes_the_others_checkpoint():
@@ -302,7 +310,7 @@ def test_dit_optimizer_checkpoints_resume_the_same_updates_and_old_adamw_checkpo
     def model_and_optimizer(name):
         torch.manual_seed(0)
         text_encoder, transformer = stand_ins()
-        return text_encoder, transformer, train.DitOptimizer(train.Plan(dit_optimizer=name), text_encoder, transformer)
+        return text_encoder, transformer, DitOptimizer(Plan(dit_optimizer=name), text_encoder, transformer)
 
     def step(text_encoder, transformer, optimizer):
         loss = sum(p.square().sum() for p in [*text_encoder.parameters(), *transformer.parameters()])
@@ -335,21 +343,21 @@ def test_phase_one_is_shared_only_from_a_run_that_trained_it_with_the_same_setti
     source = tmp_path / "first"
     (source / "vae").mkdir(parents=True), (source / "latents").mkdir()
     (source / "vae" / "done").write_text("4000\n"), (source / "latents" / "stats.json").write_text("{}")
-    plan = train.Plan(seed=3, dataset_clips=1024, vae_edge_weight=16.0, dit_lr=1e-3)
+    plan = Plan(seed=3, dataset_clips=1024, vae_edge_weight=16.0, dit_lr=1e-3)
     (source / "plan.json").write_text(json.dumps(dataclasses.asdict(dataclasses.replace(plan, dit_lr=5e-4))))
     other = tmp_path / "other"
     other.mkdir()
     for differing in ({"vae_edge_weight": 0.0}, {"seed": 4}, {"dataset_clips": 2048}):
         with pytest.raises(SystemExit, match=next(iter(differing))):
-            train.share_phase_one_only(other, source, dataclasses.replace(plan, **differing))
+            share_phase_one_only(other, source, dataclasses.replace(plan, **differing))
     assert not any(other.iterdir())  # nothing linked
     run = tmp_path / "run"
     run.mkdir()
-    train.share_phase_one_only(run, source, plan)  # phase 2's settings may differ
+    share_phase_one_only(run, source, plan)  # phase 2's settings may differ
     assert (run / "vae").resolve() == (source / "vae").resolve()
     assert (run / "latents").resolve() == (source / "latents").resolve()
     with pytest.raises(SystemExit, match="name the run that trained it"):
-        train.share_phase_one_only(tmp_path / "third", run, plan)
+        share_phase_one_only(tmp_path / "third", run, plan)
 
 
 def test_the_reproducing_command_leaves_out_the_shared_phase_one_and_the_trial_folder():
@@ -357,7 +365,7 @@ def test_the_reproducing_command_leaves_out_the_shared_phase_one_and_the_trial_f
         "--run", "x", "--phase-one-from", "single", "--seed", "0", "--phase-one-from=single", "--no-evaluate",
         "--out", "tools/shapes/runs/x/shapes-tiny", "--out=elsewhere", "--dit-steps", "7",
     ]
-    assert train.reproducing_arguments(argv) == ["--run", "x", "--seed", "0", "--dit-steps", "7"]
+    assert reproducing_arguments(argv) == ["--run", "x", "--seed", "0", "--dit-steps", "7"]
 
 
 def test_mkl_intel_paths_are_wanted_on_amd_cpus_only_and_at_most_once():
@@ -406,8 +414,8 @@ def test_bfloat16_products_convert_the_hidden_linears_only_and_keep_float32_weig
     torch.manual_seed(0)
     text_encoder, transformer = stand_ins()
     reference = copy.deepcopy(transformer)
-    layers = train.hidden_linears(text_encoder, transformer)
-    weights = {id(p) for p in train.muon_matrices(text_encoder, transformer)}
+    layers = hidden_linears(text_encoder, transformer)
+    weights = {id(p) for p in muon_matrices(text_encoder, transformer)}
     assert len(layers) == 13 and {id(layer.weight) for layer in layers} == weights  # the blocks' and layers' only
     model.bfloat16_products(layers)
     assert all(type(layer) is model.BFloat16Linear for layer in layers)
@@ -474,22 +482,22 @@ def test_dataset_check_passes_the_vae_that_encoded_the_latents_in_their_precisio
             mode = self.conv(video)
             return type("Output", (), {"latent_dist": type("Dist", (), {"mode": lambda _: mode})()})()
 
-    scenes = [train.TRAINING_SCENES[i] for i in (0, 7, 19)]
+    scenes = [TRAINING_SCENES[i] for i in (0, 7, 19)]
     clips = np.stack([world.render(scene, seed) for seed, scene in enumerate(scenes)])
     dataset = lambda i: (scenes[i], clips[i])  # noqa: E731
     vae = StandInVAE(seed=1)
     model.conv_precision(vae, bfloat16=True)
     with torch.no_grad():
-        encoded = vae.encode(train.to_video(clips)).latent_dist.mode()  # the whole batch at once, as phase 1 does
+        encoded = vae.encode(to_video(clips)).latent_dist.mode()  # the whole batch at once, as phase 1 does
     model.conv_precision(vae, bfloat16=False)
-    data = {"scene": torch.tensor([train.SCENE_INDEX[s] for s in scenes]), "mean": encoded}
+    data = {"scene": torch.tensor([SCENE_INDEX[s] for s in scenes]), "mean": encoded}
     with torch.no_grad():
-        train._check_dataset(train.Plan(vae_convolutions="bfloat16"), vae, data, dataset)
+        _check_dataset(Plan(vae_convolutions="bfloat16"), vae, data, dataset)
         assert type(vae.conv) is torch.nn.Conv3d  # back to float32 after the check
         with pytest.raises(SystemExit, match="does not encode to its stored latent"):  # its float32 latents differ
-            train._check_dataset(train.Plan(vae_convolutions="float32"), vae, data, dataset)
+            _check_dataset(Plan(vae_convolutions="float32"), vae, data, dataset)
         with pytest.raises(SystemExit, match="another VAE"):
-            train._check_dataset(train.Plan(vae_convolutions="bfloat16"), StandInVAE(seed=2), data, dataset)
+            _check_dataset(Plan(vae_convolutions="bfloat16"), StandInVAE(seed=2), data, dataset)
         wrong = dict(data, scene=data["scene"].flip(0))
         with pytest.raises(SystemExit, match="another scene"):
-            train._check_dataset(train.Plan(vae_convolutions="bfloat16"), vae, wrong, dataset)
+            _check_dataset(Plan(vae_convolutions="bfloat16"), vae, wrong, dataset)

@@ -130,6 +130,27 @@ impl PyEngine {
     }
 }
 
+impl Drop for PyEngine {
+    /// Shuts the engine down with the GIL released. Python drops an engine holding the GIL (`del`, garbage
+    /// collection, a notebook cell run again), and the shutdown joins the dispatcher thread, which needs the GIL
+    /// to deliver the events the shutdown queues to Python callbacks: holding it here would wait forever.
+    /// During interpreter finalization no thread can take the GIL again; `vgen/__init__.py` closes every live
+    /// engine at exit, before that, so the engine's own drop finds nothing left to deliver.
+    fn drop(&mut self) {
+        let timeout = Duration::from_millis(self.engine.config().shutdown_timeout_ms);
+        Python::attach(|py| {
+            let finalizing = py
+                .import("sys")
+                .and_then(|sys| sys.call_method0("is_finalizing"))
+                .and_then(|f| f.extract::<bool>())
+                .unwrap_or(true);
+            if !finalizing {
+                py.detach(|| self.engine.shutdown(timeout));
+            }
+        });
+    }
+}
+
 /// A finished video, owned by Rust and shared without copies.
 #[pyclass(name = "NativeVideo", module = "vgen._vgen", frozen)]
 struct PyVideo {
@@ -208,7 +229,8 @@ fn cuda_status(py: Python<'_>) -> String {
 }
 
 /// The models of every engine made here, as the C API's `vgen_engine_new` has them: the built-in ones, every Wan
-/// folder in `$VGEN_MODELS` (or `./models`), and `faulty`, the test card failing on command (`!fail=CODE*N`,
+/// folder on the search path (`$VGEN_MODELS`, the user's data folder, this package's `models/`, the install
+/// prefix, the source tree; see `vgen_core::models::SearchPath`), and `faulty`, the test card failing on command (`!fail=CODE*N`,
 /// `!panic`, `!oom`, `!slow=MS` in the prompt) so that a host can test how it handles failure. The second value
 /// lists the model folders that failed to open and were skipped.
 fn engine_models() -> vgen_core::Result<(vgen_core::models::Models, Vec<vgen_core::Error>)> {
@@ -220,23 +242,22 @@ fn engine_models() -> vgen_core::Result<(vgen_core::models::Models, Vec<vgen_cor
 #[pyfunction]
 fn models<'py>(py: Python<'py>) -> PyResult<(Vec<Bound<'py, PyDict>>, Vec<String>)> {
     let (models, problems) = py.detach(engine_models).map_err(to_py)?;
-    let default = models.default_name().unwrap_or("");
     let mut out = Vec::new();
-    for name in models.names() {
-        let model = models.get(Some(name)).map_err(to_py)?;
-        let info = model.info();
+    for m in models.summaries() {
         let d = PyDict::new(py);
-        d.set_item("name", &info.name)?;
-        d.set_item("default", info.name == default)?;
-        d.set_item("width", info.defaults.width)?;
-        d.set_item("height", info.defaults.height)?;
-        d.set_item("num_frames", info.defaults.num_frames)?;
-        d.set_item("fps", info.defaults.fps)?;
-        d.set_item("steps", info.defaults.steps)?;
-        d.set_item("guidance_scale", info.defaults.guidance_scale)?;
-        d.set_item("size_multiple", info.size_multiple)?;
-        d.set_item("dtype", &info.dtype)?;
-        d.set_item("weights_bytes", model.weights_bytes())?;
+        d.set_item("name", &m.name)?;
+        d.set_item("default", m.default)?;
+        d.set_item("width", m.width)?;
+        d.set_item("height", m.height)?;
+        d.set_item("num_frames", m.num_frames)?;
+        d.set_item("fps", m.fps)?;
+        d.set_item("steps", m.steps)?;
+        d.set_item("guidance_scale", m.guidance_scale)?;
+        d.set_item("size_multiple", m.size_multiple)?;
+        d.set_item("dtype", &m.dtype)?;
+        d.set_item("weights_bytes", m.weights_bytes)?;
+        d.set_item("folder", &m.folder)?;
+        d.set_item("test_model", m.test_model)?;
         out.push(d);
     }
     Ok((out, problems.iter().map(|e| e.message().to_string()).collect()))

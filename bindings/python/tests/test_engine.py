@@ -2,9 +2,11 @@
 (here and from another thread), callbacks (order, thread, exactly one terminal event, a raising callback), many
 threads at once, and the examples."""
 import asyncio
+import json
 import random
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import warnings
@@ -335,3 +337,46 @@ def test_examples_run(example, tmp_path):
         assert r.stdout.startswith(f"vgen {vgen.__version__} on libtorch ") and "devices: cpu" in r.stdout
     else:
         assert "step" in r.stdout and out.stat().st_size > 0
+
+
+# Ending an engine while a job runs and a Python callback follows it: each way must return promptly and deliver
+# every event up to the job's terminal one. Each runs in its own interpreter, so a hang fails the test by timeout
+# instead of hanging the suite.
+ENDINGS = {
+    "del": "del job, engine\ngc.collect()",
+    "close": "engine.close(0)",
+    "exit": "pass  # the interpreter exits with the engine alive",
+    "callback": "pass  # the progress callback below drops the last reference itself",
+}
+ENDING_SCRIPT = textwrap.dedent("""
+    import gc, json, sys, time, vgen
+    events = []
+    def on_event(ev):
+        events.append(ev["type"])
+        if ENDING == "callback" and ev["type"] == "progress" and "engine" in holder:
+            holder.pop("engine").close(0)  # the callback ends the engine it is called from
+    holder = {}
+    engine = vgen.Engine(devices=["cpu"])
+    job = engine.submit("a red circle moving right", model="testcard", steps=200, width=256, height=256,
+                        on_progress=on_event, on_done=on_event)
+    if ENDING == "callback":
+        holder["engine"] = engine
+        del engine
+    time.sleep(0.3)
+    ENDING_CODE
+    deadline = time.time() + 10
+    while "finished" not in events and time.time() < deadline and ENDING != "exit":
+        time.sleep(0.01)
+    print(json.dumps(events), flush=True)
+""")
+
+
+@pytest.mark.parametrize("ending", sorted(ENDINGS))
+def test_ending_an_engine_mid_job_never_hangs_and_loses_no_event(ending, tmp_path):
+    script = f"ENDING = {ending!r}\n" + ENDING_SCRIPT.replace("ENDING_CODE", ENDINGS[ending])
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    events = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "progress" in events, events
+    if ending != "exit":
+        assert events[-1] == "finished" and events.count("finished") == 1, events

@@ -1,5 +1,6 @@
 """`vgen.generate`: one call on a default engine with a progress bar (tqdm's, or a plain one without tqdm), the
 job's errors raised as their classes, and Ctrl-C cancelling the job."""
+import os
 import signal
 import subprocess
 import sys
@@ -112,3 +113,18 @@ def test_ctrl_c_cancels_the_job_and_raises_keyboard_interrupt(tmp_path):
     assert "interrupted; cancelled: 1" in out, (out, err)
     assert "KeyboardInterrupt" in err and child.returncode == -signal.SIGINT, (child.returncode, err[-2000:])
 
+
+
+def test_generate_uses_the_real_default_model_from_any_folder(tmp_path):
+    # A user's own project: another working directory, no $VGEN_MODELS, no models in the user's data folder.
+    env = {k: v for k, v in os.environ.items() if k != "VGEN_MODELS"}
+    env["XDG_DATA_HOME"] = str(tmp_path / "no-user-models")
+    code = textwrap.dedent("""
+        import json, vgen
+        video = vgen.generate("a red circle moving right", seed=1, progress=False)
+        print(json.dumps({"model": video.metadata["model"], "steps": video.metadata["steps"]}))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().endswith('{"model": "shapes-tiny", "steps": 20}'), r.stdout

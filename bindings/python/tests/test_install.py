@@ -23,13 +23,15 @@ CHECK = textwrap.dedent("""
     import vgen, torch
     package = os.path.dirname(vgen.__file__)
     video = vgen.generate("installed", steps=2, seed=1, progress=False)
+    default = [m for m in vgen.models() if m["default"]]
     maps = open("/proc/self/maps").read().split()
     print(json.dumps({
         "vgen": vgen.__file__, "version": vgen.__version__, "dist_version": importlib.metadata.version("vgen"),
         "requires": importlib.metadata.requires("vgen"), "files": sorted(os.listdir(package)),
         "torch_lib": os.path.join(os.path.dirname(torch.__file__), "lib"),
         "libtorch_loaded": sorted({p for p in maps if p.endswith("/libtorch_cpu.so")}),
-        "shape": list(video.frames.shape),
+        "shape": list(video.frames.shape), "model": video.metadata["model"],
+        "default": [(m["name"], m["folder"]) for m in default],
     }))
 """)
 
@@ -62,7 +64,11 @@ def test_pip_install_into_a_fresh_environment_that_has_torch(tmp_path, capsys):
                            text=True)
     assert "vgen" not in check.stdout, check.stdout
 
-    r = subprocess.run([str(python), "-c", CHECK], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    # A user's own project: another folder, no $VGEN_MODELS, nothing in the user's data folder.
+    user_env = {k: v for k, v in os.environ.items() if k != "VGEN_MODELS"}
+    user_env["XDG_DATA_HOME"] = str(tmp_path / "no-user-models")
+    r = subprocess.run([str(python), "-c", CHECK], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                       env=user_env)
     assert r.returncode == 0, r.stderr[-3000:]
     found = json.loads(r.stdout)
     assert found["vgen"].startswith(site), "the installed package, not the source tree"
@@ -73,3 +79,8 @@ def test_pip_install_into_a_fresh_environment_that_has_torch(tmp_path, capsys):
     assert not any("libtorch" in f or f.endswith(".libs") for f in found["files"]), "no second copy of libtorch"
     assert found["libtorch_loaded"] == [os.path.realpath(os.path.join(found["torch_lib"], "libtorch_cpu.so"))], found
     assert found["shape"] == [17, 64, 64, 3]
+    assert found["model"] == "shapes-tiny", "the default model is the one the package ships"
+    package = os.path.realpath(os.path.dirname(found["vgen"]))
+    assert [(n, os.path.realpath(f)) for n, f in found["default"]] == [
+        ("shapes-tiny", os.path.join(package, "models", "shapes-tiny"))], found["default"]
+    assert "models" in found["files"]

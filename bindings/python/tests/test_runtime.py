@@ -1,5 +1,6 @@
 """What vgen runs on: the torch wheel's libtorch, the devices it sees (probed), the models an engine has."""
 import json
+import os
 import subprocess
 
 import pytest
@@ -41,14 +42,19 @@ def test_cuda_status_says_why(cli):
 
 
 def test_models_lists_what_an_engine_can_run(cli, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # ./models is searched: an empty folder here
+    monkeypatch.chdir(tmp_path)  # the working directory plays no part in finding models
+    monkeypatch.delenv("VGEN_MODELS", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "no-user-models"))
     models = {m["name"]: m for m in vgen.models()}
-    assert {"testcard", "noop", "faulty"} <= models.keys()
-    assert [n for n, m in models.items() if m["default"]] == ["testcard"]
+    assert {"testcard", "noop", "faulty", "shapes-tiny"} <= models.keys()
+    assert [n for n, m in models.items() if m["default"]] == ["shapes-tiny"], "the real model, from any folder"
+    assert all(models[n]["test_model"] and models[n]["folder"] is None for n in ("testcard", "noop", "faulty"))
+    assert os.path.isfile(os.path.join(models["shapes-tiny"]["folder"], "model_index.json"))
     card = models["testcard"]
     assert (card["width"], card["height"], card["num_frames"], card["steps"], card["size_multiple"]) == (64, 64, 17, 8, 16)
     cli_models = json.loads(subprocess.run([str(cli), "models", "--json"], capture_output=True, text=True,
                                            timeout=60, cwd=tmp_path).stdout)
+    assert {m["name"] for m in cli_models} == models.keys()
     for m in cli_models:
         ours = models[m["name"]]
         assert (ours["default"], ours["weights_bytes"], ours["steps"], ours["dtype"]) == (

@@ -25,6 +25,7 @@ import os
 import tempfile
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Generator, Optional, Sequence, Union
 
@@ -370,6 +371,7 @@ class Engine:
         except TypeError as e:
             raise TypeError(f"the engine configuration must be JSON values: {e}") from None
         self._native: _vgen.Engine = _call(_vgen.Engine, config_json)
+        _live_engines.add(self)
 
     def submit(
         self,
@@ -504,6 +506,17 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# Every engine not yet collected. At interpreter exit each is closed (its jobs cancelled, their last events
+# delivered) while Python still runs: once finalization starts, the engine's threads could not call back into it.
+_live_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_engines() -> None:
+    for engine in list(_live_engines):
+        engine.close(0.0)
 
 
 def _dispatch(handlers: dict[str, Optional[EventCallback]]) -> Callable[[str], None]:
@@ -651,17 +664,20 @@ def cuda_status() -> str:
 
 
 def models() -> list[dict[str, Any]]:
-    """The models an engine made here can run: the built-in ones (``testcard``, ``noop``, ``faulty``) and the Wan
-    folders in ``$VGEN_MODELS`` (or ``./models``). A folder that fails to open is skipped with a warning.
+    """The models an engine made here can run: the built-in test models (``testcard``, ``noop``, ``faulty``,
+    never the default) and the Wan model folders found, in order, in ``$VGEN_MODELS``, the user's data folder
+    (``$XDG_DATA_HOME/vgen/models``, else ``~/.local/share/vgen/models``), this package's own ``models/`` (which
+    ships ``shapes-tiny``), the install prefix's ``share/vgen/models`` and the source tree vgen was built from. The
+    working directory plays no part. A folder that fails to open is skipped with a warning.
 
     Returns:
         A dict per model: ``name``, ``default`` (whether requests that name no model get it), the defaults
         ``width``, ``height``, ``num_frames``, ``fps``, ``steps``, ``guidance_scale``, and ``size_multiple``,
-        ``dtype``, ``weights_bytes``.
+        ``dtype``, ``weights_bytes``, ``folder`` (None for a built-in model) and ``test_model``.
 
     Example:
         >>> [m["name"] for m in vgen.models() if m["default"]]
-        ['testcard']
+        ['shapes-tiny']
     """
     found, problems = _call(_vgen.models)
     for problem in problems:

@@ -37,7 +37,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List the installed models (built-in, and folders under ./models or $VGEN_MODELS).
+    /// List the models: the built-in test models, and the model folders found on the search path ($VGEN_MODELS,
+    /// the user's data folder, the install prefix's share/vgen/models, the source tree's models/).
     Models {
         #[arg(long)]
         json: bool,
@@ -347,34 +348,30 @@ fn devices(json: bool) -> vgen_core::Result<()> {
 
 fn models(json: bool) -> vgen_core::Result<()> {
     let (models, problems) = Models::discover();
-    let default = models.default_name().unwrap_or("").to_string();
-    let list: Vec<serde_json::Value> = models
-        .names()
-        .map(|n| {
-            let m = models.get(Some(n)).expect("listed");
-            let i = m.info();
-            serde_json::json!({
-                "name": i.name, "default": i.name == default, "weights_bytes": m.weights_bytes(),
-                "width": i.defaults.width, "height": i.defaults.height, "frames": i.defaults.num_frames,
-                "steps": i.defaults.steps, "dtype": i.dtype,
-            })
-        })
-        .collect();
+    let list = models.summaries();
     if json {
-        println!("{}", serde_json::Value::Array(list));
+        println!("{}", serde_json::to_string(&list).map_err(|e| vgen_core::Error::internal(e.to_string()))?);
     } else {
-        println!("{:<16} {:>12} {:>14} {:>6}", "model", "weights", "default size", "steps");
+        println!("{:<16} {:>12} {:>14} {:>6}  folder", "model", "weights", "default size", "steps");
         for m in &list {
-            let mark = if m["default"] == true { " (default)" } else { "" };
-            let mb = m["weights_bytes"].as_u64().unwrap_or(0) as f64 / 1e6;
+            let mark = match (m.default, m.test_model) {
+                (true, _) => " (default)",
+                (false, true) => " (test model)",
+                _ => "",
+            };
             println!(
-                "{:<16} {:>9.1} MB {:>14} {:>6}{mark}",
-                m["name"].as_str().unwrap_or(""),
-                mb,
-                format!("{}x{}x{}", m["width"], m["height"], m["frames"]),
-                m["steps"]
+                "{:<16} {:>9.1} MB {:>14} {:>6}  {}{mark}",
+                m.name,
+                m.weights_bytes as f64 / 1e6,
+                format!("{}x{}x{}", m.width, m.height, m.num_frames),
+                m.steps,
+                m.folder.as_deref().unwrap_or("built in"),
             );
         }
+        if let Err(e) = models.get(None) {
+            println!("no default model: {}", e.message());
+        }
+        println!("searched: {}", models.searched().describe());
     }
     for p in problems {
         eprintln!("vgen: warning: skipped a model folder: {p}");

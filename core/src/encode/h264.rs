@@ -18,7 +18,7 @@ pub(crate) struct Mp4Encoder {
 
 /// The target bits per second for a size and rate: 0.25 bits per pixel per frame, at least 400 kbit/s.
 fn bitrate(g: &Geometry) -> u32 {
-    ((g.width * g.height) as f64 * g.fps * 0.25).max(400_000.0).min(50_000_000.0) as u32
+    ((g.width * g.height) as f64 * g.fps * 0.25).clamp(400_000.0, 50_000_000.0) as u32
 }
 
 impl Mp4Encoder {

@@ -99,7 +99,7 @@ pub fn check_writable(path: &Path) -> Result<()> {
 
 /// Opens an encoder for `path` in the format its name asks for.
 pub fn open(path: &Path, g: Geometry) -> Result<Box<dyn VideoEncoder>> {
-    if g.width == 0 || g.height == 0 || !(g.fps > 0.0) {
+    if g.width == 0 || g.height == 0 || g.fps.is_nan() || g.fps <= 0.0 {
         return Err(Error::invalid(format!("cannot encode {}x{} at {} fps", g.width, g.height, g.fps)));
     }
     Ok(match Format::from_path(path)? {

@@ -191,7 +191,7 @@ impl<'a> Attempt<'a> {
     /// files: the model then hands frames to [`Attempt::emit`] as it decodes them and returns a video without
     /// frames, so memory stays that of one chunk. Call it once decoding begins: it closes the flight to new jobs.
     pub fn retains_frames(&mut self) -> bool {
-        self.outputs().map_or(true, |o| o.retain())
+        self.outputs().is_none_or(|o| o.retain())
     }
 
     /// Hands decoded frames, in order, to the jobs' output files. A model that streams calls it for each chunk

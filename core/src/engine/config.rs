@@ -31,6 +31,10 @@ pub struct EngineConfig {
     pub memory_budget_bytes: Option<u64>,
     /// Where jobs wait and their state lives: in this process (the default), or in Redis, shared by many engines.
     pub backend: Backend,
+    /// The model of a request that names none. None: `shapes-tiny` where it is installed, else the first real
+    /// model found (see `models::SearchPath`); an engine never picks a test model by itself, but a host may name
+    /// one here.
+    pub default_model: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -49,6 +53,7 @@ impl Default for EngineConfig {
             shutdown_timeout_ms: 10_000,
             memory_budget_bytes: None,
             backend: Backend::InProcess,
+            default_model: None,
         }
     }
 }

@@ -34,6 +34,9 @@ pub(crate) struct Flight {
     pub writing: AtomicBool,
     /// The queue position last computed by a poll, and the queue version it was computed at (see `Queue`).
     pub position: AtomicU64,
+    /// How the previous attempt failed, if it did: a second failure the same way is the request's fault
+    /// (see `fault.rs`).
+    pub last_failure: Mutex<Option<super::fault::Failure>>,
 }
 
 impl Flight {

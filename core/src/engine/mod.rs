@@ -21,6 +21,7 @@ mod dispatcher;
 mod disk_cache;
 mod eta;
 mod event;
+mod fault;
 mod flight;
 mod job;
 mod metrics;
@@ -121,13 +122,21 @@ macro_rules! clustered {
 }
 
 impl Engine {
-    /// Starts an engine with the built-in models.
+    /// Starts an engine with the built-in models and every model folder on the standard search path
+    /// ([`Models::discover`]); folders that fail to open are logged and skipped.
     pub fn new(config: EngineConfig) -> Result<Self> {
-        Self::with_models(config, Models::builtin())
+        let (models, problems) = Models::discover();
+        for p in problems {
+            tracing::warn!("skipped a model folder: {p}");
+        }
+        Self::with_models(config, models)
     }
 
     /// Starts an engine with these models: one worker thread per device slot, a supervisor and a dispatcher.
-    pub fn with_models(config: EngineConfig, models: Models) -> Result<Self> {
+    pub fn with_models(config: EngineConfig, mut models: Models) -> Result<Self> {
+        if let Some(name) = &config.default_model {
+            models.set_default(name).map_err(|e| Error::invalid(format!("default_model: {}", e.message())))?;
+        }
         // Each worker is a thread: a configuration may not ask for thousands of them.
         if config.workers_per_device == 0 || config.workers_per_device > MAX_WORKERS_PER_DEVICE {
             return Err(Error::invalid(format!("workers_per_device must be 1 to {MAX_WORKERS_PER_DEVICE}")));
@@ -431,8 +440,13 @@ impl Engine {
             let _ = t.join();
         }
         if let Some(d) = self.dispatcher_thread.lock().take() {
+            // Stop comes after every event already queued, so each is delivered before the thread ends.
             let _ = shared.dispatcher.send(dispatcher::Message::Stop);
-            let _ = d.join();
+            // A callback may shut the engine down (a host dropping its last reference from inside one): the
+            // dispatcher cannot join itself, so it is left to finish the queue and end on its own.
+            if d.thread().id() != std::thread::current().id() {
+                let _ = d.join();
+            }
         }
         // After the dispatcher: every local event has reached the cluster's mirror by now.
         #[cfg(feature = "redis")]
@@ -491,9 +505,13 @@ impl Shared {
         if !self.accepting.load(Ordering::Acquire) {
             return Err(Error::new(ErrorCode::ShuttingDown, "the engine is shutting down"));
         }
-        // Idempotency first: a repeated key returns the same job even when the queue is full.
-        if let Some(key) = &request.idempotency_key {
-            if let Some(id) = self.idempotency.lock().get(key).copied() {
+        // Idempotency first: a repeated key returns the same job even when the queue is full. The key's map stays
+        // locked until the new job is registered under it, so that concurrent submits with one key make one job.
+        // Lock order: the idempotency map before in_flight, the queue and the job table; nothing takes it while
+        // holding those (`forget` releases the table first).
+        let mut idempotency = request.idempotency_key.as_ref().map(|_| self.idempotency.lock());
+        if let (Some(key), Some(map)) = (&request.idempotency_key, idempotency.as_deref()) {
+            if let Some(id) = map.get(key).copied() {
                 if let Some(cell) = self.cell(id) {
                     if cell.request != request {
                         return Err(Error::new(
@@ -532,7 +550,8 @@ impl Shared {
         let mut outbox = Vec::new();
 
         if let Some(video) = cached {
-            self.register(&cell, &request);
+            self.register(&cell, &request, idempotency.as_deref_mut());
+            drop(idempotency);
             self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
             self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
             let mut v = (*video).clone();
@@ -568,7 +587,7 @@ impl Shared {
                 members.push(cell.clone());
                 drop(members);
                 drop(in_flight);
-                self.register(&cell, &request);
+                self.register(&cell, &request, idempotency.as_deref_mut());
                 self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
                 self.metrics.deduplicated.fetch_add(1, Ordering::Relaxed);
                 self.arm_deadline(&cell);
@@ -597,6 +616,7 @@ impl Shared {
                 degraded: AtomicBool::new(false),
                 writing: AtomicBool::new(false),
                 position: AtomicU64::new(u64::MAX),
+                last_failure: Mutex::new(None),
             });
             let rank = queue.rank(request.priority, now);
             *flight.rank.lock() = Some(rank);
@@ -609,7 +629,7 @@ impl Shared {
             queue.push(rank, flight.clone(), None);
             in_flight.insert(key, flight);
             // Registered before a worker can see the flight, so no event can refer to an unknown job.
-            self.register(&cell, &request);
+            self.register(&cell, &request, idempotency.as_deref_mut());
             self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
             self.queue_cv.notify_one();
         }
@@ -641,10 +661,12 @@ impl Shared {
         }
     }
 
-    fn register(&self, cell: &Arc<JobCell>, request: &Request) {
+    /// Makes a new job known, under its idempotency key too: `idempotency` is the key map, which `submit` has held
+    /// locked since it checked the key.
+    fn register(&self, cell: &Arc<JobCell>, request: &Request, idempotency: Option<&mut HashMap<String, JobId>>) {
         self.jobs.write().insert(cell.id, cell.clone());
-        if let Some(key) = &request.idempotency_key {
-            self.idempotency.lock().insert(key.clone(), cell.id);
+        if let (Some(key), Some(map)) = (&request.idempotency_key, idempotency) {
+            map.insert(key.clone(), cell.id);
         }
     }
 
@@ -756,7 +778,9 @@ impl Shared {
     }
 
     fn forget(&self, id: JobId) {
-        if let Some(cell) = self.jobs.write().remove(&id) {
+        // The table's lock is released before the key map's is taken (see the lock order in `submit`).
+        let removed = self.jobs.write().remove(&id);
+        if let Some(cell) = removed {
             if let Some(key) = &cell.request.idempotency_key {
                 let mut map = self.idempotency.lock();
                 if map.get(key) == Some(&id) {

@@ -1,11 +1,12 @@
 //! When and how soon a failed attempt is tried again.
 
+use crate::backoff::Backoff;
 use crate::error::{Error, ErrorCode};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// Retries with exponential backoff and jitter: the delay before attempt `n + 1` is
-/// `min(base · 2^(n-1), max) + uniform(0, 0.1 · that)`, so that many jobs failing together do not retry in step.
+/// Retries with exponential backoff and full jitter (`crate::backoff`): the delay before attempt `n + 1` is
+/// uniform in `[0, min(base · 2^(n-1), max)]`, so that many jobs failing together do not retry in step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryPolicy {
@@ -22,12 +23,14 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The delay after failed attempt `attempt` (1-based), given a uniform random number in [0, 1).
+    /// The backoff schedule of these retries.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(Duration::from_millis(self.base_delay_ms), Duration::from_millis(self.max_delay_ms))
+    }
+
+    /// The delay after failed attempt `attempt` (1-based), given a uniform random number in [0, 1].
     pub fn delay(&self, attempt: u32, unit_random: f64) -> Duration {
-        let exp = 2f64.powi(attempt.saturating_sub(1).min(62) as i32);
-        let delay = (self.base_delay_ms as f64 * exp).min(self.max_delay_ms as f64);
-        let jitter = unit_random.clamp(0.0, 1.0) * 0.1 * delay;
-        Duration::from_secs_f64((delay + jitter) / 1000.0)
+        self.backoff().delay(attempt, unit_random)
     }
 
     /// Whether an attempt that failed with `error` should be tried again.
@@ -50,13 +53,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_the_cap_with_at_most_ten_percent_jitter() {
+    fn backoff_doubles_up_to_the_cap_with_full_jitter() {
         let p = RetryPolicy { max_attempts: 9, base_delay_ms: 100, max_delay_ms: 1000 };
-        assert_eq!(p.delay(1, 0.0), Duration::from_millis(100));
-        assert_eq!(p.delay(2, 0.0), Duration::from_millis(200));
-        assert_eq!(p.delay(3, 0.0), Duration::from_millis(400));
-        assert_eq!(p.delay(8, 0.0), Duration::from_millis(1000));
-        assert_eq!(p.delay(2, 0.999_999).as_millis(), 219);
+        assert_eq!(p.delay(1, 1.0), Duration::from_millis(100));
+        assert_eq!(p.delay(2, 1.0), Duration::from_millis(200));
+        assert_eq!(p.delay(3, 1.0), Duration::from_millis(400));
+        assert_eq!(p.delay(8, 1.0), Duration::from_millis(1000));
+        assert_eq!(p.delay(3, 0.0), Duration::ZERO);
+        assert_eq!(p.delay(2, 0.25), Duration::from_millis(50));
     }
 
     #[test]

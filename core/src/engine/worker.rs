@@ -9,6 +9,7 @@ use super::Shared;
 use super::attempt::Attempt;
 use super::cell::Outcome;
 use super::event::EventKind;
+use super::fault::{self, Blame};
 use super::flight::Flight;
 use super::job::{JobState, Stage, unix_ms};
 use super::retry::is_transient;
@@ -172,7 +173,15 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
             }
         }
         Err(e) => {
-            if matches!(e.code(), ErrorCode::Internal | ErrorCode::Unavailable) {
+            // Only the device's own faults count against it (see fault.rs): one user's bad request must not take
+            // the device out of rotation for everyone else.
+            let blame = {
+                let mut last = flight.last_failure.lock();
+                let blame = fault::blame(&e, degraded, last.as_ref());
+                *last = Some(fault::Failure::of(&e));
+                blame
+            };
+            if blame == Blame::Device {
                 breaker.record_failure(Instant::now());
             } else {
                 breaker.release();
@@ -180,6 +189,7 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
             let oom = e.code() == ErrorCode::ResourceExhausted;
             let policy = &shared.config.retry;
             let retry = policy.should_retry(&e, number)
+                && blame != Blame::Request
                 && !(oom && degraded)
                 && !shared.stopping.load(Ordering::Acquire)
                 && !flight.members.lock().is_empty();
@@ -220,6 +230,15 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
                         ErrorCode::ResourceExhausted,
                         format!(
                             "{} (out of memory even in degraded mode: lower width, height or num_frames)",
+                            e.message()
+                        ),
+                    )
+                } else if blame == Blame::Request {
+                    Error::new(
+                        e.code(),
+                        format!(
+                            "{} (failed the same way on {number} attempts: a fault of this request, not of the device, \
+                             which stays in service)",
                             e.message()
                         ),
                     )

@@ -6,6 +6,8 @@
 
 pub mod faulty;
 pub mod noop;
+pub mod per_device;
+pub mod search_path;
 pub mod testcard;
 pub mod wan;
 pub mod weights;
@@ -14,6 +16,7 @@ use crate::device::Device;
 use crate::engine::{Attempt, FrameRule, Params};
 use crate::error::{Error, ErrorCode, Result};
 use crate::video::Video;
+pub use search_path::{Origin, SearchPath};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -64,61 +67,106 @@ pub trait Model: Send + Sync + 'static {
     fn weights_bytes(&self) -> u64 {
         0
     }
+
+    /// The folder the model was opened from (none for a built-in model).
+    fn folder(&self) -> Option<&std::path::Path> {
+        None
+    }
+}
+
+/// One model as `vgen models`, Python's `vgen.models()` and the C API's `vgen_engine_models` list it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Summary {
+    pub name: String,
+    /// Whether a request that names no model gets this one.
+    pub default: bool,
+    /// One of the built-in models for tests (`testcard`, `noop`, `faulty`): never a default by itself.
+    pub test_model: bool,
+    /// The folder it was opened from; None for a built-in model.
+    pub folder: Option<String>,
+    pub weights_bytes: u64,
+    pub width: u32,
+    pub height: u32,
+    pub num_frames: u32,
+    pub fps: f64,
+    pub steps: u32,
+    pub guidance_scale: f64,
+    pub size_multiple: u32,
+    pub dtype: String,
 }
 
 /// The models an engine can run, by name, and which one is the default.
+///
+/// Invariant: the default is never a test model (`testcard`, `noop`, `faulty`). It is `shapes-tiny` when found,
+/// else the first real model found on the search path, else the one a host set with [`Models::set_default`];
+/// with none, a request that names no model fails with `not_found`, saying where vgen looked.
 #[derive(Clone, Default)]
 pub struct Models {
     by_name: BTreeMap<String, Arc<dyn Model>>,
     default: Option<String>,
+    /// Where the model folders were looked for, for the error a request without a model gets when none was found.
+    searched: SearchPath,
 }
 
+/// The built-in models that exist for tests: never a default.
+pub const TEST_MODELS: [&str; 3] = [testcard::NAME, noop::NAME, faulty::NAME];
+
 impl Models {
-    /// The models every engine has: the test card (`testcard`, the default until a trained model is installed),
-    /// `noop`, which does no work (for measuring the engine itself), and `faulty`, the test card failing on command
-    /// (`!fail=CODE*N`, `!panic`, `!oom`, `!slow=MS` in the prompt), so that a host can test how it handles failure.
+    /// The models every engine has, none of them a default: the test card (`testcard`), `noop`, which does no work
+    /// (for measuring the engine itself), and `faulty`, the test card failing on command (`!fail=CODE*N`,
+    /// `!panic`, `!oom`, `!slow=MS` in the prompt), so that a host can test how it handles failure.
     pub fn builtin() -> Self {
         let mut m = Self::default();
         let card: Arc<dyn Model> = Arc::new(testcard::TestCard::new());
         m.insert(card.clone());
         m.insert(Arc::new(noop::NoOp::new()));
         m.insert(Arc::new(faulty::Faulty::new(card)));
-        m.default = Some(testcard::NAME.to_string());
         m
     }
 
-    /// The built-in models plus every Wan folder (one holding `model_index.json`) found in the folders named by
-    /// `VGEN_MODELS` (colon-separated) or, when it is unset, in `./models`. A shipped trained model becomes the
-    /// default. Folders that fail to open are reported and skipped.
+    /// The built-in models plus every Wan folder (one holding `model_index.json`) found on the standard search
+    /// path ([`SearchPath::standard`]: `$VGEN_MODELS`, the user's data folder, the install prefix, the source
+    /// tree). Folders that fail to open are reported and skipped.
     pub fn discover() -> (Self, Vec<Error>) {
-        let roots: Vec<std::path::PathBuf> = match std::env::var_os("VGEN_MODELS") {
-            Some(v) => std::env::split_paths(&v).collect(),
-            None => vec![std::path::PathBuf::from("models")],
-        };
-        Self::discover_in(&roots)
+        Self::discover_on(SearchPath::standard())
     }
 
-    /// The built-in models plus every Wan folder found in `roots`; see [`Models::discover`].
+    /// The built-in models plus every Wan folder found in exactly these folders.
     pub fn discover_in(roots: &[std::path::PathBuf]) -> (Self, Vec<Error>) {
+        Self::discover_on(SearchPath::only(roots.iter().cloned()))
+    }
+
+    /// The built-in models plus every Wan folder found on `path`. Where two folders hold a model of the same
+    /// name, the one earlier on the path wins.
+    pub fn discover_on(path: SearchPath) -> (Self, Vec<Error>) {
         let mut m = Self::builtin();
         let mut problems = Vec::new();
-        for root in roots {
-            let Ok(entries) = std::fs::read_dir(&root) else { continue };
+        let mut first_real = None;
+        let mut opened = std::collections::HashSet::new();
+        for root in path.roots() {
+            let Ok(entries) = std::fs::read_dir(&root.path) else { continue };
             let mut dirs: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
             dirs.sort();
             for dir in dirs.into_iter().filter(|d| d.join("model_index.json").is_file()) {
+                // The same folder reached twice (a link, or the source tree named in $VGEN_MODELS) opens once.
+                if !opened.insert(dir.canonicalize().unwrap_or_else(|_| dir.clone())) {
+                    continue;
+                }
                 match wan::pipeline::WanModel::open(&dir) {
                     Ok(model) => {
                         let name = model.info().name.clone();
-                        m.insert(Arc::new(model));
-                        if name == DEFAULT_TRAINED {
-                            m.default = Some(name);
+                        if m.by_name.contains_key(&name) {
+                            continue;
                         }
+                        first_real.get_or_insert_with(|| name.clone());
+                        m.insert(Arc::new(model));
                     }
                     Err(e) => problems.push(e),
                 }
             }
         }
+        m.default = if m.by_name.contains_key(DEFAULT_TRAINED) { Some(DEFAULT_TRAINED.to_string()) } else { first_real };
+        m.searched = path;
         (m, problems)
     }
 
@@ -134,16 +182,17 @@ impl Models {
         self.get(Some(name_or_folder)).map(|m| m.info().name.clone())
     }
 
-    /// Adds or replaces a model. The first model added becomes the default if there is none.
+    /// Adds or replaces a model. The first model added that is not a test model becomes the default if there is
+    /// none.
     pub fn insert(&mut self, model: Arc<dyn Model>) {
         let name = model.info().name.clone();
-        if self.default.is_none() {
+        if self.default.is_none() && !TEST_MODELS.contains(&name.as_str()) {
             self.default = Some(name.clone());
         }
         self.by_name.insert(name, model);
     }
 
-    /// Makes the named model the default.
+    /// Makes the named model the default. A host may choose a test model here (a test does); vgen never does.
     pub fn set_default(&mut self, name: &str) -> Result<()> {
         self.get(Some(name))?;
         self.default = Some(name.to_string());
@@ -154,12 +203,57 @@ impl Models {
     pub fn get(&self, name: Option<&str>) -> Result<Arc<dyn Model>> {
         let name = match name.or(self.default.as_deref()) {
             Some(n) => n,
-            None => return Err(Error::new(ErrorCode::NotFound, "no model is installed")),
+            None => return Err(self.no_default()),
         };
         self.by_name.get(name).cloned().ok_or_else(|| {
             let known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
             Error::new(ErrorCode::NotFound, format!("unknown model {name:?}; installed: {}", known.join(", ")))
         })
+    }
+
+    /// The error of a request that names no model when no real model was found.
+    fn no_default(&self) -> Error {
+        Error::new(
+            ErrorCode::NotFound,
+            format!(
+                "no model was named and no real model is installed: vgen looked for model folders (each holding \
+                 model_index.json, such as {DEFAULT_TRAINED}) in {}. Install the default model with `make install` \
+                 from vgen's source tree, copy a model folder into one of those folders or into a folder named by \
+                 $VGEN_MODELS, or name a model ({} are test models)",
+                self.searched.describe(),
+                TEST_MODELS.join(", ")
+            ),
+        )
+    }
+
+    /// Every model, by name.
+    pub fn summaries(&self) -> Vec<Summary> {
+        self.by_name
+            .values()
+            .map(|m| {
+                let i = m.info();
+                Summary {
+                    name: i.name.clone(),
+                    default: self.default.as_deref() == Some(i.name.as_str()),
+                    test_model: TEST_MODELS.contains(&i.name.as_str()),
+                    folder: m.folder().map(|f| f.display().to_string()),
+                    weights_bytes: m.weights_bytes(),
+                    width: i.defaults.width,
+                    height: i.defaults.height,
+                    num_frames: i.defaults.num_frames,
+                    fps: i.defaults.fps,
+                    steps: i.defaults.steps,
+                    guidance_scale: i.defaults.guidance_scale,
+                    size_multiple: i.size_multiple,
+                    dtype: i.dtype.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Where the model folders were looked for.
+    pub fn searched(&self) -> &SearchPath {
+        &self.searched
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

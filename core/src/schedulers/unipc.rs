@@ -243,9 +243,11 @@ fn solve(a: &[Vec<f32>], b: &[f32]) -> Result<Vec<f32>> {
             return Err(Error::new(crate::ErrorCode::Numerical, "UniPC: singular system"));
         }
         for row in col + 1..n {
-            let f = m[row][col] / m[col][col];
-            for k in col..=n {
-                m[row][k] -= f * m[col][k];
+            let (above, below) = m.split_at_mut(row);
+            let (pivot_row, this_row) = (&above[col], &mut below[0]);
+            let f = this_row[col] / pivot_row[col];
+            for (x, p) in this_row[col..=n].iter_mut().zip(&pivot_row[col..=n]) {
+                *x -= f * p;
             }
         }
     }
@@ -260,7 +262,7 @@ fn solve(a: &[Vec<f32>], b: &[f32]) -> Result<Vec<f32>> {
 fn weighted_sum(weights: &[f32], tensors: &[Tensor]) -> Tensor {
     let mut acc = &tensors[0] * weights[0] as f64;
     for (w, t) in weights.iter().zip(tensors).skip(1) {
-        acc = acc + t * *w as f64;
+        acc += t * *w as f64;
     }
     acc
 }

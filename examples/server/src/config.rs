@@ -63,6 +63,23 @@ pub struct WebhookConfig {
     /// The time limit of one delivery attempt.
     #[serde(default = "default_webhook_timeout_ms")]
     pub timeout_ms: u64,
+    /// Networks that are not public but may receive webhooks (CIDR, e.g. `["10.20.0.0/16", "127.0.0.1"]`).
+    /// Left out, webhooks go only to public addresses: never to this machine, a private network or a link-local
+    /// address such as a cloud's metadata service (see `destination.rs`).
+    #[serde(default)]
+    pub allow_networks: Vec<String>,
+}
+
+impl WebhookConfig {
+    /// The addresses deliveries may reach.
+    pub fn destinations(&self) -> Result<crate::destination::Destinations, String> {
+        let networks = self
+            .allow_networks
+            .iter()
+            .map(|n| n.parse().map_err(|e| format!("webhook.allow_networks: {e}")))
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(crate::destination::Destinations::new(networks))
+    }
 }
 
 /// The most delivery attempts a configuration may ask for, so a dead receiver is not called for days.
@@ -155,6 +172,7 @@ impl ServerConfig {
             if w.timeout_ms == 0 {
                 return Err("webhook.timeout_ms must be positive".into());
             }
+            w.destinations()?;
         }
         if !self.engine.is_object() {
             return Err("engine must be an object (the engine's configuration)".into());

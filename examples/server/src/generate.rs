@@ -148,8 +148,9 @@ fn frames_for(duration: f64, fps: f64, rule: FrameRule, max_frames: u32) -> Resu
     Ok(frames)
 }
 
-/// A webhook URL: absolute, http or https, with a host, short enough to keep in the job's metadata.
-pub fn check_webhook_url(url: &str) -> Result<(), ApiError> {
+/// A webhook URL: absolute, http or https, with a host, short enough to keep in the job's metadata, and not an
+/// address webhooks may not reach (a name is checked when a delivery resolves it).
+pub fn check_webhook_url(url: &str, destinations: &crate::destination::Destinations) -> Result<(), ApiError> {
     if url.len() > MAX_URL_BYTES {
         return Err(ApiError::invalid("webhook_url", format!("has {} bytes; at most {MAX_URL_BYTES}", url.len())));
     }
@@ -157,7 +158,7 @@ pub fn check_webhook_url(url: &str) -> Result<(), ApiError> {
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         return Err(ApiError::invalid("webhook_url", format!("{url:?} must be an http or https URL with a host")));
     }
-    Ok(())
+    destinations.check_url(&parsed).map_err(|e| ApiError::invalid("webhook_url", e))
 }
 
 /// The engine request for a checked body: the video goes to one MP4 file in `results_dir` and nowhere else

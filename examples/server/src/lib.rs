@@ -15,6 +15,7 @@ pub mod generate;
 pub mod progress;
 pub mod routes;
 pub mod status;
+pub mod destination;
 pub mod webhook;
 
 use crate::auth::Tokens;
@@ -78,6 +79,10 @@ impl Server {
             }
             None => (None, None),
         };
+        let destinations = match &config.webhook {
+            Some(w) => w.destinations()?,
+            None => Default::default(),
+        };
         let app = Arc::new(App {
             engine: engine.clone(),
             results_dir,
@@ -86,6 +91,7 @@ impl Server {
             max_body_bytes: config.max_body_bytes,
             max_prompt_chars: config.max_prompt_chars,
             due,
+            destinations,
             events,
         });
         let router = routes::router(app, Arc::new(Tokens::new(&config.tokens)));

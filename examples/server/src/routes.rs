@@ -37,6 +37,8 @@ pub struct App {
     pub max_prompt_chars: usize,
     /// Where finished jobs with a webhook are sent; `None` when no webhook secret is configured.
     pub due: Option<mpsc::UnboundedSender<Due>>,
+    /// The addresses webhooks may go to.
+    pub destinations: crate::destination::Destinations,
     /// The id of every job with a new event (the engine-wide callback), for the WebSockets.
     pub events: broadcast::Sender<JobId>,
 }
@@ -119,7 +121,7 @@ async fn submit(
         if app.due.is_none() {
             return Err(ApiError::invalid("webhook_url", "this server has no webhook secret configured"));
         }
-        generate::check_webhook_url(url)?;
+        generate::check_webhook_url(url, &app.destinations)?;
     }
     let key = match headers.get("idempotency-key") {
         None => None,

@@ -35,6 +35,7 @@ pub const MAX_IN_FLIGHT: usize = 64;
 
 pub struct Webhooks {
     config: WebhookConfig,
+    destinations: crate::destination::Destinations,
     client: reqwest::Client,
     tracker: TaskTracker,
 }
@@ -48,23 +49,30 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     format!("sha256={}", hex(&mac.finalize().into_bytes()))
 }
 
-/// The wait before attempt `attempt + 1`: uniform in [0, min(max, initial · 2^(attempt-1))] ("full jitter"), so
-/// receivers that failed together are not retried in step.
+/// The wait before attempt `attempt + 1`: uniform in [0, min(max, initial · 2^(attempt-1))] ("full jitter", the
+/// engine's own schedule: `vgen_core::backoff`), so receivers that failed together are not retried in step.
 pub fn backoff(config: &WebhookConfig, attempt: u32, unit_random: f64) -> Duration {
-    let ceiling = (config.initial_backoff_ms as f64 * 2f64.powi(attempt.saturating_sub(1).min(30) as i32))
-        .min(config.max_backoff_ms as f64);
-    Duration::from_secs_f64(ceiling * unit_random.clamp(0.0, 1.0) / 1000.0)
+    vgen_core::backoff::Backoff::new(
+        Duration::from_millis(config.initial_backoff_ms),
+        Duration::from_millis(config.max_backoff_ms),
+    )
+    .delay(attempt, unit_random)
 }
 
 impl Webhooks {
     pub fn new(config: WebhookConfig) -> Result<Self, String> {
+        let destinations = config.destinations()?;
         let client = reqwest::Client::builder()
+            // A redirect could point a delivery inward (see destination.rs); a receiver answers 2xx or fails.
             .redirect(reqwest::redirect::Policy::none())
+            // Names resolve to permitted addresses only, at the moment of connecting.
+            .dns_resolver(std::sync::Arc::new(destinations.clone()))
+            .no_proxy()
             .user_agent(concat!("vgen-server/", env!("CARGO_PKG_VERSION")))
             .timeout(Duration::from_millis(config.timeout_ms))
             .build()
             .map_err(|e| format!("cannot build the webhook client: {e}"))?;
-        Ok(Self { config, client, tracker: TaskTracker::new() })
+        Ok(Self { config, destinations, client, tracker: TaskTracker::new() })
     }
 
     /// Runs deliveries as jobs become due, until every sender is dropped. At most [`MAX_IN_FLIGHT`] at once: a
@@ -100,6 +108,11 @@ impl Webhooks {
             Ok(Err(e)) => return eprintln!("vgen-server: webhook for {id}: {e}"),
             Err(e) => return eprintln!("vgen-server: webhook for {id}: {e}"),
         };
+        // Checked again here: the URL may come from another process of the cluster, or an older configuration.
+        let refused = reqwest::Url::parse(&job.url).map_err(|e| e.to_string()).and_then(|u| self.destinations.check_url(&u));
+        if let Err(e) = refused {
+            return eprintln!("vgen-server: webhook for {id} to {} refused: {e}", job.url);
+        }
         let body = serde_json::to_vec(&status_json(&status, base_url)).expect("a JSON value serialises");
         let max = self.config.max_attempts;
         for attempt in 1..=max {
@@ -152,6 +165,7 @@ mod tests {
             initial_backoff_ms: 100,
             max_backoff_ms: 350,
             timeout_ms: 1,
+            allow_networks: Vec::new(),
         };
         assert_eq!(backoff(&c, 1, 1.0), Duration::from_millis(100));
         assert_eq!(backoff(&c, 2, 1.0), Duration::from_millis(200));

@@ -115,7 +115,7 @@ def server(tmp_path):
         "listen": "127.0.0.1:0",
         "tokens": [{"token": TOKEN, "scope": "python"}],
         "results_dir": str(tmp_path / "results"),
-        "engine": {"devices": ["cpu"], "shutdown_timeout_ms": 1000},
+        "engine": {"devices": ["cpu"], "default_model": "testcard", "shutdown_timeout_ms": 1000},
     }
     path = tmp_path / "server.json"
     path.write_text(json.dumps(config))

@@ -89,6 +89,8 @@ static void null_everywhere(void) {
     EXPECT(vgen_job_release(NULL, job), VGEN_STATUS_NULL_PARAMETER);
     EXPECT(vgen_engine_devices(NULL, &string_out), VGEN_STATUS_NULL_PARAMETER);
     EXPECT(vgen_engine_devices(e, NULL), VGEN_STATUS_NULL_PARAMETER);
+    EXPECT(vgen_engine_models(NULL, &string_out), VGEN_STATUS_NULL_PARAMETER);
+    EXPECT(vgen_engine_models(e, NULL), VGEN_STATUS_NULL_PARAMETER);
     EXPECT(vgen_job_events(NULL, job, 0, &string_out), VGEN_STATUS_NULL_PARAMETER);
     EXPECT(vgen_job_events(e, job, 0, NULL), VGEN_STATUS_NULL_PARAMETER);
     EXPECT(vgen_job_error_message(NULL, job, &string_out), VGEN_STATUS_NULL_PARAMETER);

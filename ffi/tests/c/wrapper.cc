@@ -128,6 +128,7 @@ int main() {
         CHECK(engine.metrics_prometheus().find("vgen_jobs_cancelled_total 1") != std::string::npos);
         CHECK(engine.metrics_json().find("\"cancelled\":1") != std::string::npos);
         CHECK(engine.devices_json().find("\"breaker\":\"closed\"") != std::string::npos);
+        CHECK(engine.models_json().find("\"name\":\"testcard\",\"default\":false,\"test_model\":true") != std::string::npos);
     }
     // The engine is gone: every callback had its terminal event once and was destroyed once.
     for (const Seen *seen : {&ok, &thrower, &cancelled}) {

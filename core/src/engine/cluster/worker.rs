@@ -63,7 +63,7 @@ impl Cluster {
         let check = Duration::from_millis(self.config.cancel_check_ms);
         let mut endings: Vec<Ending> = Vec::new();
         let (mut beat, mut checked, mut reclaimed, mut swept) = (Instant::now() - lease, Instant::now(), Instant::now() - lease, Instant::now());
-        let mut backoff = Backoff::default();
+        let mut backoff = Reconnect::default();
         loop {
             let stopping = self.stopping.load(Ordering::Acquire);
             while let Ok(m) = self.mirror.1.try_recv() {
@@ -605,19 +605,21 @@ fn entries(reply: &redis::Value) -> Vec<(String, JobId)> {
     out
 }
 
-/// Exponential backoff with full jitter for a worker that cannot reach Redis: 50 ms doubling to 5 s.
+/// A worker that cannot reach Redis waits before its next try: `crate::backoff`'s schedule, 50 ms doubling to
+/// 5 s, with full jitter.
 #[derive(Default)]
-struct Backoff {
+struct Reconnect {
     failures: u32,
     until: Option<Instant>,
 }
 
-impl Backoff {
+const RECONNECT: crate::backoff::Backoff =
+    crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_millis(5_000));
+
+impl Reconnect {
     fn fail(&mut self) {
-        self.failures = (self.failures + 1).min(16);
-        let cap = (50u64 << self.failures.min(7)).min(5_000);
-        let wait = rand::random::<u64>() % (cap + 1);
-        self.until = Some(Instant::now() + Duration::from_millis(wait));
+        self.failures = self.failures.saturating_add(1);
+        self.until = Some(Instant::now() + RECONNECT.delay_random(self.failures));
     }
     fn reset(&mut self) {
         self.failures = 0;

@@ -15,12 +15,11 @@ use crate::device::Device;
 use crate::engine::{Attempt, FrameRule, Params, Stage};
 use crate::error::{Error, ErrorCode, Result};
 use crate::models::weights::{check_confined, fingerprint, header_elements, read_config, weight_files};
+use crate::models::per_device::PerDevice;
 use crate::models::{Defaults, Model, ModelInfo};
 use crate::schedulers::SchedulerConfig;
 use crate::video::{Frames, Video};
-use parking_lot::Mutex;
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::{Kind, Tensor, nn::VarStore};
@@ -69,7 +68,8 @@ pub struct WanModel {
     vae_config: VaeConfig,
     encoder_config: Umt5Config,
     weight_bytes: u64,
-    loaded: Mutex<HashMap<Device, Arc<Components>>>,
+    /// The networks, loaded once per device however many workers the device has.
+    loaded: PerDevice<Components>,
 }
 
 impl WanModel {
@@ -158,7 +158,7 @@ impl WanModel {
             vae_config,
             encoder_config,
             weight_bytes,
-            loaded: Mutex::new(HashMap::new()),
+            loaded: PerDevice::default(),
         })
     }
 
@@ -166,11 +166,12 @@ impl WanModel {
         &self.tokenizer
     }
 
-    /// The networks on `device`, loading them the first time.
+    /// The networks on `device`, loading them the first time (once, while the device's other workers wait).
     pub fn components(&self, device: Device) -> Result<Arc<Components>> {
-        if let Some(c) = self.loaded.lock().get(&device) {
-            return Ok(c.clone());
-        }
+        self.loaded.get_or_load(device, || self.load(device))
+    }
+
+    fn load(&self, device: Device) -> Result<Components> {
         let dev = device.to_tch();
         let kind = self.compute_kind(device)?;
         let (mut v1, encoder) = load_component(&self.folder.join("text_encoder"), "model", dev, &[], &["encoder.embed_tokens."], |p| {
@@ -186,9 +187,7 @@ impl WanModel {
             v1.set_kind(kind);
             v2.set_kind(kind);
         }
-        let c = Arc::new(Components { _vars: vec![v1, v2, v3], encoder, transformer, vae });
-        self.loaded.lock().insert(device, c.clone());
-        Ok(c)
+        Ok(Components { _vars: vec![v1, v2, v3], encoder, transformer, vae })
     }
 
     /// The dtype the transformer and text encoder compute in on `device`.
@@ -273,6 +272,10 @@ impl Model for WanModel {
 
     fn weights_bytes(&self) -> u64 {
         self.weight_bytes
+    }
+
+    fn folder(&self) -> Option<&Path> {
+        Some(&self.folder)
     }
 
     fn memory_estimate(&self, p: &Params, _device: Device) -> u64 {

@@ -223,7 +223,7 @@ async fn chunked_post(server: &vgen_server::Server, chunks: usize, size: usize) 
 
 #[tokio::test]
 async fn a_full_queue_is_429_with_retry_after() {
-    let engine = json!({"devices": ["cpu"], "queue_capacity": 1, "workers_per_device": 1, "shutdown_timeout_ms": 100});
+    let engine = json!({"devices": ["cpu"], "default_model": "testcard", "queue_capacity": 1, "workers_per_device": 1, "shutdown_timeout_ms": 100});
     let server = start(json!({"engine": engine})).await;
     let alpha = Client::new(&server, ALPHA);
     let running = alpha.submit(slow_job(1, 200, 50)).await;
@@ -241,17 +241,38 @@ async fn a_full_queue_is_429_with_retry_after() {
     server.shutdown().await;
 }
 
+/// A user whose requests always fail (an internal error, a panic) cannot take the only device out of rotation:
+/// each such request fails alone after one retry, and another user's request still runs.
+#[tokio::test]
+async fn one_users_failing_requests_do_not_deny_service_to_the_rest() {
+    let engine = json!({"devices": ["cpu"], "default_model": "testcard", "breaker": {"failure_threshold": 2,
+                        "cooldown_ms": 60000}, "retry": {"base_delay_ms": 1, "max_delay_ms": 5}, "shutdown_timeout_ms": 100});
+    let server = start(json!({"engine": engine})).await;
+    let (alpha, beta) = (Client::new(&server, ALPHA), Client::new(&server, BETA));
+    for (i, prompt) in ["!fail=internal*100 bad", "!panic*100 bad", "!fail=internal*100 worse"].into_iter().enumerate() {
+        let id = alpha
+            .submit(json!({"prompt": prompt, "model": "faulty", "duration": 0.5, "resolution": "64x48", "seed": i}))
+            .await;
+        let done = alpha.finish(&id).await;
+        assert_eq!(done["status"], "failed", "{prompt}");
+        assert!(done["error"]["message"].as_str().unwrap().contains("a fault of this request"), "{done}");
+    }
+    let id = beta.submit(small_job("another user's request", 12)).await;
+    assert_eq!(beta.finish(&id).await["status"], "completed");
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn no_healthy_device_is_503_with_retry_after() {
-    let engine = json!({"devices": ["cpu"], "retry": {"max_attempts": 1},
+    let engine = json!({"devices": ["cpu"], "default_model": "testcard", "retry": {"max_attempts": 1},
                         "breaker": {"failure_threshold": 1, "cooldown_ms": 60000}, "shutdown_timeout_ms": 100});
     let server = start(json!({"engine": engine})).await;
     let alpha = Client::new(&server, ALPHA);
     let id = alpha
-        .submit(json!({"prompt": "broken !fail=internal", "model": "faulty", "duration": 0.5, "resolution": "64x48"}))
+        .submit(json!({"prompt": "device lost !fail=unavailable", "model": "faulty", "duration": 0.5, "resolution": "64x48"}))
         .await;
     let done = alpha.finish(&id).await;
-    assert_eq!((done["status"].clone(), done["error"]["code"].clone()), (json!("failed"), json!("internal")));
+    assert_eq!((done["status"].clone(), done["error"]["code"].clone()), (json!("failed"), json!("unavailable")));
     let r = alpha.post("/generate", small_job("after the failure", 9)).await;
     assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.bytes));
     assert_eq!(r.json()["error"]["code"], "unavailable");

@@ -68,7 +68,7 @@ fn a_bad_configuration_is_refused_with_the_field_named() {
 
 #[tokio::test]
 async fn sigterm_stops_taking_jobs_lets_clients_read_status_then_exits_cleanly() {
-    let engine = json!({"devices": ["cpu"], "shutdown_timeout_ms": 3000});
+    let engine = json!({"devices": ["cpu"], "default_model": "testcard", "shutdown_timeout_ms": 3000});
     let config = config_json(json!({"engine": engine}));
     let (mut child, line) = spawn(&config);
     let url = line.strip_prefix("vgen-server listening on ").unwrap_or_else(|| panic!("{line}")).to_string();

@@ -17,7 +17,7 @@ mod redis_server;
 use redis_server::RedisServer;
 
 fn engine(redis: &RedisServer, role: &str, results: &Path) -> Value {
-    json!({"devices": ["cpu"], "shutdown_timeout_ms": 200, "backend": {"redis": {
+    json!({"devices": ["cpu"], "default_model": "testcard", "shutdown_timeout_ms": 200, "backend": {"redis": {
         "url": redis.url(), "namespace": "service", "role": role, "results_dir": results,
         "lease_ms": 1000, "cancel_check_ms": 20}}})
 }

@@ -13,7 +13,7 @@ pub const SECRET: &str = "webhook-secret-0123456789";
 
 /// The engine configuration most tests use: the CPU, and a short shutdown so a test never waits on a job.
 pub fn engine_json() -> Value {
-    json!({"devices": ["cpu"], "shutdown_timeout_ms": 200})
+    json!({"devices": ["cpu"], "default_model": "testcard", "shutdown_timeout_ms": 200})
 }
 
 /// A results folder of its own for each server.
@@ -37,7 +37,8 @@ pub fn config_json(patch: Value) -> Value {
         "results_dir": results_dir(),
         "max_body_bytes": 4096,
         "max_prompt_chars": 200,
-        "webhook": {"secret": SECRET, "max_attempts": 4, "initial_backoff_ms": 50, "max_backoff_ms": 200, "timeout_ms": 2000},
+        "webhook": {"secret": SECRET, "max_attempts": 4, "initial_backoff_ms": 50, "max_backoff_ms": 200, "timeout_ms": 2000,
+                    "allow_networks": ["127.0.0.0/8"]},
         "engine": engine_json(),
     });
     for (k, v) in patch.as_object().unwrap() {

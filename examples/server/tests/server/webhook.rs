@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use vgen_server::config::ServerConfig;
 
 /// What a receiver saw: each delivery's headers, body and arrival time.
 type Seen = Arc<Mutex<Vec<(HeaderMap, Vec<u8>, Instant)>>>;
@@ -122,4 +123,41 @@ async fn webhooks_need_a_configured_secret() {
     let r = alpha.post("/generate", body).await;
     assert_eq!((r.status, r.json()["error"]["field"].clone()), (400, json!("webhook_url")));
     server.shutdown().await;
+}
+
+/// Server-side request forgery: without `allow_networks`, a client cannot make the server post to this machine
+/// or a private network, whether the URL names the address (refused at submit, 400) or a name that resolves to
+/// it (refused when the delivery connects: the receiver sees nothing). Through the same server, a public-looking
+/// configuration that lists loopback delivers as before (the tests above).
+#[tokio::test]
+async fn webhooks_go_only_to_public_addresses_unless_the_configuration_allows_more() {
+    let (url, seen) = receiver().await;
+    let port = url.rsplit(':').next().unwrap().to_string();
+    let webhook = json!({"secret": SECRET, "max_attempts": 2, "initial_backoff_ms": 10, "max_backoff_ms": 20,
+                         "timeout_ms": 2000});
+    let server = start(json!({ "webhook": webhook })).await;
+    let alpha = Client::new(&server, ALPHA);
+    for refused in [
+        format!("{url}/flaky"),
+        format!("http://[::1]:{port}/flaky"),
+        format!("http://[::ffff:127.0.0.1]:{port}/flaky"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://10.0.0.1/hook".to_string(),
+    ] {
+        let mut body = small_job("inward", 7);
+        body["webhook_url"] = json!(refused);
+        let r = alpha.post("/generate", body).await;
+        assert_eq!((r.status, r.json()["error"]["field"].clone()), (400, json!("webhook_url")), "{refused}");
+        assert!(r.json()["error"]["message"].as_str().unwrap().contains("allow_networks"), "{refused}");
+    }
+    let mut body = small_job("by name", 8);
+    body["webhook_url"] = json!(format!("http://localhost:{port}/flaky"));
+    let id = alpha.submit(body).await;
+    assert_eq!(alpha.finish(&id).await["status"], "completed");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(seen.lock().unwrap().is_empty(), "a name resolving to loopback is refused at connect time");
+    server.shutdown().await;
+
+    let bad = ServerConfig::from_json(&config_json(json!({"webhook": {"secret": SECRET, "allow_networks": ["10.0.0.0/40"]}})).to_string());
+    assert!(bad.expect_err("refused").contains("webhook.allow_networks"));
 }
