@@ -46,10 +46,14 @@ fn submit_to_start(c: &mut Criterion) {
         }
     });
     g.bench_function("baseline_channel_wakeup", |b| {
-        b.iter_custom(|n| (0..n).map(|_| {
-            tx.send(Instant::now()).unwrap();
-            back_rx.recv().unwrap()
-        }).sum())
+        b.iter_custom(|n| {
+            (0..n)
+                .map(|_| {
+                    tx.send(Instant::now()).unwrap();
+                    back_rx.recv().unwrap()
+                })
+                .sum()
+        })
     });
     drop(tx);
     helper.join().unwrap();
@@ -103,7 +107,12 @@ fn throughput(c: &mut Criterion) {
     let mut seed = 1 << 40;
     g.bench_with_input(BenchmarkId::new("engine_noop_jobs", N), &N, |b, &n| {
         b.iter(|| {
-            let ids: Vec<_> = (0..n).map(|_| { seed += 1; e.submit(noop(seed)).unwrap() }).collect();
+            let ids: Vec<_> = (0..n)
+                .map(|_| {
+                    seed += 1;
+                    e.submit(noop(seed)).unwrap()
+                })
+                .collect();
             for id in ids {
                 e.wait(id, None).unwrap();
                 e.release(id).unwrap();

@@ -21,8 +21,7 @@ fn main() {
     let version = std::fs::read_to_string(torch_dir.join("version.py"))
         .ok()
         .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("__version__ = ").map(|v| v.trim_matches(['\'', '"']).to_string()))
+            text.lines().find_map(|l| l.strip_prefix("__version__ = ").map(|v| v.trim_matches(['\'', '"']).to_string()))
         })
         .or_else(|| header_version(&torch_dir))
         .unwrap_or_else(|| "unknown".to_string());

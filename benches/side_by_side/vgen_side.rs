@@ -21,9 +21,8 @@ use vgen_core::models::{Model, Models, weights};
 fn main() {
     vgen_core::runtime::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str| -> Option<String> {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
-    };
+    let flag =
+        |name: &str| -> Option<String> { args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned() };
     let num = |name: &str, default: i64| flag(name).map_or(default, |v| v.parse().expect(name));
     let result = match args.first().map(String::as_str) {
         Some("pipeline") => pipeline(
@@ -171,8 +170,12 @@ fn decode(folder: &Path, [frames, height, width]: [i64; 3], out: &Path) -> vgen_
     let _g = tch::no_grad_guard();
     tch::manual_seed(0);
     let latents = Tensor::randn([1, z_dim, (frames - 1) / 4 + 1, height / 8, width / 8], (Kind::Float, Device::Cpu));
-    let geometry =
-        vgen_core::encode::Geometry { width: width as usize, height: height as usize, fps: 16.0, num_frames: frames as usize };
+    let geometry = vgen_core::encode::Geometry {
+        width: width as usize,
+        height: height as usize,
+        fps: 16.0,
+        num_frames: frames as usize,
+    };
     let started = Instant::now();
     let mut encoder = vgen_core::encode::open(out, geometry)?;
     vae.decode(&latents, |_, _, chunk| {

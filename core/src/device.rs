@@ -39,7 +39,10 @@ impl Device {
                 } else if n == 0 {
                     Err(Error::new(
                         crate::ErrorCode::Unavailable,
-                        format!("{self} was requested but no CUDA GPU is visible: {}", crate::runtime::init().describe()),
+                        format!(
+                            "{self} was requested but no CUDA GPU is visible: {}",
+                            crate::runtime::init().describe()
+                        ),
                     ))
                 } else {
                     Err(Error::new(
@@ -86,11 +89,9 @@ impl FromStr for Device {
         match t.as_str() {
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda(0)),
-            _ => t
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse::<usize>().ok())
-                .map(Device::Cuda)
-                .ok_or_else(|| Error::invalid(format!("unknown device {s:?}: expected \"cpu\", \"cuda\" or \"cuda:N\""))),
+            _ => t.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()).map(Device::Cuda).ok_or_else(|| {
+                Error::invalid(format!("unknown device {s:?}: expected \"cpu\", \"cuda\" or \"cuda:N\""))
+            }),
         }
     }
 }
@@ -131,7 +132,11 @@ impl Device {
         let b = Tensor::f_randn([n, n], (Kind::Float, dev))?;
         let _ = a.f_matmul(&b)?; // warm-up: first calls allocate and pick kernels
         let reps = 8;
-        let sync = || if let Device::Cuda(i) = device { tch::Cuda::synchronize(i as i64) };
+        let sync = || {
+            if let Device::Cuda(i) = device {
+                tch::Cuda::synchronize(i as i64)
+            }
+        };
         sync();
         let start = std::time::Instant::now();
         for _ in 0..reps {

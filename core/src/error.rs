@@ -175,7 +175,10 @@ impl From<tch::TchError> for Error {
     fn from(e: tch::TchError) -> Self {
         let text = e.to_string();
         let lower = text.to_ascii_lowercase();
-        if lower.contains("out of memory") || lower.contains("can't allocate memory") || lower.contains("cannot allocate memory") {
+        if lower.contains("out of memory")
+            || lower.contains("can't allocate memory")
+            || lower.contains("cannot allocate memory")
+        {
             Self::new(ErrorCode::ResourceExhausted, text)
         } else {
             Self::new(ErrorCode::Internal, format!("libtorch: {text}"))

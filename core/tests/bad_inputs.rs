@@ -103,7 +103,9 @@ fn damage(dir: &Path, step: &[Value]) {
         "remove" => std::fs::remove_file(path(1)).unwrap(),
         "write" => std::fs::write(path(1), step[2].as_str().unwrap()).unwrap(),
         "rename" => std::fs::rename(path(1), path(2)).unwrap(),
-        "truncate" => std::fs::OpenOptions::new().write(true).open(path(1)).unwrap().set_len(step[2].as_u64().unwrap()).unwrap(),
+        "truncate" => {
+            std::fs::OpenOptions::new().write(true).open(path(1)).unwrap().set_len(step[2].as_u64().unwrap()).unwrap()
+        }
         "header_length" => {
             let mut bytes = std::fs::read(path(1)).unwrap();
             bytes[..8].copy_from_slice(&step[2].as_u64().unwrap().to_le_bytes());

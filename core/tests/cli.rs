@@ -76,7 +76,10 @@ fn ctrl_c_cancels_cleanly_and_leaves_no_file() {
     let dir = scratch("sigint");
     let out = dir.join("never.mp4");
     let mut child = vgen()
-        .args(["generate", "--prompt", "slow", "--model", "testcard", "--json", "--steps", "200", "--width", "512", "--height", "512", "--frames", "129"])
+        .args([
+            "generate", "--prompt", "slow", "--model", "testcard", "--json", "--steps", "200", "--width", "512",
+            "--height", "512", "--frames", "129",
+        ])
         .arg("--out")
         .arg(&out)
         .stdout(Stdio::piped())
@@ -126,7 +129,10 @@ fn the_default_model_is_found_from_any_folder() {
     }
 
     let (mut cmd, dir) = elsewhere("generate");
-    let r = cmd.args(["generate", "--prompt", "a red circle moving right", "--seed", "1", "--json", "--out", "clip.gif"]).output().unwrap();
+    let r = cmd
+        .args(["generate", "--prompt", "a red circle moving right", "--seed", "1", "--json", "--out", "clip.gif"])
+        .output()
+        .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let last: serde_json::Value =
         serde_json::from_str(String::from_utf8(r.stdout).unwrap().lines().last().unwrap()).unwrap();

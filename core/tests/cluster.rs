@@ -60,7 +60,12 @@ fn node_with(redis: &Redis, role: Role, results: &Path, base: EngineConfig) -> E
 fn worker_process(config: serde_json::Value) -> std::process::Child {
     let path = scratch("worker-config").join("worker.json");
     std::fs::write(&path, config.to_string()).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_vgen")).args(["worker", "--config"]).arg(&path).stderr(Stdio::null()).spawn().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_vgen"))
+        .args(["worker", "--config"])
+        .arg(&path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 /// Waits until the job has finished `steps` denoising steps (it is running, on some worker).
@@ -73,7 +78,14 @@ fn wait_for_step(engine: &Engine, id: vgen_core::JobId, steps: u32) {
 }
 
 fn small(prompt: &str, seed: u64) -> Request {
-    Request { num_frames: Some(5), width: Some(32), height: Some(32), steps: Some(4), seed: Some(seed), ..Request::new(prompt) }
+    Request {
+        num_frames: Some(5),
+        width: Some(32),
+        height: Some(32),
+        steps: Some(4),
+        seed: Some(seed),
+        ..Request::new(prompt)
+    }
 }
 
 fn slow(prompt: &str, step_ms: u64, steps: u32, seed: u64) -> Request {
@@ -125,7 +137,12 @@ fn callbacks_on_the_submitting_node_see_every_event_and_one_end() {
     let _worker = node(&redis, Role::Worker, &results);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
-    let id = api.submit_with(small("callback", 3), Some(Arc::new(move |e: &vgen_core::engine::Event| s.lock().unwrap().push(e.clone())))).unwrap();
+    let id = api
+        .submit_with(
+            small("callback", 3),
+            Some(Arc::new(move |e: &vgen_core::engine::Event| s.lock().unwrap().push(e.clone()))),
+        )
+        .unwrap();
     api.wait(id, WAIT).unwrap();
     let until = Instant::now() + Duration::from_secs(5);
     while !seen.lock().unwrap().iter().any(|e| e.kind.is_terminal()) {
@@ -166,7 +183,9 @@ fn a_worker_killed_mid_job_loses_nothing_another_worker_finishes_it_once() {
     let redis = Redis::start("kill");
     let results = scratch("kill-results");
     let api = node(&redis, Role::Submitter, &results);
-    let mut doomed = worker_process(serde_json::json!({"devices": ["cpu"], "default_model": "testcard", "backend": {"redis": redis_config(&redis, Role::Worker, &results)}}));
+    let mut doomed = worker_process(
+        serde_json::json!({"devices": ["cpu"], "default_model": "testcard", "backend": {"redis": redis_config(&redis, Role::Worker, &results)}}),
+    );
     let id = api.submit(slow("doomed", 40, 40, 5)).unwrap();
     wait_for_step(&api, id, 3);
     doomed.kill().unwrap(); // SIGKILL: no goodbye, the lease simply stops being renewed
@@ -255,7 +274,9 @@ fn a_worker_stopped_with_sigterm_gives_its_job_back_and_another_finishes_it() {
     let results = scratch("sigterm-results");
     let api = node(&redis, Role::Submitter, &results);
     let rc = RedisConfig { lease_ms: 60_000, ..redis_config(&redis, Role::Worker, &results) };
-    let mut leaving = worker_process(serde_json::json!({"devices": ["cpu"], "default_model": "testcard", "shutdown_timeout_ms": 100, "backend": {"redis": rc.clone()}}));
+    let mut leaving = worker_process(
+        serde_json::json!({"devices": ["cpu"], "default_model": "testcard", "shutdown_timeout_ms": 100, "backend": {"redis": rc.clone()}}),
+    );
     let id = api.submit(slow("handed over", 40, 40, 6)).unwrap();
     wait_for_step(&api, id, 2);
     let term = Command::new("kill").args(["-TERM", &leaving.id().to_string()]).status().unwrap();
@@ -263,11 +284,7 @@ fn a_worker_stopped_with_sigterm_gives_its_job_back_and_another_finishes_it() {
     assert!(leaving.wait().unwrap().success(), "a drained worker exits cleanly");
     // The lease is a minute long: only the hand-over lets another worker take the job this soon.
     let started = Instant::now();
-    let config = EngineConfig {
-        devices: vec![Device::Cpu],
-        backend: Backend::Redis(rc),
-        ..EngineConfig::default()
-    };
+    let config = EngineConfig { devices: vec![Device::Cpu], backend: Backend::Redis(rc), ..EngineConfig::default() };
     let next = Engine::new(config).unwrap();
     assert_eq!(api.wait(id, WAIT).unwrap().state, JobState::Succeeded);
     assert!(started.elapsed() < Duration::from_secs(20));

@@ -153,7 +153,8 @@ fn gif_apng_and_png_frames_round_trip() {
 
     let folder = dir.join("frames/");
     encode::write(&folder, &v).unwrap();
-    let mut names: Vec<_> = std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<_> =
+        std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     assert_eq!(names.len(), T);
     assert_eq!(names[0], "frame_00000.png");

@@ -1,10 +1,10 @@
 //! The job engine, end to end, on real models: the test card (a real libtorch computation), `noop`, and
 //! `faulty`, which fails on command.
 
+use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use parking_lot::Mutex;
 use vgen_core::engine::{BreakerConfig, BreakerState, EngineConfig, EventKind, JobState, Request, RetryPolicy, Stage};
 use vgen_core::models::{Models, faulty::Faulty, testcard::TestCard};
 use vgen_core::{Device, Engine, ErrorCode};
@@ -42,7 +42,14 @@ fn wait_running(e: &Engine, id: vgen_core::JobId) {
 
 /// A small, quick test-card request.
 fn small(prompt: &str) -> Request {
-    Request { num_frames: Some(5), width: Some(32), height: Some(32), steps: Some(4), seed: Some(1), ..Request::new(prompt) }
+    Request {
+        num_frames: Some(5),
+        width: Some(32),
+        height: Some(32),
+        steps: Some(4),
+        seed: Some(1),
+        ..Request::new(prompt)
+    }
 }
 
 fn faulty(prompt: &str) -> Request {
@@ -72,8 +79,10 @@ fn a_job_goes_queued_running_succeeded_with_stages_progress_and_a_video() {
     assert_eq!(names[1], "started");
     assert_eq!(names.last(), Some(&"finished"));
     assert_eq!(names.iter().filter(|n| **n == "finished").count(), 1);
-    let stages: Vec<Stage> =
-        events.iter().filter_map(|e| if let EventKind::Stage { stage } = e.kind { Some(stage) } else { None }).collect();
+    let stages: Vec<Stage> = events
+        .iter()
+        .filter_map(|e| if let EventKind::Stage { stage } = e.kind { Some(stage) } else { None })
+        .collect();
     assert_eq!(stages, [Stage::EncodingPrompt, Stage::Generating, Stage::Decoding, Stage::Finalizing]);
     let mut last = 0.0;
     for ev in &events {
@@ -194,7 +203,8 @@ fn out_of_memory_retries_in_degraded_mode_then_fails_with_a_hint() {
     let e = engine();
     let id = e.submit(faulty("!oom-unless-degraded fits when frugal")).unwrap();
     assert_eq!(e.wait(id, WAIT).unwrap().state, JobState::Succeeded);
-    let degraded = e.events(id, 0).unwrap().iter().any(|ev| matches!(ev.kind, EventKind::Started { degraded: true, .. }));
+    let degraded =
+        e.events(id, 0).unwrap().iter().any(|ev| matches!(ev.kind, EventKind::Started { degraded: true, .. }));
     assert!(degraded);
 
     let id = e.submit(faulty("!oom*9 never fits")).unwrap();
@@ -209,10 +219,12 @@ fn out_of_memory_retries_in_degraded_mode_then_fails_with_a_hint() {
 /// (errors, panics, numerical failures) fail alone and leave the device in rotation.
 #[test]
 fn requests_that_always_fail_do_not_open_the_breaker() {
-    let e = engine_with(EngineConfig { breaker: BreakerConfig { failure_threshold: 2, cooldown_ms: 60_000 }, ..config() });
-    for (i, prompt) in ["!fail=internal*100 bad", "!panic*100 bad", "!fail=numerical*100 bad", "!fail=internal*100 again"]
-        .into_iter()
-        .enumerate()
+    let e =
+        engine_with(EngineConfig { breaker: BreakerConfig { failure_threshold: 2, cooldown_ms: 60_000 }, ..config() });
+    for (i, prompt) in
+        ["!fail=internal*100 bad", "!panic*100 bad", "!fail=numerical*100 bad", "!fail=internal*100 again"]
+            .into_iter()
+            .enumerate()
     {
         let id = e.submit(Request { seed: Some(i as u64), ..faulty(prompt) }).unwrap();
         let s = e.wait(id, WAIT).unwrap();
@@ -469,7 +481,8 @@ fn shutdown_drains_then_cancels_and_drop_never_hangs() {
 fn the_disk_cache_serves_a_new_engine_and_keeps_to_its_budget() {
     let dir = std::env::temp_dir().join(format!("vgen-disk-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let cache = vgen_core::engine::CacheConfig { disk_dir: Some(dir.clone()), disk_max_bytes: 40_000, ..Default::default() };
+    let cache =
+        vgen_core::engine::CacheConfig { disk_dir: Some(dir.clone()), disk_max_bytes: 40_000, ..Default::default() };
     let frames = {
         let e = engine_with(EngineConfig { cache: cache.clone(), ..config() });
         let id = e.submit(small("kept on disk")).unwrap();
@@ -486,7 +499,10 @@ fn the_disk_cache_serves_a_new_engine_and_keeps_to_its_budget() {
         let id = e.submit(Request { seed: Some(100 + i), ..small("fills the disk") }).unwrap();
         e.wait(id, WAIT).unwrap();
     }
-    let files = std::fs::read_dir(&dir).unwrap().filter(|f| f.as_ref().unwrap().path().extension().is_some_and(|x| x == "vgen")).count();
+    let files = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|f| f.as_ref().unwrap().path().extension().is_some_and(|x| x == "vgen"))
+        .count();
     assert_eq!(files, 2);
     // A corrupt entry is a miss, not an error.
     for f in std::fs::read_dir(&dir).unwrap() {

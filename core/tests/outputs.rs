@@ -32,7 +32,14 @@ fn entries(dir: &Path) -> Vec<String> {
 }
 
 fn small(prompt: &str) -> Request {
-    Request { num_frames: Some(5), width: Some(32), height: Some(32), steps: Some(4), seed: Some(1), ..Request::new(prompt) }
+    Request {
+        num_frames: Some(5),
+        width: Some(32),
+        height: Some(32),
+        steps: Some(4),
+        seed: Some(1),
+        ..Request::new(prompt)
+    }
 }
 
 /// The built-in models plus `faulty`, which fails, panics or runs slowly on request.
@@ -145,7 +152,11 @@ fn bad_outputs_are_refused_at_submit() {
     let e = engine();
     for (req, code, words) in [
         (Request { outputs: vec![out(&dir, "v.avi")], ..small("x") }, ErrorCode::InvalidArgument, ".mp4"),
-        (Request { outputs: vec![out(&dir, "v.gif"), out(&dir, "v.gif")], ..small("x") }, ErrorCode::InvalidArgument, "twice"),
+        (
+            Request { outputs: vec![out(&dir, "v.gif"), out(&dir, "v.gif")], ..small("x") },
+            ErrorCode::InvalidArgument,
+            "twice",
+        ),
         (Request { keep_frames: Some(false), ..small("x") }, ErrorCode::InvalidArgument, "outputs"),
         (Request { outputs: vec![out(&dir, "missing/v.mp4")], ..small("x") }, ErrorCode::Io, "does not exist"),
         (Request { outputs: vec![String::new()], ..small("x") }, ErrorCode::InvalidArgument, "empty"),
@@ -200,9 +211,8 @@ fn wan_streams_decoded_chunks_into_the_files() {
     models.insert(Arc::new(WanModel::open(&model).unwrap()));
     let e = Engine::with_models(EngineConfig { devices: vec![Device::Cpu], ..Default::default() }, models).unwrap();
     let request = Request { seed: Some(3), num_frames: Some(13), ..Request::new("a red circle") };
-    let streamed = e
-        .submit(Request { outputs: vec![out(&dir, "frames/")], keep_frames: Some(false), ..request.clone() })
-        .unwrap();
+    let streamed =
+        e.submit(Request { outputs: vec![out(&dir, "frames/")], keep_frames: Some(false), ..request.clone() }).unwrap();
     assert_eq!(e.wait(streamed, WAIT).unwrap().state, JobState::Succeeded);
     let frameless = e.result(streamed).unwrap();
     assert_eq!(frameless.frames.num_frames, 0);

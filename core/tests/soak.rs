@@ -202,7 +202,11 @@ fn chaos_every_job_ends_exactly_once_and_nothing_is_left_behind() {
     let (job_duplicate, job_missing) = count(&job_terminals.lock());
     let unfinalized = jobs - finalized.load(Ordering::SeqCst);
     let state = |s| states.get(&s).copied().unwrap_or(0);
-    eprintln!("soak: chaos, {jobs} jobs on 4 workers in {:.1} s ({:.0} jobs/s)", elapsed.as_secs_f64(), jobs as f64 / elapsed.as_secs_f64());
+    eprintln!(
+        "soak: chaos, {jobs} jobs on 4 workers in {:.1} s ({:.0} jobs/s)",
+        elapsed.as_secs_f64(),
+        jobs as f64 / elapsed.as_secs_f64()
+    );
     eprintln!(
         "soak:   ended succeeded {} · failed {} · cancelled {}; attempts retried {}",
         state(JobState::Succeeded),
@@ -210,10 +214,16 @@ fn chaos_every_job_ends_exactly_once_and_nothing_is_left_behind() {
         state(JobState::Cancelled),
         m.retries
     );
-    eprintln!("soak:   terminal events duplicate {} · missing {} (engine callback), duplicate {} · missing {} (job callbacks)",
-        engine_duplicate, engine_missing, job_duplicate, job_missing);
+    eprintln!(
+        "soak:   terminal events duplicate {} · missing {} (engine callback), duplicate {} · missing {} (job callbacks)",
+        engine_duplicate, engine_missing, job_duplicate, job_missing
+    );
     eprintln!("soak:   callbacks not finalised {unfinalized}; engine threads alive after shutdown {threads_after}");
-    eprintln!("soak:   RSS before {:.1} MiB, after {:.1} MiB", rss_before as f64 / 1048576.0, rss_after as f64 / 1048576.0);
+    eprintln!(
+        "soak:   RSS before {:.1} MiB, after {:.1} MiB",
+        rss_before as f64 / 1048576.0,
+        rss_after as f64 / 1048576.0
+    );
 
     assert_eq!(state(JobState::Succeeded) + state(JobState::Failed) + state(JobState::Cancelled), jobs);
     assert!(state(JobState::Succeeded) > jobs / 2, "most jobs survive their faults: {states:?}");

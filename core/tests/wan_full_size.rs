@@ -7,7 +7,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
-use vgen_core::models::wan::{transformer::{TransformerConfig, WanTransformer}, umt5::{Umt5Config, Umt5Encoder}, vae::{VaeConfig, WanVaeDecoder}};
+use vgen_core::models::wan::{
+    transformer::{TransformerConfig, WanTransformer},
+    umt5::{Umt5Config, Umt5Encoder},
+    vae::{VaeConfig, WanVaeDecoder},
+};
 use vgen_core::models::weights::read_config;
 
 fn configs() -> PathBuf {
@@ -33,8 +37,10 @@ fn full_size_vae_decoder_matches_the_manifest_exactly() {
     let config: VaeConfig = read_config(&configs().join("vae")).unwrap();
     let vs = VarStore::new(Device::Cpu);
     let _vae = WanVaeDecoder::new(vs.root(), config).unwrap();
-    let want: BTreeMap<_, _> =
-        manifest("vae").into_iter().filter(|(k, _)| !k.starts_with("encoder.") && !k.starts_with("quant_conv.")).collect();
+    let want: BTreeMap<_, _> = manifest("vae")
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("encoder.") && !k.starts_with("quant_conv."))
+        .collect();
     assert_eq!(shapes(&vs), want);
 }
 
@@ -54,7 +60,8 @@ fn full_size_transformer_and_text_encoder_names_match_the_manifest() {
     let vs = VarStore::new(Device::Cpu);
     Umt5Encoder::new(vs.root(), e).unwrap();
     // transformers ties encoder.embed_tokens to shared; only shared is stored.
-    let want: BTreeMap<_, _> = manifest("text_encoder").into_iter().filter(|(k, _)| k != "encoder.embed_tokens.weight").collect();
+    let want: BTreeMap<_, _> =
+        manifest("text_encoder").into_iter().filter(|(k, _)| k != "encoder.embed_tokens.weight").collect();
     assert_eq!(names(&shapes(&vs)), names(&want));
 }
 

@@ -70,7 +70,8 @@ fn missing_truncated_misshaped_and_pickle_weights_are_named() {
     assert!(e.message().contains("vae") && e.message().contains("diffusion_pytorch_model.safetensors"), "{e}");
 
     let dir = copy("pickle");
-    std::fs::rename(dir.join("vae/diffusion_pytorch_model.safetensors"), dir.join("vae/diffusion_pytorch_model.bin")).unwrap();
+    std::fs::rename(dir.join("vae/diffusion_pytorch_model.safetensors"), dir.join("vae/diffusion_pytorch_model.bin"))
+        .unwrap();
     let e = load_error(&dir);
     assert_eq!(e.code(), ErrorCode::InvalidArgument);
     assert!(e.message().contains("pickle") && e.message().contains(".bin"), "{e}");
@@ -134,7 +135,8 @@ fn sharded_weights_load_through_their_index() {
     let x = tch::Tensor::randn([1, 16, 1, 4, 4], (tch::Kind::Float, tch::Device::Cpu));
     let t = tch::Tensor::from_slice(&[500.0f32]);
     let text = tch::Tensor::randn([1, 4, 32], (tch::Kind::Float, tch::Device::Cpu));
-    let diff = (s.transformer.forward(&x, &t, &text).unwrap() - w.transformer.forward(&x, &t, &text).unwrap()).abs().max();
+    let diff =
+        (s.transformer.forward(&x, &t, &text).unwrap() - w.transformer.forward(&x, &t, &text).unwrap()).abs().max();
     assert_eq!(diff.double_value(&[]), 0.0);
     let _ = std::fs::remove_dir_all(&dir);
 }

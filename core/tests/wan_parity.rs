@@ -42,7 +42,12 @@ fn schedulers_match_timesteps_sigmas_and_every_step() {
             let s = config.build(n).unwrap();
             let t = Tensor::from_slice(s.timesteps());
             let sig = Tensor::from_slice(s.sigmas());
-            assert_close(&format!("{name} n{n} timesteps"), &t, &c[&format!("{name}.n{n}.timesteps")].to_kind(Kind::Float), 1e-5);
+            assert_close(
+                &format!("{name} n{n} timesteps"),
+                &t,
+                &c[&format!("{name}.n{n}.timesteps")].to_kind(Kind::Float),
+                1e-5,
+            );
             assert_close(&format!("{name} n{n} sigmas"), &sig, &c[&format!("{name}.n{n}.sigmas")], 1e-7);
         }
     }
@@ -62,7 +67,8 @@ fn umt5_encoder_matches_transformers() {
     let c = cases("text_encoder.safetensors");
     let folder = fixtures().join("tiny-wan/text_encoder");
     let config = read_config(&folder).unwrap();
-    let (_vs, enc) = wan::load_component(&folder, "model", Device::Cpu, &[], &[], |p| Umt5Encoder::new(p, config)).unwrap();
+    let (_vs, enc) =
+        wan::load_component(&folder, "model", Device::Cpu, &[], &[], |p| Umt5Encoder::new(p, config)).unwrap();
     let _g = tch::no_grad_guard();
     let out = enc.forward(&c["input_ids"], &c["attention_mask"]);
     assert_close("last_hidden_state", &out, &c["last_hidden_state"], 1e-4);
@@ -76,7 +82,8 @@ fn umt5_encoder_matches_transformers() {
 fn tiny_transformer() -> (tch::nn::VarStore, WanTransformer) {
     let folder = fixtures().join("tiny-wan/transformer");
     let config = read_config(&folder).unwrap();
-    wan::load_component(&folder, "diffusion_pytorch_model", Device::Cpu, &[], &[], |p| WanTransformer::new(p, config)).unwrap()
+    wan::load_component(&folder, "diffusion_pytorch_model", Device::Cpu, &[], &[], |p| WanTransformer::new(p, config))
+        .unwrap()
 }
 
 #[test]
@@ -107,10 +114,11 @@ fn vae_decoder_matches_diffusers_chunk_by_chunk() {
     let c = cases("vae.safetensors");
     let folder = fixtures().join("tiny-wan/vae");
     let config = read_config(&folder).unwrap();
-    let (_vs, vae) = wan::load_component(&folder, "diffusion_pytorch_model", Device::Cpu, &[], &["encoder.", "quant_conv."], |p| {
-        WanVaeDecoder::new(p, config)
-    })
-    .unwrap();
+    let (_vs, vae) =
+        wan::load_component(&folder, "diffusion_pytorch_model", Device::Cpu, &[], &["encoder.", "quant_conv."], |p| {
+            WanVaeDecoder::new(p, config)
+        })
+        .unwrap();
     let _g = tch::no_grad_guard();
     let z = &c["decode.z"];
     assert_close("post_quant_conv", &vae.post_quant(z), &c["decode.post_quant_conv"], 1e-5);
@@ -140,8 +148,10 @@ fn tokenizers_give_transformers_ids_and_masks() {
         for case in t["cases"].as_array().unwrap() {
             let prompt = case["prompt"].as_str().unwrap();
             let (ids, mask) = tok.encode(&[prompt]).unwrap();
-            let want_ids: Vec<i64> = case["input_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
-            let want_mask: Vec<i64> = case["attention_mask"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+            let want_ids: Vec<i64> =
+                case["input_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+            let want_mask: Vec<i64> =
+                case["attention_mask"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
             assert_eq!(Vec::<i64>::try_from(ids.view(-1)).unwrap(), want_ids, "{folder}: {prompt:?}");
             assert_eq!(Vec::<i64>::try_from(mask.view(-1)).unwrap(), want_mask, "{folder}: {prompt:?}");
             checked += 1;
@@ -211,7 +221,13 @@ fn the_whole_pipeline_matches_wan_pipeline_from_prompt_to_frames() {
     let den = comps.vae.denormalize(&latents);
     assert_close("denormalized", &den, &c["latents_denormalized"], 1e-4);
     let mut chunks = Vec::new();
-    comps.vae.decode(&den, |_, _, f| { chunks.push(f); Ok(()) }).unwrap();
+    comps
+        .vae
+        .decode(&den, |_, _, f| {
+            chunks.push(f);
+            Ok(())
+        })
+        .unwrap();
     let frames = (Tensor::cat(&chunks, 2) * 0.5 + 0.5).clamp(0.0, 1.0).permute([0, 2, 3, 4, 1]);
     assert_close("frames", &frames, &c["frames"], 1e-4);
     // The same seed drawn in Rust gives the same initial noise as torch.manual_seed(42) in Python.

@@ -241,7 +241,12 @@ pub unsafe extern "C" fn vgen_job_poll(engine: *const vgen_engine, job: u64, out
 /// # Safety
 /// `engine` a live engine; `out` valid for a write.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn vgen_job_wait(engine: *const vgen_engine, job: u64, timeout_ms: i64, out: *mut vgen_job_status) -> vgen_status {
+pub unsafe extern "C" fn vgen_job_wait(
+    engine: *const vgen_engine,
+    job: u64,
+    timeout_ms: i64,
+    out: *mut vgen_job_status,
+) -> vgen_status {
     guard(|| {
         // SAFETY: by contract.
         let e = unsafe { borrow(engine, "engine") }?;
@@ -259,7 +264,11 @@ pub unsafe extern "C" fn vgen_job_wait(engine: *const vgen_engine, job: u64, tim
 /// # Safety
 /// `engine` a live engine; `cancelled_out` NULL or valid for a write.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn vgen_job_cancel(engine: *const vgen_engine, job: u64, cancelled_out: *mut bool) -> vgen_status {
+pub unsafe extern "C" fn vgen_job_cancel(
+    engine: *const vgen_engine,
+    job: u64,
+    cancelled_out: *mut bool,
+) -> vgen_status {
     guard(|| {
         // SAFETY: by contract.
         let e = unsafe { borrow(engine, "engine") }?;
@@ -296,7 +305,12 @@ pub unsafe extern "C" fn vgen_job_release(engine: *const vgen_engine, job: u64) 
 /// # Safety
 /// `engine` a live engine; `json_out` valid for a write.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn vgen_job_events(engine: *const vgen_engine, job: u64, since: u64, json_out: *mut *mut c_char) -> vgen_status {
+pub unsafe extern "C" fn vgen_job_events(
+    engine: *const vgen_engine,
+    job: u64,
+    since: u64,
+    json_out: *mut *mut c_char,
+) -> vgen_status {
     guard(|| {
         // SAFETY: by contract.
         let e = unsafe { borrow(engine, "engine") }?;
@@ -317,7 +331,11 @@ pub unsafe extern "C" fn vgen_job_events(engine: *const vgen_engine, job: u64, s
 /// # Safety
 /// `engine` a live engine; `message_out` valid for a write.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn vgen_job_error_message(engine: *const vgen_engine, job: u64, message_out: *mut *mut c_char) -> vgen_status {
+pub unsafe extern "C" fn vgen_job_error_message(
+    engine: *const vgen_engine,
+    job: u64,
+    message_out: *mut *mut c_char,
+) -> vgen_status {
     guard(|| {
         // SAFETY: by contract.
         let e = unsafe { borrow(engine, "engine") }?;
@@ -391,7 +409,11 @@ pub unsafe extern "C" fn vgen_engine_models(engine: *const vgen_engine, json_out
 /// # Safety
 /// `engine` a live engine; `text_out` valid for a write.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn vgen_engine_metrics(engine: *const vgen_engine, format: u32, text_out: *mut *mut c_char) -> vgen_status {
+pub unsafe extern "C" fn vgen_engine_metrics(
+    engine: *const vgen_engine,
+    format: u32,
+    text_out: *mut *mut c_char,
+) -> vgen_status {
     guard(|| {
         // SAFETY: by contract.
         let e = unsafe { borrow(engine, "engine") }?;
@@ -399,7 +421,12 @@ pub unsafe extern "C" fn vgen_engine_metrics(engine: *const vgen_engine, format:
         let text = match format {
             0 => serde_json::to_string(&m).unwrap_or_default(),
             1 => m.to_prometheus(),
-            other => return Err((vgen_status::VGEN_STATUS_INVALID_ARGUMENT, format!("format {other} is not 0 (JSON) or 1 (Prometheus)"))),
+            other => {
+                return Err((
+                    vgen_status::VGEN_STATUS_INVALID_ARGUMENT,
+                    format!("format {other} is not 0 (JSON) or 1 (Prometheus)"),
+                ));
+            }
         };
         if text_out.is_null() {
             return Err(null("text_out"));
@@ -408,4 +435,3 @@ pub unsafe extern "C" fn vgen_engine_metrics(engine: *const vgen_engine, format:
         unsafe { write(text_out, owned_string(text), "text_out") }
     })
 }
-

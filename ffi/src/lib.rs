@@ -38,9 +38,7 @@ pub extern "C" fn vgen_version() -> *const c_char {
 #[unsafe(no_mangle)]
 pub extern "C" fn vgen_libtorch_version() -> *const c_char {
     static VERSION: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
-    VERSION
-        .get_or_init(|| std::ffi::CString::new(vgen_core::runtime::LIBTORCH_VERSION).unwrap_or_default())
-        .as_ptr()
+    VERSION.get_or_init(|| std::ffi::CString::new(vgen_core::runtime::LIBTORCH_VERSION).unwrap_or_default()).as_ptr()
 }
 
 /// The number of CUDA GPUs libtorch sees. Loads libtorch's CUDA backend on first use when a driver is present.

@@ -83,9 +83,22 @@ pub extern "C" fn vgen_status_name(status: u32) -> *const std::ffi::c_char {
 }
 
 const NAMES: [&str; 16] = [
-    "invalid_argument\0", "not_found\0", "already_exists\0", "queue_full\0", "cancelled\0", "deadline_exceeded\0",
-    "resource_exhausted\0", "unavailable\0", "model\0", "internal\0", "shutting_down\0", "io\0", "unsupported\0",
-    "timeout\0", "not_ready\0", "numerical\0",
+    "invalid_argument\0",
+    "not_found\0",
+    "already_exists\0",
+    "queue_full\0",
+    "cancelled\0",
+    "deadline_exceeded\0",
+    "resource_exhausted\0",
+    "unavailable\0",
+    "model\0",
+    "internal\0",
+    "shutting_down\0",
+    "io\0",
+    "unsupported\0",
+    "timeout\0",
+    "not_ready\0",
+    "numerical\0",
 ];
 
 /// Whether the same call may succeed if retried later unchanged (a full queue, a busy or failing device, ...).

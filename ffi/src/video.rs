@@ -26,7 +26,11 @@ pub struct vgen_video {
 /// # Safety
 /// `engine` a live engine; `out` valid for a write.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn vgen_job_result(engine: *const vgen_engine, job: u64, out: *mut *mut vgen_video) -> vgen_status {
+pub unsafe extern "C" fn vgen_job_result(
+    engine: *const vgen_engine,
+    job: u64,
+    out: *mut *mut vgen_video,
+) -> vgen_status {
     guard(|| {
         // SAFETY: by contract.
         let e = unsafe { borrow(engine, "engine") }?;
@@ -75,7 +79,9 @@ pub unsafe extern "C" fn vgen_video_frames(
             // An empty Vec's pointer is dangling, not NULL: give C a NULL it can test.
             let data = if f.data().is_empty() { std::ptr::null() } else { f.data().as_ptr() };
             write(data_out, data, "data_out")?;
-            for (p, x) in [(frames_out, f.num_frames as u32), (height_out, f.height as u32), (width_out, f.width as u32)] {
+            for (p, x) in
+                [(frames_out, f.num_frames as u32), (height_out, f.height as u32), (width_out, f.width as u32)]
+            {
                 if !p.is_null() {
                     p.write(x);
                 }
@@ -129,7 +135,12 @@ pub unsafe extern "C" fn vgen_video_save(video: *const vgen_video, path: *const 
 /// # Safety
 /// `engine` a live engine; `out` valid for a write; `step_out` NULL or valid for a write.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn vgen_job_preview(engine: *const vgen_engine, job: u64, out: *mut *mut vgen_video, step_out: *mut u32) -> vgen_status {
+pub unsafe extern "C" fn vgen_job_preview(
+    engine: *const vgen_engine,
+    job: u64,
+    out: *mut *mut vgen_video,
+    step_out: *mut u32,
+) -> vgen_status {
     guard(|| {
         // SAFETY: by contract.
         let e = unsafe { borrow(engine, "engine") }?;

@@ -137,8 +137,12 @@ fn a_job_runs_with_its_callback_and_the_finalizer_runs_once() {
         userdata: &counts as *const Counts as *mut c_void,
         finalizer: Some(on_release),
     };
-    let job = submit(e, r#"{"prompt": "x", "model": "noop", "width": 32, "height": 16, "num_frames": 3, "steps": 4}"#, Some(&cb))
-        .unwrap();
+    let job = submit(
+        e,
+        r#"{"prompt": "x", "model": "noop", "width": 32, "height": 16, "num_frames": 3, "steps": 4}"#,
+        Some(&cb),
+    )
+    .unwrap();
     let st = wait(e, job, 30_000).unwrap();
     assert_eq!(st.state, vgen_job_state::VGEN_JOB_SUCCEEDED);
     assert_eq!((st.step, st.steps, st.progress, st.error), (4, 4, 1.0, vgen_status::VGEN_STATUS_OK));
@@ -212,7 +216,10 @@ fn a_failing_job_reports_its_error_code() {
     let e = engine(r#"{"devices": ["cpu"], "retry": {"max_attempts": 1}}"#);
     let job = submit(e, r#"{"prompt": "!fail=unavailable broken", "model": "faulty", "steps": 2}"#, None).unwrap();
     let st = wait(e, job, 30_000).unwrap();
-    assert_eq!((st.state, st.error, st.attempt), (vgen_job_state::VGEN_JOB_FAILED, vgen_status::VGEN_STATUS_UNAVAILABLE, 1));
+    assert_eq!(
+        (st.state, st.error, st.attempt),
+        (vgen_job_state::VGEN_JOB_FAILED, vgen_status::VGEN_STATUS_UNAVAILABLE, 1)
+    );
     unsafe { vgen_engine_free(e) };
 }
 

@@ -10,7 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vgen_core::{ErrorCode, JobId};
 
-pyo3::create_exception!(vgen, VgenError, PyException, "A vgen error: `.code` names it, `.retryable` says whether retrying may help.");
+pyo3::create_exception!(
+    vgen,
+    VgenError,
+    PyException,
+    "A vgen error: `.code` names it, `.retryable` says whether retrying may help."
+);
 
 /// Raises the core error as `vgen.VgenError` with `.code` (e.g. "invalid_argument") and `.retryable`; the Python
 /// layer maps the code to its subclass.

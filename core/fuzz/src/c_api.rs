@@ -138,13 +138,23 @@ pub fn c_api(data: &[u8]) {
                     if vgen_job_result(engine, job, &mut video) == vgen_status::VGEN_STATUS_OK {
                         let mut data = ptr::null();
                         let (mut t, mut h, mut w, mut fps) = (0, 0, 0, 0.0);
-                        assert_eq!(vgen_video_frames(video, &mut data, &mut t, &mut h, &mut w, &mut fps), vgen_status::VGEN_STATUS_OK);
+                        assert_eq!(
+                            vgen_video_frames(video, &mut data, &mut t, &mut h, &mut w, &mut fps),
+                            vgen_status::VGEN_STATUS_OK
+                        );
                         if t > 0 {
                             // The whole buffer is readable.
                             let bytes = std::slice::from_raw_parts(data, (t * h * w * 3) as usize);
                             std::hint::black_box(bytes.iter().map(|b| *b as u64).sum::<u64>());
                         }
-                        let _ = vgen_video_frames(video, ptr::null_mut(), ptr::null_mut(), ptr::null_mut(), ptr::null_mut(), ptr::null_mut());
+                        let _ = vgen_video_frames(
+                            video,
+                            ptr::null_mut(),
+                            ptr::null_mut(),
+                            ptr::null_mut(),
+                            ptr::null_mut(),
+                            ptr::null_mut(),
+                        );
                         let mut meta = ptr::null_mut();
                         if vgen_video_metadata(video, &mut meta) == vgen_status::VGEN_STATUS_OK {
                             free_string(meta);
@@ -175,7 +185,9 @@ pub fn c_api(data: &[u8]) {
                 9 => {
                     let mut video = ptr::null_mut();
                     let mut step = 0;
-                    if vgen_job_preview(engine, job, &mut video, if null { ptr::null_mut() } else { &mut step }) == vgen_status::VGEN_STATUS_OK {
+                    if vgen_job_preview(engine, job, &mut video, if null { ptr::null_mut() } else { &mut step })
+                        == vgen_status::VGEN_STATUS_OK
+                    {
                         vgen_video_free(video);
                     }
                 }

@@ -22,8 +22,27 @@ fn inputs(target: &str) -> Vec<Vec<u8>> {
 
 /// Fragments that parsers meet at their edges.
 const TOKENS: &[&[u8]] = &[
-    b"\"", b"{", b"}", b"[", b"]", b":", b",", b"null", b"true", b"-1", b"0", b"1e308", b"18446744073709551616",
-    b"\\u0000", b"\\ud800", b"\xff", b"\xc3\x28", b"  ", b"../", b"/", b"\"outputs\": [\"/tmp/\"]",
+    b"\"",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b":",
+    b",",
+    b"null",
+    b"true",
+    b"-1",
+    b"0",
+    b"1e308",
+    b"18446744073709551616",
+    b"\\u0000",
+    b"\\ud800",
+    b"\xff",
+    b"\xc3\x28",
+    b"  ",
+    b"../",
+    b"/",
+    b"\"outputs\": [\"/tmp/\"]",
 ];
 
 fn mutate(rng: &mut StdRng, seed: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
@@ -72,7 +91,11 @@ fn run(target: &str, body: fn(&[u8])) {
             std::fs::create_dir_all(&dir).unwrap();
             let path = dir.join(format!("seed-{seed}"));
             std::fs::write(&path, input).unwrap();
-            panic!("{target} failed on {:?} (saved to {}; VGEN_FUZZ_SEED={seed})", String::from_utf8_lossy(input), path.display());
+            panic!(
+                "{target} failed on {:?} (saved to {}; VGEN_FUZZ_SEED={seed})",
+                String::from_utf8_lossy(input),
+                path.display()
+            );
         }
     };
     for input in &corpus {

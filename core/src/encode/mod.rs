@@ -89,7 +89,10 @@ pub fn check_writable(path: &Path) -> Result<()> {
         _ => PathBuf::from("."),
     };
     if !dir.is_dir() {
-        return Err(Error::new(ErrorCode::Io, format!("cannot write {}: folder {} does not exist", path.display(), dir.display())));
+        return Err(Error::new(
+            ErrorCode::Io,
+            format!("cannot write {}: folder {} does not exist", path.display(), dir.display()),
+        ));
     }
     let probe = dir.join(format!(".vgen-write-test-{}", std::process::id()));
     fs::write(&probe, b"").map_err(|e| Error::new(ErrorCode::Io, format!("cannot write {}: {e}", path.display())))?;
@@ -156,7 +159,8 @@ impl Staged {
     }
 
     fn create(&self) -> Result<BufWriter<fs::File>> {
-        let f = fs::File::create(&self.temp).map_err(|e| Error::new(ErrorCode::Io, format!("{}: {e}", self.target.display())))?;
+        let f = fs::File::create(&self.temp)
+            .map_err(|e| Error::new(ErrorCode::Io, format!("{}: {e}", self.target.display())))?;
         Ok(BufWriter::new(f))
     }
 
@@ -164,7 +168,8 @@ impl Staged {
         if self.target.is_dir() {
             fs::remove_dir_all(&self.target)?;
         }
-        fs::rename(&self.temp, &self.target).map_err(|e| Error::new(ErrorCode::Io, format!("{}: {e}", self.target.display())))?;
+        fs::rename(&self.temp, &self.target)
+            .map_err(|e| Error::new(ErrorCode::Io, format!("{}: {e}", self.target.display())))?;
         self.committed = true;
         Ok(())
     }

@@ -203,7 +203,12 @@ impl Mp4Muxer {
                 u16be(o, 0x18); // depth
                 u16be(o, 0xffff); // pre-defined −1
                 boxed(o, b"avcC", |o| {
-                    o.extend_from_slice(&[1, sps.get(1).copied().unwrap_or(66), sps.get(2).copied().unwrap_or(0), sps.get(3).copied().unwrap_or(30)]);
+                    o.extend_from_slice(&[
+                        1,
+                        sps.get(1).copied().unwrap_or(66),
+                        sps.get(2).copied().unwrap_or(0),
+                        sps.get(3).copied().unwrap_or(30),
+                    ]);
                     o.push(0xff); // 4-byte NAL lengths
                     o.push(0xe1); // one SPS
                     u16be(o, sps.len() as u16);

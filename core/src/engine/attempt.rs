@@ -3,11 +3,11 @@
 //! Every report is also a check: it returns `cancelled` or `deadline_exceeded` when the job should stop, and the
 //! model returns that error at once, so cancellation and deadlines work at step granularity.
 
+use super::Shared;
 use super::eta::Plan;
 use super::event::EventKind;
 use super::flight::Flight;
 use super::job::{JobState, Stage};
-use super::Shared;
 use crate::device::Device;
 use crate::error::{Error, ErrorCode, Result};
 use crate::video::Frames;
@@ -39,7 +39,14 @@ pub struct Attempt<'a> {
 const RSS_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl<'a> Attempt<'a> {
-    pub(crate) fn new(shared: &'a Shared, flight: &'a Flight, device: Device, number: u32, degraded: bool, plan: Plan) -> Self {
+    pub(crate) fn new(
+        shared: &'a Shared,
+        flight: &'a Flight,
+        device: Device,
+        number: u32,
+        degraded: bool,
+        plan: Plan,
+    ) -> Self {
         Self {
             number,
             degraded,

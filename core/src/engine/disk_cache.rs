@@ -17,9 +17,8 @@ pub(crate) struct DiskCache {
 
 impl DiskCache {
     pub fn open(dir: &Path, max_bytes: u64) -> crate::Result<Self> {
-        fs::create_dir_all(dir).map_err(|e| {
-            crate::Error::invalid(format!("cannot use {} as the disk cache: {e}", dir.display()))
-        })?;
+        fs::create_dir_all(dir)
+            .map_err(|e| crate::Error::invalid(format!("cannot use {} as the disk cache: {e}", dir.display())))?;
         Ok(Self { dir: dir.to_path_buf(), max_bytes })
     }
 

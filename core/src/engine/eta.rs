@@ -81,7 +81,14 @@ pub struct EtaModel {
 
 impl EtaModel {
     pub fn plan(&self, model: &str, device: Device, p: &Params) -> Plan {
-        let exact = ExactKey { model: model.into(), device, width: p.width, height: p.height, frames: p.num_frames, steps: p.steps };
+        let exact = ExactKey {
+            model: model.into(),
+            device,
+            width: p.width,
+            height: p.height,
+            frames: p.num_frames,
+            steps: p.steps,
+        };
         if let Some((ms, _)) = self.exact.get(&exact) {
             return Plan { stage_ms: *ms, confidence: Confidence::Measured };
         }
@@ -105,7 +112,14 @@ impl EtaModel {
 
     /// Learns from a finished job.
     pub fn record(&mut self, model: &str, device: Device, p: &Params, stage_ms: [f64; STAGES]) {
-        let exact = ExactKey { model: model.into(), device, width: p.width, height: p.height, frames: p.num_frames, steps: p.steps };
+        let exact = ExactKey {
+            model: model.into(),
+            device,
+            width: p.width,
+            height: p.height,
+            frames: p.num_frames,
+            steps: p.steps,
+        };
         blend(self.exact.entry(exact).or_insert((stage_ms, 0)), stage_ms);
         let (pixels, steps_pixels) = units(p);
         let per_unit = std::array::from_fn(|i| {

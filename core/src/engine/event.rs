@@ -19,21 +19,44 @@ pub struct Event {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
-    Queued { position: u32 },
-    Started { attempt: u32, device: String, degraded: bool },
-    Stage { stage: Stage },
-    Progress { step: u32, steps: u32, progress: f64, eta_ms: Option<u64> },
+    Queued {
+        position: u32,
+    },
+    Started {
+        attempt: u32,
+        device: String,
+        degraded: bool,
+    },
+    Stage {
+        stage: Stage,
+    },
+    Progress {
+        step: u32,
+        steps: u32,
+        progress: f64,
+        eta_ms: Option<u64>,
+    },
     /// A cheap look at the video so far: the latents projected to RGB, not a full decode.
     Preview {
         step: u32,
         #[serde(skip, default = "Frames::none")]
         frames: Arc<Frames>,
     },
-    RetryScheduled { attempt: u32, delay_ms: u64, error: JobError },
+    RetryScheduled {
+        attempt: u32,
+        delay_ms: u64,
+        error: JobError,
+    },
     /// Something the host should know that does not stop the job (words the model does not know, say).
-    Warning { message: String },
+    Warning {
+        message: String,
+    },
     /// The last event of every job, sent exactly once.
-    Finished { state: JobState, error: Option<JobError>, cache_hit: bool },
+    Finished {
+        state: JobState,
+        error: Option<JobError>,
+        cache_hit: bool,
+    },
 }
 
 impl EventKind {

@@ -9,8 +9,8 @@
 
 use super::cell::JobCell;
 use super::queue::Rank;
-use crate::models::Model;
 use super::request::Params;
+use crate::models::Model;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};

@@ -111,7 +111,11 @@ impl MetricsSnapshot {
             for (i, bound) in BUCKETS_MS.iter().enumerate() {
                 let _ = writeln!(out, "vgen_stage_latency_ms_bucket{{stage=\"{s}\",le=\"{bound}\"}} {}", h.buckets[i]);
             }
-            let _ = writeln!(out, "vgen_stage_latency_ms_bucket{{stage=\"{s}\",le=\"+Inf\"}} {}", h.buckets[BUCKETS_MS.len()]);
+            let _ = writeln!(
+                out,
+                "vgen_stage_latency_ms_bucket{{stage=\"{s}\",le=\"+Inf\"}} {}",
+                h.buckets[BUCKETS_MS.len()]
+            );
             let _ = writeln!(out, "vgen_stage_latency_ms_sum{{stage=\"{s}\"}} {}", h.sum_ms);
             let _ = writeln!(out, "vgen_stage_latency_ms_count{{stage=\"{s}\"}} {}", h.count);
         }

@@ -17,8 +17,8 @@ mod cell;
 #[cfg(feature = "redis")]
 mod cluster;
 mod config;
-mod dispatcher;
 mod disk_cache;
+mod dispatcher;
 mod eta;
 mod event;
 mod fault;
@@ -352,7 +352,9 @@ impl Engine {
         let r = cell.read();
         match (&r.status.state, &r.result, &r.status.error) {
             (JobState::Succeeded, Some(v), _) => Ok(v.clone()),
-            (JobState::Succeeded, None, _) => Err(Error::new(ErrorCode::NotFound, format!("{id}'s video was released"))),
+            (JobState::Succeeded, None, _) => {
+                Err(Error::new(ErrorCode::NotFound, format!("{id}'s video was released")))
+            }
             (_, _, Some(e)) => Err(e.to_error()),
             (state, _, None) => Err(Error::new(ErrorCode::NotReady, format!("{id} is still {}", state.name()))),
         }
@@ -420,7 +422,9 @@ impl Engine {
         }
         shared.accepting.store(false, Ordering::Release);
         let until = Instant::now() + timeout;
-        while Instant::now() < until && (shared.metrics.running.load(Ordering::Acquire) > 0 || !shared.queue.lock().is_empty()) {
+        while Instant::now() < until
+            && (shared.metrics.running.load(Ordering::Acquire) > 0 || !shared.queue.lock().is_empty())
+        {
             std::thread::sleep(Duration::from_millis(2));
         }
         let live: Vec<Arc<JobCell>> = shared.jobs.read().values().filter(|c| !c.is_terminal()).cloned().collect();
@@ -709,7 +713,13 @@ impl Shared {
     }
 
     /// Ends a job and does the engine's bookkeeping for it.
-    pub(crate) fn finish(&self, cell: &Arc<JobCell>, outcome: Outcome, callbacks: &[Callback], outbox: &mut Outbox) -> bool {
+    pub(crate) fn finish(
+        &self,
+        cell: &Arc<JobCell>,
+        outcome: Outcome,
+        callbacks: &[Callback],
+        outbox: &mut Outbox,
+    ) -> bool {
         let ended = cell.finish(outcome, callbacks, outbox, |state| {
             let counter = match state {
                 JobState::Succeeded => &self.metrics.succeeded,

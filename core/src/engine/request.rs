@@ -136,7 +136,12 @@ impl FrameRule {
 }
 
 /// Checks a request against the limits and the model, and resolves its defaults.
-pub fn validate(request: &Request, model: &ModelInfo, limits: &Limits, draw_seed: impl FnOnce() -> u64) -> Result<Params> {
+pub fn validate(
+    request: &Request,
+    model: &ModelInfo,
+    limits: &Limits,
+    draw_seed: impl FnOnce() -> u64,
+) -> Result<Params> {
     let d = &model.defaults;
     let prompt = request.prompt.trim();
     if prompt.is_empty() {

@@ -69,7 +69,8 @@ mod tests {
         assert!(p.should_retry(&Error::internal("x"), 1));
         assert!(p.should_retry(&Error::new(ErrorCode::ResourceExhausted, "x"), 2));
         assert!(!p.should_retry(&Error::internal("x"), 3));
-        for code in [ErrorCode::InvalidArgument, ErrorCode::NotFound, ErrorCode::Cancelled, ErrorCode::DeadlineExceeded] {
+        for code in [ErrorCode::InvalidArgument, ErrorCode::NotFound, ErrorCode::Cancelled, ErrorCode::DeadlineExceeded]
+        {
             assert!(!p.should_retry(&Error::new(code, "x"), 1), "{code}");
         }
     }

@@ -25,9 +25,20 @@ struct Header {
 
 pub(crate) fn write(path: &Path, video: &Video) -> io::Result<()> {
     let f = &video.frames;
-    let header = Header { num_frames: f.num_frames, height: f.height, width: f.width, fps: video.fps, metadata: video.metadata.clone() };
+    let header = Header {
+        num_frames: f.num_frames,
+        height: f.height,
+        width: f.width,
+        fps: video.fps,
+        metadata: video.metadata.clone(),
+    };
     let name = path.file_name().ok_or_else(|| io::Error::other("a video file needs a file name"))?;
-    let tmp = path.with_file_name(format!(".{}.{}.{:x}.tmp", name.to_string_lossy(), std::process::id(), rand::random::<u32>()));
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.{:x}.tmp",
+        name.to_string_lossy(),
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     let attempt = || -> io::Result<()> {
         let mut file = io::BufWriter::new(fs::File::create(&tmp)?);
         serde_json::to_writer(&mut file, &header).map_err(io::Error::other)?;
@@ -58,7 +69,10 @@ pub(crate) fn read(path: &Path) -> io::Result<Video> {
         .and_then(|n| n.checked_mul(3))
         .ok_or_else(|| io::Error::other("the header's sizes overflow"))?;
     if size as u64 != len - line.len() as u64 {
-        return Err(io::Error::other(format!("the header promises {size} bytes of frames; the file has {}", len - line.len() as u64)));
+        return Err(io::Error::other(format!(
+            "the header promises {size} bytes of frames; the file has {}",
+            len - line.len() as u64
+        )));
     }
     let mut data = Vec::with_capacity(size);
     file.read_to_end(&mut data)?;

@@ -78,7 +78,12 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
         r.status.eta_confidence = plan.confidence;
         r.plan = plan;
         r.eta_at = now;
-        r.push(m.id, EventKind::Started { attempt: number, device: device.to_string(), degraded }, &callbacks, &mut outbox);
+        r.push(
+            m.id,
+            EventKind::Started { attempt: number, device: device.to_string(), degraded },
+            &callbacks,
+            &mut outbox,
+        );
     }
     shared.dispatch(outbox);
     shared.metrics.running.fetch_add(1, Ordering::AcqRel);
@@ -100,9 +105,8 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
         Ok((video, false))
     }));
     attempt.finish_timing();
-    let result = outcome.unwrap_or_else(|panic| {
-        Err(Error::internal(format!("the model panicked: {}", panic_message(&*panic))))
-    });
+    let result =
+        outcome.unwrap_or_else(|panic| Err(Error::internal(format!("the model panicked: {}", panic_message(&*panic)))));
     // Before any job is settled, so that a host woken by its job's end reads a gauge that agrees with it.
     shared.metrics.running.fetch_sub(1, Ordering::AcqRel);
     // Clean-up after every job: the model's tensors lived in `generate`'s frames and are freed by now; the
@@ -133,10 +137,8 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
                 meta.num_frames = p.num_frames;
                 meta.steps = p.steps;
                 meta.guidance_scale = p.guidance_scale;
-                meta.timings_ms = Stage::ALL
-                    .iter()
-                    .map(|s| (s.name().to_string(), attempt.timings_ms[s.index()]))
-                    .collect();
+                meta.timings_ms =
+                    Stage::ALL.iter().map(|s| (s.name().to_string(), attempt.timings_ms[s.index()])).collect();
                 meta.peak_memory_bytes = attempt.peak_rss;
                 meta.attempts = number;
             }
@@ -210,7 +212,11 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
                     r.status.progress = 0.0;
                     r.status.step = 0;
                     r.status.error = None;
-                    let kind = EventKind::RetryScheduled { attempt: number + 1, delay_ms: delay.as_millis() as u64, error: error.clone() };
+                    let kind = EventKind::RetryScheduled {
+                        attempt: number + 1,
+                        delay_ms: delay.as_millis() as u64,
+                        error: error.clone(),
+                    };
                     r.push(m.id, kind, &callbacks, &mut outbox);
                 }
                 // This attempt's files are dropped with it; the next attempt writes afresh, so jobs may join again.

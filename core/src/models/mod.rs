@@ -165,7 +165,8 @@ impl Models {
                 }
             }
         }
-        m.default = if m.by_name.contains_key(DEFAULT_TRAINED) { Some(DEFAULT_TRAINED.to_string()) } else { first_real };
+        m.default =
+            if m.by_name.contains_key(DEFAULT_TRAINED) { Some(DEFAULT_TRAINED.to_string()) } else { first_real };
         m.searched = path;
         (m, problems)
     }

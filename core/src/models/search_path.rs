@@ -73,7 +73,12 @@ impl SearchPath {
 
     /// The search path built from its parts, for tests and for hosts that know better: `models_env` is the value
     /// of `$VGEN_MODELS`, `user_data` the user's models folder, `binary` the file vgen is part of.
-    pub fn from_parts(models_env: Option<&std::ffi::OsStr>, user_data: Option<&Path>, binary: Option<&Path>, source_tree: &Path) -> Self {
+    pub fn from_parts(
+        models_env: Option<&std::ffi::OsStr>,
+        user_data: Option<&Path>,
+        binary: Option<&Path>,
+        source_tree: &Path,
+    ) -> Self {
         let mut path = Self::default();
         if let Some(value) = models_env {
             for p in std::env::split_paths(value).filter(|p| !p.as_os_str().is_empty()) {

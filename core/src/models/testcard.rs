@@ -50,9 +50,8 @@ impl TestCard {
         let xs = Tensor::f_linspace(-1.0, 1.0, w, opts)?.f_view([1, 1, 1, w])?;
         let ts = Tensor::f_linspace(0.0, 1.0, t, opts)?.f_view([t, 1, 1, 1])?;
         let phase = (&xs + &ys * 0.5 + &ts * 2.0) * std::f64::consts::PI;
-        let channels: Vec<Tensor> = (0..3)
-            .map(|c| (&phase + hue + c as f64 * std::f64::consts::TAU / 3.0).sin() * 0.8)
-            .collect();
+        let channels: Vec<Tensor> =
+            (0..3).map(|c| (&phase + hue + c as f64 * std::f64::consts::TAU / 3.0).sin() * 0.8).collect();
         Ok(Tensor::f_cat(&channels, 1)?)
     }
 }

@@ -31,7 +31,10 @@ pub fn weight_files(folder: &Path, stem: &str) -> Result<Vec<PathBuf>> {
             let p = Path::new(f);
             p.is_absolute() || p.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
         }) {
-            return Err(Error::invalid(format!("{}: shard {bad:?} is not a file name inside the folder", index.display())));
+            return Err(Error::invalid(format!(
+                "{}: shard {bad:?} is not a file name inside the folder",
+                index.display()
+            )));
         }
         let mut files: Vec<PathBuf> = map
             .values()
@@ -42,7 +45,10 @@ pub fn weight_files(folder: &Path, stem: &str) -> Result<Vec<PathBuf>> {
             .collect();
         files.dedup();
         if let Some(missing) = files.iter().find(|f| !f.is_file()) {
-            return Err(Error::new(ErrorCode::NotFound, format!("shard {} listed in {} is missing", missing.display(), index.display())));
+            return Err(Error::new(
+                ErrorCode::NotFound,
+                format!("shard {} listed in {} is missing", missing.display(), index.display()),
+            ));
         }
         return Ok(files);
     }
@@ -79,10 +85,12 @@ pub fn load(vs: &VarStore, files: &[PathBuf], aliases: &[(&str, &str)], ignore_p
     let maps: Vec<(PathBuf, memmap2::Mmap)> = files
         .iter()
         .map(|f| {
-            let file = std::fs::File::open(f).map_err(|e| Error::new(ErrorCode::NotFound, format!("{}: {e}", f.display())))?;
+            let file =
+                std::fs::File::open(f).map_err(|e| Error::new(ErrorCode::NotFound, format!("{}: {e}", f.display())))?;
             // SAFETY: the map is read-only and lives only while we copy out of it; a file changed underneath us by
             // another process could give wrong weights but not unsoundness in safe code that reads bytes.
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::new(ErrorCode::Io, format!("{}: {e}", f.display())))?;
+            let map = unsafe { memmap2::Mmap::map(&file) }
+                .map_err(|e| Error::new(ErrorCode::Io, format!("{}: {e}", f.display())))?;
             Ok((f.clone(), map))
         })
         .collect::<Result<_>>()?;
@@ -108,9 +116,9 @@ pub fn load(vs: &VarStore, files: &[PathBuf], aliases: &[(&str, &str)], ignore_p
     let mut plan = Vec::with_capacity(variables.len());
     for (name, var) in &variables {
         let key = alias.get(name.as_str()).copied().unwrap_or(name.as_str());
-        let (file, view) = tensors.get(key).ok_or_else(|| {
-            Error::invalid(format!("tensor {key:?} is missing from {}", display_files(files)))
-        })?;
+        let (file, view) = tensors
+            .get(key)
+            .ok_or_else(|| Error::invalid(format!("tensor {key:?} is missing from {}", display_files(files))))?;
         let shape: Vec<i64> = view.shape().iter().map(|d| *d as i64).collect();
         if shape != var.size() {
             return Err(Error::invalid(format!(
@@ -120,7 +128,11 @@ pub fn load(vs: &VarStore, files: &[PathBuf], aliases: &[(&str, &str)], ignore_p
             )));
         }
         let kind = kind_of(view.dtype()).ok_or_else(|| {
-            Error::invalid(format!("tensor {key:?} in {} has dtype {:?}; expected a float type", files[*file].display(), view.dtype()))
+            Error::invalid(format!(
+                "tensor {key:?} in {} has dtype {:?}; expected a float type",
+                files[*file].display(),
+                view.dtype()
+            ))
         })?;
         used.insert(key.to_string());
         plan.push((var.shallow_clone(), view.data(), shape, kind));
@@ -154,7 +166,8 @@ pub fn header_elements(files: &[PathBuf]) -> Result<u64> {
     let mut total = 0u64;
     for path in files {
         let bad = |why: String| Error::invalid(format!("{} is not a valid safetensors file: {why}", path.display()));
-        let mut file = std::fs::File::open(path).map_err(|e| Error::new(ErrorCode::NotFound, format!("{}: {e}", path.display())))?;
+        let mut file = std::fs::File::open(path)
+            .map_err(|e| Error::new(ErrorCode::NotFound, format!("{}: {e}", path.display())))?;
         let len = file.metadata()?.len();
         let mut prefix = [0u8; 8];
         file.read_exact(&mut prefix).map_err(|_| bad(format!("it has {len} bytes, too few for a header")))?;
@@ -172,7 +185,9 @@ pub fn header_elements(files: &[PathBuf]) -> Result<u64> {
                 .and_then(|s| s.as_array())
                 .ok_or_else(|| bad(format!("tensor {name:?} has no shape")))?;
             let elements = shape.iter().try_fold(1u64, |n, d| d.as_u64().and_then(|d| n.checked_mul(d)));
-            let elements = elements.ok_or_else(|| bad(format!("the shape of tensor {name:?} is not a list of sizes whose product fits 64 bits")))?;
+            let elements = elements.ok_or_else(|| {
+                bad(format!("the shape of tensor {name:?} is not a list of sizes whose product fits 64 bits"))
+            })?;
             total = total.checked_add(elements).ok_or_else(|| bad("its element count overflows".into()))?;
         }
     }
@@ -182,7 +197,8 @@ pub fn header_elements(files: &[PathBuf]) -> Result<u64> {
 /// Refuses a model folder with a symbolic link that leads outside it: a model is a folder of files, and opening
 /// one must never read anything else on the machine.
 pub fn check_confined(folder: &Path) -> Result<()> {
-    let root = folder.canonicalize().map_err(|e| Error::new(ErrorCode::NotFound, format!("{}: {e}", folder.display())))?;
+    let root =
+        folder.canonicalize().map_err(|e| Error::new(ErrorCode::NotFound, format!("{}: {e}", folder.display())))?;
     let mut pending = vec![(folder.to_path_buf(), 0)];
     let mut seen = 0usize;
     while let Some((dir, depth)) = pending.pop() {
@@ -190,12 +206,17 @@ pub fn check_confined(folder: &Path) -> Result<()> {
             let entry = entry?;
             seen += 1;
             if seen > 10_000 {
-                return Err(Error::invalid(format!("{} holds more than 10,000 files; is it a model folder?", folder.display())));
+                return Err(Error::invalid(format!(
+                    "{} holds more than 10,000 files; is it a model folder?",
+                    folder.display()
+                )));
             }
             let path = entry.path();
             let kind = entry.file_type()?;
             if kind.is_symlink() {
-                let target = path.canonicalize().map_err(|e| Error::invalid(format!("{} is a broken link: {e}", path.display())))?;
+                let target = path
+                    .canonicalize()
+                    .map_err(|e| Error::invalid(format!("{} is a broken link: {e}", path.display())))?;
                 if !target.starts_with(&root) {
                     return Err(Error::invalid(format!(
                         "{} links to {}, outside the model folder; copy the file in instead",
@@ -221,9 +242,8 @@ pub fn read_config<T: serde::de::DeserializeOwned>(folder: &Path) -> Result<T> {
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Error::new(ErrorCode::NotFound, format!("{}: {e}", path.display())))?;
     let mut de = serde_json::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        Error::invalid(format!("{}: field `{}`: {}", path.display(), e.path(), e.inner()))
-    })
+    serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| Error::invalid(format!("{}: field `{}`: {}", path.display(), e.path(), e.inner())))
 }
 
 /// A short hash of the weight files' contents (their size and first and last megabyte), for cache keys.

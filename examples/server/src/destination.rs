@@ -29,9 +29,11 @@ impl std::str::FromStr for Network {
         let bits = if address.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => bits,
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= bits).ok_or_else(|| {
-                format!("{text:?}: the prefix length must be 0 to {bits}")
-            })?,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= bits)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {bits}"))?,
         };
         Ok(Self { address, prefix })
     }
@@ -72,8 +74,7 @@ impl Destinations {
 
     /// Refuses a URL whose host is an address that is not permitted. Names are checked when they are resolved.
     pub fn check_url(&self, url: &reqwest::Url) -> Result<(), String> {
-        let Some(ip) = url.host_str().and_then(|h| h.trim_start_matches('[').trim_end_matches(']').parse().ok())
-        else {
+        let Some(ip) = url.host_str().and_then(|h| h.trim_start_matches('[').trim_end_matches(']').parse().ok()) else {
             return Ok(());
         };
         if self.permits(ip) {
@@ -161,8 +162,21 @@ mod tests {
     fn only_public_addresses_are_permitted_by_default() {
         let d = Destinations::default();
         for refused in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
-            "255.255.255.255", "224.0.0.1", "::1", "::", "fd00::1", "fe80::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
         ] {
             assert!(!d.permits(ip(refused)), "{refused}");

@@ -10,12 +10,12 @@
 
 pub mod auth;
 pub mod config;
+pub mod destination;
 pub mod error;
 pub mod generate;
 pub mod progress;
 pub mod routes;
 pub mod status;
-pub mod destination;
 pub mod webhook;
 
 use crate::auth::Tokens;

@@ -109,7 +109,8 @@ impl Webhooks {
             Err(e) => return eprintln!("vgen-server: webhook for {id}: {e}"),
         };
         // Checked again here: the URL may come from another process of the cluster, or an older configuration.
-        let refused = reqwest::Url::parse(&job.url).map_err(|e| e.to_string()).and_then(|u| self.destinations.check_url(&u));
+        let refused =
+            reqwest::Url::parse(&job.url).map_err(|e| e.to_string()).and_then(|u| self.destinations.check_url(&u));
         if let Err(e) = refused {
             return eprintln!("vgen-server: webhook for {id} to {} refused: {e}", job.url);
         }

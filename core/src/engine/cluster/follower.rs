@@ -23,7 +23,8 @@ impl Cluster {
     }
 
     fn follow_once(&self) -> crate::Result<()> {
-        let jobs: Vec<(crate::engine::JobId, u64)> = self.followed.lock().iter().map(|(id, (_, n))| (*id, *n)).collect();
+        let jobs: Vec<(crate::engine::JobId, u64)> =
+            self.followed.lock().iter().map(|(id, (_, n))| (*id, *n)).collect();
         let logs: Vec<Vec<String>> = self.link.with(|c| {
             let mut pipe = redis::pipe();
             for (id, seen) in &jobs {

@@ -120,7 +120,12 @@ impl Cluster {
         let link = RedisLink::open(&config.url, Duration::from_millis(config.timeout_ms))?;
         let store = Box::new(DirStore::open(&config.results_dir)?);
         let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-        let node = format!("{}-{}-{:08x}", if host.is_empty() { "node" } else { &host }, std::process::id(), rand::random::<u32>());
+        let node = format!(
+            "{}-{}-{:08x}",
+            if host.is_empty() { "node" } else { &host },
+            std::process::id(),
+            rand::random::<u32>()
+        );
         let cluster = Arc::new(Self {
             keys: Keys { ns: config.namespace.clone() },
             link,
@@ -291,7 +296,8 @@ impl Cluster {
             queue_position: 0,
             ..status
         };
-        let event = event_json(id, EventKind::Finished { state: JobState::Cancelled, error: Some(error), cache_hit: false });
+        let event =
+            event_json(id, EventKind::Finished { state: JobState::Cancelled, error: Some(error), cache_hit: false });
         let n: i64 = self.link.with(|c| {
             scripts::CANCEL
                 .key(self.keys.job(id))
@@ -311,14 +317,17 @@ impl Cluster {
         let (status, reference) = self.status_and(id, "result")?;
         match (status.state, reference, &status.error) {
             (JobState::Succeeded, Some(r), _) => Ok(Arc::new(self.store.get(&r)?)),
-            (JobState::Succeeded, None, _) => Err(Error::new(ErrorCode::NotFound, format!("{id}'s video was released"))),
+            (JobState::Succeeded, None, _) => {
+                Err(Error::new(ErrorCode::NotFound, format!("{id}'s video was released")))
+            }
             (_, _, Some(e)) => Err(e.to_error()),
             (state, _, None) => Err(Error::new(ErrorCode::NotReady, format!("{id} is still {}", state.name()))),
         }
     }
 
     pub(crate) fn request(&self, id: JobId) -> Result<Request> {
-        let r: Option<String> = self.link.with(|c| redis::cmd("HGET").arg(self.keys.job(id)).arg("request").query(c))?;
+        let r: Option<String> =
+            self.link.with(|c| redis::cmd("HGET").arg(self.keys.job(id)).arg("request").query(c))?;
         parse(&r.ok_or_else(|| not_found(id))?, "job request")
     }
 

@@ -48,7 +48,8 @@ impl RedisLink {
                 Ok(v)
             }
             Err(e) => {
-                let broken = e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal();
+                let broken =
+                    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal();
                 // A restarted Redis answers LOADING while it replays its append-only file.
                 let starting = matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "BUSY"));
                 if starting {

@@ -72,10 +72,8 @@ impl ResultStore for DirStore {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
         let now = SystemTime::now();
         for entry in entries.flatten() {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| now.duration_since(t).is_ok_and(|d| d > age));
+            let old =
+                entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| now.duration_since(t).is_ok_and(|d| d > age));
             if old {
                 let _ = std::fs::remove_file(entry.path());
             }

@@ -62,7 +62,8 @@ impl Cluster {
         let lease = Duration::from_millis(self.config.lease_ms);
         let check = Duration::from_millis(self.config.cancel_check_ms);
         let mut endings: Vec<Ending> = Vec::new();
-        let (mut beat, mut checked, mut reclaimed, mut swept) = (Instant::now() - lease, Instant::now(), Instant::now() - lease, Instant::now());
+        let (mut beat, mut checked, mut reclaimed, mut swept) =
+            (Instant::now() - lease, Instant::now(), Instant::now() - lease, Instant::now());
         let mut backoff = Reconnect::default();
         loop {
             let stopping = self.stopping.load(Ordering::Acquire);
@@ -193,10 +194,10 @@ impl Cluster {
     /// behind an identical job that is running elsewhere).
     fn begin(self: &Arc<Self>, stream: String, entry: String, id: JobId) -> Result<()> {
         let token = format!("{}:{}", self.node, rand::random::<u64>());
-        let reply: Vec<String> = self.link.with(|c| {
-            scripts::START.key(self.keys.job(id)).arg(&token).arg(&stream).arg(&entry).invoke(c)
-        })?;
-        let (Some("run"), Some(request), Some(status)) = (reply.first().map(String::as_str), reply.get(1), reply.get(2))
+        let reply: Vec<String> =
+            self.link.with(|c| scripts::START.key(self.keys.job(id)).arg(&token).arg(&stream).arg(&entry).invoke(c))?;
+        let (Some("run"), Some(request), Some(status)) =
+            (reply.first().map(String::as_str), reply.get(1), reply.get(2))
         else {
             return Ok(());
         };
@@ -213,11 +214,9 @@ impl Cluster {
             waiting: None,
             status: status.clone(),
         };
-        let params = self
-            .shared
-            .models
-            .get(request.model.as_deref())
-            .and_then(|m| request::validate(&request, m.info(), &self.shared.config.limits, rand::random::<u64>).map(|p| (m, p)));
+        let params = self.shared.models.get(request.model.as_deref()).and_then(|m| {
+            request::validate(&request, m.info(), &self.shared.config.limits, rand::random::<u64>).map(|p| (m, p))
+        });
         let (model, params) = match params {
             Ok(mp) => mp,
             Err(e) => {
@@ -227,13 +226,17 @@ impl Cluster {
             }
         };
         run.key = params.cache_key(model.info());
-        run.cacheable = self.shared.config.cache.enabled && request.outputs.is_empty() && request.keep_frames != Some(false);
+        run.cacheable =
+            self.shared.config.cache.enabled && request.outputs.is_empty() && request.keep_frames != Some(false);
         let remaining = match request.deadline_ms {
             Some(ms) => match ms.checked_sub(unix_ms().saturating_sub(status.submitted_at_ms)) {
                 Some(left) if left > 0 => Some(left),
                 _ => {
                     self.runs.lock().insert(id, run);
-                    let e = Error::new(ErrorCode::DeadlineExceeded, format!("the deadline of {ms} ms passed while {id} was queued"));
+                    let e = Error::new(
+                        ErrorCode::DeadlineExceeded,
+                        format!("the deadline of {ms} ms passed while {id} was queued"),
+                    );
                     return self.end_now(id, status, Outcome::Failed(e), None);
                 }
             },
@@ -566,7 +569,10 @@ fn advance_status(status: &mut JobStatus, event: &Event) {
             status.attempt = *attempt;
             status.eta_ms = status.eta_ms.map(|e| e + delay_ms);
         }
-        EventKind::Queued { .. } | EventKind::Preview { .. } | EventKind::Warning { .. } | EventKind::Finished { .. } => {}
+        EventKind::Queued { .. }
+        | EventKind::Preview { .. }
+        | EventKind::Warning { .. }
+        | EventKind::Finished { .. } => {}
     }
 }
 
@@ -584,7 +590,8 @@ fn entries(reply: &redis::Value) -> Vec<(String, JobId)> {
     fn walk(v: &Value, out: &mut Vec<(String, JobId)>) {
         let Value::Array(items) = v else { return };
         if let [id, Value::Array(fields)] = items.as_slice() {
-            if let Some(id) = text(id).filter(|s| s.contains('-') && s.chars().all(|c| c.is_ascii_digit() || c == '-')) {
+            if let Some(id) = text(id).filter(|s| s.contains('-') && s.chars().all(|c| c.is_ascii_digit() || c == '-'))
+            {
                 let job = fields
                     .chunks(2)
                     .find(|kv| kv.first().and_then(text).as_deref() == Some("job"))

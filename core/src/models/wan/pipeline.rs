@@ -6,16 +6,16 @@
 //! two), and every step checks the latents for NaN or Inf, failing the attempt with a retryable `numerical` error
 //! instead of decoding garbage.
 
+use super::load_component;
 use super::tokenizer::{WanTokenizer, prompt_clean};
 use super::transformer::{TransformerConfig, WanTransformer};
 use super::umt5::{Umt5Config, Umt5Encoder};
 use super::vae::{VaeConfig, WanVaeDecoder};
-use super::load_component;
 use crate::device::Device;
 use crate::engine::{Attempt, FrameRule, Params, Stage};
 use crate::error::{Error, ErrorCode, Result};
-use crate::models::weights::{check_confined, fingerprint, header_elements, read_config, weight_files};
 use crate::models::per_device::PerDevice;
+use crate::models::weights::{check_confined, fingerprint, header_elements, read_config, weight_files};
 use crate::models::{Defaults, Model, ModelInfo};
 use crate::schedulers::SchedulerConfig;
 use crate::video::{Frames, Video};
@@ -88,7 +88,8 @@ impl WanModel {
             return Err(Error::invalid(format!("{} is a {class:?}, not a WanPipeline", index_path.display())));
         }
         let serving: ServingConfig = match std::fs::read_to_string(folder.join("vgen.json")) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| Error::invalid(format!("{}/vgen.json: {e}", folder.display())))?,
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| Error::invalid(format!("{}/vgen.json: {e}", folder.display())))?,
             Err(_) => ServingConfig::default(),
         };
         let mut scheduler = SchedulerConfig::from_file(&folder.join("scheduler/scheduler_config.json"))?;
@@ -174,15 +175,22 @@ impl WanModel {
     fn load(&self, device: Device) -> Result<Components> {
         let dev = device.to_tch();
         let kind = self.compute_kind(device)?;
-        let (mut v1, encoder) = load_component(&self.folder.join("text_encoder"), "model", dev, &[], &["encoder.embed_tokens."], |p| {
-            Umt5Encoder::new(p, self.encoder_config.clone())
-        })?;
-        let (mut v2, transformer) = load_component(&self.folder.join("transformer"), "diffusion_pytorch_model", dev, &[], &[], |p| {
-            WanTransformer::new(p, self.transformer_config.clone())
-        })?;
-        let (v3, vae) = load_component(&self.folder.join("vae"), "diffusion_pytorch_model", dev, &[], &["encoder.", "quant_conv."], |p| {
-            WanVaeDecoder::new(p, self.vae_config.clone())
-        })?;
+        let (mut v1, encoder) =
+            load_component(&self.folder.join("text_encoder"), "model", dev, &[], &["encoder.embed_tokens."], |p| {
+                Umt5Encoder::new(p, self.encoder_config.clone())
+            })?;
+        let (mut v2, transformer) =
+            load_component(&self.folder.join("transformer"), "diffusion_pytorch_model", dev, &[], &[], |p| {
+                WanTransformer::new(p, self.transformer_config.clone())
+            })?;
+        let (v3, vae) = load_component(
+            &self.folder.join("vae"),
+            "diffusion_pytorch_model",
+            dev,
+            &[],
+            &["encoder.", "quant_conv."],
+            |p| WanVaeDecoder::new(p, self.vae_config.clone()),
+        )?;
         if kind != Kind::Float {
             v1.set_kind(kind);
             v2.set_kind(kind);
@@ -242,7 +250,10 @@ impl WanModel {
             x = scheduler.step(&noise, &x)?;
             let finite = x.isfinite().all().int64_value(&[]) == 1;
             if !finite {
-                return Err(Error::new(ErrorCode::Numerical, format!("NaN or Inf in the latents after step {}", i + 1)));
+                return Err(Error::new(
+                    ErrorCode::Numerical,
+                    format!("NaN or Inf in the latents after step {}", i + 1),
+                ));
             }
             each_step(i + 1, steps, &x, scheduler.sigmas()[i + 1])?;
         }
@@ -297,7 +308,8 @@ impl Model for WanModel {
         if !unknown.is_empty() {
             attempt.warn(format!("words outside the model's vocabulary are ignored: {}", unknown.join(", ")));
         }
-        let (prompt, negative) = (self.tokenizer.without_unknown_words(&prompt), self.tokenizer.without_unknown_words(&negative));
+        let (prompt, negative) =
+            (self.tokenizer.without_unknown_words(&prompt), self.tokenizer.without_unknown_words(&negative));
         let cfg = p.guidance_scale > 1.0;
         let prompts: Vec<&str> = if cfg { vec![&prompt, &negative] } else { vec![&prompt] };
         let text = self.encode_prompts(&c, &prompts, dev)?;

@@ -143,7 +143,8 @@ fn html_unescape(s: &str) -> String {
     while let Some(i) = rest.find('&') {
         out.push_str(&rest[..i]);
         rest = &rest[i..];
-        let end = rest[1..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '#')).map(|e| e + 1).unwrap_or(rest.len());
+        let end =
+            rest[1..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '#')).map(|e| e + 1).unwrap_or(rest.len());
         let name = &rest[1..end];
         let has_semicolon = rest[end..].starts_with(';');
         let decoded = if let Some(num) = name.strip_prefix('#') {
@@ -159,7 +160,11 @@ fn html_unescape(s: &str) -> String {
                 "gt" => Some(">".into()),
                 "quot" => Some("\"".into()),
                 "apos" if has_semicolon => Some("'".into()),
-                _ => LATIN1.iter().position(|e| *e == name).and_then(|i| char::from_u32(0xa0 + i as u32)).map(String::from),
+                _ => LATIN1
+                    .iter()
+                    .position(|e| *e == name)
+                    .and_then(|i| char::from_u32(0xa0 + i as u32))
+                    .map(String::from),
             }
         };
         match decoded {

@@ -104,7 +104,8 @@ impl TransformerConfig {
         let [heads, head_dim, in_ch, out_ch, text, freq, ffn, layers] = super::positive("transformer", dims)?;
         let patch = self.patch_size.iter().map(|p| (*p).max(1) as u64).fold(1u64, u64::saturating_mul);
         let inner = heads.saturating_mul(head_dim);
-        let per_block = inner.saturating_mul(inner).saturating_mul(8).saturating_add(inner.saturating_mul(ffn).saturating_mul(2));
+        let per_block =
+            inner.saturating_mul(inner).saturating_mul(8).saturating_add(inner.saturating_mul(ffn).saturating_mul(2));
         Ok(layers
             .saturating_mul(per_block)
             .saturating_add(inner.saturating_mul(in_ch.saturating_add(out_ch)).saturating_mul(patch))
@@ -120,7 +121,10 @@ impl TransformerConfig {
             ));
         }
         if self.qk_norm.as_deref() != Some("rms_norm_across_heads") {
-            return Err(Error::invalid(format!("qk_norm {:?} is not supported; Wan2.1 uses rms_norm_across_heads", self.qk_norm)));
+            return Err(Error::invalid(format!(
+                "qk_norm {:?} is not supported; Wan2.1 uses rms_norm_across_heads",
+                self.qk_norm
+            )));
         }
         if self.attention_head_dim % 2 != 0 || self.attention_head_dim < 6 {
             return Err(Error::invalid("attention_head_dim must be even and at least 6 for the 3D RoPE"));
@@ -159,7 +163,8 @@ pub struct Fp32LayerNorm {
 
 impl Fp32LayerNorm {
     pub fn new(vs: nn::Path, dim: i64, eps: f64, affine: bool) -> Self {
-        let affine = affine.then(|| (vs.var("weight", &[dim], nn::Init::Const(1.0)), vs.var("bias", &[dim], nn::Init::Const(0.0))));
+        let affine = affine
+            .then(|| (vs.var("weight", &[dim], nn::Init::Const(1.0)), vs.var("bias", &[dim], nn::Init::Const(0.0))));
         Self { affine, dim, eps }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -472,14 +477,28 @@ impl WanTransformer {
         config.check()?;
         let c = &config;
         let dim = c.inner_dim();
-        let conv = nn::ConvConfigND::<[i64; 3]> { stride: c.patch_size, padding: [0, 0, 0], dilation: [1, 1, 1], groups: 1, bias: true, ws_init: nn::Init::Const(0.0), bs_init: nn::Init::Const(0.0), padding_mode: nn::PaddingMode::Zeros };
+        let conv = nn::ConvConfigND::<[i64; 3]> {
+            stride: c.patch_size,
+            padding: [0, 0, 0],
+            dilation: [1, 1, 1],
+            groups: 1,
+            bias: true,
+            ws_init: nn::Init::Const(0.0),
+            bs_init: nn::Init::Const(0.0),
+            padding_mode: nn::PaddingMode::Zeros,
+        };
         Ok(Self {
             rope: Rope::new(c.attention_head_dim, c.patch_size, c.rope_max_seq_len, vs.device()),
             patch_embedding: nn::conv(&vs / "patch_embedding", c.in_channels, dim, c.patch_size, conv),
             condition_embedder: ConditionEmbedder::new(&vs / "condition_embedder", c),
             blocks: (0..c.num_layers).map(|i| Block::new(&vs / "blocks" / i, c)).collect(),
             norm_out: Fp32LayerNorm::new(&vs / "norm_out", dim, c.eps, false),
-            proj_out: nn::linear(&vs / "proj_out", dim, c.out_channels * c.patch_size.iter().product::<i64>(), Default::default()),
+            proj_out: nn::linear(
+                &vs / "proj_out",
+                dim,
+                c.out_channels * c.patch_size.iter().product::<i64>(),
+                Default::default(),
+            ),
             scale_shift_table: vs.var("scale_shift_table", &[1, 2, dim], nn::Init::Const(0.0)),
             config,
         })

@@ -124,7 +124,12 @@ impl Block {
             k: nn::linear(&attn / "k", c.d_model, inner, no_bias),
             v: nn::linear(&attn / "v", c.d_model, inner, no_bias),
             o: nn::linear(&attn / "o", inner, c.d_model, no_bias),
-            bias: nn::embedding(&attn / "relative_attention_bias", c.relative_attention_num_buckets, c.num_heads, Default::default()),
+            bias: nn::embedding(
+                &attn / "relative_attention_bias",
+                c.relative_attention_num_buckets,
+                c.num_heads,
+                Default::default(),
+            ),
             norm_attn: LayerNorm::new(&vs / "layer" / "0" / "layer_norm", c.d_model, c.layer_norm_epsilon),
             wi_0: nn::linear(&ff / "wi_0", c.d_model, c.d_ff, no_bias),
             wi_1: nn::linear(&ff / "wi_1", c.d_model, c.d_ff, no_bias),

@@ -47,7 +47,12 @@ impl VaeConfig {
         let base = self.decoder_base_dim.unwrap_or(self.base_dim);
         let [base, z, res, out] = super::positive(
             "vae",
-            [("base_dim", base), ("z_dim", self.z_dim), ("num_res_blocks", self.num_res_blocks + 1), ("out_channels", self.out_channels)],
+            [
+                ("base_dim", base),
+                ("z_dim", self.z_dim),
+                ("num_res_blocks", self.num_res_blocks + 1),
+                ("out_channels", self.out_channels),
+            ],
         )?;
         if self.dim_mult.is_empty() || self.dim_mult.len() > 8 || self.dim_mult.iter().any(|m| *m < 1) {
             return Err(Error::invalid("vae config: dim_mult must list 1 to 8 positive multipliers"));
@@ -58,7 +63,9 @@ impl VaeConfig {
             let half = base.saturating_mul(*m as u64) / 2;
             sum.saturating_add(half.saturating_mul(half).saturating_mul(27).saturating_mul(res))
         });
-        Ok(middle.saturating_add(levels).saturating_add(widest.saturating_mul(z.saturating_add(out)).saturating_mul(27)))
+        Ok(middle
+            .saturating_add(levels)
+            .saturating_add(widest.saturating_mul(z.saturating_add(out)).saturating_mul(27)))
     }
 }
 
@@ -128,7 +135,16 @@ struct CausalConv3d {
 
 impl CausalConv3d {
     fn new(vs: nn::Path, cin: i64, cout: i64, kernel: [i64; 3], padding: [i64; 3]) -> Self {
-        let config = nn::ConvConfigND::<[i64; 3]> { stride: [1, 1, 1], padding: [0, 0, 0], dilation: [1, 1, 1], groups: 1, bias: true, ws_init: nn::Init::Const(0.0), bs_init: nn::Init::Const(0.0), padding_mode: nn::PaddingMode::Zeros };
+        let config = nn::ConvConfigND::<[i64; 3]> {
+            stride: [1, 1, 1],
+            padding: [0, 0, 0],
+            dilation: [1, 1, 1],
+            groups: 1,
+            bias: true,
+            ws_init: nn::Init::Const(0.0),
+            bs_init: nn::Init::Const(0.0),
+            padding_mode: nn::PaddingMode::Zeros,
+        };
         Self { conv: nn::conv(vs, cin, cout, kernel, config), padding }
     }
 
@@ -245,7 +261,16 @@ impl FrameAttention {
         let qkv = self.to_qkv.forward(&self.norm.forward(&frames));
         let qkv = qkv.reshape([b * t, 1, 3 * c, -1]).permute([0, 1, 3, 2]).contiguous();
         let parts = qkv.chunk(3, -1);
-        let out = Tensor::scaled_dot_product_attention(&parts[0], &parts[1], &parts[2], None::<Tensor>, 0.0, false, None, false);
+        let out = Tensor::scaled_dot_product_attention(
+            &parts[0],
+            &parts[1],
+            &parts[2],
+            None::<Tensor>,
+            0.0,
+            false,
+            None,
+            false,
+        );
         let out = out.squeeze_dim(1).permute([0, 2, 1]).reshape([b * t, c, h, w]);
         let out = self.proj.forward(&out).view([b, t, c, h, w]).permute([0, 2, 1, 3, 4]);
         out + x
@@ -294,7 +319,8 @@ impl Upsample {
         }
         let t = x.size()[2];
         let frames = x.permute([0, 2, 1, 3, 4]).reshape([b * t, c, h, w]);
-        let up = frames.to_kind(Kind::Float).upsample_nearest2d([h * 2, w * 2], Some(2.0), Some(2.0)).to_kind(frames.kind());
+        let up =
+            frames.to_kind(Kind::Float).upsample_nearest2d([h * 2, w * 2], Some(2.0), Some(2.0)).to_kind(frames.kind());
         let out = self.conv.forward(&up);
         let c2 = out.size()[1];
         out.view([b, t, c2, h * 2, w * 2]).permute([0, 2, 1, 3, 4])
@@ -323,7 +349,10 @@ impl WanVaeDecoder {
     /// Builds the decoder and `post_quant_conv` under `vs` (the VAE's root, so paths read `decoder.conv_in`).
     pub fn new(vs: nn::Path, config: VaeConfig) -> Result<Self> {
         if config.is_residual || config.patch_size.is_some() {
-            return Err(Error::new(crate::ErrorCode::Unsupported, "the Wan2.2 VAE (is_residual, patch_size) is not supported yet"));
+            return Err(Error::new(
+                crate::ErrorCode::Unsupported,
+                "the Wan2.2 VAE (is_residual, patch_size) is not supported yet",
+            ));
         }
         if !config.attn_scales.is_empty() {
             return Err(Error::new(crate::ErrorCode::Unsupported, "attn_scales is not supported (Wan2.1 has none)"));
@@ -350,7 +379,8 @@ impl WanVaeDecoder {
             let resnets = (0..=config.num_res_blocks)
                 .map(|j| Residual::new(&b / "resnets" / j, if j == 0 { cin } else { cout }, cout))
                 .collect();
-            let upsample = (i != config.dim_mult.len() - 1).then(|| Upsample::new(&b / "upsamplers" / "0", cout, temporal_up[i]));
+            let upsample =
+                (i != config.dim_mult.len() - 1).then(|| Upsample::new(&b / "upsamplers" / "0", cout, temporal_up[i]));
             up_blocks.push(UpBlock { resnets, upsample });
         }
         let last = *dims.last().unwrap_or(&dim);
@@ -358,7 +388,10 @@ impl WanVaeDecoder {
         Ok(Self {
             post_quant_conv: CausalConv3d::new(&vs / "post_quant_conv", z, z, [1, 1, 1], [0, 0, 0]),
             conv_in: CausalConv3d::new(&d / "conv_in", z, dims[0], [3, 3, 3], [1, 1, 1]),
-            mid_resnets: [Residual::new(&d / "mid_block" / "resnets" / 0, dims[0], dims[0]), Residual::new(&d / "mid_block" / "resnets" / 1, dims[0], dims[0])],
+            mid_resnets: [
+                Residual::new(&d / "mid_block" / "resnets" / 0, dims[0], dims[0]),
+                Residual::new(&d / "mid_block" / "resnets" / 1, dims[0], dims[0]),
+            ],
             mid_attention: FrameAttention::new(&d / "mid_block" / "attentions" / 0, dims[0]),
             up_blocks,
             norm_out: RmsNorm::new(&d / "norm_out", last, false),

@@ -249,7 +249,8 @@ async fn one_users_failing_requests_do_not_deny_service_to_the_rest() {
                         "cooldown_ms": 60000}, "retry": {"base_delay_ms": 1, "max_delay_ms": 5}, "shutdown_timeout_ms": 100});
     let server = start(json!({"engine": engine})).await;
     let (alpha, beta) = (Client::new(&server, ALPHA), Client::new(&server, BETA));
-    for (i, prompt) in ["!fail=internal*100 bad", "!panic*100 bad", "!fail=internal*100 worse"].into_iter().enumerate() {
+    for (i, prompt) in ["!fail=internal*100 bad", "!panic*100 bad", "!fail=internal*100 worse"].into_iter().enumerate()
+    {
         let id = alpha
             .submit(json!({"prompt": prompt, "model": "faulty", "duration": 0.5, "resolution": "64x48", "seed": i}))
             .await;

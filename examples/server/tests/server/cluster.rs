@@ -38,7 +38,8 @@ fn service(redis: &RedisServer, workers: usize) -> (String, Vec<std::process::Ch
     for n in 0..workers {
         let dir = results.join(format!("worker-{n}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let config = json!({"listen": null, "tokens": [], "results_dir": dir, "engine": engine(redis, "worker", &results)});
+        let config =
+            json!({"listen": null, "tokens": [], "results_dir": dir, "engine": engine(redis, "worker", &results)});
         processes.push(spawn(&config).0);
     }
     (base, processes, results)
@@ -141,7 +142,12 @@ async fn a_cancel_through_the_api_node_stops_the_job_on_its_worker() {
     assert_eq!(client.finish(&next).await["status"], "completed");
     assert!(started.elapsed() < Duration::from_secs(5));
     let observer = observer(&redis, &results);
-    let steps = observer.events(job_id(&id), 0).unwrap().iter().filter(|e| matches!(e.kind, EventKind::Progress { .. })).count();
+    let steps = observer
+        .events(job_id(&id), 0)
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Progress { .. }))
+        .count();
     assert!(steps < 100, "the run stopped early ({steps} of 200 steps)");
     stop(&mut processes);
     let _ = std::fs::remove_dir_all(&results);

@@ -158,6 +158,8 @@ async fn webhooks_go_only_to_public_addresses_unless_the_configuration_allows_mo
     assert!(seen.lock().unwrap().is_empty(), "a name resolving to loopback is refused at connect time");
     server.shutdown().await;
 
-    let bad = ServerConfig::from_json(&config_json(json!({"webhook": {"secret": SECRET, "allow_networks": ["10.0.0.0/40"]}})).to_string());
+    let bad = ServerConfig::from_json(
+        &config_json(json!({"webhook": {"secret": SECRET, "allow_networks": ["10.0.0.0/40"]}})).to_string(),
+    );
     assert!(bad.expect_err("refused").contains("webhook.allow_networks"));
 }
