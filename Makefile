@@ -59,8 +59,9 @@ build: $(STAMPS)/venv $(STAMPS)/ffmpeg
 	$(CARGO) build --workspace --all-targets
 
 # Debian packages the tests use, each installed once when its command is missing (with sudo when not root).
-APT_INSTALL = sudo_=""; [ "$$(id -u)" = 0 ] || sudo_=sudo; \
-	{ $$sudo_ apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo_ apt-get install -y -qq --no-install-recommends
+# Used as `command -v X >/dev/null || $(APT_INSTALL) PACKAGE...; }`.
+APT_INSTALL = { sudo_=""; [ "$$(id -u)" = 0 ] || sudo_=sudo; $$sudo_ apt-get update -qq && \
+	$$sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
 # ffmpeg, for the tests that check our video files with a real tool (ffprobe).
 $(STAMPS)/ffmpeg:
