@@ -50,3 +50,29 @@ impl ResultCache {
         self.bytes += size;
     }
 }
+
+/// The engine's two caches together: memory first, then the optional disk cache.
+impl super::Shared {
+    /// A finished video for this key: from memory, else from the disk cache (then kept in memory too).
+    pub(crate) fn cached(&self, key: u64) -> Option<Arc<Video>> {
+        if !self.config.cache.enabled {
+            return None;
+        }
+        if let Some(v) = self.cache.lock().get(key) {
+            return Some(v);
+        }
+        let v = self.disk_cache.as_ref()?.get(key)?;
+        self.cache.lock().insert(key, v.clone());
+        Some(v)
+    }
+
+    /// Keeps a finished video for identical requests to come.
+    pub(crate) fn remember(&self, key: u64, video: &Arc<Video>) {
+        if self.config.cache.enabled {
+            self.cache.lock().insert(key, video.clone());
+            if let Some(disk) = &self.disk_cache {
+                disk.insert(key, video);
+            }
+        }
+    }
+}

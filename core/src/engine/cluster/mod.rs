@@ -15,7 +15,9 @@
 //! Ids come from one Redis counter, so a `JobId` means the same job on every node.
 
 mod follower;
+mod reconnect;
 mod redis_link;
+mod reply;
 mod scripts;
 mod store;
 mod worker;

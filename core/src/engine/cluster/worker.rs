@@ -9,6 +9,8 @@
 //! to this node, which resets it; an entry idle longer than `lease_ms` belongs to a worker that died, and
 //! `XAUTOCLAIM` hands it to a live one. The `lease` field of the job hash names the run that may report.
 
+use super::reconnect::Reconnect;
+use super::reply::entries;
 use super::{Cluster, GROUP, event_json, json, parse, scripts};
 use crate::engine::cell::Outcome;
 use crate::engine::event::{Event, EventKind};
@@ -341,7 +343,7 @@ impl Cluster {
         let (local, token, mut status, stopped, key, cacheable) = {
             let mut runs = self.runs.lock();
             let r = runs.get_mut(&id)?;
-            advance_status(&mut r.status, &m.event);
+            super::reply::advance_status(&mut r.status, &m.event);
             (r.local?, r.token.clone(), r.status.clone(), r.stopped_by_cluster, r.key, r.cacheable)
         };
         let cell = self.shared.cell(local)?;
@@ -546,93 +548,5 @@ impl Cluster {
         if let Some(cell) = local.and_then(|l| self.shared.cell(l)) {
             self.shared.detach(&cell, Error::new(ErrorCode::Cancelled, "cancelled through the cluster"), false);
         }
-    }
-}
-
-/// Moves a mirrored job's status on by one event of its local run.
-fn advance_status(status: &mut JobStatus, event: &Event) {
-    match &event.kind {
-        EventKind::Started { attempt, .. } => {
-            status.state = JobState::Running;
-            status.attempt = *attempt;
-            status.started_at_ms.get_or_insert(event.at_ms);
-        }
-        EventKind::Stage { stage } => status.stage = *stage,
-        EventKind::Progress { step, steps, progress, eta_ms } => {
-            status.step = *step;
-            status.steps = *steps;
-            status.progress = *progress;
-            status.eta_ms = *eta_ms;
-        }
-        EventKind::RetryScheduled { attempt, delay_ms, .. } => {
-            status.state = JobState::Queued;
-            status.attempt = *attempt;
-            status.eta_ms = status.eta_ms.map(|e| e + delay_ms);
-        }
-        EventKind::Queued { .. }
-        | EventKind::Preview { .. }
-        | EventKind::Warning { .. }
-        | EventKind::Finished { .. } => {}
-    }
-}
-
-/// `(entry id, job id)` pairs from an XREADGROUP or XAUTOCLAIM reply. Entries deleted since they were read (their
-/// job ended) come back without fields and are skipped.
-fn entries(reply: &redis::Value) -> Vec<(String, JobId)> {
-    use redis::Value;
-    fn text(v: &Value) -> Option<String> {
-        match v {
-            Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-            Value::SimpleString(s) => Some(s.clone()),
-            _ => None,
-        }
-    }
-    fn walk(v: &Value, out: &mut Vec<(String, JobId)>) {
-        let Value::Array(items) = v else { return };
-        if let [id, Value::Array(fields)] = items.as_slice() {
-            if let Some(id) = text(id).filter(|s| s.contains('-') && s.chars().all(|c| c.is_ascii_digit() || c == '-'))
-            {
-                let job = fields
-                    .chunks(2)
-                    .find(|kv| kv.first().and_then(text).as_deref() == Some("job"))
-                    .and_then(|kv| kv.get(1).and_then(text))
-                    .and_then(|s| s.parse().ok());
-                if let Some(job) = job {
-                    out.push((id, JobId(job)));
-                }
-                return;
-            }
-        }
-        for item in items {
-            walk(item, out);
-        }
-    }
-    let mut out = Vec::new();
-    walk(reply, &mut out);
-    out
-}
-
-/// A worker that cannot reach Redis waits before its next try: `crate::backoff`'s schedule, 50 ms doubling to
-/// 5 s, with full jitter.
-#[derive(Default)]
-struct Reconnect {
-    failures: u32,
-    until: Option<Instant>,
-}
-
-const RECONNECT: crate::backoff::Backoff =
-    crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_millis(5_000));
-
-impl Reconnect {
-    fn fail(&mut self) {
-        self.failures = self.failures.saturating_add(1);
-        self.until = Some(Instant::now() + RECONNECT.delay_random(self.failures));
-    }
-    fn reset(&mut self) {
-        self.failures = 0;
-        self.until = None;
-    }
-    fn waiting(&self) -> bool {
-        self.until.is_some_and(|u| Instant::now() < u)
     }
 }
