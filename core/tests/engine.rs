@@ -567,3 +567,38 @@ fn concurrent_submits_with_one_idempotency_key_make_one_job() {
     }
     assert_eq!(e.metrics().submitted, 20, "no job was made beside the 20 keyed ones");
 }
+
+/// A host callback slower than the events: it still gets every state change and the terminal event once, in
+/// order, and the latest progress, while the events waiting for it stay bounded (progress coalesced).
+#[test]
+fn a_slow_callback_gets_every_state_change_and_the_latest_progress() {
+    let e = engine();
+    let seen: Arc<parking_lot::Mutex<Vec<vgen_core::engine::Event>>> = Arc::default();
+    let sink = seen.clone();
+    e.on_event(Arc::new(move |ev| {
+        std::thread::sleep(Duration::from_millis(20)); // far slower than the job's steps
+        sink.lock().push(ev.clone());
+    }));
+    let id = e.submit(Request { steps: Some(200), ..faulty("!slow=1 many steps") }).unwrap();
+    assert_eq!(e.wait(id, WAIT).unwrap().state, JobState::Succeeded);
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while !seen.lock().iter().any(|ev| ev.kind.is_terminal()) {
+        assert!(std::time::Instant::now() < until, "the terminal event arrives");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let seen = seen.lock();
+    let log = e.events(id, 0).unwrap();
+    let not_progress = |ev: &&vgen_core::engine::Event| !matches!(ev.kind, EventKind::Progress { .. });
+    let delivered: Vec<u64> = seen.iter().filter(not_progress).map(|ev| ev.seq).collect();
+    let logged: Vec<u64> = log.iter().filter(not_progress).map(|ev| ev.seq).collect();
+    assert_eq!(delivered, logged, "every state change, stage and the terminal event, in order");
+    assert_eq!(seen.iter().filter(|ev| ev.kind.is_terminal()).count(), 1);
+    let progress = |ev: &&vgen_core::engine::Event| matches!(ev.kind, EventKind::Progress { .. });
+    let delivered: Vec<u64> = seen.iter().filter(progress).map(|ev| ev.seq).collect();
+    let logged: Vec<u64> = log.iter().filter(progress).map(|ev| ev.seq).collect();
+    assert!(delivered.windows(2).all(|w| w[0] < w[1]) && delivered.iter().all(|s| logged.contains(s)), "in order");
+    assert_eq!(delivered.last(), logged.last(), "the latest progress arrives");
+    assert!(logged.len() >= 200, "{} progress events made", logged.len());
+    assert!(delivered.len() < logged.len() * 3 / 4, "coalesced: {} of {} delivered", delivered.len(), logged.len());
+}

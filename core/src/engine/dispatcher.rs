@@ -3,45 +3,58 @@
 //! Workers and API calls queue `(callbacks, event)` pairs after releasing every lock; this thread calls them in
 //! order. A slow callback therefore delays other callbacks but never inference, and a panicking one is caught and
 //! logged. Dropping the last reference to a callback here is what runs a C host's finalizer, on this thread.
+//! The queue is a [`Mailbox`]: when the callbacks fall behind, a job's progress and previews are coalesced to the
+//! latest of each, and nothing else is ever dropped (see `mailbox.rs`).
 
 use super::cell::Outbox;
-use super::event::{Callback, Event};
-use crossbeam_channel::{Receiver, Sender, unbounded};
+use super::event::{Callback, Event, EventKind};
+use super::job::JobId;
+use super::mailbox::{self, Mailbox};
+use crate::error::{Error, Result};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
-pub(crate) enum Message {
-    Deliver(Vec<Callback>, Event),
-    Stop,
+/// One event and the callbacks it goes to.
+pub(crate) struct Delivery {
+    callbacks: Vec<Callback>,
+    event: Event,
 }
 
-pub(crate) fn spawn() -> (Sender<Message>, JoinHandle<()>) {
-    let (tx, rx) = unbounded();
+impl mailbox::Item for Delivery {
+    fn job(&self) -> JobId {
+        self.event.job
+    }
+    fn kind(&self) -> &EventKind {
+        &self.event.kind
+    }
+}
+
+pub(crate) type Dispatcher = Arc<Mailbox<Delivery>>;
+
+/// Starts the dispatcher thread; it runs until the mailbox is closed and emptied.
+pub(crate) fn spawn() -> Result<(Dispatcher, JoinHandle<()>)> {
+    let mailbox: Dispatcher = Arc::default();
+    let inbox = mailbox.clone();
     let handle = std::thread::Builder::new()
         .name("vgen-dispatcher".into())
-        .spawn(move || run(rx))
-        .expect("spawn the dispatcher thread");
-    (tx, handle)
+        .spawn(move || run(&inbox))
+        .map_err(|e| Error::internal(format!("could not start the dispatcher thread: {e}")))?;
+    Ok((mailbox, handle))
 }
 
-fn run(rx: Receiver<Message>) {
-    while let Ok(message) = rx.recv() {
-        match message {
-            Message::Deliver(callbacks, event) => {
-                for callback in callbacks {
-                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(&event)));
-                    if outcome.is_err() {
-                        tracing::error!(job = %event.job, seq = event.seq, "an event callback panicked; ignored");
-                    }
-                }
+fn run(inbox: &Mailbox<Delivery>) {
+    while let Some(Delivery { callbacks, event }) = inbox.pop(None) {
+        for callback in callbacks {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(&event)));
+            if outcome.is_err() {
+                tracing::error!(job = %event.job, seq = event.seq, "an event callback panicked; ignored");
             }
-            Message::Stop => break,
         }
     }
 }
 
-pub(crate) fn send(tx: &Sender<Message>, outbox: Outbox) {
+pub(crate) fn send(dispatcher: &Mailbox<Delivery>, outbox: Outbox) {
     for (callbacks, event) in outbox {
-        // The receiver lives until the engine is dropped, after every sender is done.
-        let _ = tx.send(Message::Deliver(callbacks, event));
+        dispatcher.push(Delivery { callbacks, event });
     }
 }

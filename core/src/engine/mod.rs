@@ -25,6 +25,7 @@ mod event;
 mod fault;
 mod flight;
 mod job;
+mod mailbox;
 mod metrics;
 mod output;
 mod queue;
@@ -54,7 +55,6 @@ use crate::video::{Frames, Video};
 use breaker::Breaker;
 use cache::ResultCache;
 use cell::{JobCell, Outbox, Outcome};
-use crossbeam_channel::Sender;
 use eta::EtaModel;
 use flight::Flight;
 use metrics::Metrics;
@@ -94,7 +94,7 @@ pub(crate) struct Shared {
     eta: Mutex<EtaModel>,
     metrics: Metrics,
     callbacks: RwLock<Vec<Callback>>,
-    dispatcher: Sender<dispatcher::Message>,
+    dispatcher: dispatcher::Dispatcher,
     next_id: AtomicU64,
     accepting: AtomicBool,
     /// Tells workers and the supervisor to exit.
@@ -166,7 +166,7 @@ impl Engine {
             (Some(dir), true) => Some(disk_cache::DiskCache::open(dir, config.cache.disk_max_bytes)?),
             _ => None,
         };
-        let (dispatcher_tx, dispatcher_thread) = dispatcher::spawn();
+        let (dispatcher_tx, dispatcher_thread) = dispatcher::spawn()?;
         let workers = devices.len() * config.workers_per_device;
         let queue = Queue::new(Duration::from_millis(config.aging_ms.max(1)));
         let queue_version = queue.version();
@@ -196,34 +196,26 @@ impl Engine {
             device_memory: devices.iter().map(|d| admission::device_memory(*d)).collect(),
             config,
         });
-        let mut threads = Vec::new();
-        for (slot, device) in devices.iter().enumerate() {
-            for n in 0..shared.config.workers_per_device {
-                let s = shared.clone();
-                let device = *device;
-                threads.push(
-                    std::thread::Builder::new()
-                        .name(format!("vgen-worker-{device}-{n}"))
-                        .spawn(move || worker::run(s, slot, device))
-                        .map_err(|e| Error::internal(format!("could not start a worker thread: {e}")))?,
-                );
-            }
-        }
-        let s = shared.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("vgen-supervisor".into())
-                .spawn(move || supervisor::run(s))
-                .map_err(|e| Error::internal(format!("could not start the supervisor thread: {e}")))?,
-        );
+        // From here the engine owns every thread started: if one fails to start, dropping the engine stops and
+        // joins the ones before it, so a failed start leaks no thread.
         #[allow(unused_mut)]
         let mut engine = Self {
-            shared,
-            threads: Mutex::new(threads),
+            shared: shared.clone(),
+            threads: Mutex::new(Vec::new()),
             dispatcher_thread: Mutex::new(Some(dispatcher_thread)),
             #[cfg(feature = "redis")]
             cluster: None,
         };
+        for (slot, device) in devices.iter().enumerate() {
+            for n in 0..shared.config.workers_per_device {
+                let s = shared.clone();
+                let device = *device;
+                engine.start_thread(&format!("vgen-worker-{device}-{n}"), move || worker::run(s, slot, device))?;
+            }
+        }
+        let s = shared.clone();
+        engine.start_thread("vgen-supervisor", move || supervisor::run(s))?;
+        drop(shared);
         match &engine.shared.config.backend {
             config::Backend::InProcess => {}
             #[cfg(feature = "redis")]
@@ -447,8 +439,8 @@ impl Engine {
             let _ = t.join();
         }
         if let Some(d) = self.dispatcher_thread.lock().take() {
-            // Stop comes after every event already queued, so each is delivered before the thread ends.
-            let _ = shared.dispatcher.send(dispatcher::Message::Stop);
+            // The dispatcher delivers every event already queued before it ends.
+            shared.dispatcher.close();
             // A callback may shut the engine down (a host dropping its last reference from inside one): the
             // dispatcher cannot join itself, so it is left to finish the queue and end on its own.
             if d.thread().id() != std::thread::current().id() {
@@ -460,6 +452,22 @@ impl Engine {
         if let Some(c) = &self.cluster {
             c.stop();
         }
+    }
+}
+
+impl Engine {
+    /// Starts one of the engine's threads; `VGEN_TEST_FAIL_THREAD_START` (a name prefix) makes that start fail, so
+    /// tests can check that a failed start leaks nothing.
+    fn start_thread(&self, name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
+        let refuse = std::env::var("VGEN_TEST_FAIL_THREAD_START").is_ok_and(|p| !p.is_empty() && name.starts_with(&p));
+        let started = if refuse {
+            Err(std::io::Error::other("refused for a test"))
+        } else {
+            std::thread::Builder::new().name(name.into()).spawn(f)
+        };
+        let handle = started.map_err(|e| Error::internal(format!("could not start the {name} thread: {e}")))?;
+        self.threads.lock().push(handle);
+        Ok(())
     }
 }
 

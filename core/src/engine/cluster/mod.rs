@@ -101,7 +101,9 @@ pub(crate) struct Cluster {
     /// Jobs submitted here whose events go to callbacks: id → (its own callback, events delivered so far).
     followed: Mutex<HashMap<JobId, (Option<Callback>, u64)>>,
     runs: Mutex<HashMap<JobId, worker::Run>>,
-    mirror: (crossbeam_channel::Sender<worker::Mirror>, crossbeam_channel::Receiver<worker::Mirror>),
+    /// Events of the local runs, for the worker thread to mirror into Redis (progress and previews coalesced when
+    /// it falls behind; see `mailbox.rs`).
+    mirror: Arc<crate::engine::mailbox::Mailbox<worker::Mirror>>,
     accepting: AtomicBool,
     /// Set at shutdown: take no more jobs; give back (not end) the ones the local engine stops.
     draining: AtomicBool,
@@ -137,7 +139,7 @@ impl Cluster {
             callbacks: RwLock::new(Vec::new()),
             followed: Mutex::new(HashMap::new()),
             runs: Mutex::new(HashMap::new()),
-            mirror: crossbeam_channel::unbounded(),
+            mirror: Arc::default(),
             accepting: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             stopping: AtomicBool::new(false),

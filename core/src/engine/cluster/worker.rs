@@ -27,6 +27,15 @@ pub(crate) struct Mirror {
     event: Event,
 }
 
+impl crate::engine::mailbox::Item for Mirror {
+    fn job(&self) -> JobId {
+        self.cluster
+    }
+    fn kind(&self) -> &EventKind {
+        &self.event.kind
+    }
+}
+
 /// A job this node is running (or waiting to run, behind an identical one).
 pub(crate) struct Run {
     local: Option<JobId>,
@@ -69,7 +78,7 @@ impl Cluster {
         let mut backoff = Reconnect::default();
         loop {
             let stopping = self.stopping.load(Ordering::Acquire);
-            while let Ok(m) = self.mirror.1.try_recv() {
+            while let Some(m) = self.mirror.try_pop() {
                 if let Some(ending) = self.mirror_event(m) {
                     endings.push(ending);
                 }
@@ -282,9 +291,9 @@ impl Cluster {
             return Ok(());
         };
         let local_request = Request { idempotency_key: None, deadline_ms: remaining, priority: 0, ..request };
-        let tx = self.mirror.0.clone();
+        let mirror = self.mirror.clone();
         let callback: crate::engine::Callback = Arc::new(move |event: &Event| {
-            let _ = tx.send(Mirror { cluster: id, event: event.clone() });
+            mirror.push(Mirror { cluster: id, event: event.clone() });
         });
         match self.shared.submit(local_request, Some(callback)) {
             Ok(local) => {
