@@ -94,13 +94,13 @@ test-c: test-c-plain test-c-asan test-c-package $(STAMPS)/valgrind
 	TARGET_DIR=$(TARGET_DIR) ffi/tests/c/run.sh valgrind misuse
 	@echo "C and C++ examples and tests: ok"
 
-test-c-plain: build
+test-c-plain: build $(STAMPS)/redis
 	TARGET_DIR=$(TARGET_DIR) ffi/tests/c/run.sh plain
 
-test-c-asan: build
+test-c-asan: build $(STAMPS)/redis
 	TARGET_DIR=$(TARGET_DIR) ffi/tests/c/run.sh asan
 
-test-c-valgrind: build $(STAMPS)/valgrind
+test-c-valgrind: build $(STAMPS)/valgrind $(STAMPS)/redis
 	TARGET_DIR=$(TARGET_DIR) ffi/tests/c/run.sh valgrind
 
 # A host built through `pkg-config --cflags --libs vgen`, and one through CMake's find_package(vgen), from the

@@ -261,7 +261,8 @@ vgen_status vgen_engine_submit(const vgen_engine *engine,
 
 /**
  * Fills `out` with the job's status at once. Never blocks and never allocates, so a game loop may call it every
- * frame. Any thread.
+ * frame; with the Redis backend that holds for the jobs submitted through this engine, whose status it mirrors
+ * (within 20 ms), while a job submitted elsewhere is read from Redis. Any thread.
  *
  * # Safety
  * `engine` a live engine; `out` valid for a write.

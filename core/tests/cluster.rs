@@ -291,3 +291,31 @@ fn a_worker_stopped_with_sigterm_gives_its_job_back_and_another_finishes_it() {
     assert_one_end(&api, id);
     drop(next);
 }
+
+/// The submitting engine answers `poll` and `latest_preview` for its jobs from the state it mirrors, without a
+/// round trip: they keep answering, at once, while Redis is down (a game calls them every frame); `events`, which
+/// reads the log in Redis, fails meanwhile. After `wait` sees the end, `poll` says so too.
+#[test]
+fn poll_and_previews_of_jobs_submitted_here_are_served_from_the_mirror() {
+    let mut redis = Redis::start("mirror");
+    let results = scratch("mirror");
+    let worker = node(&redis, Role::Worker, &results);
+    let submitter = node(&redis, Role::Submitter, &results);
+    let id = submitter.submit(Request { preview_every: Some(1), ..slow("mirrored", 20, 60, 1) }).unwrap();
+    wait_for_step(&submitter, id, 2);
+    redis.shutdown();
+    let start = Instant::now();
+    for _ in 0..1000 {
+        let s = submitter.poll(id).expect("poll answers from the mirror");
+        assert!(s.step >= 2);
+        submitter.latest_preview(id).expect("the preview answers from the mirror");
+        submitter.peek(id, |s, _, _| s.step).unwrap();
+    }
+    assert!(start.elapsed() < Duration::from_millis(500), "no round trips: {:?} for 3,000 calls", start.elapsed());
+    assert!(submitter.events(id, 0).is_err(), "events read Redis, which is down");
+    redis.restart();
+    let end = submitter.wait(id, Some(Duration::from_secs(60))).unwrap();
+    assert!(end.state.is_terminal());
+    assert_eq!(submitter.poll(id).unwrap().state, end.state, "poll agrees with wait at once");
+    drop(worker);
+}

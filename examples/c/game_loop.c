@@ -1,7 +1,8 @@
 /* A simulated 60 Hz game loop: two jobs with different priorities, polled once per frame, previews copied into a
  * "texture", and one job cancelled part-way. vgen's calls must fit in a frame's budget: 1 ms by default.
- * Usage: game_loop [BUDGET_MS] (the sanitizer and valgrind runs pass a larger one, since they slow every instruction
- * down).
+ * Usage: game_loop [BUDGET_MS [ENGINE_CONFIG_JSON]] (the sanitizer and valgrind runs pass a larger budget, since they
+ * slow every instruction down; ffi/tests/c/run.sh also runs it on an engine whose jobs go through Redis, whose
+ * poll and preview must fit the same budget).
  *
  * The verdict: every frame within the budget, except one frame in a hundred plus one (the first call of each
  * function binds its symbol), and none over ten budgets. The time is this thread's CPU time, which a shared or
@@ -31,7 +32,11 @@ static void sleep_ms(double ms) {
 int main(int argc, char **argv) {
     const double budget_ms = argc > 1 ? atof(argv[1]) : 1.0;
     vgen_engine *engine = NULL;
-    if (vgen_engine_new("{\"devices\": [\"cpu\"]}", &engine) != VGEN_STATUS_OK) return 1;
+    const char *config = argc > 2 ? argv[2] : "{\"devices\": [\"cpu\"]}";
+    if (vgen_engine_new(config, &engine) != VGEN_STATUS_OK) {
+        fprintf(stderr, "engine: %s\n", vgen_last_error());
+        return 1;
+    }
     uint64_t hero = 0, background = 0;
     vgen_engine_submit(engine, "{\"prompt\": \"background\", \"priority\": -1, \"steps\": 200, \"width\": 256, \"height\": 256, \"num_frames\": 33, \"preview_every\": 1}", NULL, &background);
     vgen_engine_submit(engine, "{\"prompt\": \"hero\", \"priority\": 5, \"steps\": 16, \"preview_every\": 2}", NULL, &hero);

@@ -276,7 +276,7 @@ impl Engine {
     /// Reads the job's latest status in place, without copying or allocating (for hosts that poll every frame,
     /// such as the C ABI). `f` also gets the queue position while the job is queued.
     pub fn peek<R>(&self, id: JobId, f: impl FnOnce(&JobStatus, u32, Option<u64>) -> R) -> Result<R> {
-        clustered!(self, c => c.poll(id).map(|s| f(&s, s.queue_position, s.eta_ms)));
+        clustered!(self, c => c.peek(id, |s| f(s, s.queue_position, s.eta_ms)));
         let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
         let snapshot = cell.snapshot();
         let status = &snapshot.status;
@@ -306,7 +306,16 @@ impl Engine {
                 _ => None,
             })
         };
-        clustered!(self, c => c.events(id, 0).map(|events| latest(&events)));
+        // Previews stay on the worker that made them (their frames are not sent through Redis): a job that runs on
+        // this node shows its local run's previews; one running elsewhere has none here.
+        #[cfg(feature = "redis")]
+        let id = match &self.cluster {
+            Some(c) => match c.local_run(id)? {
+                Some(local) => local,
+                None => return Ok(None),
+            },
+            None => id,
+        };
         let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
         let r = cell.read();
         Ok(latest(&r.events))

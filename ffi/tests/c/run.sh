@@ -37,6 +37,7 @@ PROGRAMS=(
     "hello_video     examples/c/hello_video.c     @/hello_video.mp4    ^wrote "
     "hello_video_cpp examples/cpp/hello_video.cc  @/hello_video_cpp.mp4 ^wrote "
     "game_loop       examples/c/game_loop.c       BUDGET               ^game loop: "
+    "game_loop_redis examples/c/game_loop.c       REDIS                ^game loop: "
     "misuse          ffi/tests/c/misuse.c         -                    ^misuse: ok"
     "concurrency     ffi/tests/c/concurrency.c    -                    ^concurrency: ok"
     "wrapper         ffi/tests/c/wrapper.cc       -                    ^C\+\+ wrapper: ok"
@@ -70,6 +71,23 @@ case $mode in
         ;;
 esac
 
+# A redis-server of this run's own on loopback, for the game loop on the Redis backend: started on first use,
+# stopped when the script exits.
+redis_port=""
+start_redis() {
+    [[ -n $redis_port ]] && return
+    redis_port=$((20000 + RANDOM % 20000))
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
+        --pidfile "$out/redis.pid" --logfile "$out/redis.log" --dir "$out"
+    trap 'kill "$(cat "$out/redis.pid" 2>/dev/null)" 2>/dev/null || true' EXIT
+    for _ in $(seq 100); do
+        [[ $(redis-cli -p "$redis_port" ping 2>/dev/null) == PONG ]] && return
+        sleep 0.05
+    done
+    echo "redis-server did not start on port $redis_port (see $out/redis.log)" >&2
+    exit 1
+}
+
 selected=("$@")
 for entry in "${PROGRAMS[@]}"; do
     read -r name source args pattern <<<"$entry"
@@ -84,6 +102,11 @@ for entry in "${PROGRAMS[@]}"; do
     case $args in
         -) ;;
         BUDGET) argv=("$budget") ;;
+        REDIS)
+            start_redis
+            argv=("$budget" "{\"devices\": [\"cpu\"], \"backend\": {\"redis\": {\"url\": \"redis://127.0.0.1:$redis_port/0\",
+                \"namespace\": \"game-loop-$$\", \"role\": \"both\", \"results_dir\": \"$out/redis-results\"}}}")
+            ;;
         @/*) argv=("$out/${args#@/}") ;;
     esac
     start=$(date +%s.%N)

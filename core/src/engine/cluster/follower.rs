@@ -1,11 +1,12 @@
-//! Callbacks for jobs submitted through this engine: their events are read back from Redis, wherever the job
-//! runs, and handed to the engine's dispatcher thread, in order, the terminal one exactly once, as in one process.
+//! Jobs submitted through this engine: every tick their events and status are read back from Redis, wherever the
+//! job runs. The events go to the engine's dispatcher thread, in order, the terminal one exactly once, as in one
+//! process; the status goes to the mirror that `poll` and `peek` answer from.
 
 use super::{Cluster, parse};
 use crate::engine::dispatcher;
 use crate::engine::event::Event;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often the event logs of followed jobs are read.
 const TICK: Duration = Duration::from_millis(20);
@@ -14,6 +15,7 @@ impl Cluster {
     pub(super) fn follow_loop(&self) {
         while !self.stopping.load(Ordering::Acquire) {
             std::thread::sleep(TICK);
+            self.forget_expired();
             if self.followed.lock().is_empty() {
                 continue;
             }
@@ -25,15 +27,27 @@ impl Cluster {
     fn follow_once(&self) -> crate::Result<()> {
         let jobs: Vec<(crate::engine::JobId, u64)> =
             self.followed.lock().iter().map(|(id, (_, n))| (*id, *n)).collect();
-        let logs: Vec<Vec<String>> = self.link.with(|c| {
+        // Each job's new events, then its status: read in one round trip, so a status is never older than the
+        // events delivered with it.
+        let replies: Vec<(Vec<String>, Option<String>)> = self.link.with(|c| {
             let mut pipe = redis::pipe();
             for (id, seen) in &jobs {
                 pipe.cmd("LRANGE").arg(self.keys.events(*id)).arg(*seen).arg(-1);
+                pipe.cmd("HGET").arg(self.keys.job(*id)).arg("status");
             }
-            pipe.query(c)
+            let flat: Vec<redis::Value> = pipe.query(c)?;
+            Ok(flat
+                .chunks(2)
+                .map(|pair| {
+                    let log = redis::from_redis_value(pair[0].clone()).unwrap_or_default();
+                    let status = redis::from_redis_value(pair[1].clone()).unwrap_or(None);
+                    (log, status)
+                })
+                .collect())
         })?;
         let engine_callbacks = self.callbacks.read().clone();
-        for ((id, _), log) in jobs.into_iter().zip(logs) {
+        for ((id, _), (log, status)) in jobs.into_iter().zip(replies) {
+            self.mirror_status(id, status.as_deref());
             if log.is_empty() {
                 continue;
             }
@@ -58,5 +72,28 @@ impl Cluster {
             dispatcher::send(&self.shared.dispatcher, outbox);
         }
         Ok(())
+    }
+
+    /// Moves the mirror of a job submitted here to the status just read.
+    fn mirror_status(&self, id: crate::engine::JobId, status: Option<&str>) {
+        let status: Option<crate::engine::JobStatus> = status.and_then(|s| parse(s, "job status").ok());
+        let mut mirrored = self.mirrored.write();
+        let Some(m) = mirrored.get_mut(&id) else { return };
+        // An ended job's mirror never goes back (a read from before `wait` or `cancel` saw the end may land after).
+        if let Some(status) = status.filter(|_| !m.status.state.is_terminal()) {
+            if status.state.is_terminal() && m.ended_at.is_none() {
+                m.ended_at = Some(Instant::now());
+            }
+            m.status = status;
+        }
+    }
+
+    /// Drops the mirror of jobs that ended more than `job_ttl_ms` ago, as Redis drops the jobs themselves.
+    fn forget_expired(&self) {
+        let ttl = Duration::from_millis(self.config.job_ttl_ms);
+        let expired = |m: &super::Mirrored| m.ended_at.is_some_and(|at| at.elapsed() >= ttl);
+        if self.mirrored.read().values().any(expired) {
+            self.mirrored.write().retain(|_, m| !expired(m));
+        }
     }
 }

@@ -87,6 +87,13 @@ impl Keys {
     }
 }
 
+/// A job submitted through this engine, as last read from Redis.
+pub(crate) struct Mirrored {
+    status: JobStatus,
+    /// When the follower saw it end, for dropping it `job_ttl_ms` later, as Redis drops the job.
+    ended_at: Option<Instant>,
+}
+
 pub(crate) struct Cluster {
     config: RedisConfig,
     keys: Keys,
@@ -100,6 +107,10 @@ pub(crate) struct Cluster {
     callbacks: RwLock<Vec<Callback>>,
     /// Jobs submitted here whose events go to callbacks: id → (its own callback, events delivered so far).
     followed: Mutex<HashMap<JobId, (Option<Callback>, u64)>>,
+    /// The latest status of each job submitted here, as the follower last read it from Redis (within one tick):
+    /// `poll` and `peek` answer from here without a round trip or a parse, so a host may call them every frame.
+    /// Finished jobs stay until `release` or `job_ttl_ms`.
+    mirrored: RwLock<HashMap<JobId, Mirrored>>,
     runs: Mutex<HashMap<JobId, worker::Run>>,
     /// Events of the local runs, for the worker thread to mirror into Redis (progress and previews coalesced when
     /// it falls behind; see `mailbox.rs`).
@@ -138,6 +149,7 @@ impl Cluster {
             node,
             callbacks: RwLock::new(Vec::new()),
             followed: Mutex::new(HashMap::new()),
+            mirrored: RwLock::new(HashMap::new()),
             runs: Mutex::new(HashMap::new()),
             mirror: Arc::default(),
             accepting: AtomicBool::new(true),
@@ -237,6 +249,7 @@ impl Cluster {
             _ => return Err(Error::new(ErrorCode::Internal, format!("redis: unexpected submit reply {reply:?}"))),
         }
         // Followed even without a callback: an engine-wide callback registered later still sees its events.
+        self.mirrored.write().insert(id, Mirrored { status, ended_at: None });
         self.followed.lock().insert(id, (callback, 0));
         Ok(id)
     }
@@ -248,7 +261,48 @@ impl Cluster {
         Ok((parse(&status, "job status")?, other))
     }
 
+    /// The job's status: from the mirror for a job submitted here, else from Redis.
     pub(crate) fn poll(&self, id: JobId) -> Result<JobStatus> {
+        if let Some(m) = self.mirrored.read().get(&id) {
+            return Ok(m.status.clone());
+        }
+        self.fetch_status(id)
+    }
+
+    /// Reads the job's status in place: from the mirror, without a round trip or an allocation, for a job
+    /// submitted here; else from Redis.
+    pub(crate) fn peek<R>(&self, id: JobId, f: impl FnOnce(&JobStatus) -> R) -> Result<R> {
+        if let Some(m) = self.mirrored.read().get(&id) {
+            return Ok(f(&m.status));
+        }
+        Ok(f(&self.fetch_status(id)?))
+    }
+
+    /// The job of this node's local engine that runs cluster job `id`, if it runs here. An unknown job is
+    /// `not_found` (checked in the mirror, else in Redis).
+    pub(crate) fn local_run(&self, id: JobId) -> Result<Option<JobId>> {
+        if let Some(local) = self.runs.lock().get(&id).and_then(|r| r.local) {
+            return Ok(Some(local));
+        }
+        if !self.mirrored.read().contains_key(&id) {
+            self.fetch_status(id)?;
+        }
+        Ok(None)
+    }
+
+    /// A job's end seen here (by `wait` or `cancel`) goes to its mirror at once, so that `poll` never says a job
+    /// is still going after `wait` said it ended.
+    fn mirror_end(&self, id: JobId, status: &JobStatus) {
+        if let Some(m) = self.mirrored.write().get_mut(&id) {
+            if !m.status.state.is_terminal() {
+                m.status = status.clone();
+                m.ended_at = Some(Instant::now());
+            }
+        }
+    }
+
+    /// The job's status as Redis has it now.
+    fn fetch_status(&self, id: JobId) -> Result<JobStatus> {
         Ok(self.status_and(id, "status")?.0)
     }
 
@@ -273,8 +327,9 @@ impl Cluster {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut pause = Duration::from_millis(5);
         loop {
-            let status = self.poll(id)?;
+            let status = self.fetch_status(id)?;
             if status.state.is_terminal() {
+                self.mirror_end(id, &status);
                 return Ok(status);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -287,7 +342,7 @@ impl Cluster {
     }
 
     pub(crate) fn cancel(&self, id: JobId) -> Result<bool> {
-        let status = self.poll(id)?;
+        let status = self.fetch_status(id)?;
         if status.state.is_terminal() {
             return Ok(false);
         }
@@ -313,7 +368,11 @@ impl Cluster {
         })?;
         match n {
             -1 => Err(not_found(id)),
-            n => Ok(n == 1),
+            1 => {
+                self.mirror_end(id, &ended);
+                Ok(true)
+            }
+            _ => Ok(false),
         }
     }
 
@@ -338,12 +397,13 @@ impl Cluster {
     /// Forgets a finished job now. Its video file stays in the store until the store's retention removes it,
     /// because identical jobs served from the cluster's cache may share it.
     pub(crate) fn release(&self, id: JobId) -> Result<()> {
-        let status = self.poll(id)?;
+        let status = self.fetch_status(id)?;
         if !status.state.is_terminal() {
             return Err(Error::invalid(format!("{id} has not finished: cancel it first")));
         }
         self.link.with(|c| redis::cmd("DEL").arg(self.keys.job(id)).arg(self.keys.events(id)).query::<()>(c))?;
         self.followed.lock().remove(&id);
+        self.mirrored.write().remove(&id);
         Ok(())
     }
 

@@ -38,7 +38,8 @@ impl crate::engine::mailbox::Item for Mirror {
 
 /// A job this node is running (or waiting to run, behind an identical one).
 pub(crate) struct Run {
-    local: Option<JobId>,
+    /// The job of the local engine that runs it, once started.
+    pub(super) local: Option<JobId>,
     token: String,
     stream: String,
     entry: String,
