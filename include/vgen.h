@@ -423,7 +423,8 @@ vgen_status vgen_video_frames(const vgen_video *video,
                               double *fps_out);
 
 /**
- * The metadata (seed, model, weights hash, device, dtype, timings per stage, peak memory, attempts, cache hit) as
+ * The metadata (seed, model, weights hash, device, dtype, timings per stage, `peak_rss_bytes`: the process's resident
+ * memory high-water mark over the attempt, shared by concurrent jobs; attempts, cache hit) as
  * a JSON object. `json_out` receives a string the caller frees with `vgen_string_free`. Any thread.
  *
  * # Safety

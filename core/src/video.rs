@@ -88,8 +88,11 @@ pub struct VideoMetadata {
     pub guidance_scale: f64,
     /// Milliseconds per stage, by stage name.
     pub timings_ms: StageTimings,
-    /// The highest resident memory seen at a step boundary, in bytes (CPU), or the device's peak (CUDA).
-    pub peak_memory_bytes: u64,
+    /// The process's resident memory (RSS), in bytes: the highest seen at the attempt's stage and step
+    /// boundaries. It is the whole process's, shared by the jobs running at the same time and including the
+    /// weights, so it is an upper bound on this job's own memory, on every device. (A job's own CUDA peak, from
+    /// the caching allocator's statistics, is not measured yet.)
+    pub peak_rss_bytes: u64,
     pub attempts: u32,
     pub cache_hit: bool,
 }

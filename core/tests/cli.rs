@@ -64,7 +64,7 @@ fn json_mode_streams_events_and_writes_every_format() {
     assert_eq!(result["seed"], 3);
     assert_eq!(result["model"], "shapes-tiny", "the default model is the real one");
     assert_eq!(result["paths"].as_array().unwrap().len(), 4);
-    assert!(result["peak_memory_bytes"].as_u64().unwrap() > 0);
+    assert!(result["peak_rss_bytes"].as_u64().unwrap() > 0);
     for o in &outs {
         assert!(std::path::Path::new(o.trim_end_matches('/')).exists(), "{o}");
     }

@@ -71,7 +71,7 @@ fn a_job_goes_queued_running_succeeded_with_stages_progress_and_a_video() {
     assert_eq!(video.metadata.model, "testcard");
     assert_eq!(video.metadata.device, "cpu");
     assert!(video.metadata.timings_ms["generating"] > 0.0);
-    assert!(video.metadata.peak_memory_bytes > 0);
+    assert!(video.metadata.peak_rss_bytes > 0);
 
     let events = e.events(id, 0).unwrap();
     let names: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();

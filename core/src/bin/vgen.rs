@@ -256,7 +256,7 @@ fn generate(g: Generate) -> ExitCode {
             "width": m.width, "height": m.height, "frames": m.num_frames, "fps": video.fps,
             "timings_ms": m.timings_ms,
             "total_ms": started.elapsed().as_secs_f64() * 1e3,
-            "peak_memory_bytes": m.peak_memory_bytes,
+            "peak_rss_bytes": m.peak_rss_bytes,
             "attempts": m.attempts,
             "cache_hit": m.cache_hit,
         });

@@ -139,7 +139,7 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
                 meta.guidance_scale = p.guidance_scale;
                 meta.timings_ms =
                     Stage::ALL.iter().map(|s| (s.name().to_string(), attempt.timings_ms[s.index()])).collect();
-                meta.peak_memory_bytes = attempt.peak_rss;
+                meta.peak_rss_bytes = attempt.peak_rss;
                 meta.attempts = number;
             }
             // A streaming model returns no frames when no job keeps them (see `Attempt::retains_frames`).
