@@ -139,9 +139,9 @@ pub unsafe extern "C" fn vgen_engine_free(engine: *mut vgen_engine) {
 
 /// A per-job callback. `callback` receives every event of the job, the terminal one (`"type":"finished"`)
 /// exactly once and last, on the engine's dispatcher thread (never an inference thread, never under an engine
-/// lock; keep it short: it delays other jobs' callbacks, not their work). When callbacks fall more than 64 events
-/// behind, a job's waiting progress and previews are coalesced to the latest of each (their `seq` then skips);
-/// no other event is ever dropped, so memory stays bounded. `event_json` is the event as JSON and is
+/// lock; keep it short: it delays other jobs' callbacks, not their work). When 32 of a job's events wait for the
+/// callbacks, its waiting progress and previews are coalesced to the latest of each (their `seq` then skips); no
+/// other event is ever dropped, so memory stays bounded. `event_json` is the event as JSON and is
 /// valid only during the call. A callback may call any vgen function on the engine except `vgen_engine_free`.
 ///
 /// `finalizer` (may be NULL) runs exactly once, when vgen lets go of `userdata`:

@@ -3,7 +3,7 @@
 //! Workers and API calls queue `(callbacks, event)` pairs after releasing every lock; this thread calls them in
 //! order. A slow callback therefore delays other callbacks but never inference, and a panicking one is caught and
 //! logged. Dropping the last reference to a callback here is what runs a C host's finalizer, on this thread.
-//! The queue is a [`Mailbox`]: when the callbacks fall behind, a job's progress and previews are coalesced to the
+//! The queue is a [`Mailbox`]: when the callbacks fall behind a job, its progress and previews are coalesced to the
 //! latest of each, and nothing else is ever dropped (see `mailbox.rs`).
 
 use super::cell::Outbox;

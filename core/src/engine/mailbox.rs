@@ -4,12 +4,13 @@
 //! Invariants:
 //! - Nothing but progress and preview events is ever dropped: every state change, stage, retry, warning and the
 //!   terminal event is delivered, in order.
-//! - Once more than [`COALESCE_AFTER`] items wait, a new progress (or preview) event of a job replaces the one of
-//!   the same kind still waiting at the tail of that job's events, in its place: a consumer that falls behind
-//!   gets the latest progress and the latest preview, not every one. The replaced event is only ever one that no
-//!   other event of its job follows, so each job's events stay in order (their sequence numbers increase, with
-//!   gaps where events were coalesced). So at most one progress and one preview per job wait beyond the
-//!   threshold, and a slow consumer cannot pile up previews and the frames they hold.
+//! - Once [`COALESCE_AFTER`] events of a job wait, a new progress (or preview) event of that job replaces the one
+//!   of the same kind still waiting at the tail of the job's events, in its place: a consumer that falls behind
+//!   a job gets its latest progress and its latest preview, not every one. The replaced event is only ever one
+//!   that no other event of its job follows, so each job's events stay in order (their sequence numbers
+//!   increase, with gaps where events were coalesced). So a job's waiting events stay bounded (its state changes
+//!   aside), and a slow consumer cannot pile up previews and the frames they hold; a burst of many jobs, each
+//!   with a few events waiting, loses nothing.
 //! - After `close`, pushes are ignored; `pop` returns what is queued, then `None`.
 
 use super::event::EventKind;
@@ -18,8 +19,8 @@ use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::time::Duration;
 
-/// How many items may wait before progress and previews are coalesced.
-pub(crate) const COALESCE_AFTER: usize = 64;
+/// How many of a job's events may wait before its progress and previews are coalesced.
+pub(crate) const COALESCE_AFTER: usize = 32;
 
 /// What the mailbox needs to know of an item.
 pub(crate) trait Item {
@@ -54,20 +55,22 @@ impl<T: Item> Mailbox<T> {
         if *closed {
             return;
         }
-        if let Some(c) = class(item.kind()).filter(|_| queue.len() >= COALESCE_AFTER) {
-            // The tail of this job's waiting events, while they are progress or previews.
+        if let Some(c) = class(item.kind()) {
             let job = item.job();
-            for i in (0..queue.len()).rev() {
-                if queue[i].job() != job {
-                    continue;
-                }
-                match class(queue[i].kind()) {
-                    Some(k) if k == c => {
-                        queue[i] = item;
-                        return;
+            if queue.iter().filter(|waiting| waiting.job() == job).count() >= COALESCE_AFTER {
+                // The tail of this job's waiting events, while they are progress or previews.
+                for i in (0..queue.len()).rev() {
+                    if queue[i].job() != job {
+                        continue;
                     }
-                    Some(_) => continue,
-                    None => break,
+                    match class(queue[i].kind()) {
+                        Some(k) if k == c => {
+                            queue[i] = item;
+                            return;
+                        }
+                        Some(_) => continue,
+                        None => break,
+                    }
                 }
             }
         }
@@ -154,7 +157,7 @@ mod tests {
             }
         }
         m.push(Ev(a, EventKind::Finished { state: JobState::Succeeded, error: None, cache_hit: false }));
-        assert!(m.len() < COALESCE_AFTER + 8, "bounded: {} waiting", m.len());
+        assert!(m.len() < 2 * COALESCE_AFTER + 8, "bounded: {} waiting", m.len());
         m.close();
         m.push(Ev(b, EventKind::Queued { position: 0 }));
         let mut got = Vec::new();
@@ -184,13 +187,14 @@ mod tests {
     #[test]
     fn below_the_threshold_nothing_is_coalesced_and_pop_waits() {
         let m = std::sync::Arc::new(Mailbox::default());
-        for step in 1..=10 {
-            m.push(Ev(JobId(1), progress(step)));
+        // A burst of many jobs, each with fewer events waiting than the threshold, loses nothing.
+        for job in 0..100 {
+            for step in 1..COALESCE_AFTER as u32 {
+                m.push(Ev(JobId(job), progress(step)));
+            }
         }
-        assert_eq!(m.len(), 10);
-        for _ in 0..10 {
-            assert!(m.try_pop().is_some());
-        }
+        assert_eq!(m.len(), 100 * (COALESCE_AFTER - 1));
+        while m.try_pop().is_some() {}
         assert!(m.pop(Some(Duration::from_millis(10))).is_none(), "an empty wait times out");
         let m2 = m.clone();
         let t = std::thread::spawn(move || m2.pop(None).map(|e| e.0));
