@@ -252,12 +252,12 @@ fn models<'py>(py: Python<'py>) -> PyResult<(Vec<Bound<'py, PyDict>>, Vec<String
         let d = PyDict::new(py);
         d.set_item("name", &m.name)?;
         d.set_item("default", m.default)?;
-        d.set_item("width", m.width)?;
-        d.set_item("height", m.height)?;
-        d.set_item("num_frames", m.num_frames)?;
-        d.set_item("fps", m.fps)?;
-        d.set_item("steps", m.steps)?;
-        d.set_item("guidance_scale", m.guidance_scale)?;
+        d.set_item("width", m.defaults.width)?;
+        d.set_item("height", m.defaults.height)?;
+        d.set_item("num_frames", m.defaults.num_frames)?;
+        d.set_item("fps", m.defaults.fps)?;
+        d.set_item("steps", m.defaults.steps)?;
+        d.set_item("guidance_scale", m.defaults.guidance_scale)?;
         d.set_item("size_multiple", m.size_multiple)?;
         d.set_item("dtype", &m.dtype)?;
         d.set_item("weights_bytes", m.weights_bytes)?;

@@ -363,8 +363,8 @@ fn models(json: bool) -> vgen_core::Result<()> {
                 "{:<16} {:>9.1} MB {:>14} {:>6}  {}{mark}",
                 m.name,
                 m.weights_bytes as f64 / 1e6,
-                format!("{}x{}x{}", m.width, m.height, m.num_frames),
-                m.steps,
+                format!("{}x{}x{}", m.defaults.width, m.defaults.height, m.defaults.num_frames),
+                m.defaults.steps,
                 m.folder.as_deref().unwrap_or("built in"),
             );
         }

@@ -85,12 +85,10 @@ pub struct Summary {
     /// The folder it was opened from; None for a built-in model.
     pub folder: Option<String>,
     pub weights_bytes: u64,
-    pub width: u32,
-    pub height: u32,
-    pub num_frames: u32,
-    pub fps: f64,
-    pub steps: u32,
-    pub guidance_scale: f64,
+    /// What a request gets for each field it leaves out (`width`, `height`, `num_frames`, `fps`, `steps`,
+    /// `guidance_scale`, listed beside the other fields).
+    #[serde(flatten)]
+    pub defaults: Defaults,
     pub size_multiple: u32,
     pub dtype: String,
 }
@@ -239,12 +237,7 @@ impl Models {
                     test_model: TEST_MODELS.contains(&i.name.as_str()),
                     folder: m.folder().map(|f| f.display().to_string()),
                     weights_bytes: m.weights_bytes(),
-                    width: i.defaults.width,
-                    height: i.defaults.height,
-                    num_frames: i.defaults.num_frames,
-                    fps: i.defaults.fps,
-                    steps: i.defaults.steps,
-                    guidance_scale: i.defaults.guidance_scale,
+                    defaults: i.defaults.clone(),
                     size_multiple: i.size_multiple,
                     dtype: i.dtype.clone(),
                 }
