@@ -123,8 +123,8 @@ impl Models {
     }
 
     /// The built-in models plus every Wan folder (one holding `model_index.json`) found on the standard search
-    /// path ([`SearchPath::standard`]: `$VGEN_MODELS`, the user's data folder, the install prefix, the source
-    /// tree). Folders that fail to open are reported and skipped.
+    /// path ([`SearchPath::standard`]: `$VGEN_MODELS`, the user's data folder, the Python package's data, the
+    /// install prefix, the source tree). Folders that fail to open are reported and skipped.
     pub fn discover() -> (Self, Vec<Error>) {
         Self::discover_on(SearchPath::standard())
     }
@@ -135,11 +135,11 @@ impl Models {
     }
 
     /// The built-in models plus every Wan folder found on `path`. Where two folders hold a model of the same
-    /// name, the one earlier on the path wins.
+    /// name, the one earlier on the path wins. The default is `shapes-tiny` if found, else the first model found
+    /// (which `insert` made the default, the built-in ones being test models).
     pub fn discover_on(path: SearchPath) -> (Self, Vec<Error>) {
         let mut m = Self::builtin();
         let mut problems = Vec::new();
-        let mut first_real = None;
         let mut opened = std::collections::HashSet::new();
         for root in path.roots() {
             let Ok(entries) = std::fs::read_dir(&root.path) else { continue };
@@ -153,18 +153,17 @@ impl Models {
                 match wan::pipeline::WanModel::open(&dir) {
                     Ok(model) => {
                         let name = model.info().name.clone();
-                        if m.by_name.contains_key(&name) {
-                            continue;
+                        if !m.by_name.contains_key(&name) {
+                            m.insert(Arc::new(model));
                         }
-                        first_real.get_or_insert_with(|| name.clone());
-                        m.insert(Arc::new(model));
                     }
                     Err(e) => problems.push(e),
                 }
             }
         }
-        m.default =
-            if m.by_name.contains_key(DEFAULT_TRAINED) { Some(DEFAULT_TRAINED.to_string()) } else { first_real };
+        if m.by_name.contains_key(DEFAULT_TRAINED) {
+            m.default = Some(DEFAULT_TRAINED.to_string());
+        }
         m.searched = path;
         (m, problems)
     }

@@ -143,7 +143,6 @@ fn user_data_models() -> Option<PathBuf> {
 /// names the shared object that holds a function of ours; for code linked into the executable it may name the
 /// program as it was started, so the executable's own path (`/proc/self/exe`) is used then.
 pub fn binary_holding_vgen() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok());
     // SAFETY: Dl_info is plain data (pointers and integers); all zeroes is a valid value.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     let marker = binary_holding_vgen as *const () as *const libc::c_void;
@@ -160,7 +159,7 @@ pub fn binary_holding_vgen() -> Option<PathBuf> {
             }
         }
     }
-    exe
+    std::env::current_exe().ok().and_then(|p| p.canonicalize().ok())
 }
 
 /// Removes `..` and `.` components without touching the file system (the folder may not exist).
