@@ -10,7 +10,7 @@ use super::cell::Outbox;
 use super::event::{Callback, Event, EventKind};
 use super::job::JobId;
 use super::mailbox::{self, Mailbox};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -35,10 +35,7 @@ pub(crate) type Dispatcher = Arc<Mailbox<Delivery>>;
 pub(crate) fn spawn() -> Result<(Dispatcher, JoinHandle<()>)> {
     let mailbox: Dispatcher = Arc::default();
     let inbox = mailbox.clone();
-    let handle = std::thread::Builder::new()
-        .name("vgen-dispatcher".into())
-        .spawn(move || run(&inbox))
-        .map_err(|e| Error::internal(format!("could not start the dispatcher thread: {e}")))?;
+    let handle = super::start_thread("vgen-dispatcher", move || run(&inbox))?;
     Ok((mailbox, handle))
 }
 

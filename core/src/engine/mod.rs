@@ -210,11 +210,12 @@ impl Engine {
             for n in 0..shared.config.workers_per_device {
                 let s = shared.clone();
                 let device = *device;
-                engine.start_thread(&format!("vgen-worker-{device}-{n}"), move || worker::run(s, slot, device))?;
+                let name = format!("vgen-worker-{device}-{n}");
+                engine.threads.lock().push(start_thread(&name, move || worker::run(s, slot, device))?);
             }
         }
         let s = shared.clone();
-        engine.start_thread("vgen-supervisor", move || supervisor::run(s))?;
+        engine.threads.lock().push(start_thread("vgen-supervisor", move || supervisor::run(s))?);
         drop(shared);
         match &engine.shared.config.backend {
             config::Backend::InProcess => {}
@@ -464,20 +465,17 @@ impl Engine {
     }
 }
 
-impl Engine {
-    /// Starts one of the engine's threads; `VGEN_TEST_FAIL_THREAD_START` (a name prefix) makes that start fail, so
-    /// tests can check that a failed start leaks nothing.
-    fn start_thread(&self, name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
-        let refuse = std::env::var("VGEN_TEST_FAIL_THREAD_START").is_ok_and(|p| !p.is_empty() && name.starts_with(&p));
-        let started = if refuse {
-            Err(std::io::Error::other("refused for a test"))
-        } else {
-            std::thread::Builder::new().name(name.into()).spawn(f)
-        };
-        let handle = started.map_err(|e| Error::internal(format!("could not start the {name} thread: {e}")))?;
-        self.threads.lock().push(handle);
-        Ok(())
-    }
+/// Starts one of the engine's named threads (workers, supervisor, dispatcher, the Redis follower and worker).
+/// `VGEN_TEST_FAIL_THREAD_START` (a name prefix) makes that start fail, so tests can check that a failed start
+/// leaks nothing.
+pub(crate) fn start_thread(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    let refuse = std::env::var("VGEN_TEST_FAIL_THREAD_START").is_ok_and(|p| !p.is_empty() && name.starts_with(&p));
+    let started = if refuse {
+        Err(std::io::Error::other("refused for a test"))
+    } else {
+        std::thread::Builder::new().name(name.into()).spawn(f)
+    };
+    started.map_err(|e| Error::internal(format!("could not start the {name} thread: {e}")))
 }
 
 impl Drop for Engine {

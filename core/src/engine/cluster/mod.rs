@@ -26,7 +26,7 @@ use super::config::{RedisConfig, Role};
 use super::event::{Callback, Event, EventKind};
 use super::job::{JobError, JobId, JobState, JobStatus, unix_ms};
 use super::request::{self, Request};
-use super::{MetricsSnapshot, Shared};
+use super::{MetricsSnapshot, Shared, start_thread};
 use crate::error::{Error, ErrorCode, Result};
 use crate::video::Video;
 use parking_lot::{Mutex, RwLock};
@@ -94,6 +94,20 @@ pub(crate) struct Mirrored {
     ended_at: Option<Instant>,
 }
 
+impl Mirrored {
+    /// Moves to a status read from Redis. An ended job's mirror never goes back: a read from before `wait` or
+    /// `cancel` saw the end may land after it.
+    fn advance(&mut self, status: JobStatus) {
+        if self.status.state.is_terminal() {
+            return;
+        }
+        if status.state.is_terminal() {
+            self.ended_at = Some(Instant::now());
+        }
+        self.status = status;
+    }
+}
+
 pub(crate) struct Cluster {
     config: RedisConfig,
     keys: Keys,
@@ -158,14 +172,17 @@ impl Cluster {
             threads: Mutex::new(Vec::new()),
             config,
         });
-        let mut threads = Vec::new();
         let c = cluster.clone();
-        threads.push(spawn("vgen-cluster-follower", move || c.follow_loop())?);
+        cluster.threads.lock().push(start_thread("vgen-cluster-follower", move || c.follow_loop())?);
         if cluster.config.role != Role::Submitter {
             let c = cluster.clone();
-            threads.push(spawn("vgen-cluster-worker", move || c.work_loop())?);
+            if let Err(e) =
+                start_thread("vgen-cluster-worker", move || c.work_loop()).map(|t| cluster.threads.lock().push(t))
+            {
+                cluster.stop(); // the follower started above ends and is joined
+                return Err(e);
+            }
         }
-        *cluster.threads.lock() = threads;
         Ok(cluster)
     }
 
@@ -263,10 +280,7 @@ impl Cluster {
 
     /// The job's status: from the mirror for a job submitted here, else from Redis.
     pub(crate) fn poll(&self, id: JobId) -> Result<JobStatus> {
-        if let Some(m) = self.mirrored.read().get(&id) {
-            return Ok(m.status.clone());
-        }
-        self.fetch_status(id)
+        self.peek(id, JobStatus::clone)
     }
 
     /// Reads the job's status in place: from the mirror, without a round trip or an allocation, for a job
@@ -294,10 +308,7 @@ impl Cluster {
     /// is still going after `wait` said it ended.
     fn mirror_end(&self, id: JobId, status: &JobStatus) {
         if let Some(m) = self.mirrored.write().get_mut(&id) {
-            if !m.status.state.is_terminal() {
-                m.status = status.clone();
-                m.ended_at = Some(Instant::now());
-            }
+            m.advance(status.clone());
         }
     }
 
@@ -439,13 +450,6 @@ impl Cluster {
             Ok(m)
         })
     }
-}
-
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(f)
-        .map_err(|e| Error::internal(format!("could not start the {name} thread: {e}")))
 }
 
 fn not_found(id: JobId) -> Error {
