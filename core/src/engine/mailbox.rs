@@ -55,23 +55,23 @@ impl<T: Item> Mailbox<T> {
         if *closed {
             return;
         }
-        if let Some(c) = class(item.kind()) {
+        // A job cannot have COALESCE_AFTER events waiting in a shorter queue: the common case scans nothing.
+        if let Some(c) = class(item.kind()).filter(|_| queue.len() >= COALESCE_AFTER) {
+            // One pass from the back: count the job's waiting events, and find the one of the same class in their
+            // tail (the events after its last state change).
             let job = item.job();
-            if queue.iter().filter(|waiting| waiting.job() == job).count() >= COALESCE_AFTER {
-                // The tail of this job's waiting events, while they are progress or previews.
-                for i in (0..queue.len()).rev() {
-                    if queue[i].job() != job {
-                        continue;
-                    }
-                    match class(queue[i].kind()) {
-                        Some(k) if k == c => {
-                            queue[i] = item;
-                            return;
-                        }
-                        Some(_) => continue,
-                        None => break,
-                    }
+            let (mut waiting, mut in_tail, mut replace) = (0, true, None);
+            for (i, w) in queue.iter().enumerate().rev().filter(|(_, w)| w.job() == job) {
+                waiting += 1;
+                match class(w.kind()) {
+                    Some(k) if in_tail && k == c && replace.is_none() => replace = Some(i),
+                    Some(_) => {}
+                    None => in_tail = false,
                 }
+            }
+            if let Some(i) = replace.filter(|_| waiting >= COALESCE_AFTER) {
+                queue[i] = item;
+                return;
             }
         }
         queue.push_back(item);

@@ -6,7 +6,7 @@ use super::{Cluster, parse};
 use crate::engine::dispatcher;
 use crate::engine::event::Event;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How often the event logs of followed jobs are read.
 const TICK: Duration = Duration::from_millis(20);
@@ -77,14 +77,8 @@ impl Cluster {
     /// Moves the mirror of a job submitted here to the status just read.
     fn mirror_status(&self, id: crate::engine::JobId, status: Option<&str>) {
         let status: Option<crate::engine::JobStatus> = status.and_then(|s| parse(s, "job status").ok());
-        let mut mirrored = self.mirrored.write();
-        let Some(m) = mirrored.get_mut(&id) else { return };
-        // An ended job's mirror never goes back (a read from before `wait` or `cancel` saw the end may land after).
-        if let Some(status) = status.filter(|_| !m.status.state.is_terminal()) {
-            if status.state.is_terminal() && m.ended_at.is_none() {
-                m.ended_at = Some(Instant::now());
-            }
-            m.status = status;
+        if let (Some(status), Some(m)) = (status, self.mirrored.write().get_mut(&id)) {
+            m.advance(status);
         }
     }
 
