@@ -5,10 +5,9 @@ mod common;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 use vgen_core::engine::{EngineConfig, Request};
-use vgen_core::models::{Models, faulty::Faulty, testcard::TestCard, wan::pipeline::WanModel};
+use vgen_core::models::{Models, wan::pipeline::WanModel};
 use vgen_core::{Device, Engine, JobState};
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(60));
@@ -55,10 +54,9 @@ fn good_job(e: &Engine, model: Option<&str>) {
 #[test]
 fn bad_requests_get_their_error_and_the_engine_serves_the_next_job() {
     let dir = scratch("requests");
-    let mut models = Models::builtin();
-    models.insert(Arc::new(Faulty::new(Arc::new(TestCard::new()))));
-    models.set_default("testcard").unwrap();
-    let e = Engine::with_models(EngineConfig { devices: vec![Device::Cpu], ..Default::default() }, models).unwrap();
+    let e =
+        Engine::with_models(EngineConfig { devices: vec![Device::Cpu], ..Default::default() }, common::test_models())
+            .unwrap();
     let rows = table()["requests"].as_array().unwrap().clone();
     assert!(rows.len() >= 30);
     let mut failures = Vec::new();

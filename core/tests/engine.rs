@@ -6,15 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use vgen_core::engine::{BreakerConfig, BreakerState, EngineConfig, EventKind, JobState, Request, RetryPolicy, Stage};
-use vgen_core::models::{Models, faulty::Faulty, testcard::TestCard};
+use vgen_core::models::Models;
 use vgen_core::{Device, Engine, ErrorCode};
 
+mod common;
+
 fn models() -> Models {
-    let mut m = Models::builtin();
-    m.insert(Arc::new(Faulty::new(Arc::new(TestCard::new()))));
-    // The test card is these tests' default; an engine never picks a test model by itself.
-    m.set_default("testcard").unwrap();
-    m
+    common::test_models()
 }
 
 fn fast_retries() -> RetryPolicy {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use vgen_core::engine::{EngineConfig, Request};
-use vgen_core::models::{Models, faulty::Faulty, testcard::TestCard, wan::pipeline::WanModel};
+use vgen_core::models::{Models, wan::pipeline::WanModel};
 use vgen_core::{Device, Engine, ErrorCode, JobState};
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(60));
@@ -44,10 +44,8 @@ fn small(prompt: &str) -> Request {
 
 /// The built-in models plus `faulty`, which fails, panics or runs slowly on request.
 fn engine() -> Engine {
-    let mut models = Models::builtin();
-    models.insert(Arc::new(Faulty::new(Arc::new(TestCard::new()))));
-    models.set_default("testcard").unwrap();
-    Engine::with_models(EngineConfig { devices: vec![Device::Cpu], ..Default::default() }, models).unwrap()
+    Engine::with_models(EngineConfig { devices: vec![Device::Cpu], ..Default::default() }, common::test_models())
+        .unwrap()
 }
 
 /// Reads a folder of PNG frames back into RGB8 frames.

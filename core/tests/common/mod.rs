@@ -1,8 +1,19 @@
 //! Helpers shared by the integration tests.
 
 use std::path::Path;
+use vgen_core::models::Models;
+
+/// The built-in models with the test card as the default, as these tests submit most jobs: an engine never makes a
+/// test model its default by itself.
+#[allow(dead_code)] // each test file compiles this module; not all of them use this
+pub fn test_models() -> Models {
+    let mut models = Models::builtin();
+    models.set_default("testcard").unwrap();
+    models
+}
 
 /// Copies a folder tree (a model fixture) so that a test can change its copy.
+#[allow(dead_code)] // each test file compiles this module; not all of them use this
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
