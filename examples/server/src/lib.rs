@@ -79,10 +79,7 @@ impl Server {
             }
             None => (None, None),
         };
-        let destinations = match &config.webhook {
-            Some(w) => w.destinations()?,
-            None => Default::default(),
-        };
+        let destinations = webhooks.as_ref().map(|w| w.destinations().clone()).unwrap_or_default();
         let app = Arc::new(App {
             engine: engine.clone(),
             results_dir,

@@ -75,6 +75,11 @@ impl Webhooks {
         Ok(Self { config, destinations, client, tracker: TaskTracker::new() })
     }
 
+    /// The addresses deliveries may reach, which the API also checks a `webhook_url` against at submit.
+    pub fn destinations(&self) -> &crate::destination::Destinations {
+        &self.destinations
+    }
+
     /// Runs deliveries as jobs become due, until every sender is dropped. At most [`MAX_IN_FLIGHT`] at once: a
     /// burst of finished jobs waits in the channel rather than opening thousands of connections.
     pub async fn run(
