@@ -5,7 +5,7 @@
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
-use redis_server::RedisServer as Redis;
+use redis_server::{RedisCluster, RedisServer as Redis, Reply};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,8 +29,12 @@ fn rand_u32() -> u32 {
 }
 
 fn redis_config(redis: &Redis, role: Role, results: &Path) -> RedisConfig {
+    redis_config_at(redis.url(), role, results)
+}
+
+fn redis_config_at(url: String, role: Role, results: &Path) -> RedisConfig {
     RedisConfig {
-        url: redis.url(),
+        url,
         namespace: "test".into(),
         role,
         results_dir: results.to_path_buf(),
@@ -45,10 +49,14 @@ fn node(redis: &Redis, role: Role, results: &Path) -> Engine {
 }
 
 fn node_with(redis: &Redis, role: Role, results: &Path, base: EngineConfig) -> Engine {
+    engine_on(redis_config(redis, role, results), base)
+}
+
+fn engine_on(redis: RedisConfig, base: EngineConfig) -> Engine {
     let config = EngineConfig {
         devices: vec![Device::Cpu],
         shutdown_timeout_ms: 2_000,
-        backend: Backend::Redis(redis_config(redis, role, results)),
+        backend: Backend::Redis(redis),
         // The test card is these tests' default; an engine never picks a test model by itself.
         default_model: base.default_model.clone().or(Some("testcard".into())),
         ..base
@@ -56,8 +64,32 @@ fn node_with(redis: &Redis, role: Role, results: &Path, base: EngineConfig) -> E
     Engine::new(config).unwrap()
 }
 
+/// A `vgen worker` process, killed when dropped: a test that fails leaves no worker behind (holding its output
+/// pipe open, or taking the next test's jobs).
+struct WorkerProcess(std::process::Child);
+
+impl std::ops::Deref for WorkerProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for WorkerProcess {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `vgen worker` in a process of its own, with this engine configuration.
-fn worker_process(config: serde_json::Value) -> std::process::Child {
+fn worker_process(config: serde_json::Value) -> WorkerProcess {
     let path = scratch("worker-config").join("worker.json");
     std::fs::write(&path, config.to_string()).unwrap();
     Command::new(env!("CARGO_BIN_EXE_vgen"))
@@ -65,6 +97,7 @@ fn worker_process(config: serde_json::Value) -> std::process::Child {
         .arg(&path)
         .stderr(Stdio::null())
         .spawn()
+        .map(WorkerProcess)
         .unwrap()
 }
 
@@ -182,15 +215,21 @@ fn a_cancel_through_any_node_stops_the_job_on_its_worker() {
 fn a_worker_killed_mid_job_loses_nothing_another_worker_finishes_it_once() {
     let redis = Redis::start("kill");
     let results = scratch("kill-results");
-    let api = node(&redis, Role::Submitter, &results);
+    kill_a_worker_mid_job(&|role| redis_config(&redis, role, &results));
+}
+
+/// A worker process on `config(Role::Worker)` is SIGKILLed three steps into a job: another worker reclaims it when
+/// the lease runs out and finishes it, the job ends once, and it ran (started) twice.
+fn kill_a_worker_mid_job(config: &dyn Fn(Role) -> RedisConfig) {
+    let api = engine_on(config(Role::Submitter), EngineConfig::default());
     let mut doomed = worker_process(
-        serde_json::json!({"devices": ["cpu"], "default_model": "testcard", "backend": {"redis": redis_config(&redis, Role::Worker, &results)}}),
+        serde_json::json!({"devices": ["cpu"], "default_model": "testcard", "backend": {"redis": config(Role::Worker)}}),
     );
     let id = api.submit(slow("doomed", 40, 40, 5)).unwrap();
     wait_for_step(&api, id, 3);
     doomed.kill().unwrap(); // SIGKILL: no goodbye, the lease simply stops being renewed
     doomed.wait().unwrap();
-    let rescuer = node(&redis, Role::Worker, &results);
+    let rescuer = engine_on(config(Role::Worker), EngineConfig::default());
     let status = api.wait(id, WAIT).unwrap();
     assert_eq!(status.state, JobState::Succeeded, "{status:?}");
     assert_eq!(api.result(id).unwrap().frames.num_frames, 5);
@@ -198,6 +237,55 @@ fn a_worker_killed_mid_job_loses_nothing_another_worker_finishes_it_once() {
     let starts = api.events(id, 0).unwrap().iter().filter(|e| matches!(e.kind, EventKind::Started { .. })).count();
     assert_eq!(starts, 2, "it ran twice (at least once), and ended once");
     drop(rescuer);
+}
+
+#[test]
+fn on_a_redis_cluster_a_worker_killed_mid_job_loses_nothing_and_every_key_is_in_one_slot() {
+    let cluster = RedisCluster::start("cluster");
+    let results = scratch("cluster-results");
+    let config = |role| RedisConfig { cluster: true, ..redis_config_at(cluster.url(), role, &results) };
+    kill_a_worker_mid_job(&config);
+    // The hash tag put every key of the namespace on the node that holds its slot, and none anywhere else.
+    let holder = cluster.holder("test").port;
+    for node in &cluster.nodes {
+        let Reply::Int(keys) = node.call(&["DBSIZE"]) else { panic!("DBSIZE") };
+        if node.port == holder {
+            assert!(keys >= 4, "the namespace's keys are on the node holding {{test}}: {keys}");
+        } else {
+            assert_eq!(keys, 0, "no key of the namespace on another node");
+        }
+    }
+}
+
+#[test]
+fn an_idle_worker_blocks_in_redis_instead_of_polling_it() {
+    let redis = Redis::start("idle");
+    let results = scratch("idle-results");
+    let worker = node(&redis, Role::Worker, &results);
+    std::thread::sleep(Duration::from_millis(300)); // started, past its first reads
+    let calls = |name: &str| -> i64 {
+        let stats = redis.call(&["INFO", "commandstats"]);
+        let line = stats.text().lines().find(|l| l.starts_with(&format!("cmdstat_{name}:"))).map(str::to_owned);
+        line.and_then(|l| l.split("calls=").nth(1)?.split(',').next()?.parse().ok()).unwrap_or(0)
+    };
+    let before = calls("xreadgroup") + calls("zrevrange");
+    std::thread::sleep(Duration::from_secs(2));
+    let during = calls("xreadgroup") + calls("zrevrange") - before;
+    // A blocking read and a read of the priorities each time it wakes, which is at least every quarter lease
+    // (250 ms here) for the reclaim, which reads the priorities too: about 24 in 2 s, where polling every 10 ms
+    // made over 400.
+    assert!(during <= 40, "an idle worker made {during} queue reads in 2 s");
+    // It still takes a job at once: the blocking read returns as the job arrives.
+    let api = node(&redis, Role::Submitter, &results);
+    let started = Instant::now();
+    let id = api.submit(small("wakes the worker", 1)).unwrap();
+    let status = api.wait(id, WAIT).unwrap();
+    assert_eq!(status.state, JobState::Succeeded);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // And it stops at once, without waiting out its blocking read.
+    let stopping = Instant::now();
+    drop(worker);
+    assert!(stopping.elapsed() < Duration::from_millis(900), "stop took {:?}", stopping.elapsed());
 }
 
 #[test]
@@ -319,3 +407,4 @@ fn poll_and_previews_of_jobs_submitted_here_are_served_from_the_mirror() {
     assert_eq!(submitter.poll(id).unwrap().state, end.state, "poll agrees with wait at once");
     drop(worker);
 }
+

@@ -112,8 +112,13 @@ pub enum Backend {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://host:port/db` (or `rediss://` for TLS, `redis+unix:///path` for a socket).
+    /// `redis://host:port/db` (or `rediss://` for TLS, `redis+unix:///path` for a socket). With `cluster`, one or
+    /// more nodes of a Redis Cluster, separated by commas (`redis://10.0.0.1:7000,redis://10.0.0.2:7000`): the
+    /// client finds the rest.
     pub url: String,
+    /// Whether `url` names a Redis Cluster. Every key of a namespace carries the hash tag `{namespace}`, so one
+    /// namespace lives in one hash slot (on one primary and its replicas); namespaces spread over the cluster.
+    pub cluster: bool,
     /// The prefix of every key, so that several clusters can share one Redis.
     pub namespace: String,
     /// Whether this engine runs jobs from the shared queue (`worker`), only submits and reads them
@@ -136,6 +141,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379/0".into(),
+            cluster: false,
             namespace: "vgen".into(),
             role: Role::Both,
             results_dir: std::env::temp_dir().join("vgen-results"),

@@ -13,14 +13,20 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Extra arguments of every launch (a cluster node's).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start(tag: &str) -> Self {
+        Self::start_with(tag, &[])
+    }
+
+    fn start_with(tag: &str, extra: &[&str]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = std::env::temp_dir().join(format!("vgen-redis-{tag}-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut r = Self { port, dir, child: None };
+        let mut r = Self { port, dir, child: None, extra: extra.iter().map(|a| a.to_string()).collect() };
         r.launch();
         r
     }
@@ -29,7 +35,9 @@ impl RedisServer {
     pub fn launch(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-            .args(["--appendfsync", "always", "--dir"])
+            .args(["--appendfsync", "always"])
+            .args(&self.extra)
+            .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
             .spawn()
@@ -75,6 +83,73 @@ impl RedisServer {
         }
         stream.write_all(request.as_bytes()).ok()?;
         Reply::read(&mut BufReader::new(stream))
+    }
+}
+
+/// A Redis Cluster of three primaries (no replicas) on loopback, made by `redis-cli --cluster create`: real
+/// `redis-server` processes, each with its own port, folder and cluster config, stopped and removed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(tag: &str) -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|i| {
+                RedisServer::start_with(
+                    &format!("{tag}-node{i}"),
+                    &["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"],
+                )
+            })
+            .collect();
+        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let made = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli must be installed (apt install redis-tools): the cluster test needs it");
+        assert!(made.success(), "redis-cli --cluster create failed");
+        let until = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            loop {
+                let info = node.call(&["CLUSTER", "INFO"]);
+                if info.text().contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < until, "the cluster did not come up: {info:?}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Self { nodes }
+    }
+
+    /// The seed URLs of every node, as `backend.redis.url` takes them with `cluster`.
+    pub fn url(&self) -> String {
+        self.nodes.iter().map(|n| n.url().replace("/0", "")).collect::<Vec<_>>().join(",")
+    }
+
+    /// The node that holds the namespace's slot (its keys' hash tag): `CLUSTER KEYSLOT`, then `CLUSTER NODES`.
+    pub fn holder(&self, namespace: &str) -> &RedisServer {
+        let slot: i64 = match self.nodes[0].call(&["CLUSTER", "KEYSLOT", &format!("{{{namespace}}}")]) {
+            Reply::Int(n) => n,
+            other => panic!("CLUSTER KEYSLOT: {other:?}"),
+        };
+        let table = self.nodes[0].call(&["CLUSTER", "NODES"]);
+        for line in table.text().lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port: u16 = fields[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+            let holds = fields[8..].iter().any(|range| match range.split_once('-') {
+                Some((a, b)) => (a.parse::<i64>().unwrap()..=b.parse::<i64>().unwrap()).contains(&slot),
+                None => range.parse::<i64>().ok() == Some(slot),
+            });
+            if holds {
+                return self.nodes.iter().find(|n| n.port == port).unwrap();
+            }
+        }
+        panic!("no node holds slot {slot}: {table:?}")
     }
 }
 

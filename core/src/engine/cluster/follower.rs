@@ -29,22 +29,21 @@ impl Cluster {
             self.followed.lock().iter().map(|(id, (_, n))| (*id, *n)).collect();
         // Each job's new events, then its status: read in one round trip, so a status is never older than the
         // events delivered with it.
-        let replies: Vec<(Vec<String>, Option<String>)> = self.link.with(|c| {
-            let mut pipe = redis::pipe();
-            for (id, seen) in &jobs {
-                pipe.cmd("LRANGE").arg(self.keys.events(*id)).arg(*seen).arg(-1);
-                pipe.cmd("HGET").arg(self.keys.job(*id)).arg("status");
-            }
-            let flat: Vec<redis::Value> = pipe.query(c)?;
-            Ok(flat
-                .chunks(2)
-                .map(|pair| {
-                    let log = redis::from_redis_value(pair[0].clone()).unwrap_or_default();
-                    let status = redis::from_redis_value(pair[1].clone()).unwrap_or(None);
-                    (log, status)
-                })
-                .collect())
-        })?;
+        let mut cmds = Vec::with_capacity(jobs.len() * 2);
+        for (id, seen) in &jobs {
+            cmds.push(redis::cmd("LRANGE").arg(self.keys.events(*id)).arg(*seen).arg(-1).clone());
+            cmds.push(redis::cmd("HGET").arg(self.keys.job(*id)).arg("status").clone());
+        }
+        let replies: Vec<(Vec<String>, Option<String>)> = self
+            .link
+            .pipeline(cmds)?
+            .chunks(2)
+            .map(|pair| {
+                let log = redis::from_redis_value(pair[0].clone()).unwrap_or_default();
+                let status = redis::from_redis_value(pair[1].clone()).unwrap_or(None);
+                (log, status)
+            })
+            .collect();
         let engine_callbacks = self.callbacks.read().clone();
         for ((id, _), (log, status)) in jobs.into_iter().zip(replies) {
             self.mirror_status(id, status.as_deref());
@@ -82,12 +81,14 @@ impl Cluster {
         }
     }
 
-    /// Drops the mirror of jobs that ended more than `job_ttl_ms` ago, as Redis drops the jobs themselves.
+    /// Drops the mirror of jobs that ended more than `job_ttl_ms` ago, as Redis drops the jobs themselves, and the
+    /// videos read that long ago.
     fn forget_expired(&self) {
         let ttl = Duration::from_millis(self.config.job_ttl_ms);
         let expired = |m: &super::Mirrored| m.ended_at.is_some_and(|at| at.elapsed() >= ttl);
         if self.mirrored.read().values().any(expired) {
             self.mirrored.write().retain(|_, m| !expired(m));
         }
+        self.results.lock().retain(|_, (_, _, read)| read.elapsed() < ttl);
     }
 }

@@ -1,7 +1,7 @@
 //! The Redis backend: many engines share one queue and one job-state store, with the same API as one engine.
 //!
 //! ```text
-//!  any node: submit ──SUBMIT──► stream {ns}:queue:{priority} ──XREADGROUP / XAUTOCLAIM──► worker node
+//!  any node: submit ──SUBMIT──► stream {ns}:queue:{priority} ──XREADGROUP BLOCK / XAUTOCLAIM──► worker node
 //!            poll / events / wait / result ◄── {ns}:job:{id} (hash), {ns}:events:{id} (list) ◄── UPDATE / FINISH
 //!            cancel ──CANCEL──► terminal at once; the worker sees it at its next check and stops the run
 //!  results:  worker ──► ResultStore (shared folder) ──reference in the job hash──► result() on any node
@@ -13,6 +13,14 @@
 //! elsewhere) and every job ends exactly once.
 //!
 //! Ids come from one Redis counter, so a `JobId` means the same job on every node.
+//!
+//! Every key is `{namespace}:...`: the braces are Redis Cluster's hash tag, so a namespace's keys share one slot
+//! and every script and pipeline runs on one node (`backend.redis.cluster`).
+//!
+//! A worker node runs three threads besides the follower: the taker (`take_loop`) blocks in `XREADGROUP ... BLOCK`
+//! while it has a free slot and waits on `signal` while it has none; the mirror (`work_loop`) writes the local
+//! runs' events, ends and results into Redis; the lease keeper (`lease_loop`) renews the running jobs' leases, so
+//! a slow result write or a slow Redis reply on the other two never costs a lease.
 
 mod follower;
 mod reconnect;
@@ -29,7 +37,7 @@ use super::request::{self, Request};
 use super::{MetricsSnapshot, Shared, start_thread};
 use crate::error::{Error, ErrorCode, Result};
 use crate::video::Video;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use redis_link::RedisLink;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,38 +60,60 @@ pub struct ClusterMetrics {
     pub workers_alive: u64,
 }
 
-/// Redis key names, all under the namespace.
+/// Redis key names: every one is `{namespace}:...`, the namespace in braces being Redis Cluster's hash tag, so all
+/// the keys of a namespace hash to one slot and a script may touch any of them. Only this type builds key names.
 pub(crate) struct Keys {
+    /// The namespace as configured (it also names the result files).
     ns: String,
+    /// `{namespace}`: the prefix of every key.
+    tag: String,
 }
 
 impl Keys {
+    fn new(ns: &str) -> Self {
+        Self { ns: ns.to_string(), tag: format!("{{{ns}}}") }
+    }
     fn next_id(&self) -> String {
-        format!("{}:next_id", self.ns)
+        format!("{}:next_id", self.tag)
     }
     fn job(&self, id: JobId) -> String {
-        format!("{}:job:{}", self.ns, id.0)
+        format!("{}:job:{}", self.tag, id.0)
     }
     fn events(&self, id: JobId) -> String {
-        format!("{}:events:{}", self.ns, id.0)
+        format!("{}:events:{}", self.tag, id.0)
     }
     fn stream(&self, priority: i32) -> String {
-        format!("{}:queue:{priority}", self.ns)
+        format!("{}:queue:{priority}", self.tag)
     }
     fn priorities(&self) -> String {
-        format!("{}:priorities", self.ns)
+        format!("{}:priorities", self.tag)
     }
-    fn idempotency(&self, key: &str) -> String {
-        format!("{}:idempotency:{key}", self.ns)
+    /// The number of entries in all the streams: jobs not yet finished (kept by the scripts).
+    fn backlog(&self) -> String {
+        format!("{}:backlog", self.tag)
     }
-    fn cache(&self, key: u64) -> String {
-        format!("{}:cache:{key:016x}", self.ns)
+    /// The idempotency key's record; for a request without one, a placeholder in the same slot that the scripts
+    /// never touch.
+    fn idempotency(&self, key: Option<&str>) -> String {
+        format!("{}:idempotency:{}", self.tag, key.unwrap_or(""))
+    }
+    /// The cluster-wide cache's entry; `None` gives a placeholder the scripts never touch.
+    fn cache(&self, key: Option<u64>) -> String {
+        match key {
+            Some(key) => format!("{}:cache:{key:016x}", self.tag),
+            None => format!("{}:cache:", self.tag),
+        }
     }
     fn flight(&self, key: u64) -> String {
-        format!("{}:flight:{key:016x}", self.ns)
+        format!("{}:flight:{key:016x}", self.tag)
     }
     fn workers(&self) -> String {
-        format!("{}:workers", self.ns)
+        format!("{}:workers", self.tag)
+    }
+    /// A worker's own stream, read beside the queues in its blocking read, so that a write to it (at shutdown)
+    /// ends the read at once.
+    fn wake(&self, node: &str) -> String {
+        format!("{}:wake:{node}", self.tag)
     }
 }
 
@@ -126,6 +156,12 @@ pub(crate) struct Cluster {
     /// Finished jobs stay until `release` or `job_ttl_ms`.
     mirrored: RwLock<HashMap<JobId, Mirrored>>,
     runs: Mutex<HashMap<JobId, worker::Run>>,
+    /// Notified when a run ends (a slot is free for the taker) and at shutdown (for the taker and lease keeper).
+    signal: Condvar,
+    signal_lock: Mutex<()>,
+    /// Videos this engine has read from the result store, each read once: id → (its reference, the video, when
+    /// read). Dropped with `release` or `job_ttl_ms` after the read.
+    results: Mutex<HashMap<JobId, (String, Arc<Video>, Instant)>>,
     /// Events of the local runs, for the worker thread to mirror into Redis (progress and previews coalesced when
     /// it falls behind; see `mailbox.rs`).
     mirror: Arc<crate::engine::mailbox::Mailbox<worker::Mirror>>,
@@ -146,7 +182,7 @@ impl Cluster {
                 "backend.redis: lease_ms must be at least 300, cancel_check_ms and timeout_ms at least 1",
             ));
         }
-        let link = RedisLink::open(&config.url, Duration::from_millis(config.timeout_ms))?;
+        let link = RedisLink::open(&config.url, config.cluster, Duration::from_millis(config.timeout_ms))?;
         let store = Box::new(DirStore::open(&config.results_dir)?);
         let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
         let node = format!(
@@ -156,7 +192,7 @@ impl Cluster {
             rand::random::<u32>()
         );
         let cluster = Arc::new(Self {
-            keys: Keys { ns: config.namespace.clone() },
+            keys: Keys::new(&config.namespace),
             link,
             store,
             shared,
@@ -165,6 +201,9 @@ impl Cluster {
             followed: Mutex::new(HashMap::new()),
             mirrored: RwLock::new(HashMap::new()),
             runs: Mutex::new(HashMap::new()),
+            signal: Condvar::new(),
+            signal_lock: Mutex::new(()),
+            results: Mutex::new(HashMap::new()),
             mirror: Arc::default(),
             accepting: AtomicBool::new(true),
             draining: AtomicBool::new(false),
@@ -175,26 +214,53 @@ impl Cluster {
         let c = cluster.clone();
         cluster.threads.lock().push(start_thread("vgen-cluster-follower", move || c.follow_loop())?);
         if cluster.config.role != Role::Submitter {
-            let c = cluster.clone();
-            if let Err(e) =
-                start_thread("vgen-cluster-worker", move || c.work_loop()).map(|t| cluster.threads.lock().push(t))
-            {
-                cluster.stop(); // the follower started above ends and is joined
+            if let Err(e) = cluster.start_worker() {
+                cluster.stop(); // the threads started before it end and are joined
                 return Err(e);
             }
         }
         Ok(cluster)
     }
 
+    /// A worker's threads: the taker, the mirror and the lease keeper (see the module's docs).
+    fn start_worker(self: &Arc<Self>) -> Result<()> {
+        // The wake stream and its group exist before the taker's first read names it.
+        let wake = self.keys.wake(&self.node);
+        self.link.with(|c| {
+            redis::cmd("XGROUP").arg("CREATE").arg(&wake).arg(GROUP).arg("$").arg("MKSTREAM").query::<()>(c)
+        })?;
+        let c = self.clone();
+        self.threads.lock().push(start_thread("vgen-cluster-taker", move || c.take_loop())?);
+        let c = self.clone();
+        self.threads.lock().push(start_thread("vgen-cluster-worker", move || c.work_loop())?);
+        let c = self.clone();
+        self.threads.lock().push(start_thread("vgen-cluster-lease", move || c.lease_loop())?);
+        Ok(())
+    }
+
+    /// Wakes the threads that wait on `signal` (a slot came free, or shutdown).
+    fn notify(&self) {
+        let _guard = self.signal_lock.lock();
+        self.signal.notify_all();
+    }
+
+    /// Waits on `signal` for at most `timeout`.
+    fn wait_signal(&self, timeout: Duration) {
+        let mut guard = self.signal_lock.lock();
+        self.signal.wait_for(&mut guard, timeout);
+    }
+
     /// First half of shutdown: refuse submits, take no more jobs, and give back the ones the local engine stops.
     pub(crate) fn drain(&self) {
         self.accepting.store(false, Ordering::Release);
         self.draining.store(true, Ordering::Release);
+        self.wake_taker();
     }
 
     /// Second half, after the local engine has stopped and delivered its last events: finish the mirroring, stop.
     pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
+        self.wake_taker();
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
@@ -219,22 +285,23 @@ impl Cluster {
         // The seed is drawn once, here, so a job run again after its worker died makes the same video.
         let stored = Request { seed: Some(params.seed), ..request.clone() };
         let queued = event_json(id, EventKind::Queued { position: 0 });
-        let idempotency = request.idempotency_key.as_deref().map(|k| self.keys.idempotency(k)).unwrap_or_default();
+        let keyed = request.idempotency_key.is_some();
         let reply: Vec<String> = self.link.with(|c| {
             scripts::SUBMIT
-                .key(&idempotency)
+                .key(self.keys.idempotency(request.idempotency_key.as_deref()))
                 .key(self.keys.job(id))
                 .key(self.keys.events(id))
                 .key(self.keys.stream(request.priority))
                 .key(self.keys.priorities())
+                .key(self.keys.backlog())
                 .arg(id.0)
                 .arg(json(&stored))
                 .arg(json(&status))
                 .arg(&queued)
                 .arg(request.priority)
                 .arg(shared.config.queue_capacity)
-                .arg(&self.keys.ns)
                 .arg(self.config.job_ttl_ms)
+                .arg(if keyed { "1" } else { "0" })
                 .invoke(c)
         })?;
         match reply.first().map(String::as_str) {
@@ -318,16 +385,12 @@ impl Cluster {
     }
 
     pub(crate) fn events(&self, id: JobId, since: u64) -> Result<Vec<Event>> {
-        let (exists, items): (bool, Vec<String>) = self.link.with(|c| {
-            redis::pipe()
-                .cmd("EXISTS")
-                .arg(self.keys.job(id))
-                .cmd("LRANGE")
-                .arg(self.keys.events(id))
-                .arg(since.min(i64::MAX as u64))
-                .arg(-1)
-                .query(c)
-        })?;
+        let replies = self.link.pipeline(vec![
+            redis::cmd("EXISTS").arg(self.keys.job(id)).clone(),
+            redis::cmd("LRANGE").arg(self.keys.events(id)).arg(since.min(i64::MAX as u64)).arg(-1).clone(),
+        ])?;
+        let (exists, items): (bool, Vec<String>) = redis::from_redis_value(redis::Value::Array(replies))
+            .map_err(|e| Error::new(ErrorCode::Internal, format!("redis: {e}")))?;
         if !exists && items.is_empty() {
             return Err(not_found(id));
         }
@@ -353,7 +416,12 @@ impl Cluster {
     }
 
     pub(crate) fn cancel(&self, id: JobId) -> Result<bool> {
-        let status = self.fetch_status(id)?;
+        // The job's stream and entry never change after submit: read here, they go to the script as its keys.
+        let (status, stream, entry): (Option<String>, Option<String>, Option<String>) = self.link.with(|c| {
+            redis::cmd("HMGET").arg(self.keys.job(id)).arg("status").arg("stream").arg("entry").query(c)
+        })?;
+        let (Some(status), Some(stream), Some(entry)) = (status, stream, entry) else { return Err(not_found(id)) };
+        let status: JobStatus = parse(&status, "job status")?;
         if status.state.is_terminal() {
             return Ok(false);
         }
@@ -372,9 +440,12 @@ impl Cluster {
             scripts::CANCEL
                 .key(self.keys.job(id))
                 .key(self.keys.events(id))
+                .key(&stream)
+                .key(self.keys.backlog())
                 .arg(json(&ended))
                 .arg(&event)
                 .arg(self.config.job_ttl_ms)
+                .arg(&entry)
                 .invoke(c)
         })?;
         match n {
@@ -390,13 +461,25 @@ impl Cluster {
     pub(crate) fn result(&self, id: JobId) -> Result<Arc<Video>> {
         let (status, reference) = self.status_and(id, "result")?;
         match (status.state, reference, &status.error) {
-            (JobState::Succeeded, Some(r), _) => Ok(Arc::new(self.store.get(&r)?)),
+            (JobState::Succeeded, Some(r), _) => self.read_result(id, r),
             (JobState::Succeeded, None, _) => {
                 Err(Error::new(ErrorCode::NotFound, format!("{id}'s video was released")))
             }
             (_, _, Some(e)) => Err(e.to_error()),
             (state, _, None) => Err(Error::new(ErrorCode::NotReady, format!("{id} is still {}", state.name()))),
         }
+    }
+
+    /// A finished job's video: read from the store once per engine, then from memory.
+    fn read_result(&self, id: JobId, reference: String) -> Result<Arc<Video>> {
+        if let Some((r, video, _)) = self.results.lock().get(&id) {
+            if *r == reference {
+                return Ok(video.clone());
+            }
+        }
+        let video = Arc::new(self.store.get(&reference)?);
+        self.results.lock().insert(id, (reference, video.clone(), Instant::now()));
+        Ok(video)
     }
 
     pub(crate) fn request(&self, id: JobId) -> Result<Request> {
@@ -415,6 +498,7 @@ impl Cluster {
         self.link.with(|c| redis::cmd("DEL").arg(self.keys.job(id)).arg(self.keys.events(id)).query::<()>(c))?;
         self.followed.lock().remove(&id);
         self.mirrored.write().remove(&id);
+        self.results.lock().remove(&id);
         Ok(())
     }
 
@@ -430,8 +514,8 @@ impl Cluster {
             let mut m = ClusterMetrics::default();
             for p in priorities {
                 let stream = self.keys.stream(p);
-                let (len, pending): (u64, redis::Value) =
-                    redis::pipe().cmd("XLEN").arg(&stream).cmd("XPENDING").arg(&stream).arg(GROUP).query(c)?;
+                let len: u64 = redis::cmd("XLEN").arg(&stream).query(c)?;
+                let pending: redis::Value = redis::cmd("XPENDING").arg(&stream).arg(GROUP).query(c)?;
                 let pending = match pending {
                     redis::Value::Array(v) => match v.first() {
                         Some(redis::Value::Int(n)) => *n as u64,

@@ -25,4 +25,8 @@ impl Reconnect {
     pub(super) fn waiting(&self) -> bool {
         self.until.is_some_and(|u| Instant::now() < u)
     }
+    /// How long until the next try is due (zero when it is).
+    pub(super) fn left(&self) -> Duration {
+        self.until.map_or(Duration::ZERO, |u| u.saturating_duration_since(Instant::now()))
+    }
 }

@@ -31,6 +31,24 @@ pub(super) fn advance_status(status: &mut JobStatus, event: &Event) {
     }
 }
 
+/// `(stream, entry id, job id)` from an XREADGROUP reply over several streams (RESP2: an array of
+/// `[stream, entries]` pairs, in the order the streams were named). Entries without a job (a wake stream's) are
+/// skipped.
+pub(super) fn stream_entries(reply: &redis::Value) -> Vec<(String, String, JobId)> {
+    use redis::Value;
+    let Value::Array(streams) = reply else { return Vec::new() };
+    let mut out = Vec::new();
+    for pair in streams {
+        if let Value::Array(pair) = pair {
+            if let [Value::BulkString(name), items] = pair.as_slice() {
+                let name = String::from_utf8_lossy(name).into_owned();
+                out.extend(entries(items).into_iter().map(|(entry, job)| (name.clone(), entry, job)));
+            }
+        }
+    }
+    out
+}
+
 /// `(entry id, job id)` pairs from an XREADGROUP or XAUTOCLAIM reply. Entries deleted since they were read (their
 /// job ended) come back without fields and are skipped.
 pub(super) fn entries(reply: &redis::Value) -> Vec<(String, JobId)> {

@@ -1,15 +1,23 @@
 //! A worker node: takes jobs from the streams (highest priority first, then jobs reclaimed from dead workers),
 //! runs each on the local engine, and mirrors the run into Redis under a lease.
 //!
-//! One thread does all of it, so the bookkeeping needs no more locking than the maps: per tick it mirrors the
-//! local engine's events, retries finishes that Redis refused, checks the running jobs for a cancel or a lost
-//! lease, renews the leases, takes new jobs while local slots are free, and reclaims abandoned ones.
+//! Three threads share the `runs` map (each change to a run is made under its lock, and a run's end removes it
+//! there once, so two threads never both end it):
+//! - the **taker** (`take_loop`) takes jobs while local slots are free: the streams in priority order without
+//!   waiting, then one `XREADGROUP ... BLOCK` over all of them and this worker's wake stream, so an idle worker
+//!   makes one call a second rather than a hundred; with no free slot it waits on `signal` for a run to end.
+//!   Every quarter lease it also reclaims abandoned entries;
+//! - the **mirror** (`work_loop`) waits on the mailbox of the local runs' events and writes them, the runs' ends
+//!   and their results into Redis, retries ends Redis refused, and checks the runs for a cancel or a lost lease;
+//! - the **lease keeper** (`lease_loop`) renews the leases every third of a lease and nothing else, so a slow
+//!   result write or a slow reply on the other threads never costs a lease.
 //!
 //! The lease is the stream entry's idle time in the consumer group: the heartbeat `XCLAIM`s each running entry
 //! to this node, which resets it; an entry idle longer than `lease_ms` belongs to a worker that died, and
 //! `XAUTOCLAIM` hands it to a live one. The `lease` field of the job hash names the run that may report.
 
 use super::reconnect::Reconnect;
+use super::redis_link::Connection;
 use super::reply::entries;
 use super::{Cluster, GROUP, event_json, json, parse, scripts};
 use crate::engine::cell::Outcome;
@@ -60,6 +68,8 @@ pub(crate) struct Run {
 struct Ending {
     id: JobId,
     token: String,
+    stream: String,
+    entry: String,
     key: u64,
     status: JobStatus,
     event: String,
@@ -67,21 +77,33 @@ struct Ending {
     cacheable: bool,
 }
 
-const TICK: Duration = Duration::from_millis(10);
+/// How long the taker's blocking read waits before it reads the list of priorities again: a job at a priority no
+/// job had before waits at most this long for an idle worker.
+const BLOCK: Duration = Duration::from_millis(1_000);
+/// How soon the mirror retries an end that Redis refused.
+const RETRY: Duration = Duration::from_millis(50);
 
 impl Cluster {
+    /// The mirror thread: the local runs' events, ends and results into Redis, and the runs' checks.
     pub(super) fn work_loop(self: &Arc<Self>) {
-        let lease = Duration::from_millis(self.config.lease_ms);
         let check = Duration::from_millis(self.config.cancel_check_ms);
         let mut endings: Vec<Ending> = Vec::new();
-        let (mut beat, mut checked, mut reclaimed, mut swept) =
-            (Instant::now() - lease, Instant::now(), Instant::now() - lease, Instant::now());
+        let (mut checked, mut swept) = (Instant::now(), Instant::now());
         let mut backoff = Reconnect::default();
         loop {
             let stopping = self.stopping.load(Ordering::Acquire);
-            while let Some(m) = self.mirror.try_pop() {
-                if let Some(ending) = self.mirror_event(m) {
-                    endings.push(ending);
+            // Wait for an event until the next check is due (or the next try after a failure, or the retry of
+            // a refused end).
+            let mut wait =
+                if backoff.waiting() { backoff.left().max(check) } else { check.saturating_sub(checked.elapsed()) };
+            if !endings.is_empty() {
+                wait = wait.min(RETRY);
+            }
+            let first = if stopping { self.mirror.try_pop() } else { self.mirror.pop(Some(wait)) };
+            if let Some(m) = first {
+                endings.extend(self.mirror_event(m));
+                while let Some(m) = self.mirror.try_pop() {
+                    endings.extend(self.mirror_event(m));
                 }
             }
             endings.retain(|e| !self.try_finish(e));
@@ -93,50 +115,103 @@ impl Cluster {
                 }
                 return;
             }
-            if backoff.waiting() {
-                std::thread::sleep(TICK);
+            if backoff.waiting() || checked.elapsed() < check {
                 continue;
             }
             let mut step = || -> Result<()> {
-                if beat.elapsed() >= lease / 3 {
-                    self.heartbeat()?;
-                    beat = Instant::now();
-                }
-                if checked.elapsed() >= check {
-                    self.check_runs()?;
-                    checked = Instant::now();
-                }
-                if !self.draining.load(Ordering::Acquire) {
-                    while self.free_slots() > 0 {
-                        let Some((stream, entry, job)) = self.take()? else { break };
-                        self.begin(stream, entry, job)?;
-                    }
-                    if reclaimed.elapsed() >= lease / 4 && self.free_slots() > 0 {
-                        for (stream, entry, job) in self.reclaim()? {
-                            self.begin(stream, entry, job)?;
-                        }
-                        reclaimed = Instant::now();
-                    }
-                }
+                self.check_runs()?;
                 if swept.elapsed() >= Duration::from_secs(60) {
                     self.store.expire(Duration::from_millis(self.config.job_ttl_ms));
                     swept = Instant::now();
                 }
                 Ok(())
             };
-            match step() {
-                Ok(()) => backoff.reset(),
-                Err(e) if e.code() == ErrorCode::Unavailable => {
-                    tracing::warn!(error = %e, "redis unreachable; the worker retries with backoff");
-                    backoff.fail();
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cluster worker");
-                    backoff.fail();
-                }
-            }
-            std::thread::sleep(TICK);
+            checked = Instant::now();
+            outcome(step(), &mut backoff, "cluster worker");
         }
+    }
+
+    /// The taker thread: new jobs while local slots are free, and reclaimed ones.
+    pub(super) fn take_loop(self: &Arc<Self>) {
+        let lease = Duration::from_millis(self.config.lease_ms);
+        let mut reclaimed = Instant::now() - lease;
+        let mut blocking: Option<Connection> = None;
+        let mut backoff = Reconnect::default();
+        while !self.draining.load(Ordering::Acquire) && !self.stopping.load(Ordering::Acquire) {
+            if backoff.waiting() {
+                self.wait_signal(backoff.left());
+                continue;
+            }
+            if self.free_slots() == 0 {
+                // A run's end or shutdown wakes it; the timeout keeps the reclaims going on a full node too.
+                self.wait_signal(lease / 4);
+                continue;
+            }
+            let mut step = || -> Result<()> {
+                if reclaimed.elapsed() >= lease / 4 {
+                    for (stream, entry, job) in self.reclaim()? {
+                        self.begin(stream, entry, job)?;
+                    }
+                    reclaimed = Instant::now();
+                }
+                let mut took = false;
+                while self.free_slots() > 0 {
+                    let Some((stream, entry, job)) = self.take()? else { break };
+                    self.begin(stream, entry, job)?;
+                    took = true;
+                }
+                if !took && self.free_slots() > 0 {
+                    let until_reclaim = (lease / 4).saturating_sub(reclaimed.elapsed());
+                    for (i, (stream, entry, job)) in self.take_blocking(&mut blocking, until_reclaim)?.into_iter().enumerate() {
+                        // One entry a stream: more than the free slots only when jobs of several priorities came
+                        // within one read. The extra ones go straight back for any worker's next reclaim.
+                        if i == 0 || self.free_slots() > 0 {
+                            self.begin(stream, entry, job)?;
+                        } else {
+                            self.hand_back(&stream, &entry)?;
+                        }
+                    }
+                }
+                Ok(())
+            };
+            outcome(step(), &mut backoff, "cluster taker");
+        }
+        let wake = self.keys.wake(&self.node);
+        let _ = self.link.with(|c| redis::cmd("DEL").arg(&wake).query::<()>(c));
+    }
+
+    /// The lease keeper: renews the running jobs' leases and this worker's presence every third of a lease.
+    pub(super) fn lease_loop(self: &Arc<Self>) {
+        let every = Duration::from_millis(self.config.lease_ms) / 3;
+        let mut backoff = Reconnect::default();
+        while !self.stopping.load(Ordering::Acquire) {
+            let started = Instant::now();
+            outcome(self.heartbeat(), &mut backoff, "cluster lease keeper");
+            let pause = if backoff.waiting() { backoff.left().min(every) } else { every };
+            let left = pause.saturating_sub(started.elapsed());
+            if !left.is_zero() {
+                self.wait_signal(left);
+            }
+        }
+    }
+
+    /// Ends the taker's blocking read at once (at shutdown): a write to this worker's wake stream.
+    pub(super) fn wake_taker(&self) {
+        if self.config.role == crate::engine::config::Role::Submitter {
+            return;
+        }
+        self.notify();
+        let wake = self.keys.wake(&self.node);
+        let _ = self.link.with(|c| redis::cmd("XADD").arg(&wake).arg("*").arg("wake").arg(1).query::<()>(c));
+    }
+
+    /// Removes a run from this node's runs (its end, or giving it back), which frees its slot for the taker.
+    fn remove_run(&self, id: JobId) -> Option<Run> {
+        let run = self.runs.lock().remove(&id);
+        if run.is_some() {
+            self.notify();
+        }
+        run
     }
 
     fn free_slots(&self) -> usize {
@@ -170,6 +245,45 @@ impl Cluster {
             }
         }
         Ok(None)
+    }
+
+    /// Waits up to `BLOCK` (at most `limit`) for an entry in any stream, highest priority first: one
+    /// `XREADGROUP ... BLOCK` over every stream and this worker's wake stream (whose entries only end the wait).
+    fn take_blocking(&self, con: &mut Option<Connection>, limit: Duration) -> Result<Vec<(String, String, JobId)>> {
+        let priorities: Vec<i32> =
+            self.link.with(|c| redis::cmd("ZREVRANGE").arg(self.keys.priorities()).arg(0).arg(-1).query(c))?;
+        let mut streams: Vec<String> = priorities.iter().map(|p| self.keys.stream(*p)).collect();
+        streams.push(self.keys.wake(&self.node));
+        let block = BLOCK.min(limit).max(Duration::from_millis(1));
+        let reply: redis::Value = self.link.on(con, BLOCK, |c| {
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP").arg(GROUP).arg(&self.node).arg("COUNT").arg(1);
+            cmd.arg("BLOCK").arg(block.as_millis() as u64).arg("STREAMS").arg(&streams);
+            for _ in &streams {
+                cmd.arg(">");
+            }
+            cmd.query(c)
+        })?;
+        // The wake stream's entries carry no job and are skipped (the stream goes when the taker ends); the reply
+        // lists the streams in the order asked, which is priority order.
+        Ok(super::reply::stream_entries(&reply))
+    }
+
+    /// Puts an entry this node read but cannot run back for any worker: idle for longer than a lease, so the next
+    /// reclaim anywhere takes it.
+    fn hand_back(&self, stream: &str, entry: &str) -> Result<()> {
+        self.link.with(|c| {
+            redis::cmd("XCLAIM")
+                .arg(stream)
+                .arg(GROUP)
+                .arg(&self.node)
+                .arg(0)
+                .arg(entry)
+                .arg("IDLE")
+                .arg(self.config.lease_ms * 10)
+                .arg("JUSTID")
+                .query::<()>(c)
+        })
     }
 
     /// Entries whose worker stopped renewing them, now this node's.
@@ -206,8 +320,15 @@ impl Cluster {
     /// behind an identical job that is running elsewhere).
     fn begin(self: &Arc<Self>, stream: String, entry: String, id: JobId) -> Result<()> {
         let token = format!("{}:{}", self.node, rand::random::<u64>());
-        let reply: Vec<String> =
-            self.link.with(|c| scripts::START.key(self.keys.job(id)).arg(&token).arg(&stream).arg(&entry).invoke(c))?;
+        let reply: Vec<String> = self.link.with(|c| {
+            scripts::START
+                .key(self.keys.job(id))
+                .key(&stream)
+                .key(self.keys.backlog())
+                .arg(&token)
+                .arg(&entry)
+                .invoke(c)
+        })?;
         let (Some("run"), Some(request), Some(status)) =
             (reply.first().map(String::as_str), reply.get(1), reply.get(2))
         else {
@@ -265,7 +386,7 @@ impl Cluster {
             return Ok(());
         };
         if cacheable {
-            let hit: Option<String> = self.link.with(|c| redis::cmd("GET").arg(self.keys.cache(key)).query(c))?;
+            let hit: Option<String> = self.link.with(|c| redis::cmd("GET").arg(self.keys.cache(Some(key))).query(c))?;
             if let Some(reference) = hit {
                 if let Ok(video) = self.store.get(&reference) {
                     let mut v = video;
@@ -305,7 +426,7 @@ impl Cluster {
             }
             Err(e) if e.retryable() => {
                 // This node cannot take it now (its devices are failing): give it back for another worker.
-                let run = self.runs.lock().remove(&id);
+                let run = self.remove_run(id);
                 if let Some(run) = run {
                     self.give_back(id, &run, Some(key))?;
                 }
@@ -317,7 +438,7 @@ impl Cluster {
 
     /// Ends a job that never ran here (refused, past its deadline, or served from the cache).
     fn end_now(&self, id: JobId, status: JobStatus, outcome: Outcome, reference: Option<String>) -> Result<()> {
-        let Some(run) = self.runs.lock().remove(&id) else { return Ok(()) };
+        let Some(run) = self.remove_run(id) else { return Ok(()) };
         let (state, error, cache_hit) = match &outcome {
             Outcome::Succeeded { cache_hit, .. } => (JobState::Succeeded, None, *cache_hit),
             Outcome::Failed(e) => (JobState::Failed, Some(JobError::from(e)), false),
@@ -338,6 +459,8 @@ impl Cluster {
         let ending = Ending {
             id,
             token: run.token,
+            stream: run.stream,
+            entry: run.entry,
             key: run.key,
             event: event_json(id, EventKind::Finished { state, error, cache_hit }),
             status,
@@ -350,17 +473,24 @@ impl Cluster {
     /// Mirrors one local event. Returns the run's ending once its local job has finished.
     fn mirror_event(self: &Arc<Self>, m: Mirror) -> Option<Ending> {
         let id = m.cluster;
-        let (local, token, mut status, stopped, key, cacheable) = {
+        // The event names its local job. The taker records that job in the run only after the local submit returns,
+        // and the run's first events (its very end, for a quick one) may come here before that: an event is this
+        // run's unless the run already names another local job (an earlier run of the same cluster job).
+        let local = m.event.job;
+        let (token, mut status, stopped, key, cacheable) = {
             let mut runs = self.runs.lock();
             let r = runs.get_mut(&id)?;
+            if r.local.is_some_and(|l| l != local) {
+                return None;
+            }
             super::reply::advance_status(&mut r.status, &m.event);
-            (r.local?, r.token.clone(), r.status.clone(), r.stopped_by_cluster, r.key, r.cacheable)
+            (r.token.clone(), r.status.clone(), r.stopped_by_cluster, r.key, r.cacheable)
         };
         let cell = self.shared.cell(local)?;
         match &m.event.kind {
             EventKind::Queued { .. } | EventKind::Preview { .. } => None,
             EventKind::Finished { state, error, cache_hit } => {
-                let run = self.runs.lock().remove(&id)?;
+                let run = self.remove_run(id)?;
                 let (video, local_status) = {
                     let r = cell.read();
                     (r.result.clone(), r.status.clone())
@@ -395,7 +525,17 @@ impl Cluster {
                     error: if status.state == *state { error.clone() } else { status.error.clone() },
                     cache_hit: *cache_hit,
                 };
-                Some(Ending { id, token, key, event: event_json(id, event), status, result, cacheable })
+                Some(Ending {
+                    id,
+                    token,
+                    stream: run.stream,
+                    entry: run.entry,
+                    key,
+                    event: event_json(id, event),
+                    status,
+                    result,
+                    cacheable,
+                })
             }
             kind => {
                 let event = json(&Event { job: id, seq: 0, at_ms: m.event.at_ms, kind: kind.clone() });
@@ -429,13 +569,15 @@ impl Cluster {
     }
 
     fn finish(&self, e: &Ending) -> Result<bool> {
-        let cache = if e.cacheable && e.result.is_some() { self.keys.cache(e.key) } else { String::new() };
+        let cached = e.cacheable && e.result.is_some();
         let ended: i64 = self.link.with(|c| {
             scripts::FINISH
                 .key(self.keys.job(e.id))
                 .key(self.keys.events(e.id))
-                .key(&cache)
+                .key(self.keys.cache(cached.then_some(e.key)))
                 .key(self.keys.flight(e.key))
+                .key(&e.stream)
+                .key(self.keys.backlog())
                 .arg(&e.token)
                 .arg(json(&e.status))
                 .arg(&e.event)
@@ -443,6 +585,8 @@ impl Cluster {
                 .arg(self.config.job_ttl_ms)
                 .arg(e.result.as_deref().unwrap_or(""))
                 .arg(e.id.0)
+                .arg(&e.entry)
+                .arg(if cached { "1" } else { "0" })
                 .invoke(c)
         })?;
         if ended == 0 {
@@ -466,34 +610,23 @@ impl Cluster {
                     redis::cmd("DEL").arg(&flight).query::<()>(c)?;
                 }
             }
-            redis::cmd("XCLAIM")
-                .arg(&run.stream)
-                .arg(GROUP)
-                .arg(&self.node)
-                .arg(0)
-                .arg(&run.entry)
-                .arg("IDLE")
-                .arg(self.config.lease_ms * 10)
-                .arg("JUSTID")
-                .query::<()>(c)
-        })
+            Ok(())
+        })?;
+        self.hand_back(&run.stream, &run.entry)
     }
 
     /// Renews every running entry's lease, the flights this node holds, and this worker's presence.
     fn heartbeat(&self) -> Result<()> {
         let runs: Vec<(String, String, u64, bool)> =
             self.runs.lock().values().map(|r| (r.stream.clone(), r.entry.clone(), r.key, r.local.is_some())).collect();
-        self.link.with(|c| {
-            let mut pipe = redis::pipe();
-            pipe.cmd("ZADD").arg(self.keys.workers()).arg(unix_ms()).arg(&self.node).ignore();
-            for (stream, entry, key, running) in &runs {
-                pipe.cmd("XCLAIM").arg(stream).arg(GROUP).arg(&self.node).arg(0).arg(entry).arg("JUSTID").ignore();
-                if *running {
-                    pipe.cmd("PEXPIRE").arg(self.keys.flight(*key)).arg(self.config.lease_ms).ignore();
-                }
+        let mut cmds = vec![redis::cmd("ZADD").arg(self.keys.workers()).arg(unix_ms()).arg(&self.node).clone()];
+        for (stream, entry, key, running) in &runs {
+            cmds.push(redis::cmd("XCLAIM").arg(stream).arg(GROUP).arg(&self.node).arg(0).arg(entry).arg("JUSTID").clone());
+            if *running {
+                cmds.push(redis::cmd("PEXPIRE").arg(self.keys.flight(*key)).arg(self.config.lease_ms).clone());
             }
-            pipe.query::<()>(c)
-        })
+        }
+        self.link.pipeline(cmds).map(|_| ())
     }
 
     /// Stops the runs the cluster ended (a cancel from any node) or gave to another worker, and moves waiting ones
@@ -504,17 +637,20 @@ impl Cluster {
         if runs.is_empty() {
             return Ok(());
         }
-        let states: Vec<(Option<String>, Option<String>, Option<String>)> = self.link.with(|c| {
-            let mut pipe = redis::pipe();
-            for (id, _, _) in &runs {
-                pipe.cmd("HMGET").arg(self.keys.job(*id)).arg("terminal").arg("lease").arg("status");
-            }
-            pipe.query(c)
-        })?;
+        let cmds = runs
+            .iter()
+            .map(|(id, _, _)| redis::cmd("HMGET").arg(self.keys.job(*id)).arg("terminal").arg("lease").arg("status").clone())
+            .collect();
+        let states: Vec<(Option<String>, Option<String>, Option<String>)> = self
+            .link
+            .pipeline(cmds)?
+            .into_iter()
+            .map(|v| redis::from_redis_value(v).map_err(|e| Error::new(ErrorCode::Internal, format!("redis: {e}"))))
+            .collect::<Result<_>>()?;
         for ((id, token, waiting), (terminal, lease, status)) in runs.into_iter().zip(states) {
             if terminal.is_some() || lease.as_deref() != Some(token.as_str()) {
                 if waiting {
-                    let run = self.runs.lock().remove(&id);
+                    let run = self.remove_run(id);
                     // Ended (a cancel) while it waited, and still this run's: acknowledge its entry, which FINISH
                     // does for the lease holder before it finds `terminal` set and writes nothing else. A run whose
                     // lease went elsewhere, or whose job is gone, has nothing to acknowledge here: the entry's new
@@ -524,6 +660,8 @@ impl Cluster {
                             self.finish(&Ending {
                                 id,
                                 token: run.token,
+                                stream: run.stream,
+                                entry: run.entry,
                                 key: run.key,
                                 status: parse(status, "job status")?,
                                 event: String::new(),
@@ -557,6 +695,21 @@ impl Cluster {
         };
         if let Some(cell) = local.and_then(|l| self.shared.cell(l)) {
             self.shared.detach(&cell, Error::new(ErrorCode::Cancelled, "cancelled through the cluster"), false);
+        }
+    }
+}
+
+/// A worker thread's step: a failure makes it wait on the reconnect schedule before its next try.
+fn outcome(result: Result<()>, backoff: &mut Reconnect, thread: &str) {
+    match result {
+        Ok(()) => backoff.reset(),
+        Err(e) if e.code() == ErrorCode::Unavailable => {
+            tracing::warn!(error = %e, thread, "redis unreachable; retrying with backoff");
+            backoff.fail();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, thread, "cluster worker");
+            backoff.fail();
         }
     }
 }
