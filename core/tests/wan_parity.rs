@@ -138,6 +138,32 @@ fn vae_decoder_matches_diffusers_chunk_by_chunk() {
 }
 
 #[test]
+fn vae_encoder_matches_diffusers_moments_and_mode() {
+    let c = cases("vae.safetensors");
+    let folder = fixtures().join("tiny-wan/vae");
+    let config: wan::vae::VaeConfig = read_config(&folder).unwrap();
+    let (mean, std) = (config.latents_mean.clone(), config.latents_std.clone());
+    let (_vs, vae) =
+        wan::load_component(&folder, "diffusion_pytorch_model", Device::Cpu, &[], &["decoder.", "post_quant_conv."], |p| {
+            wan::vae_encoder::WanVaeEncoder::new(p, config)
+        })
+        .unwrap();
+    let _g = tch::no_grad_guard();
+    let x = &c["encode.x"]; // 9 frames: the first alone, then two chunks of 4
+    assert_close("moments", &vae.moments(x).unwrap(), &c["encode.moments"], 1e-4);
+    // `encode` normalises the mode as the image-to-video pipelines do: (mode - mean) * (1 / std).
+    let mean = Tensor::from_slice(&mean).to_kind(Kind::Float).view([1, -1, 1, 1, 1]);
+    let std = Tensor::from_slice(&std).to_kind(Kind::Float).view([1, -1, 1, 1, 1]);
+    let want = (&c["encode.mean"] - mean) * std.reciprocal();
+    assert_close("normalised mode", &vae.encode(x).unwrap(), &want, 1e-4);
+    // One frame alone is the first chunk: the same latent as the video's first latent frame.
+    let first = vae.encode(&x.narrow(2, 0, 1)).unwrap();
+    assert_close("first frame", &first, &want.narrow(2, 0, 1), 1e-5);
+    let bad = vae.encode(&x.narrow(2, 0, 3));
+    assert!(bad.is_err_and(|e| e.message().contains("1 + 4k frames")));
+}
+
+#[test]
 fn tokenizers_give_transformers_ids_and_masks() {
     let text = std::fs::read_to_string(fixtures().join("cases/tokenizer_cases.json")).unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();

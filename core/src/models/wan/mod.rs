@@ -10,6 +10,7 @@ pub mod tokenizer;
 pub mod transformer;
 pub mod umt5;
 pub mod vae;
+pub mod vae_encoder;
 
 use crate::error::{Error, Result};
 use std::path::Path;

@@ -96,7 +96,7 @@ pub struct FeatureCache {
 }
 
 #[derive(Default)]
-enum Slot {
+pub(super) enum Slot {
     #[default]
     Empty,
     /// The temporal upsampler has seen its first chunk (which it passes through without its time conv).
@@ -105,7 +105,7 @@ enum Slot {
 }
 
 impl FeatureCache {
-    fn take(&mut self) -> (usize, Slot) {
+    pub(super) fn take(&mut self) -> (usize, Slot) {
         let i = self.next;
         self.next += 1;
         while self.slots.len() <= i {
@@ -113,7 +113,11 @@ impl FeatureCache {
         }
         (i, std::mem::take(&mut self.slots[i]))
     }
-    fn start_chunk(&mut self) {
+    /// Puts `slot` back at index `i` (after a `take`).
+    pub(super) fn put(&mut self, i: usize, slot: Slot) {
+        self.slots[i] = slot;
+    }
+    pub(super) fn start_chunk(&mut self) {
         self.next = 0;
     }
 }
@@ -128,13 +132,13 @@ fn keep_last(x: &Tensor, prev: Option<&Tensor>) -> Tensor {
     }
 }
 
-struct CausalConv3d {
+pub(super) struct CausalConv3d {
     conv: nn::Conv<[i64; 3]>,
     padding: [i64; 3],
 }
 
 impl CausalConv3d {
-    fn new(vs: nn::Path, cin: i64, cout: i64, kernel: [i64; 3], padding: [i64; 3]) -> Self {
+    pub(super) fn new(vs: nn::Path, cin: i64, cout: i64, kernel: [i64; 3], padding: [i64; 3]) -> Self {
         let config = nn::ConvConfigND::<[i64; 3]> {
             stride: [1, 1, 1],
             padding: [0, 0, 0],
@@ -149,7 +153,7 @@ impl CausalConv3d {
     }
 
     /// Pads only into the past in time, using the cached frames for as much of that padding as they cover.
-    fn forward(&self, x: &Tensor, cache: Option<&Tensor>) -> Tensor {
+    pub(super) fn forward(&self, x: &Tensor, cache: Option<&Tensor>) -> Tensor {
         let [pt, ph, pw] = self.padding;
         let mut front = 2 * pt;
         let x = match cache {
@@ -163,7 +167,7 @@ impl CausalConv3d {
     }
 
     /// With the feature cache: reads this conv's slot, and stores the frames the next chunk will need.
-    fn forward_cached(&self, x: &Tensor, cache: &mut FeatureCache) -> Tensor {
+    pub(super) fn forward_cached(&self, x: &Tensor, cache: &mut FeatureCache) -> Tensor {
         let (i, slot) = cache.take();
         let prev = match &slot {
             Slot::Frames(t) => Some(t),
@@ -190,17 +194,17 @@ fn convolve(x: &Tensor, conv: &nn::Conv<[i64; 3]>) -> Tensor {
 }
 
 /// `F.normalize` over channels · √C · γ: an RMS norm without ε inside the root.
-struct RmsNorm {
+pub(super) struct RmsNorm {
     gamma: Tensor,
     scale: f64,
 }
 
 impl RmsNorm {
-    fn new(vs: nn::Path, dim: i64, images: bool) -> Self {
+    pub(super) fn new(vs: nn::Path, dim: i64, images: bool) -> Self {
         let shape: &[i64] = if images { &[dim, 1, 1] } else { &[dim, 1, 1, 1] };
         Self { gamma: vs.var("gamma", shape, nn::Init::Const(1.0)), scale: (dim as f64).sqrt() }
     }
-    fn forward(&self, x: &Tensor) -> Tensor {
+    pub(super) fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
         let xf = if matches!(kind, Kind::Half | Kind::BFloat16) { x.to_kind(Kind::Float) } else { x.shallow_clone() };
         // x / max(‖x‖, 1e-12) as x · rsqrt(max(Σx², 1e-24)): the same value, but libtorch's vector norm reduces
@@ -211,7 +215,7 @@ impl RmsNorm {
     }
 }
 
-struct Residual {
+pub(super) struct Residual {
     norm1: RmsNorm,
     conv1: CausalConv3d,
     norm2: RmsNorm,
@@ -220,7 +224,7 @@ struct Residual {
 }
 
 impl Residual {
-    fn new(vs: nn::Path, cin: i64, cout: i64) -> Self {
+    pub(super) fn new(vs: nn::Path, cin: i64, cout: i64) -> Self {
         Self {
             norm1: RmsNorm::new(&vs / "norm1", cin, false),
             conv1: CausalConv3d::new(&vs / "conv1", cin, cout, [3, 3, 3], [1, 1, 1]),
@@ -229,7 +233,7 @@ impl Residual {
             shortcut: (cin != cout).then(|| CausalConv3d::new(&vs / "conv_shortcut", cin, cout, [1, 1, 1], [0, 0, 0])),
         }
     }
-    fn forward(&self, x: &Tensor, cache: &mut FeatureCache) -> Tensor {
+    pub(super) fn forward(&self, x: &Tensor, cache: &mut FeatureCache) -> Tensor {
         let h = match &self.shortcut {
             Some(s) => s.forward(x, None),
             None => x.shallow_clone(),
@@ -241,21 +245,21 @@ impl Residual {
 }
 
 /// Single-head self-attention over each frame's pixels.
-struct FrameAttention {
+pub(super) struct FrameAttention {
     norm: RmsNorm,
     to_qkv: nn::Conv2D,
     proj: nn::Conv2D,
 }
 
 impl FrameAttention {
-    fn new(vs: nn::Path, dim: i64) -> Self {
+    pub(super) fn new(vs: nn::Path, dim: i64) -> Self {
         Self {
             norm: RmsNorm::new(&vs / "norm", dim, true),
             to_qkv: nn::conv2d(&vs / "to_qkv", dim, 3 * dim, 1, Default::default()),
             proj: nn::conv2d(&vs / "proj", dim, dim, 1, Default::default()),
         }
     }
-    fn forward(&self, x: &Tensor) -> Tensor {
+    pub(super) fn forward(&self, x: &Tensor) -> Tensor {
         let [b, c, t, h, w] = x.size()[..] else { unreachable!("5-D by construction") };
         let frames = x.permute([0, 2, 1, 3, 4]).reshape([b * t, c, h, w]);
         let qkv = self.to_qkv.forward(&self.norm.forward(&frames));
