@@ -141,15 +141,107 @@ def assess(pipe, items: list[dict], steps: int, guidance: float, save: pathlib.P
     }
 
 
+# Image-to-video cases start from frame 0 of the world's own render at seeds from 2**31 up: training draws its
+# clips' render seeds below 2**31 (dataset.dataset_chunk), so no image here is a training clip's first frame.
+IMAGE_SEED_BASE = 2**31
+
+
+def image_cases(seeds: list[int]) -> list[dict]:
+    """`cases(seeds)` as image-to-video cases: each with the image it starts from, frame 0 of a render of its
+    scene (start position and size drawn as training draws them)."""
+    out = []
+    for item in cases(seeds):
+        render_seed = IMAGE_SEED_BASE + item["seed"]
+        out.append({**item, "render_seed": render_seed, "image": world.render(item["scene"], render_seed, range(0, 1))[0]})
+    return out
+
+
+def load_image_pipeline(folder: str | pathlib.Path, flow_shift: float | None = None):
+    """An export as diffusers' WanImageToVideoPipeline, the Wan2.2 TI2V way (no CLIP branch, expand_timesteps)."""
+    from diffusers import WanImageToVideoPipeline
+
+    text = load_pipeline(folder, flow_shift)
+    pipe = WanImageToVideoPipeline(
+        tokenizer=text.tokenizer, text_encoder=text.text_encoder, vae=text.vae, scheduler=text.scheduler,
+        transformer=text.transformer, image_encoder=None, image_processor=None, expand_timesteps=True,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def generate_from_images(pipe, prompts: list[str], images: list[np.ndarray], seeds: list[int], steps: int, guidance: float) -> np.ndarray:
+    """Clips (N, 17, 64, 64, 3) uint8 animated from `images`, one call a clip (diffusers' image-to-video pipeline
+    encodes a batch of images once per generator, so a batch with a generator per clip is not what it means)."""
+    from PIL import Image
+
+    clips = []
+    for prompt, image, seed in zip(prompts, images, seeds):
+        cpu_share.adjust()
+        frames = pipe(
+            image=Image.fromarray(image),
+            prompt=prompt,
+            generator=torch.Generator().manual_seed(seed),
+            height=world.HEIGHT,
+            width=world.WIDTH,
+            num_frames=world.FRAMES,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            max_sequence_length=model.MAX_TEXT_TOKENS,
+            output_type="np",
+        ).frames
+        clips.append(np.round(np.asarray(frames) * 255).clip(0, 255).astype(np.uint8))
+    return np.concatenate(clips)
+
+
+IMAGE_ATTRIBUTES = ("color", "shape", "motion", "kept", "first_frame", "all", "coherent")
+
+
+def assess_images(pipe, items: list[dict], steps: int, guidance: float, save: pathlib.Path | None = None) -> dict:
+    """`assess` for image-to-video cases: every clip judged by score.judge_image against its image and scene."""
+    started = time.perf_counter()
+    clips = generate_from_images(
+        pipe, [c["prompt"] for c in items], [c["image"] for c in items], [c["seed"] for c in items], steps, guidance
+    )
+    elapsed = time.perf_counter() - started
+    records = []
+    for i, (item, clip) in enumerate(zip(items, clips)):
+        verdict, measures = score.judge_image(clip, item["image"], item["scene"])
+        records.append(
+            {"prompt": item["prompt"], "split": item["split"], "seed": item["seed"], "render_seed": item["render_seed"],
+             **verdict, **measures}
+        )
+        if save is not None:
+            save.mkdir(parents=True, exist_ok=True)
+            np.save(save / f"{i:03d}-i2v-{'-'.join(world.words(item['prompt']))}-{item['seed']}.npy", clip)
+    splits = {}
+    for split in ("seen", "held_out"):
+        rows = [r for r in records if r["split"] == split]
+        if rows:
+            splits[split] = {"n": len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in IMAGE_ATTRIBUTES}}
+    return {
+        "mode": "image-to-video",
+        "steps": steps,
+        "guidance_scale": guidance,
+        "flow_shift": float(pipe.scheduler.config.flow_shift),
+        "seconds_per_clip_batched": elapsed / max(len(items), 1),
+        "splits": splits,
+        "records": records,
+    }
+
+
 def table(result: dict) -> str:
     lines = [
         f"steps {result['steps']}  guidance {result['guidance_scale']}  flow_shift {result['flow_shift']}",
         f"{'split':<10}{'n':>5}{'colour':>9}{'shape':>9}{'motion':>9}{'all':>9}{'coherent':>10}",
     ]
+    images = result.get("mode") == "image-to-video"
+    if images:
+        lines[1] += f"{'kept':>9}{'frame 0':>9}"
     for split, s in result["splits"].items():
         lines.append(
             f"{split:<10}{s['n']:>5}{s['color']:>9.1%}{s['shape']:>9.1%}{s['motion']:>9.1%}{s['all']:>9.1%}"
-            f"{s.get('coherent', float('nan')):>10.1%}"
+            f"{s.get('coherent', float('nan')):>10.1%}" + (f"{s['kept']:>9.1%}{s['first_frame']:>9.1%}" if images else "")
         )
     return "\n".join(lines)
 
@@ -278,34 +370,96 @@ def write_serving_config(folder: pathlib.Path) -> dict:
 
 
 def update_card(folder: pathlib.Path, result: dict, latency: float | None) -> None:
-    """Replace the evaluation section of the model card (between its markers) with these figures."""
+    """Replace the evaluation section of the model card (between its markers: the image-to-video ones for an
+    image-to-video result) with these figures."""
     card = folder / "README.md"
     if not card.exists():
         return
     text = card.read_text()
-    begin, end = "<!-- evaluation -->", "<!-- /evaluation -->"
+    images = result.get("mode") == "image-to-video"
+    begin, end = ("<!-- image-evaluation -->", "<!-- /image-evaluation -->") if images else ("<!-- evaluation -->", "<!-- /evaluation -->")
     if begin not in text or end not in text:
         return
-    body = [
-        "",
-        f"Default sampler: UniPC, {result['steps']} steps, guidance {result['guidance_scale']}, "
-        f"flow_shift {result['flow_shift']}; {sum(s['n'] for s in result['splits'].values())} clips "
-        "scored by `tools/shapes/score.py` (generated with diffusers' `WanPipeline`).",
-        "",
-        "| split | clips | colour | shape | motion | all three | coherent in time |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for split, s in result["splits"].items():
-        body.append(
-            f"| {split.replace('_', '-')} | {s['n']} | {s['color']:.1%} | {s['shape']:.1%} | {s['motion']:.1%} "
-            f"| {s['all']:.1%} | {s.get('coherent', float('nan')):.1%} |"
-        )
+    clips = sum(s["n"] for s in result["splits"].values())
+    if images:
+        body = [
+            "",
+            f"Image-to-video at the same defaults: {clips} clips, each animated from frame 0 of a render of its "
+            "prompt's scene at a seed training never drew (`evaluate.image_cases`), generated with diffusers' "
+            "`WanImageToVideoPipeline` (TI2V) and judged by `score.judge_image`: the three attributes; kept, the "
+            f"colour and shape right in every frame; frame 0, within {score.FIRST_FRAME_PSNR:g} dB PSNR of the image "
+            f"with the object within {score.FIRST_FRAME_OFFSET:g} px of where the image has it; all, every one of them.",
+            "",
+            "| split | clips | colour | shape | motion | kept | frame 0 | all |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for split, s in result["splits"].items():
+            body.append(
+                f"| {split.replace('_', '-')} | {s['n']} | {s['color']:.1%} | {s['shape']:.1%} | {s['motion']:.1%} "
+                f"| {s['kept']:.1%} | {s['first_frame']:.1%} | {s['all']:.1%} |"
+            )
+        conflict = result.get("conflict")
+        if conflict:
+            body += [
+                "",
+                f"Prompt against image: {conflict['n']} clips whose prompt names another colour and shape than the "
+                f"image shows. The clip shows the image's colour in {conflict['image_color']:.0%} of them (the "
+                f"prompt's in {conflict['prompt_color']:.0%}) and the image's shape in {conflict['image_shape']:.0%} "
+                f"(the prompt's in {conflict['prompt_shape']:.0%}); the motion is the prompt's in "
+                f"{conflict['motion']:.0%}.",
+            ]
+    else:
+        body = [
+            "",
+            f"Default sampler: UniPC, {result['steps']} steps, guidance {result['guidance_scale']}, "
+            f"flow_shift {result['flow_shift']}; {clips} clips "
+            "scored by `tools/shapes/score.py` (generated with diffusers' `WanPipeline`).",
+            "",
+            "| split | clips | colour | shape | motion | all three | coherent in time |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for split, s in result["splits"].items():
+            body.append(
+                f"| {split.replace('_', '-')} | {s['n']} | {s['color']:.1%} | {s['shape']:.1%} | {s['motion']:.1%} "
+                f"| {s['all']:.1%} | {s.get('coherent', float('nan')):.1%} |"
+            )
     if latency is not None:
         body += ["", f"diffusers on this 2-core CPU: {latency:.2f} s median per clip (batch 1, all models)."]
     body.append("")
     head, rest = text.split(begin, 1)
     tail = rest.split(end, 1)[1]
     card.write_text(head + begin + "\n".join(body) + end + tail)
+
+
+def conflicting_cases(seeds: list[int], count: int = 24) -> list[dict]:
+    """Image-to-video cases whose prompt names another colour and shape than the image shows (the motion is the
+    prompt's own): what a model does when they disagree."""
+    out = []
+    for item in image_cases(seeds)[:count]:
+        scene = item["scene"]
+        colors, shapes = list(world.COLORS), list(world.SHAPES)
+        other = world.Scene(
+            colors[(colors.index(scene.color) + 1) % len(colors)], shapes[(shapes.index(scene.shape) + 1) % len(shapes)],
+            scene.motion, scene.background,
+        )
+        out.append({**item, "prompt": other.prompt(), "asked": other})
+    return out
+
+
+def assess_conflicts(pipe, items: list[dict], steps: int, guidance: float) -> dict:
+    clips = generate_from_images(
+        pipe, [c["prompt"] for c in items], [c["image"] for c in items], [c["seed"] for c in items], steps, guidance
+    )
+    readings = [score.score_clip(clip) for clip in clips]
+    share = lambda f: float(np.mean([f(r, c) for r, c in zip(readings, items)]))  # noqa: E731
+    return {
+        "n": len(items),
+        "image_color": share(lambda r, c: r.color == c["scene"].color),
+        "prompt_color": share(lambda r, c: r.color == c["asked"].color),
+        "image_shape": share(lambda r, c: r.shape == c["scene"].shape),
+        "prompt_shape": share(lambda r, c: r.shape == c["asked"].shape),
+        "motion": share(lambda r, c: r.motion == c["asked"].motion),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,12 @@ from progress import log
 MAX_WEIGHT_BYTES = 25_000_000
 
 
+def base_expands(run: pathlib.Path) -> bool:
+    """Whether the base model this run started from (if any) was already taught image conditioning."""
+    index = run / "base-model" / "model_index.json"
+    return index.exists() and bool(json.loads(index.read_text()).get("expand_timesteps"))
+
+
 def export(run: pathlib.Path, plan: Plan, out: pathlib.Path, vae, text_encoder, transformer, data: dict, command: str) -> None:
     if (run / "export.done").exists() and (out / "model_index.json").exists():
         return
@@ -40,6 +46,9 @@ def export(run: pathlib.Path, plan: Plan, out: pathlib.Path, vae, text_encoder, 
     index_path = staging / "model_index.json"
     index = json.loads(index_path.read_text())
     index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
+    # A model taught image conditioning (phase 2b) takes per-token timesteps, the Wan2.2 TI2V way: WanPipeline
+    # then builds them for text-to-video, and WanImageToVideoPipeline conditions on an image with frame 0's at 0.
+    index["expand_timesteps"] = plan.image_steps > 0 or base_expands(run)
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     (staging / evaluate.SAMPLING_FILE).write_text(
         json.dumps(

@@ -121,7 +121,50 @@ def edge_text(plan: Plan) -> str:
     return ""
 
 
+IMAGE_ABILITY = f"""
+Image-to-video: given a first frame ({world.WIDTH}x{world.HEIGHT} RGB; an image of another size is stretched to
+it with a Lanczos filter, as diffusers' pipeline does by default), the clip starts from that image. The image fixes the object's colour,
+shape, size and start position; the prompt gives the motion and should name the same colour and shape. When the
+prompt names another colour or shape than the image shows, the evaluation below measures which one the clip
+follows. diffusers: `WanImageToVideoPipeline(..., image_encoder=None, image_processor=None,
+expand_timesteps=True)` over this folder's components; vgen: `--image`."""
+
+
+def image_text(plan: Plan) -> str:
+    """The model card's item on phase 2b (image conditioning)."""
+    return f"""Image conditioning (the Wan2.2 TI2V way, `tools/shapes/phase_image.py`): {plan.image_steps:,} steps of
+   {plan.dit_batch} clips, {plan.image_share:.0%} of them given their clean first frame as latent frame 0 with timestep 0
+   on its tokens (per-token timesteps; the loss leaves the given latents out), the rest text-to-video as before;
+   {optimizer_text(plan)}, lr {plan.image_lr} held after a {plan.image_warmup}-step warm-up, cosine over the last
+   {plan.dit_decay:.0%}; sigmas shifted by {plan.image_sigma_shift:g}; {plan.prompt_dropout:.0%} empty prompts; EMA
+   {plan.ema_decay}, exported. The export's `model_index.json` sets `expand_timesteps`."""
+
+
+def fine_tune_card(run: pathlib.Path, plan: Plan, command: str) -> str:
+    """The card of a model fine-tuned from an exported one (plan.base_model): the base model's card, with the
+    image-to-video ability, this run's training and an evaluation to be filled in."""
+    card = (run / "base-model" / "README.md").read_text()
+    head, rest = card.split("## What it cannot do", 1)
+    training, evaluation = rest.split("## Evaluation", 1)
+    evaluation = evaluation.split("<!-- evaluation -->", 1)[0]
+    return (
+        head.rstrip() + "\n" + IMAGE_ABILITY + "\n\n## What it cannot do" + training.rstrip() + f"""
+
+## Image conditioning
+`{command}` (resumable), on top of the model above (`{plan.base_model}` as it was before this run, whose training
+is described above). Its VAE encoded {plan.dataset_clips:,} training clips of seed {plan.seed} again; their latent
+statistics are the base model's.
+
+1. {image_text(plan)}
+
+## Evaluation""" + evaluation + "<!-- evaluation -->\n(not evaluated yet)\n<!-- /evaluation -->\n"
+        + "\n<!-- image-evaluation -->\n(not evaluated yet)\n<!-- /image-evaluation -->\n"
+    )
+
+
 def model_card(run, plan: Plan, sizes: dict, vae, text_encoder, transformer, command: str) -> str:
+    if plan.base_model:
+        return fine_tune_card(run, plan, command)
     held_out = "\n".join(f"- {c} {s} {m}" for c, s, m in world.HELD_OUT)
     probe = (run / "vae" / "done").read_text().strip() if (run / "vae" / "done").exists() else "{}"
     if (run / "vae").resolve().name == "decoder":  # the base run's tuned VAE: its probe is the decoder's
@@ -143,7 +186,7 @@ Prompts of the grammar `a {{color}} {{shape}} {{motion}}` optionally followed by
 - background: {", ".join(world.BACKGROUNDS)} (black when none is named)
 
 Output: {world.FRAMES} frames (1 + 4k) of {world.WIDTH}x{world.HEIGHT} RGB, {world.FPS} fps, one flat-coloured object.
-
+{IMAGE_ABILITY if plan.image_steps else ""}
 ## What it cannot do
 Anything else: other words are unknown (`<unk>`), other sizes and lengths are outside its training
 distribution, there is only ever one object, and the text encoder knows nothing about natural language.
@@ -193,7 +236,7 @@ transformers 5.23.0. Seed {plan.seed}.{phase_one_text(plan)}
    latents' spread of Gaussian noise (the log-variance head is not trained: use the mode){convolutions_text(plan)}.
    Reconstruction probe at the end: {probe}.
 2. {plan.dataset_clips} training clips encoded once; per-channel latent statistics measured.
-3. {dit_text(plan)}{decoder_text(run, plan)}
+3. {dit_text(plan)}{decoder_text(run, plan)}{image_item(plan)}
 
 ## Evaluation
 `tools/shapes/evaluate.py` generates with diffusers' `WanPipeline` and scores each clip with
@@ -203,4 +246,11 @@ motion from centroid displacement or area trend).
 <!-- evaluation -->
 (not evaluated yet)
 <!-- /evaluation -->
-"""
+{IMAGE_MARKERS if plan.image_steps else ""}"""
+
+
+IMAGE_MARKERS = "\n<!-- image-evaluation -->\n(not evaluated yet)\n<!-- /image-evaluation -->\n"
+
+
+def image_item(plan: Plan) -> str:
+    return f"\n5. {image_text(plan)}" if plan.image_steps else ""

@@ -11,7 +11,9 @@ weights every dit_probe_every steps.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pathlib
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -152,13 +154,18 @@ class DitOptimizer:
 
 
 def dit_step(tokenizer, text_encoder, transformer, optimizer: DitOptimizer, batch) -> torch.Tensor:
-    """One update of phase 2 on a `dit_batch`: the flow-matching loss, its gradients clipped to norm 1."""
-    prompts, noisy, timestep, target = batch
+    """One update of phase 2 (or 2b) on a batch: the flow-matching loss, its gradients clipped to norm 1. A batch of
+    phase 2b carries a fifth item, the loss's weight: 0 on the latents given rather than generated."""
+    prompts, noisy, timestep, target = batch[:4]
     embeddings = model.encode_prompts(tokenizer, text_encoder, prompts)
     prediction = transformer(
         hidden_states=noisy, timestep=timestep, encoder_hidden_states=embeddings, return_dict=False
     )[0]
-    loss = F.mse_loss(prediction, target)
+    if len(batch) > 4:
+        weight = batch[4].expand_as(prediction)
+        loss = ((prediction - target) ** 2 * weight).sum() / weight.sum()
+    else:
+        loss = F.mse_loss(prediction, target)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(optimizer.params, 1.0)
@@ -166,7 +173,29 @@ def dit_step(tokenizer, text_encoder, transformer, optimizer: DitOptimizer, batc
     return loss
 
 
+@dataclasses.dataclass(frozen=True)
+class JointPhase:
+    """A phase that trains the text encoder and transformer jointly: phase 2 (`dit`) or phase 2b (`image`). Its
+    folder in the run is `name`; it runs `steps` steps (ending early at `end`) of `draw(plan, step, data, mean,
+    std)` with its own learning rate, and probes with `probe(vae, text_encoder, transformer, limit)`."""
+
+    name: str
+    steps: int
+    end: int
+    lr: float
+    warmup: int
+    decay: float
+    draw: Callable
+    probe: Callable
+
+
+def dit_phase(plan: Plan) -> JointPhase:
+    return JointPhase("dit", plan.dit_steps, plan.dit_end, plan.dit_lr, plan.dit_warmup, plan.dit_decay, dit_batch, probe_dit)
+
+
 def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict, compile: bool = True):
+    """Phase 2: from scratch, or from the base run's exported weights; returns the EMA text encoder and
+    transformer."""
     folder = run / "dit"
     if plan.dit_steps == 0 and plan.base_run and not folder.exists():
         # Nothing to train: this run's transformer is its base run's, shared by a link rather than copied.
@@ -174,17 +203,30 @@ def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict, compile: bool = Tr
     if (folder / "done").exists():
         text_encoder, transformer = load_phase_two(folder)
         return text_encoder.eval(), transformer.eval()
-    folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(plan.seed + 1)
     if plan.base_run:
         text_encoder, transformer = load_phase_two(RUNS / plan.base_run / "dit")
         log(f"dit: starting from run {plan.base_run}'s exported weights")
     else:
         text_encoder, transformer = model.build_text_encoder(), model.build_transformer()
+    return train_joint(run, plan, dit_phase(plan), vae, data, text_encoder, transformer, compile)
+
+
+def train_joint(run: pathlib.Path, plan: Plan, phase: JointPhase, vae, data: dict, text_encoder, transformer, compile: bool):
+    """Train `text_encoder` and `transformer` through `phase` (resuming from its checkpoint); save and return
+    their EMA weights."""
+    folder = run / phase.name
+    if (folder / "done").exists():
+        text_encoder, transformer = load_phase_two(folder)
+        return text_encoder.eval(), transformer.eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in list(text_encoder.parameters()) + list(transformer.parameters()):  # another phase's EMA weights are frozen
+        p.requires_grad_(True)
     ema_text_encoder, ema_transformer = copy.deepcopy(text_encoder).eval(), copy.deepcopy(transformer).eval()
     for p in list(ema_text_encoder.parameters()) + list(ema_transformer.parameters()):
         p.requires_grad_(False)
     optimizer = DitOptimizer(plan, text_encoder, transformer)
+    name = phase.name
     ema_params = list(ema_text_encoder.parameters()) + list(ema_transformer.parameters())  # in optimizer.params' order
     checkpoint = folder / "checkpoint.pt"
     start = 0
@@ -207,10 +249,10 @@ def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict, compile: bool = Tr
         ema_transformer.load_state_dict(saved_state["ema_transformer"])
         optimizer.load_state_dict(saved_state["optimizer"])
         start = saved_state["step"]
-        log(f"dit: resuming at step {start}/{plan.dit_steps}")
+        log(f"{name}: resuming at step {start}/{phase.steps}")
     log(
-        f"dit: text encoder {model.parameter_count(text_encoder):,} + transformer "
-        f"{model.parameter_count(transformer):,} parameters, {plan.dit_steps} steps of {plan.dit_batch}"
+        f"{name}: text encoder {model.parameter_count(text_encoder):,} + transformer "
+        f"{model.parameter_count(transformer):,} parameters, {phase.steps} steps of {plan.dit_batch}"
     )
     mean, std = latent_statistics(data)
     tokenizer = model.build_tokenizer()
@@ -220,19 +262,19 @@ def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict, compile: bool = Tr
         model.bfloat16_products(hidden_linears(text_encoder, transformer))
     if compile:  # the trained modules only: the EMA copies, which the probes run, stay eager
         model.compile_for_training(text_encoder, transformer)
-        log("dit: compiling the text encoder and transformer (the first step takes a minute; --no-compile to skip)")
+        log(f"{name}: compiling the text encoder and transformer (the first step takes a minute; --no-compile to skip)")
     timer, smooth = Timer(), None
-    checkpoints = Checkpoints(checkpoint, plan.checkpoint_minutes, "dit")
-    end = plan.dit_end
-    if end < plan.dit_steps:
-        log(f"dit: stopping at step {end} of {plan.dit_steps} (--dit-stop-at)")
-    bar = progress(end, start, "phase 2 dit")
+    checkpoints = Checkpoints(checkpoint, plan.checkpoint_minutes, name)
+    end = phase.end
+    if end < phase.steps:
+        log(f"{name}: stopping at step {end} of {phase.steps} (--dit-stop-at)")
+    bar = progress(end, start, f"phase {name}")
     try:
         for step in range(start, end):
             threads = cpu_share.adjust()
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(plan.dit_lr, plan.dit_warmup, plan.dit_steps, step, plan.dit_decay)
-            loss = dit_step(tokenizer, text_encoder, transformer, optimizer, dit_batch(plan, step, data, mean, std))
+                group["lr"] = learning_rate(phase.lr, phase.warmup, phase.steps, step, phase.decay)
+            loss = dit_step(tokenizer, text_encoder, transformer, optimizer, phase.draw(plan, step, data, mean, std))
             decay = min(plan.ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
                 torch._foreach_lerp_(ema_params, [p.detach() for p in optimizer.params], 1 - decay)
@@ -243,16 +285,16 @@ def train_dit(run: pathlib.Path, plan: Plan, vae, data: dict, compile: bool = Tr
             done = step + 1
             if done % plan.dit_probe_every == 0 or done == end:
                 rate = timer.per_step
-                eta = f", {rate:.2f} s/step, phase ETA {rate * (plan.dit_steps - done) / 60:.1f} min" if rate else ""
-                log(f"dit step {done}/{plan.dit_steps}: loss {smooth:.4f} probe all-correct {probe_dit(vae, ema_text_encoder, ema_transformer, plan.probe_prompts)}{eta}")
+                eta = f", {rate:.2f} s/step, phase ETA {rate * (phase.steps - done) / 60:.1f} min" if rate else ""
+                log(f"{name} step {done}/{phase.steps}: loss {smooth:.4f} probe all-correct {phase.probe(vae, ema_text_encoder, ema_transformer, plan.probe_prompts)}{eta}")
                 text_encoder.train(), transformer.train()
             elif done % 100 == 0:
                 rate = timer.per_step
-                log(f"dit step {done}/{plan.dit_steps}: loss {smooth:.4f}" + (f", {rate:.2f} s/step, phase ETA {rate * (plan.dit_steps - done) / 60:.1f} min" if rate else ""))
+                log(f"{name} step {done}/{phase.steps}: loss {smooth:.4f}" + (f", {rate:.2f} s/step, phase ETA {rate * (phase.steps - done) / 60:.1f} min" if rate else ""))
             checkpoints.after_step(done, end, lambda: state(done))
     finally:
         bar.close()
-    record_timing(run, "dit_s_per_step", timer.per_step)
+    record_timing(run, f"{name}_s_per_step", timer.per_step)
     save_atomic(
         {"text_encoder": ema_text_encoder.state_dict(), "transformer": ema_transformer.state_dict()}, folder / "final.pt"
     )

@@ -18,6 +18,8 @@ def evaluate_export(run: pathlib.Path, out: pathlib.Path, smoke: bool) -> None:
         evaluate.SWEEP_GUIDANCE, evaluate.SWEEP_FLOW_SHIFT, evaluate.SWEEP_STEPS = (5.0,), (3.0,), (4, 8)
         original_cases = evaluate.cases
         evaluate.cases = lambda seeds: [c for c in original_cases(seeds) if c["prompt"] in SMOKE_PROMPTS]
+        original_conflicts = evaluate.conflicting_cases
+        evaluate.conflicting_cases = lambda seeds: original_conflicts(seeds, count=1)
     log("evaluate: sweeping guidance x flow_shift, then steps")
     swept = evaluate.sweep(out, log=log)
     log(f"evaluate: chosen {swept['chosen']}")
@@ -33,7 +35,23 @@ def evaluate_export(run: pathlib.Path, out: pathlib.Path, smoke: bool) -> None:
     (out / "evaluation.json").write_text(
         json.dumps({"sweep": swept, **{k: v for k, v in result.items() if k != "records"}}, indent=2) + "\n"
     )
-    (run / "evaluation-records.json").write_text(json.dumps(result["records"], indent=1) + "\n")
+    records = result["records"]
+    if json.loads((out / "model_index.json").read_text()).get("expand_timesteps"):
+        images = evaluate.assess_images(
+            evaluate.load_image_pipeline(out), evaluate.image_cases([0, 1]), defaults["num_inference_steps"],
+            defaults["guidance_scale"],
+        )
+        images["conflict"] = evaluate.assess_conflicts(
+            evaluate.load_image_pipeline(out), evaluate.conflicting_cases([0]), defaults["num_inference_steps"],
+            defaults["guidance_scale"],
+        )
+        log("evaluate, image-to-video:\n" + evaluate.table(images) + f"\n  prompt against image: {images['conflict']}")
+        evaluate.update_card(out, images, None)
+        evaluation = json.loads((out / "evaluation.json").read_text())
+        evaluation["image_to_video"] = {k: v for k, v in images.items() if k != "records"}
+        (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+        records = records + images["records"]
+    (run / "evaluation-records.json").write_text(json.dumps(records, indent=1) + "\n")
     (run / "evaluate.done").write_text("ok\n")
 
 

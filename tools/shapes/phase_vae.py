@@ -247,8 +247,10 @@ def encode_chunks(run: pathlib.Path, plan: Plan, vae, folder: pathlib.Path) -> N
         record_timing(run, "latents_s_per_clip", timer.per_step / LATENT_CHUNK)
 
 
-def encode_dataset(run: pathlib.Path, plan: Plan, vae) -> dict:
-    """Encode dataset_clips training clips (resumable by chunk); returns mean/std/scene tensors and stats."""
+def encode_dataset(run: pathlib.Path, plan: Plan, vae, statistics: dict | None = None) -> dict:
+    """Encode dataset_clips training clips (resumable by chunk); returns mean/std/scene tensors and stats: the
+    per-channel latents_mean / latents_std measured on them, or `statistics` when given (a base model's, which its
+    transformer was trained on)."""
     folder = run / "latents"
     folder.mkdir(parents=True, exist_ok=True)
     vae.eval()
@@ -266,6 +268,8 @@ def encode_dataset(run: pathlib.Path, plan: Plan, vae) -> dict:
             "latents_std": [round(float(v), 6) for v in mean.std(1)],
             "posterior_std_mean": float(data["std"].mean()),
         }
+        if statistics is not None:
+            stats.update({k: list(statistics[k]) for k in ("latents_mean", "latents_std")}, given=True)
         stats_path.write_text(json.dumps(stats, indent=2) + "\n")
         log(f"latents: {len(data['scene'])} clips, shape {tuple(data['mean'].shape[1:])}, stats {stats_path}")
     data.update(json.loads(stats_path.read_text()))

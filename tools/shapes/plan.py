@@ -99,6 +99,19 @@ class Plan:
     # phase-2 settings without training the same VAE again: it must have run phase 1 with this plan's settings and
     # seed, so the outcome is the one this run's own phase 1 would give. Phase 2 starts from scratch.
     phase_one_run: str = ""
+    # Phase 2b (phase_image.py): image conditioning the Wan2.2 TI2V way, after phase 2. image_steps steps of
+    # dit_batch clips, image_share of them given their clean first frame (latent frame 0, timestep 0 on its tokens);
+    # the learning rate warms up over image_warmup steps, holds at image_lr and decays over the last dit_decay
+    # share. Training sigmas are shifted by image_sigma_shift. 0 steps skips the phase (a text-to-video model).
+    image_steps: int = 0
+    image_share: float = 0.5
+    image_lr: float = 3e-4
+    image_warmup: int = 100
+    image_sigma_shift: float = 2.0
+    # An exported model folder (a diffusers layout this recipe wrote) to start from instead of training phases 1 and
+    # 2: its VAE encodes the dataset (its latents' statistics kept as they are, since its transformer was trained
+    # on them) and its text encoder and transformer go on to phase 2b. Needs dit_steps and decoder_steps 0.
+    base_model: str = ""
     ema_decay: float = 0.999
     # End phase 2 after this many steps (0: at dit_steps) with the EMA weights as they are, the schedule unchanged:
     # for a run that must finish by a deadline. Not pinned, so a resumed run may set it.
@@ -136,6 +149,8 @@ SMOKE = Plan(
     dit_warmup=1,
     dit_probe_every=3,
     probe_prompts=2,
+    image_steps=4,
+    image_warmup=1,
     checkpoint_minutes=0.0,
 )
 
@@ -147,7 +162,7 @@ PHASE_FIELDS = {
         "seed", "vae_image_steps", "vae_image_batch", "vae_steps", "vae_batch", "vae_crop", "vae_lr", "vae_warmup",
         "latent_noise", "latent_l2", "object_weight", "spike_factor", "vae_edge_weight", "vae_convolutions",
     ),
-    "latents": ("seed", "dataset_clips", "vae_convolutions"),
+    "latents": ("seed", "dataset_clips", "vae_convolutions", "base_model"),
     "decoder": (
         "seed", "decoder_steps", "decoder_batch", "decoder_lr", "decoder_warmup", "edge_weight", "latent_noise",
         "object_weight", "decoder_sigma_max", "base_run", "vae_convolutions",
@@ -156,6 +171,10 @@ PHASE_FIELDS = {
         "seed", "dit_steps", "dit_batch", "dit_lr", "dit_warmup", "weight_decay", "prompt_dropout",
         "uniform_sigma", "ema_decay", "sigma_shift", "sigma_shift_end", "base_run", "dit_decay", "dit_optimizer",
         "dit_matmuls",
+    ),
+    "image": (
+        "seed", "image_steps", "image_share", "image_lr", "image_warmup", "image_sigma_shift", "dit_batch",
+        "prompt_dropout", "uniform_sigma", "ema_decay", "dit_decay", "dit_optimizer", "dit_matmuls", "base_model",
     ),
 }
 

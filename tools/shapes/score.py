@@ -80,18 +80,40 @@ def _background(clip: np.ndarray) -> np.ndarray:
     return np.median(border, axis=1)  # (T, 3)
 
 
+def _object(clip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's colour distance from its frame's background, and the object's mask: the pixels farther than
+    half the object's contrast (per frame, the mean of its 8 most distant pixels; the median over frames)."""
+    frames = clip.shape[0]
+    background = _background(clip)
+    distance = np.linalg.norm(clip - background[:, None, None, :], axis=-1)  # (T, H, W)
+    top = -np.partition(-distance.reshape(frames, -1), 8, axis=1)[:, :8]
+    contrast = max(float(np.median(top.mean(axis=1))), MIN_CONTRAST)
+    return distance, distance > contrast / 2
+
+
+def _color_name(pixels: np.ndarray) -> str:
+    names = list(world.COLORS)
+    palette = np.array([world.COLORS[n] for n in names], dtype=np.float32)
+    return names[int(np.argmin(np.linalg.norm(palette - pixels.mean(axis=0), axis=1)))]
+
+
+def _fill(mask: np.ndarray) -> float:
+    """The share of its bounding box that a (non-empty) object mask fills."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return float(mask.sum() / ((rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)))
+
+
+def _shape_name(fill: float) -> str:
+    return min(FILL_RATIOS, key=lambda s: abs(FILL_RATIOS[s] - fill))
+
+
 def score_clip(clip: np.ndarray) -> Reading:
     """Read the colour, shape and motion shown by a (T, H, W, 3) clip (uint8, or floats in 0..255)."""
     clip = np.asarray(clip, dtype=np.float32)
     if clip.ndim != 4 or clip.shape[-1] != 3:
         raise ValueError(f"expected (T, H, W, 3), got {clip.shape}")
     frames, height, width, _ = clip.shape
-    background = _background(clip)
-    distance = np.linalg.norm(clip - background[:, None, None, :], axis=-1)  # (T, H, W)
-    # The object's contrast: per frame, the mean of its 8 most distant pixels; the median over frames.
-    top = -np.partition(-distance.reshape(frames, -1), 8, axis=1)[:, :8]
-    contrast = max(float(np.median(top.mean(axis=1))), MIN_CONTRAST)
-    mask = distance > contrast / 2
+    distance, mask = _object(clip)
     areas = mask.sum(axis=(1, 2)).astype(np.float64)
     present = areas > 0
     if not present.any():
@@ -99,20 +121,16 @@ def score_clip(clip: np.ndarray) -> Reading:
 
     core = mask & (distance >= np.median(distance[mask]))
     mean_color = clip[core].mean(axis=0)
-    names = list(world.COLORS)
-    palette = np.array([world.COLORS[n] for n in names], dtype=np.float32)
-    color = names[int(np.argmin(np.linalg.norm(palette - mean_color, axis=1)))]
+    color = _color_name(clip[core])
 
     ys, xs = np.mgrid[0:height, 0:width]
     fills, cx, cy = [], np.full(frames, np.nan), np.full(frames, np.nan)
     for f in np.flatnonzero(present):
         m = mask[f]
-        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-        box = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
-        fills.append(areas[f] / box)
+        fills.append(_fill(m))
         cx[f], cy[f] = xs[m].mean(), ys[m].mean()
     fill = float(np.median(fills))
-    shape = min(FILL_RATIOS, key=lambda s: abs(FILL_RATIOS[s] - fill))
+    shape = _shape_name(fill)
 
     shown = np.flatnonzero(present)
     jumps = np.hypot(np.diff(cx[shown]) / max(width, height), np.diff(cy[shown]) / max(width, height))
@@ -156,6 +174,60 @@ def judge(reading: Reading, scene: world.Scene) -> dict[str, bool]:
     verdict["all"] = all(verdict.values())
     verdict["coherent"] = reading.coherent  # reported beside the three; not part of "all"
     return verdict
+
+
+FIRST_FRAME_PSNR = 24.0  # dB: how close an image-to-video clip's frame 0 must be to the image it was given
+FIRST_FRAME_OFFSET = 3.0  # pixels: how far the object's centroid in frame 0 may be from the image's
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two uint8-range images, in dB (inf when equal)."""
+    error = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if error == 0 else 10 * np.log10(255.0**2 / error)
+
+
+def frame_attributes(clip: np.ndarray) -> list[tuple[str | None, str | None]]:
+    """The colour and shape each frame of a clip shows on its own ((None, None) for a frame without the object)."""
+    clip = np.asarray(clip, dtype=np.float32)
+    distance, mask = _object(clip)
+    out = []
+    for f in range(clip.shape[0]):
+        m = mask[f]
+        if not m.any():
+            out.append((None, None))
+            continue
+        core = m & (distance[f] >= np.median(distance[f][m]))
+        out.append((_color_name(clip[f][core]), _shape_name(_fill(m))))
+    return out
+
+
+def centroid(image: np.ndarray) -> tuple[float, float] | None:
+    """The object's centroid (x, y) in pixels in one (H, W, 3) image, or None when none shows."""
+    _, mask = _object(np.asarray(image, dtype=np.float32)[None])
+    if not mask[0].any():
+        return None
+    ys, xs = np.nonzero(mask[0])
+    return float(xs.mean()), float(ys.mean())
+
+
+def judge_image(clip: np.ndarray, image: np.ndarray, scene: world.Scene) -> tuple[dict, dict]:
+    """An image-to-video clip against the image it started from and its prompt's scene: the three attributes as
+    `judge` reads them; `kept`, the colour and shape right in every frame; `first_frame`, frame 0 within
+    FIRST_FRAME_PSNR of the image with the object within FIRST_FRAME_OFFSET pixels of where the image has it; and
+    `all`, every one of them. Returns the verdict and the measures behind it."""
+    verdict = judge(score_clip(clip), scene)
+    per_frame = frame_attributes(clip)
+    verdict["kept"] = all(c == scene.color and s == scene.shape for c, s in per_frame)
+    given, made = centroid(image), centroid(clip[0])
+    offset = float("inf") if given is None or made is None else float(np.hypot(given[0] - made[0], given[1] - made[1]))
+    similarity = psnr(clip[0], image)
+    verdict["first_frame"] = bool(similarity >= FIRST_FRAME_PSNR and offset <= FIRST_FRAME_OFFSET)
+    verdict["all"] = verdict["all"] and verdict["kept"] and verdict["first_frame"]
+    measures = {
+        "psnr": round(similarity, 2), "offset_px": round(offset, 2),
+        "frames_kept": int(sum(c == scene.color and s == scene.shape for c, s in per_frame)),
+    }
+    return verdict, measures
 
 
 def load_clip(path: str | pathlib.Path) -> np.ndarray:

@@ -31,9 +31,12 @@ import argparse
 import dataclasses
 import json
 import pathlib
+import shutil
 import signal
 import sys
 import time
+
+import torch
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -45,6 +48,7 @@ from export import export  # noqa: E402
 from phase_decoder import tune_decoder  # noqa: E402
 from phase_dit import train_dit  # noqa: E402
 from phase_evaluate import evaluate_export  # noqa: E402
+from phase_image import train_image  # noqa: E402
 from phase_vae import encode_dataset, train_vae  # noqa: E402
 from plan import PHASE_FIELDS, RUNS, SMOKE, Plan, saved_plan  # noqa: E402
 from progress import log  # noqa: E402
@@ -88,6 +92,32 @@ def share_phase_one_only(run: pathlib.Path, source: pathlib.Path, plan: Plan) ->
         raise SystemExit(f"--phase-one-from {source.name}: its phase 1 had other settings {differ}")
     for phase in ("vae", "latents"):
         link_phase(run, phase, source, phase)
+
+
+def load_base_model(run: pathlib.Path, plan: Plan):
+    """The VAE, text encoder and transformer of plan.base_model, from the run's own copy of it (`base-model/`,
+    taken at the run's first start): the export may write over the folder the run started from."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5EncoderModel
+
+    if plan.dit_steps or plan.decoder_steps or plan.base_run or plan.phase_one_run:
+        raise SystemExit("--base-model starts from an exported model: give --dit-steps 0 --decoder-steps 0 and no "
+                         "--base-run or --phase-one-from")
+    copy = run / "base-model"
+    if not copy.exists():
+        source = pathlib.Path(plan.base_model)
+        source = source if source.is_absolute() else REPO / source
+        if not (source / "model_index.json").exists():
+            raise SystemExit(f"--base-model {plan.base_model}: no model_index.json there")
+        staging = run / "base-model.staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+        staging.rename(copy)
+    log(f"base model: {plan.base_model} (copied into {copy})")
+    vae = AutoencoderKLWan.from_pretrained(copy / "vae", torch_dtype=torch.float32).eval()
+    text_encoder = UMT5EncoderModel.from_pretrained(copy / "text_encoder", torch_dtype=torch.float32).eval()
+    transformer = WanTransformer3DModel.from_pretrained(copy / "transformer", torch_dtype=torch.float32).eval()
+    return vae, text_encoder, transformer
 
 
 def pin_plan(run: pathlib.Path, plan: Plan) -> None:
@@ -159,6 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sigma-shift-end", type=float, help="phase 2's sigma shift moves linearly from --sigma-shift to this")
     parser.add_argument("--vae-edge-weight", type=float, help="phase 1: extra loss weight on the object's outline")
     parser.add_argument("--dit-stop-at", type=int, help="end phase 2 at this step with the EMA weights so far")
+    parser.add_argument("--image-steps", type=int, help="phase 2b: this many steps of image conditioning (TI2V)")
+    parser.add_argument("--image-share", type=float, help="phase 2b: share of a batch's clips given their first frame")
+    parser.add_argument("--image-lr", type=float, help="phase 2b's peak learning rate")
+    parser.add_argument(
+        "--base-model", metavar="FOLDER",
+        help="start from this exported model (its VAE, text encoder and transformer) instead of phases 1 and 2",
+    )
     parser.add_argument("--no-evaluate", action="store_true", help="stop after the export")
     parser.add_argument(
         "--no-compile", action="store_true",
@@ -185,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             "vae_edge_weight": args.vae_edge_weight, "dit_stop_at": args.dit_stop_at,
             "phase_one_run": args.phase_one_from, "dit_decay": args.dit_decay, "dit_optimizer": args.dit_optimizer,
             "dit_matmuls": args.dit_matmuls, "vae_convolutions": args.vae_convolutions,
+            "image_steps": args.image_steps, "image_share": args.image_share, "image_lr": args.image_lr,
+            "base_model": args.base_model,
         }.items()
         if v is not None
     }
@@ -208,10 +247,15 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     try:
-        vae = train_vae(run, plan)
-        data = encode_dataset(run, plan, vae)
-        text_encoder, transformer = train_dit(run, plan, vae, data, compile=not args.no_compile)
-        vae = tune_decoder(run, plan, vae, data)
+        if plan.base_model:
+            vae, text_encoder, transformer = load_base_model(run, plan)
+            data = encode_dataset(run, plan, vae, statistics=vae.config)
+        else:
+            vae = train_vae(run, plan)
+            data = encode_dataset(run, plan, vae)
+            text_encoder, transformer = train_dit(run, plan, vae, data, compile=not args.no_compile)
+            vae = tune_decoder(run, plan, vae, data)
+        text_encoder, transformer = train_image(run, plan, vae, data, text_encoder, transformer, compile=not args.no_compile)
         export(run, plan, out, vae, text_encoder, transformer, data, command)
         if not args.no_evaluate:
             evaluate_export(run, out, args.smoke)
