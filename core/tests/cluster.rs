@@ -407,4 +407,3 @@ fn poll_and_previews_of_jobs_submitted_here_are_served_from_the_mirror() {
     assert_eq!(submitter.poll(id).unwrap().state, end.state, "poll agrees with wait at once");
     drop(worker);
 }
-

@@ -143,11 +143,15 @@ fn vae_encoder_matches_diffusers_moments_and_mode() {
     let folder = fixtures().join("tiny-wan/vae");
     let config: wan::vae::VaeConfig = read_config(&folder).unwrap();
     let (mean, std) = (config.latents_mean.clone(), config.latents_std.clone());
-    let (_vs, vae) =
-        wan::load_component(&folder, "diffusion_pytorch_model", Device::Cpu, &[], &["decoder.", "post_quant_conv."], |p| {
-            wan::vae_encoder::WanVaeEncoder::new(p, config)
-        })
-        .unwrap();
+    let (_vs, vae) = wan::load_component(
+        &folder,
+        "diffusion_pytorch_model",
+        Device::Cpu,
+        &[],
+        &["decoder.", "post_quant_conv."],
+        |p| wan::vae_encoder::WanVaeEncoder::new(p, config),
+    )
+    .unwrap();
     let _g = tch::no_grad_guard();
     let x = &c["encode.x"]; // 9 frames: the first alone, then two chunks of 4
     assert_close("moments", &vae.moments(x).unwrap(), &c["encode.moments"], 1e-4);
@@ -239,7 +243,7 @@ fn the_whole_pipeline_matches_wan_pipeline_from_prompt_to_frames() {
     assert_close("prompt_embeds", &text.narrow(0, 0, 1), &c["prompt_embeds"], 1e-4);
     assert_close("negative_prompt_embeds", &text.narrow(0, 1, 1), &c["negative_prompt_embeds"], 1e-4);
     let latents = model
-        .denoise(&comps, c["latents"].shallow_clone(), &text, 2, 5.0, |i, _, x, _| {
+        .denoise(&comps, c["latents"].shallow_clone(), &text, 2, 5.0, None, |i, _, x, _| {
             assert_close(&format!("step {i} latents"), x, &c[&format!("step{}.latents", i - 1)], 1e-4);
             Ok(())
         })
@@ -260,6 +264,70 @@ fn the_whole_pipeline_matches_wan_pipeline_from_prompt_to_frames() {
     let noise = vgen_core::models::seeded_noise(42, &[1, 16, 3, 4, 4]).unwrap();
     assert_close("seeded noise", &noise, &c["latents"], 0.0);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The fixtures' tiny Wan as a TI2V model: `expand_timesteps` in its `model_index.json` (its transformer takes the
+/// VAE's 16 channels, as TI2V-5B's takes its VAE's 48).
+fn tiny_ti2v(dir: &Path) -> wan::pipeline::WanModel {
+    copy_dir(&fixtures().join("tiny-wan"), dir);
+    let index = dir.join("model_index.json");
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    json["expand_timesteps"] = true.into();
+    std::fs::write(&index, json.to_string()).unwrap();
+    std::fs::write(dir.join("vgen.json"), r#"{"max_sequence_length": 16}"#).unwrap();
+    wan::pipeline::WanModel::open(dir).unwrap()
+}
+
+#[test]
+fn ti2v_image_to_video_matches_wan_image_to_video_pipeline_from_image_to_frames() {
+    // `tools/wan_reference/make_ti2v_case.py`: diffusers' WanImageToVideoPipeline with expand_timesteps, 2 steps.
+    let c = cases("ti2v_pipeline.safetensors");
+    let dir = std::env::temp_dir().join(format!("vgen-tiny-ti2v-{}", std::process::id()));
+    let model = tiny_ti2v(&dir);
+    assert!(vgen_core::models::Model::info(&model).conditioning.image);
+    let comps = model.components(vgen_core::Device::Cpu).unwrap();
+    let _g = tch::no_grad_guard();
+    let rgb: Vec<u8> = Vec::<u8>::try_from(c["image"].reshape([-1])).unwrap();
+    let image = vgen_core::engine::image::Image::new(32, 32, rgb);
+    let frames = Tensor::from_slice(&image.rgb).view([32, 32, 3]).permute([2, 0, 1]).to_kind(Kind::Float);
+    let frames = (frames / 255.0 * 2.0 - 1.0).view([1, 3, 1, 32, 32]);
+    let encoder = comps.image_encoder.as_ref().expect("a TI2V model loads the VAE's encoder");
+    let condition = encoder.encode(&frames).unwrap();
+    assert_close("condition (the image's normalised latent)", &condition, &c["condition"], 1e-4);
+    let text = model.encode_prompts(&comps, &["A cat and a dog.", "blurred"], Device::Cpu).unwrap();
+    let latents = model
+        .denoise(&comps, c["latents"].shallow_clone(), &text, 2, 5.0, Some(&condition), |i, _, x, _| {
+            assert_close(&format!("step {i} latents"), x, &c[&format!("step{}.latents", i - 1)], 1e-4);
+            Ok(())
+        })
+        .unwrap();
+    let mut chunks = Vec::new();
+    comps
+        .vae
+        .decode(&comps.vae.denormalize(&latents), |_, _, f| {
+            chunks.push(f);
+            Ok(())
+        })
+        .unwrap();
+    let out = (Tensor::cat(&chunks, 2) * 0.5 + 0.5).clamp(0.0, 1.0).permute([0, 2, 3, 4, 1]);
+    assert_close("frames", &out, &c["frames"], 1e-4);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn per_token_timesteps_all_equal_give_what_one_timestep_gives() {
+    let c = cases("transformer.safetensors");
+    let (_vs, model) = tiny_transformer();
+    let _g = tch::no_grad_guard();
+    let x = &c["a.hidden_states"];
+    let t = &c["a.timestep"];
+    let [b, _, f, h, w] = x.size()[..] else { panic!() };
+    let tokens = f * (h / 2) * (w / 2);
+    let per_token = t.view([b, 1]).expand([b, tokens], false).contiguous();
+    let one = model.forward(x, t, &c["a.encoder_hidden_states"]).unwrap();
+    let many = model.forward(x, &per_token, &c["a.encoder_hidden_states"]).unwrap();
+    assert_close("per-token = per-clip", &many, &one, 1e-5);
+    assert!(model.forward(x, &per_token.narrow(1, 0, tokens - 1), &c["a.encoder_hidden_states"]).is_err());
 }
 
 #[test]

@@ -36,6 +36,7 @@ pub fn request_json(data: &[u8]) {
         size_multiple: 16,
         frame_rule: FrameRule::OnePlusFourK,
         dtype: "f32".into(),
+        conditioning: Default::default(),
     };
     if let Ok(params) = validate_request(&request, &info, &Limits::default(), || 1) {
         let twice = validate_request(&again, &info, &Limits::default(), || 1).expect("the same request validates");

@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Make a video from a prompt and write it to one or more files.
-    Generate(Generate),
+    Generate(Box<Generate>),
     /// List the devices libtorch sees, and prove each one works by running a small computation on it.
     Devices {
         /// Print one JSON object instead of a table.
@@ -59,6 +59,13 @@ struct Generate {
     prompt: String,
     #[arg(long)]
     negative_prompt: Option<String>,
+    /// A PNG or JPEG to animate: the video's first frame (a model that takes images; see `vgen models`). Resized
+    /// to the video's size as diffusers' pipelines do (stretched, Lanczos).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// A PNG or JPEG for the video's last frame (first–last frame models).
+    #[arg(long)]
+    last_image: Option<PathBuf>,
     #[arg(long)]
     width: Option<u32>,
     #[arg(long)]
@@ -96,7 +103,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Devices { json } => report(devices(json)),
         Command::Models { json } => report(models(json)),
-        Command::Generate(g) => generate(g),
+        Command::Generate(g) => generate(*g),
         Command::Worker { config } => report(worker(&config)),
     }
 }
@@ -178,6 +185,11 @@ fn generate(g: Generate) -> ExitCode {
         seed: g.seed,
         model,
         preview_every: g.preview_every,
+        image: g.image.as_ref().map(|p| vgen_core::engine::image::ImageInput::Path(p.to_string_lossy().into_owned())),
+        last_image: g
+            .last_image
+            .as_ref()
+            .map(|p| vgen_core::engine::image::ImageInput::Path(p.to_string_lossy().into_owned())),
         // The engine writes the files as the video is decoded, and keeps no frames: memory stays that of one
         // decoded chunk, however long the video.
         outputs: g.out.iter().map(|p| p.to_string_lossy().into_owned()).collect(),
@@ -352,15 +364,20 @@ fn models(json: bool) -> vgen_core::Result<()> {
     if json {
         println!("{}", serde_json::to_string(&list).map_err(|e| vgen_core::Error::internal(e.to_string()))?);
     } else {
-        println!("{:<16} {:>12} {:>14} {:>6}  folder", "model", "weights", "default size", "steps");
+        println!("{:<16} {:>12} {:>14} {:>6}  {:<15} folder", "model", "weights", "default size", "steps", "makes");
         for m in &list {
             let mark = match (m.default, m.test_model) {
                 (true, _) => " (default)",
                 (false, true) => " (test model)",
                 _ => "",
             };
+            let makes = match (m.conditioning.image, m.conditioning.last_image) {
+                (_, true) => "first-last frame",
+                (true, false) => "text+image",
+                _ => "text",
+            };
             println!(
-                "{:<16} {:>9.1} MB {:>14} {:>6}  {}{mark}",
+                "{:<16} {:>9.1} MB {:>14} {:>6}  {makes:<15} {}{mark}",
                 m.name,
                 m.weights_bytes as f64 / 1e6,
                 format!("{}x{}x{}", m.defaults.width, m.defaults.height, m.defaults.num_frames),

@@ -154,6 +154,8 @@ mod tests {
             guidance_scale: 1.0,
             seed: 0,
             preview_every: None,
+            image: None,
+            last_image: None,
         }
     }
 

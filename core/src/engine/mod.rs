@@ -24,6 +24,7 @@ mod eta;
 mod event;
 mod fault;
 mod flight;
+pub mod image;
 mod job;
 mod mailbox;
 mod metrics;

@@ -5,12 +5,15 @@
 //! out of range are rejected, never clamped: a host that asked for 1000 steps and silently got 200 would be
 //! misled.
 
+use super::image::{self, Image, ImageInput};
 use crate::error::{Error, Result};
 use crate::models::ModelInfo;
 use serde::{Deserialize, Serialize};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
-/// A text-to-video request. Deserialising rejects unknown fields, so a typo in a host's JSON is an error.
+/// A video request: a prompt, and for image-to-video an image to start from. Deserialising rejects unknown fields,
+/// so a typo in a host's JSON is an error.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Request {
@@ -26,6 +29,11 @@ pub struct Request {
     pub seed: Option<u64>,
     /// The model's name; the engine's default model when left out.
     pub model: Option<String>,
+    /// The video's first frame, for a model that animates an image (see [`ImageInput`]); resized to the video's
+    /// size as diffusers' pipelines do.
+    pub image: Option<ImageInput>,
+    /// The video's last frame, for a first–last frame model.
+    pub last_image: Option<ImageInput>,
     /// Higher runs first. FIFO within a priority; waiting jobs gain priority over time (aging).
     pub priority: i32,
     /// Milliseconds from submit after which the job fails with `deadline_exceeded`, queued or running.
@@ -70,6 +78,8 @@ pub struct Limits {
     pub max_guidance_scale: f64,
     pub max_fps: f64,
     pub max_priority: i32,
+    /// The most pixels an `image` or `last_image` may have before resizing (a decoded image is 3 bytes a pixel).
+    pub max_image_pixels: u64,
 }
 
 impl Default for Limits {
@@ -83,6 +93,7 @@ impl Default for Limits {
             max_guidance_scale: 30.0,
             max_fps: 120.0,
             max_priority: 100,
+            max_image_pixels: 4096 * 4096,
         }
     }
 }
@@ -100,6 +111,12 @@ pub struct Params {
     pub guidance_scale: f64,
     pub seed: u64,
     pub preview_every: Option<u32>,
+    /// The first frame, decoded and resized to `width` × `height`.
+    #[serde(skip)]
+    pub image: Option<Arc<Image>>,
+    /// The last frame, likewise.
+    #[serde(skip)]
+    pub last_image: Option<Arc<Image>>,
 }
 
 impl Params {
@@ -116,6 +133,8 @@ impl Params {
         (self.width, self.height, self.num_frames, self.steps, self.seed).hash(&mut h);
         self.fps.to_bits().hash(&mut h);
         self.guidance_scale.to_bits().hash(&mut h);
+        self.image.as_ref().map(|i| i.hash).hash(&mut h);
+        self.last_image.as_ref().map(|i| i.hash).hash(&mut h);
         h.finish()
     }
 }
@@ -208,6 +227,24 @@ pub fn validate(
     }
     check_outputs(request)?;
     check_metadata(request)?;
+    let images = |field: &str, input: &Option<ImageInput>, takes: bool, what: &str| -> Result<Option<Arc<Image>>> {
+        let Some(input) = input else { return Ok(None) };
+        if !takes {
+            return Err(Error::invalid(format!("{field}: {} {what}", model.name)));
+        }
+        Ok(Some(Arc::new(image::load(input, field, limits.max_image_pixels, width, height)?)))
+    };
+    if request.last_image.is_some() && request.image.is_none() {
+        return Err(Error::invalid("last_image needs image: a first–last frame video starts from image"));
+    }
+    let first =
+        images("image", &request.image, model.conditioning.image, "makes video from text only: it takes no image")?;
+    let last = images(
+        "last_image",
+        &request.last_image,
+        model.conditioning.last_image,
+        "takes no last frame (first–last frame)",
+    )?;
     if let Some(key) = &request.idempotency_key {
         if key.is_empty() || key.len() > 256 {
             return Err(Error::invalid("idempotency_key must have 1 to 256 bytes"));
@@ -224,6 +261,8 @@ pub fn validate(
         guidance_scale,
         seed: request.seed.unwrap_or_else(draw_seed),
         preview_every: request.preview_every,
+        image: first,
+        last_image: last,
     })
 }
 
@@ -278,6 +317,7 @@ mod tests {
             size_multiple: 16,
             frame_rule: FrameRule::OnePlusFourK,
             dtype: "f32".into(),
+            conditioning: Default::default(),
         }
     }
 

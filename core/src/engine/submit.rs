@@ -33,7 +33,9 @@ impl Shared {
         if let (Some(key), Some(map)) = (&request.idempotency_key, idempotency.as_deref()) {
             if let Some(id) = map.get(key).copied() {
                 if let Some(cell) = self.cell(id) {
-                    if cell.request != request {
+                    // The same request naming the same image file is still another request when the file's pixels
+                    // changed: the pixels' hash is compared too.
+                    if cell.request != request || !self.same_images(&cell.params, &request)? {
                         return Err(Error::new(
                             ErrorCode::AlreadyExists,
                             format!("idempotency key {key:?} was used for {id} with a different request"),
@@ -156,6 +158,19 @@ impl Shared {
         self.arm_deadline(&cell);
         self.dispatch(outbox);
         Ok(id)
+    }
+
+    /// Whether `request`'s images decode to the pixels `params` (an earlier job's) were made from.
+    fn same_images(&self, params: &request::Params, request: &Request) -> Result<bool> {
+        let max = self.config.limits.max_image_pixels;
+        let hash = |input: &Option<super::image::ImageInput>, field| -> Result<Option<u64>> {
+            input
+                .as_ref()
+                .map(|i| super::image::load(i, field, max, params.width, params.height).map(|img| img.hash))
+                .transpose()
+        };
+        Ok(hash(&request.image, "image")? == params.image.as_ref().map(|i| i.hash)
+            && hash(&request.last_image, "last_image")? == params.last_image.as_ref().map(|i| i.hash))
     }
 
     /// Makes a new job known, under its idempotency key too: `idempotency` is the key map, which `submit` has held

@@ -46,6 +46,17 @@ pub struct ModelInfo {
     pub frame_rule: FrameRule,
     /// The dtype the model computes in, for the result's metadata.
     pub dtype: String,
+    /// What besides the prompt the model can condition on.
+    pub conditioning: Conditioning,
+}
+
+/// The images a model can start from, besides the prompt. A request that gives one the model cannot take is refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Conditioning {
+    /// An image to animate: the video's first frame (`image`).
+    pub image: bool,
+    /// A last frame too (`last_image`, first–last frame models).
+    pub last_image: bool,
 }
 
 /// A text-to-video model.
@@ -91,6 +102,8 @@ pub struct Summary {
     pub defaults: Defaults,
     pub size_multiple: u32,
     pub dtype: String,
+    /// What besides the prompt it can start from: `{"image": true, "last_image": false}` for image-to-video.
+    pub conditioning: Conditioning,
 }
 
 /// The models an engine can run, by name, and which one is the default.
@@ -239,6 +252,7 @@ impl Models {
                     defaults: i.defaults.clone(),
                     size_multiple: i.size_multiple,
                     dtype: i.dtype.clone(),
+                    conditioning: i.conditioning,
                 }
             })
             .collect()

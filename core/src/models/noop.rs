@@ -24,6 +24,7 @@ impl NoOp {
                 size_multiple: 16,
                 frame_rule: FrameRule::Any,
                 dtype: "none".into(),
+                conditioning: Default::default(),
             },
         }
     }

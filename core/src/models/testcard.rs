@@ -35,6 +35,7 @@ impl TestCard {
                 size_multiple: 16,
                 frame_rule: FrameRule::OnePlusFourK,
                 dtype: "f32".into(),
+                conditioning: Default::default(),
             },
         }
     }

@@ -98,7 +98,14 @@ impl RedisCluster {
             .map(|i| {
                 RedisServer::start_with(
                     &format!("{tag}-node{i}"),
-                    &["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"],
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ],
                 )
             })
             .collect();

@@ -89,6 +89,6 @@ impl Cluster {
         if self.mirrored.read().values().any(expired) {
             self.mirrored.write().retain(|_, m| !expired(m));
         }
-        self.results.lock().retain(|_, (_, _, read)| read.elapsed() < ttl);
+        self.results.lock().retain(|_, read| read.read_at.elapsed() < ttl);
     }
 }

@@ -117,6 +117,13 @@ impl Keys {
     }
 }
 
+/// A video read from the result store: its reference, the video, and when it was read.
+pub(crate) struct ReadResult {
+    reference: String,
+    video: Arc<Video>,
+    read_at: Instant,
+}
+
 /// A job submitted through this engine, as last read from Redis.
 pub(crate) struct Mirrored {
     status: JobStatus,
@@ -161,7 +168,7 @@ pub(crate) struct Cluster {
     signal_lock: Mutex<()>,
     /// Videos this engine has read from the result store, each read once: id → (its reference, the video, when
     /// read). Dropped with `release` or `job_ttl_ms` after the read.
-    results: Mutex<HashMap<JobId, (String, Arc<Video>, Instant)>>,
+    results: Mutex<HashMap<JobId, ReadResult>>,
     /// Events of the local runs, for the worker thread to mirror into Redis (progress and previews coalesced when
     /// it falls behind; see `mailbox.rs`).
     mirror: Arc<crate::engine::mailbox::Mailbox<worker::Mirror>>,
@@ -417,9 +424,9 @@ impl Cluster {
 
     pub(crate) fn cancel(&self, id: JobId) -> Result<bool> {
         // The job's stream and entry never change after submit: read here, they go to the script as its keys.
-        let (status, stream, entry): (Option<String>, Option<String>, Option<String>) = self.link.with(|c| {
-            redis::cmd("HMGET").arg(self.keys.job(id)).arg("status").arg("stream").arg("entry").query(c)
-        })?;
+        let (status, stream, entry): (Option<String>, Option<String>, Option<String>) = self
+            .link
+            .with(|c| redis::cmd("HMGET").arg(self.keys.job(id)).arg("status").arg("stream").arg("entry").query(c))?;
         let (Some(status), Some(stream), Some(entry)) = (status, stream, entry) else { return Err(not_found(id)) };
         let status: JobStatus = parse(&status, "job status")?;
         if status.state.is_terminal() {
@@ -472,13 +479,13 @@ impl Cluster {
 
     /// A finished job's video: read from the store once per engine, then from memory.
     fn read_result(&self, id: JobId, reference: String) -> Result<Arc<Video>> {
-        if let Some((r, video, _)) = self.results.lock().get(&id) {
-            if *r == reference {
-                return Ok(video.clone());
+        if let Some(read) = self.results.lock().get(&id) {
+            if read.reference == reference {
+                return Ok(read.video.clone());
             }
         }
         let video = Arc::new(self.store.get(&reference)?);
-        self.results.lock().insert(id, (reference, video.clone(), Instant::now()));
+        self.results.lock().insert(id, ReadResult { reference, video: video.clone(), read_at: Instant::now() });
         Ok(video)
     }
 

@@ -18,14 +18,14 @@ enum Client {
 /// One connection: to the server, or to the cluster (which holds a connection per node it has talked to).
 pub(crate) enum Connection {
     Single(redis::Connection),
-    Cluster(redis::cluster::ClusterConnection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
 impl Connection {
     fn as_dyn(&mut self) -> &mut dyn ConnectionLike {
         match self {
             Connection::Single(c) => c,
-            Connection::Cluster(c) => c,
+            Connection::Cluster(c) => c.as_mut(),
         }
     }
 }
@@ -70,7 +70,7 @@ impl RedisLink {
                 let con = client.get_connection().map_err(unavailable)?;
                 con.set_read_timeout(Some(timeout)).map_err(unavailable)?;
                 con.set_write_timeout(Some(self.timeout)).map_err(unavailable)?;
-                Ok(Connection::Cluster(con))
+                Ok(Connection::Cluster(Box::new(con)))
             }
         }
     }
@@ -105,7 +105,7 @@ impl RedisLink {
                 for cmd in cmds {
                     pipe.add_command(cmd);
                 }
-                pipe.query(c)
+                pipe.query(c.as_mut())
             }
         })
     }
@@ -159,11 +159,7 @@ fn settle<T>(outcome: redis::RedisResult<T>) -> Result<T> {
         // A restarted Redis answers LOADING while it replays its append-only file; a cluster answers TRYAGAIN,
         // MASTERDOWN or CLUSTERDOWN while a slot moves or fails over.
         let starting = matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "BUSY" | "CLUSTERDOWN"));
-        if starting || is_broken(&e) {
-            unavailable(e)
-        } else {
-            Error::new(ErrorCode::Internal, format!("redis: {e}"))
-        }
+        if starting || is_broken(&e) { unavailable(e) } else { Error::new(ErrorCode::Internal, format!("redis: {e}")) }
     })
 }
 

@@ -162,7 +162,9 @@ impl Cluster {
                 }
                 if !took && self.free_slots() > 0 {
                     let until_reclaim = (lease / 4).saturating_sub(reclaimed.elapsed());
-                    for (i, (stream, entry, job)) in self.take_blocking(&mut blocking, until_reclaim)?.into_iter().enumerate() {
+                    for (i, (stream, entry, job)) in
+                        self.take_blocking(&mut blocking, until_reclaim)?.into_iter().enumerate()
+                    {
                         // One entry a stream: more than the free slots only when jobs of several priorities came
                         // within one read. The extra ones go straight back for any worker's next reclaim.
                         if i == 0 || self.free_slots() > 0 {
@@ -621,7 +623,9 @@ impl Cluster {
             self.runs.lock().values().map(|r| (r.stream.clone(), r.entry.clone(), r.key, r.local.is_some())).collect();
         let mut cmds = vec![redis::cmd("ZADD").arg(self.keys.workers()).arg(unix_ms()).arg(&self.node).clone()];
         for (stream, entry, key, running) in &runs {
-            cmds.push(redis::cmd("XCLAIM").arg(stream).arg(GROUP).arg(&self.node).arg(0).arg(entry).arg("JUSTID").clone());
+            cmds.push(
+                redis::cmd("XCLAIM").arg(stream).arg(GROUP).arg(&self.node).arg(0).arg(entry).arg("JUSTID").clone(),
+            );
             if *running {
                 cmds.push(redis::cmd("PEXPIRE").arg(self.keys.flight(*key)).arg(self.config.lease_ms).clone());
             }
@@ -639,7 +643,9 @@ impl Cluster {
         }
         let cmds = runs
             .iter()
-            .map(|(id, _, _)| redis::cmd("HMGET").arg(self.keys.job(*id)).arg("terminal").arg("lease").arg("status").clone())
+            .map(|(id, _, _)| {
+                redis::cmd("HMGET").arg(self.keys.job(*id)).arg("terminal").arg("lease").arg("status").clone()
+            })
             .collect();
         let states: Vec<(Option<String>, Option<String>, Option<String>)> = self
             .link

@@ -11,12 +11,13 @@ use super::tokenizer::{WanTokenizer, prompt_clean};
 use super::transformer::{TransformerConfig, WanTransformer};
 use super::umt5::{Umt5Config, Umt5Encoder};
 use super::vae::{VaeConfig, WanVaeDecoder};
+use super::vae_encoder::WanVaeEncoder;
 use crate::device::Device;
 use crate::engine::{Attempt, FrameRule, Params, Stage};
 use crate::error::{Error, ErrorCode, Result};
 use crate::models::per_device::PerDevice;
 use crate::models::weights::{check_confined, fingerprint, header_elements, read_config, weight_files};
-use crate::models::{Defaults, Model, ModelInfo};
+use crate::models::{Conditioning, Defaults, Model, ModelInfo};
 use crate::schedulers::SchedulerConfig;
 use crate::video::{Frames, Video};
 use serde::Deserialize;
@@ -50,6 +51,8 @@ pub struct Components {
     pub encoder: Umt5Encoder,
     pub transformer: WanTransformer,
     pub vae: WanVaeDecoder,
+    /// The VAE's encoder, for a model that animates an image.
+    pub image_encoder: Option<WanVaeEncoder>,
 }
 
 // SAFETY: after loading, the weights are never written (the VarStores are frozen and every forward pass builds
@@ -68,6 +71,9 @@ pub struct WanModel {
     vae_config: VaeConfig,
     encoder_config: Umt5Config,
     weight_bytes: u64,
+    /// Wan2.2 TI2V's image conditioning (`expand_timesteps` in `model_index.json`): the image's latent replaces
+    /// latent frame 0 and that frame's tokens get timestep 0.
+    ti2v: bool,
     /// The networks, loaded once per device however many workers the device has.
     loaded: PerDevice<Components>,
 }
@@ -87,6 +93,7 @@ impl WanModel {
         if class != "WanPipeline" {
             return Err(Error::invalid(format!("{} is a {class:?}, not a WanPipeline", index_path.display())));
         }
+        let ti2v = index.get("expand_timesteps").and_then(|e| e.as_bool()).unwrap_or(false);
         let serving: ServingConfig = match std::fs::read_to_string(folder.join("vgen.json")) {
             Ok(text) => serde_json::from_str(&text)
                 .map_err(|e| Error::invalid(format!("{}/vgen.json: {e}", folder.display())))?,
@@ -101,6 +108,15 @@ impl WanModel {
         let transformer_config: TransformerConfig = read_config(&folder.join("transformer"))?;
         let vae_config: VaeConfig = read_config(&folder.join("vae"))?;
         let encoder_config: Umt5Config = read_config(&folder.join("text_encoder"))?;
+        if ti2v && transformer_config.in_channels != vae_config.z_dim {
+            return Err(Error::invalid(format!(
+                "{}: expand_timesteps (image conditioning the TI2V way) needs the transformer's in_channels {} to be \
+                 the VAE's z_dim {}",
+                index_path.display(),
+                transformer_config.in_channels,
+                vae_config.z_dim
+            )));
+        }
         if encoder_config.d_model != transformer_config.text_dim {
             return Err(Error::invalid(format!(
                 "text_encoder d_model {} does not match transformer text_dim {}",
@@ -148,6 +164,7 @@ impl WanModel {
                 Some("fp32") => "f32".into(),
                 _ => "f32 (bf16 on CUDA)".into(),
             },
+            conditioning: Conditioning { image: ti2v, last_image: false },
         };
         Ok(Self {
             folder: folder.to_path_buf(),
@@ -159,6 +176,7 @@ impl WanModel {
             vae_config,
             encoder_config,
             weight_bytes,
+            ti2v,
             loaded: PerDevice::default(),
         })
     }
@@ -191,11 +209,27 @@ impl WanModel {
             &["encoder.", "quant_conv."],
             |p| WanVaeDecoder::new(p, self.vae_config.clone()),
         )?;
+        let mut vars = vec![v3];
+        let image_encoder = if self.ti2v {
+            let (v4, e) = load_component(
+                &self.folder.join("vae"),
+                "diffusion_pytorch_model",
+                dev,
+                &[],
+                &["decoder.", "post_quant_conv."],
+                |p| WanVaeEncoder::new(p, self.vae_config.clone()),
+            )?;
+            vars.push(v4);
+            Some(e)
+        } else {
+            None
+        };
         if kind != Kind::Float {
             v1.set_kind(kind);
             v2.set_kind(kind);
         }
-        Ok(Components { _vars: vec![v1, v2, v3], encoder, transformer, vae })
+        vars.extend([v1, v2]);
+        Ok(Components { _vars: vars, encoder, transformer, vae, image_encoder })
     }
 
     /// The dtype the transformer and text encoder compute in on `device`.
@@ -220,7 +254,10 @@ impl WanModel {
     }
 
     /// The denoising loop from `latents`, with `text` = [cond] or [cond; uncond] embeddings (batched CFG).
-    /// `each_step(i, steps, latents)` is called after every step.
+    /// `each_step(i, steps, latents)` is called after every step. With `first_frame` (TI2V conditioning), that
+    /// latent frame `[1, z, 1, h, w]` replaces frame 0 of the model's input at every step and of the result, and
+    /// frame 0's tokens get timestep 0, as diffusers' `WanImageToVideoPipeline` does with `expand_timesteps`.
+    #[allow(clippy::too_many_arguments)]
     pub fn denoise(
         &self,
         c: &Components,
@@ -228,8 +265,20 @@ impl WanModel {
         text: &Tensor,
         steps: usize,
         guidance: f64,
+        first_frame: Option<&Tensor>,
         mut each_step: impl FnMut(usize, usize, &Tensor, f32) -> Result<()>,
     ) -> Result<Tensor> {
+        // m: 0 on latent frame 0, 1 elsewhere; the input is (1 - m)·condition + m·latents.
+        let condition = first_frame.map(|cond| {
+            let mask = latents.ones_like();
+            let _ = mask.narrow(2, 0, 1).fill_(0.0);
+            (cond.shallow_clone(), mask)
+        });
+        let given = |x: &Tensor| match &condition {
+            Some((cond, mask)) => (mask.ones_like() - mask) * cond + mask * x,
+            None => x.shallow_clone(),
+        };
+        let [_, ph, pw] = self.transformer_config.patch_size;
         let mut scheduler = self.scheduler.build(steps)?;
         let timesteps = scheduler.timesteps().to_vec();
         let cfg = guidance > 1.0;
@@ -237,9 +286,17 @@ impl WanModel {
         let context = c.transformer.text_context(text, true);
         let mut x = latents;
         for (i, t) in timesteps.iter().enumerate() {
-            let batch = if cfg { Tensor::cat(&[&x, &x], 0) } else { x.shallow_clone() };
+            let input = given(&x);
+            let batch = if cfg { Tensor::cat(&[&input, &input], 0) } else { input };
             let b = batch.size()[0];
-            let timestep = Tensor::full([b], *t as f64, (Kind::Float, x.device()));
+            let timestep = match &condition {
+                // One timestep per token: `mask[:, :, :, ::ph, ::pw] · t`, flattened in token order.
+                Some((_, mask)) => {
+                    let per_token = mask.get(0).get(0).slice(1, 0, None, ph).slice(2, 0, None, pw).reshape([1, -1]);
+                    (per_token * *t as f64).expand([b, -1], false)
+                }
+                None => Tensor::full([b], *t as f64, (Kind::Float, x.device())),
+            };
             let out = c.transformer.forward_with(&batch, &timestep, &context)?;
             let noise = if cfg {
                 let parts = out.chunk(2, 0);
@@ -257,7 +314,7 @@ impl WanModel {
             }
             each_step(i + 1, steps, &x, scheduler.sigmas()[i + 1])?;
         }
-        Ok(x)
+        Ok(given(&x))
     }
 
     /// A cheap RGB look at latents `[1, z, T, h, w]`: a linear projection per pixel, not a decode.
@@ -319,12 +376,28 @@ impl Model for WanModel {
         let z = self.vae_config.z_dim;
         let shape = [1, z, (p.num_frames as i64 - 1) / 4 + 1, p.height as i64 / 8, p.width as i64 / 8];
         let latents = crate::models::seeded_noise(p.seed as i64 & i64::MAX, &shape)?.to_device(dev);
-        let latents = self.denoise(&c, latents, &text, p.steps as usize, p.guidance_scale, |i, n, x, _| {
-            if attempt.wants_preview(i as u32) {
-                attempt.preview(i as u32, self.preview(x)?);
+        let first_frame = match (&p.image, &c.image_encoder) {
+            (Some(image), Some(encoder)) => Some(encoder.encode(&image_frames(image, dev))?),
+            (Some(_), None) => {
+                return Err(Error::invalid(format!("image: {} makes video from text only", self.info.name)));
             }
-            attempt.step(i as u32, n as u32)
-        })?;
+            _ => None,
+        };
+        attempt.check()?;
+        let latents = self.denoise(
+            &c,
+            latents,
+            &text,
+            p.steps as usize,
+            p.guidance_scale,
+            first_frame.as_ref(),
+            |i, n, x, _| {
+                if attempt.wants_preview(i as u32) {
+                    attempt.preview(i as u32, self.preview(x)?);
+                }
+                attempt.step(i as u32, n as u32)
+            },
+        )?;
 
         attempt.stage(Stage::Decoding)?;
         let latents = c.vae.denormalize(&latents);
@@ -348,4 +421,19 @@ impl Model for WanModel {
         let frames = Frames::new(frames_kept, p.height as usize, p.width as usize, data)?;
         Ok(Video { frames: Arc::new(frames), fps: p.fps, metadata: Default::default() })
     }
+}
+
+/// An RGB8 image as the VAE takes a one-frame video: `[1, 3, 1, H, W]` in [-1, 1], `x / 255 · 2 - 1` in fp32 as
+/// diffusers' `VaeImageProcessor` computes it.
+fn image_frames(image: &crate::engine::image::Image, device: tch::Device) -> Tensor {
+    let (h, w) = (image.height as i64, image.width as i64);
+    Tensor::from_slice(&image.rgb)
+        .view([h, w, 3])
+        .permute([2, 0, 1])
+        .to_kind(Kind::Float)
+        .divide_scalar(255.0)
+        .multiply_scalar(2.0)
+        .g_sub_scalar(1.0)
+        .view([1, 3, 1, h, w])
+        .to_device(device)
 }

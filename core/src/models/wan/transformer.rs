@@ -394,7 +394,7 @@ impl Block {
     }
 
     /// `x` `[B, S, dim]`, `text` this block's prepared keys and values with their `bias` (see [`TextContext`]),
-    /// `modulation` `[B, 6, dim]` (the projected timestep).
+    /// `modulation` `[B, T, 6, dim]` (the projected timestep: T is 1, or one per token with per-token timesteps).
     pub fn forward(
         &self,
         x: &Tensor,
@@ -404,7 +404,12 @@ impl Block {
         rope: (&Tensor, &Tensor),
     ) -> Tensor {
         let kind = x.kind();
-        let m = (&self.scale_shift_table.to_kind(Kind::Float) + modulation.to_kind(Kind::Float)).chunk(6, 1);
+        let m: Vec<Tensor> = (self.scale_shift_table.to_kind(Kind::Float).unsqueeze(0)
+            + modulation.to_kind(Kind::Float))
+        .chunk(6, 2)
+        .iter()
+        .map(|t| t.squeeze_dim(2))
+        .collect();
         let (shift, scale, gate, c_shift, c_scale, c_gate) = (&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
         let xf = x.to_kind(Kind::Float);
         let h = (self.norm1.forward(&xf) * (scale + 1.0) + shift).to_kind(kind);
@@ -516,7 +521,8 @@ impl WanTransformer {
         TextContext { blocks: self.blocks.iter().map(|b| b.attn2.keys_values(&projected)).collect(), bias }
     }
 
-    /// The velocity for latents `x` `[B, C, F, H, W]` at `timestep` `[B]`, given text `[B, L, text_dim]`.
+    /// The velocity for latents `x` `[B, C, F, H, W]` at `timestep` `[B]` (or `[B, tokens]`, one per token, as
+    /// Wan2.2 TI2V's `expand_timesteps` gives it), given text `[B, L, text_dim]`.
     pub fn forward(&self, x: &Tensor, timestep: &Tensor, text: &Tensor) -> Result<Tensor> {
         self.forward_with(x, timestep, &self.text_context(text, true))
     }
@@ -546,13 +552,32 @@ impl WanTransformer {
         let kind = self.patch_embedding.ws.kind();
         let x = x.to_kind(kind);
         let tokens = x.apply(&self.patch_embedding).flatten(2, -1).transpose(1, 2).contiguous();
-        let (temb, proj) = self.condition_embedder.time(timestep, kind);
-        let modulation = proj.unflatten(1, [6, -1]);
+        // One timestep per clip, or per token (the time embedding and every modulation are then per token, the
+        // output's too): [B, T, ...] with T = 1 or the token count.
+        let per_clip = match timestep.size()[..] {
+            [n] if n == b => 1,
+            [n, t] if n == b && t == pf * phh * pww => t,
+            _ => {
+                return Err(Error::internal(format!(
+                    "timestep {:?} is neither [{b}] nor [{b}, {}] (one per token)",
+                    timestep.size(),
+                    pf * phh * pww
+                )));
+            }
+        };
+        let (temb, proj) = self.condition_embedder.time(&timestep.reshape([-1]), kind);
+        let temb = temb.view([b, per_clip, -1]);
+        let modulation = proj.view([b, per_clip, 6, -1]);
         let mut hidden = tokens;
         for (block, kv) in self.blocks.iter().zip(&text.blocks) {
             hidden = block.forward(&hidden, kv, text.bias.as_ref(), &modulation, (&cos, &sin));
         }
-        let m = (self.scale_shift_table.to_kind(Kind::Float) + temb.to_kind(Kind::Float).unsqueeze(1)).chunk(2, 1);
+        let m: Vec<Tensor> = (self.scale_shift_table.to_kind(Kind::Float).unsqueeze(0)
+            + temb.to_kind(Kind::Float).unsqueeze(2))
+        .chunk(2, 2)
+        .iter()
+        .map(|t| t.squeeze_dim(2))
+        .collect();
         let (shift, scale) = (&m[0], &m[1]);
         let hidden = (self.norm_out.forward(&hidden) * (scale + 1.0) + shift).to_kind(hidden.kind());
         let out = self.proj_out.forward(&hidden);

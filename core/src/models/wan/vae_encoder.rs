@@ -65,8 +65,8 @@ impl Downsample {
 /// The encoder's `down_blocks`, one flat list as diffusers numbers them (no attention: `attn_scales` is empty in
 /// every Wan VAE, and refused otherwise).
 enum Layer {
-    Residual(Residual),
-    Downsample(Downsample),
+    Residual(Box<Residual>),
+    Downsample(Box<Downsample>),
 }
 
 pub struct WanVaeEncoder {
@@ -109,12 +109,16 @@ impl WanVaeEncoder {
         for i in 0..dims.len() - 1 {
             let (mut cin, cout) = (dims[i], dims[i + 1]);
             for _ in 0..config.num_res_blocks {
-                down.push(Layer::Residual(Residual::new(&e / "down_blocks" / down.len(), cin, cout)));
+                down.push(Layer::Residual(Box::new(Residual::new(&e / "down_blocks" / down.len(), cin, cout))));
                 cin = cout;
             }
             if i != config.dim_mult.len() - 1 {
                 let temporal = config.temperal_downsample[i];
-                down.push(Layer::Downsample(Downsample::new(&e / "down_blocks" / down.len(), cout, temporal)));
+                down.push(Layer::Downsample(Box::new(Downsample::new(
+                    &e / "down_blocks" / down.len(),
+                    cout,
+                    temporal,
+                ))));
             }
         }
         let last = *dims.last().unwrap_or(&dim);

@@ -1,0 +1,340 @@
+//! A request's images (`image`, `last_image`): how a host gives one, and how it becomes the RGB8 pixels a model
+//! conditions on.
+//!
+//! A host gives a file path, PNG or JPEG bytes (base64 in JSON), or raw RGB8 / RGBA8 pixels (base64 in JSON; the C
+//! ABI and Python build that form). Validation decodes it before any work is queued, refuses an image that does
+//! not decode, is empty, or has more pixels than `limits.max_image_pixels`, and resizes it to the video's size the
+//! way diffusers' pipelines do by default (`VaeImageProcessor.resize`, `resize_mode="default"`): stretched to the
+//! width and height, aspect ratio not kept, with a Lanczos filter (a = 3, widened when shrinking, as PIL's). RGBA
+//! is composited on nothing: its alpha channel is dropped, as PIL's `convert("RGB")` does.
+//!
+//! The pixels' hash goes into the cache key and the idempotency check, so two requests naming one path whose file
+//! changed in between are two different videos.
+
+use crate::error::{Error, Result};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use std::hash::{Hash, Hasher};
+
+/// An image as a host gives it. In JSON: `{"path": "start.png"}`, `{"base64": "<PNG or JPEG bytes>"}`, or
+/// `{"pixels": {"width": 64, "height": 64, "stride": 192, "format": "rgb8", "base64": "<rows>"}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ImageInput {
+    /// A PNG or JPEG file.
+    Path(String),
+    /// PNG or JPEG bytes, base64-encoded.
+    Base64(String),
+    /// Raw pixels.
+    Pixels(Pixels),
+}
+
+/// Raw pixels: `height` rows of `stride` bytes, each starting with `width` pixels of `format`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pixels {
+    pub width: u32,
+    pub height: u32,
+    /// Bytes from one row to the next; at least `width` × the format's bytes per pixel.
+    pub stride: u32,
+    pub format: PixelFormat,
+    /// The rows, base64-encoded.
+    pub base64: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PixelFormat {
+    Rgb8,
+    Rgba8,
+}
+
+/// Decoded RGB8 pixels, row-major without padding, and their hash.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Image {
+    pub width: u32,
+    pub height: u32,
+    pub rgb: Vec<u8>,
+    pub hash: u64,
+}
+
+impl Image {
+    pub fn new(width: u32, height: u32, rgb: Vec<u8>) -> Self {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (width, height).hash(&mut h);
+        rgb.hash(&mut h);
+        Self { width, height, rgb, hash: h.finish() }
+    }
+}
+
+/// Decodes `input` (the request's field `field`), refusing more than `max_pixels` pixels, and resizes it to
+/// `width` × `height`.
+pub fn load(input: &ImageInput, field: &str, max_pixels: u64, width: u32, height: u32) -> Result<Image> {
+    let bad = |why: String| Error::invalid(format!("{field}: {why}"));
+    let image = match input {
+        ImageInput::Path(path) => {
+            let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read {path:?}: {e}")))?;
+            decode(&bytes, max_pixels).map_err(|why| bad(format!("{path:?}: {why}")))?
+        }
+        ImageInput::Base64(text) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map_err(|e| bad(format!("not base64: {e}")))?;
+            decode(&bytes, max_pixels).map_err(bad)?
+        }
+        ImageInput::Pixels(p) => from_pixels(p, max_pixels).map_err(bad)?,
+    };
+    Ok(resize(&image, width, height))
+}
+
+fn check_size(width: u64, height: u64, max_pixels: u64) -> std::result::Result<(), String> {
+    if width == 0 || height == 0 {
+        return Err(format!("the image is empty ({width}x{height})"));
+    }
+    if width.saturating_mul(height) > max_pixels {
+        return Err(format!("{width}x{height} is more than limits.max_image_pixels ({max_pixels})"));
+    }
+    Ok(())
+}
+
+/// PNG or JPEG bytes, told apart by their signature.
+fn decode(bytes: &[u8], max_pixels: u64) -> std::result::Result<Image, String> {
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        decode_png(bytes, max_pixels)
+    } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        decode_jpeg(bytes, max_pixels)
+    } else if bytes.is_empty() {
+        Err("the image is empty (no bytes)".into())
+    } else {
+        Err("not a PNG or JPEG image".into())
+    }
+}
+
+fn decode_png(bytes: &[u8], max_pixels: u64) -> std::result::Result<Image, String> {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    // 16-bit to 8, palettes and grey to RGB(A): every PNG comes out as 8-bit grey, grey+alpha, RGB or RGBA.
+    decoder.set_transformations(png::Transformations::normalize_to_color8());
+    let mut reader = decoder.read_info().map_err(|e| format!("not a valid PNG: {e}"))?;
+    let info = reader.info();
+    check_size(info.width as u64, info.height as u64, max_pixels)?;
+    let mut buf = vec![0; reader.output_buffer_size().ok_or("the PNG is too large")?];
+    let frame = reader.next_frame(&mut buf).map_err(|e| format!("not a valid PNG: {e}"))?;
+    let (w, h) = (frame.width, frame.height);
+    let channels = frame.color_type.samples();
+    let rows = &buf[..frame.buffer_size()];
+    let mut rgb = Vec::with_capacity(w as usize * h as usize * 3);
+    for row in rows.chunks(frame.line_size) {
+        for px in row[..w as usize * channels].chunks(channels) {
+            match channels {
+                1 | 2 => rgb.extend_from_slice(&[px[0], px[0], px[0]]),
+                _ => rgb.extend_from_slice(&px[..3]),
+            }
+        }
+    }
+    Ok(Image::new(w, h, rgb))
+}
+
+fn decode_jpeg(bytes: &[u8], max_pixels: u64) -> std::result::Result<Image, String> {
+    use zune_jpeg::zune_core::{bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions};
+    let side = (max_pixels.min(1 << 30) as usize).max(1);
+    let options =
+        DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB).set_max_width(side).set_max_height(side);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    decoder.decode_headers().map_err(|e| format!("not a valid JPEG: {e:?}"))?;
+    let (w, h) = decoder.dimensions().ok_or("not a valid JPEG: no size")?;
+    check_size(w as u64, h as u64, max_pixels)?;
+    let rgb = decoder.decode().map_err(|e| format!("not a valid JPEG: {e:?}"))?;
+    if rgb.len() != w * h * 3 {
+        return Err(format!("the JPEG decoded to {} bytes for {w}x{h} RGB", rgb.len()));
+    }
+    Ok(Image::new(w as u32, h as u32, rgb))
+}
+
+fn from_pixels(p: &Pixels, max_pixels: u64) -> std::result::Result<Image, String> {
+    check_size(p.width as u64, p.height as u64, max_pixels)?;
+    let bpp = match p.format {
+        PixelFormat::Rgb8 => 3,
+        PixelFormat::Rgba8 => 4,
+    };
+    let row = p.width as usize * bpp;
+    if (p.stride as usize) < row {
+        return Err(format!("stride {} is less than width x {bpp} bytes ({row})", p.stride));
+    }
+    let data =
+        base64::engine::general_purpose::STANDARD.decode(p.base64.trim()).map_err(|e| format!("not base64: {e}"))?;
+    let need = p.stride as usize * (p.height as usize - 1) + row;
+    if data.len() < need {
+        return Err(format!(
+            "{} bytes of pixels; {}x{} at stride {} needs {need}",
+            data.len(),
+            p.width,
+            p.height,
+            p.stride
+        ));
+    }
+    Ok(Image::new(p.width, p.height, rgb_rows(&data, p.width, p.height, p.stride as usize, bpp)))
+}
+
+/// RGB8 rows without padding from rows of `bpp` bytes a pixel (3 or 4) `stride` bytes apart.
+pub fn rgb_rows(data: &[u8], width: u32, height: u32, stride: usize, bpp: usize) -> Vec<u8> {
+    let mut rgb = Vec::with_capacity(width as usize * height as usize * 3);
+    for y in 0..height as usize {
+        let row = &data[y * stride..y * stride + width as usize * bpp];
+        for px in row.chunks(bpp) {
+            rgb.extend_from_slice(&px[..3]);
+        }
+    }
+    rgb
+}
+
+/// Stretches to `width` × `height` with a Lanczos (a = 3) filter, widened by the scale when shrinking, one axis
+/// at a time, as PIL's `Image.resize(..., LANCZOS)`; the same size is returned as it is.
+pub fn resize(image: &Image, width: u32, height: u32) -> Image {
+    if (image.width, image.height) == (width, height) {
+        return image.clone();
+    }
+    let src: Vec<f32> = image.rgb.iter().map(|&v| v as f32).collect();
+    let across = resample(&src, image.width as usize, image.height as usize, width as usize, true);
+    let down = resample(&across, width as usize, image.height as usize, height as usize, false);
+    Image::new(width, height, down.iter().map(|v| v.round().clamp(0.0, 255.0) as u8).collect())
+}
+
+fn lanczos(x: f64) -> f64 {
+    if x == 0.0 {
+        1.0
+    } else if x.abs() < 3.0 {
+        let px = std::f64::consts::PI * x;
+        3.0 * px.sin() * (px / 3.0).sin() / (px * px)
+    } else {
+        0.0
+    }
+}
+
+/// One axis of the resize: `horizontal` maps `w` columns to `out` (rows stay `h`), else `h` rows to `out`.
+fn resample(src: &[f32], w: usize, h: usize, out: usize, horizontal: bool) -> Vec<f32> {
+    let size = if horizontal { w } else { h };
+    let scale = size as f64 / out as f64;
+    let filter_scale = scale.max(1.0);
+    let support = 3.0 * filter_scale;
+    // Per output index: the first input index and its normalised weights.
+    let taps: Vec<(usize, Vec<f32>)> = (0..out)
+        .map(|i| {
+            let center = (i as f64 + 0.5) * scale;
+            let lo = (center - support).floor().max(0.0) as usize;
+            let hi = ((center + support).ceil() as usize).min(size);
+            let weights: Vec<f64> = (lo..hi).map(|j| lanczos((j as f64 + 0.5 - center) / filter_scale)).collect();
+            let total: f64 = weights.iter().sum();
+            (lo, weights.iter().map(|wt| (wt / total) as f32).collect())
+        })
+        .collect();
+    let (ow, oh) = if horizontal { (out, h) } else { (w, out) };
+    let mut dst = vec![0f32; ow * oh * 3];
+    for y in 0..oh {
+        for x in 0..ow {
+            let (lo, weights) = if horizontal { &taps[x] } else { &taps[y] };
+            let mut acc = [0f32; 3];
+            for (k, wt) in weights.iter().enumerate() {
+                let (sx, sy) = if horizontal { (lo + k, y) } else { (x, lo + k) };
+                let at = (sy * w + sx) * 3;
+                for c in 0..3 {
+                    acc[c] += src[at + c] * wt;
+                }
+            }
+            dst[(y * ow + x) * 3..(y * ow + x) * 3 + 3].copy_from_slice(&acc);
+        }
+    }
+    dst
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png_bytes(width: u32, height: u32, rgb: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut e = png::Encoder::new(&mut out, width, height);
+        e.set_color(png::ColorType::Rgb);
+        e.write_header().unwrap().write_image_data(rgb).unwrap();
+        out
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    #[test]
+    fn png_bytes_and_raw_pixels_give_the_same_image() {
+        let rgb: Vec<u8> = (0..4 * 2 * 3).map(|i| (i * 9) as u8).collect();
+        let from_png = load(&ImageInput::Base64(b64(&png_bytes(4, 2, &rgb))), "image", 100, 4, 2).unwrap();
+        assert_eq!(from_png.rgb, rgb);
+        let mut rgba = Vec::new();
+        for (i, px) in rgb.chunks(3).enumerate() {
+            rgba.extend_from_slice(px);
+            rgba.push(255);
+            if i % 4 == 3 {
+                rgba.extend_from_slice(&[0, 0]); // a stride of 18 bytes for 4 RGBA pixels
+            }
+        }
+        let raw = Pixels { width: 4, height: 2, stride: 18, format: PixelFormat::Rgba8, base64: b64(&rgba) };
+        let from_pixels = load(&ImageInput::Pixels(raw), "image", 100, 4, 2).unwrap();
+        assert_eq!(from_pixels, from_png);
+    }
+
+    #[test]
+    fn bad_images_are_refused_naming_the_field() {
+        let cases = [
+            (ImageInput::Base64(b64(b"GIF89a....")), "not a PNG or JPEG"),
+            (ImageInput::Base64("@@@".into()), "not base64"),
+            (ImageInput::Base64(String::new()), "empty"),
+            (ImageInput::Path("/nonexistent/start.png".into()), "cannot read"),
+            (ImageInput::Base64(b64(&png_bytes(20, 20, &[0; 1200]))), "max_image_pixels"),
+            (ImageInput::Base64(b64(&png_bytes(4, 2, &[0; 24])[..40])), "not a valid PNG"),
+            (
+                ImageInput::Pixels(Pixels {
+                    width: 4,
+                    height: 2,
+                    stride: 8,
+                    format: PixelFormat::Rgb8,
+                    base64: b64(&[0; 24]),
+                }),
+                "stride",
+            ),
+            (
+                ImageInput::Pixels(Pixels {
+                    width: 0,
+                    height: 2,
+                    stride: 0,
+                    format: PixelFormat::Rgb8,
+                    base64: String::new(),
+                }),
+                "empty",
+            ),
+        ];
+        for (input, why) in cases {
+            let e = load(&input, "last_image", 100, 8, 8).unwrap_err();
+            assert_eq!(e.code(), crate::ErrorCode::InvalidArgument);
+            assert!(e.message().starts_with("last_image: ") && e.message().contains(why), "{why}: {e}");
+        }
+    }
+
+    #[test]
+    fn resizing_stretches_and_keeps_flat_colours_and_changes_the_hash() {
+        let flat = Image::new(10, 6, [200u8, 10, 30].repeat(60));
+        let big = resize(&flat, 16, 16);
+        assert_eq!((big.width, big.height, big.rgb.len()), (16, 16, 16 * 16 * 3));
+        assert!(big.rgb.chunks(3).all(|px| px == [200, 10, 30]), "a flat image stays flat");
+        let small = resize(&flat, 4, 2);
+        assert!(small.rgb.chunks(3).all(|px| px == [200, 10, 30]));
+        assert_ne!(big.hash, small.hash);
+        // A step edge stays where it was, within a pixel, when the size doubles.
+        let mut edge = vec![0u8; 8 * 8 * 3];
+        for y in 0..8 {
+            for x in 4..8 {
+                edge[(y * 8 + x) * 3..(y * 8 + x) * 3 + 3].copy_from_slice(&[255, 255, 255]);
+            }
+        }
+        let up = resize(&Image::new(8, 8, edge), 16, 16);
+        let row: Vec<u8> = (0..16).map(|x| up.rgb[(5 * 16 + x) * 3]).collect();
+        assert!(row[..7].iter().all(|&v| v < 40) && row[9..].iter().all(|&v| v > 215), "{row:?}");
+    }
+}
