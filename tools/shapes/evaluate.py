@@ -87,6 +87,13 @@ def sampling_defaults(folder: str | pathlib.Path) -> dict:
     return {**DEFAULT_SAMPLING, **(json.loads(path.read_text()) if path.exists() else {})}
 
 
+# What every generated clip is: the world's size and length, prompts padded as in training, frames as arrays.
+CLIP_SETTINGS = dict(
+    height=world.HEIGHT, width=world.WIDTH, num_frames=world.FRAMES, max_sequence_length=model.MAX_TEXT_TOKENS,
+    output_type="np",
+)
+
+
 @torch.no_grad()
 def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int = 16) -> np.ndarray:
     """Clips (N, 17, 64, 64, 3) uint8; each clip depends only on its own prompt and seed."""
@@ -96,13 +103,9 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: f
         frames = pipe(
             prompt=prompts[start : start + batch],
             generator=[torch.Generator().manual_seed(s) for s in seeds[start : start + batch]],
-            height=world.HEIGHT,
-            width=world.WIDTH,
-            num_frames=world.FRAMES,
             num_inference_steps=steps,
             guidance_scale=guidance,
-            max_sequence_length=model.MAX_TEXT_TOKENS,
-            output_type="np",
+            **CLIP_SETTINGS,
         ).frames
         clips.append(np.round(np.asarray(frames) * 255).clip(0, 255).astype(np.uint8))
     return np.concatenate(clips)
@@ -182,13 +185,9 @@ def generate_from_images(pipe, prompts: list[str], images: list[np.ndarray], see
             image=Image.fromarray(image),
             prompt=prompt,
             generator=torch.Generator().manual_seed(seed),
-            height=world.HEIGHT,
-            width=world.WIDTH,
-            num_frames=world.FRAMES,
             num_inference_steps=steps,
             guidance_scale=guidance,
-            max_sequence_length=model.MAX_TEXT_TOKENS,
-            output_type="np",
+            **CLIP_SETTINGS,
         ).frames
         clips.append(np.round(np.asarray(frames) * 255).clip(0, 255).astype(np.uint8))
     return np.concatenate(clips)

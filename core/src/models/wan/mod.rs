@@ -34,6 +34,21 @@ pub fn load_component<T>(
     Ok((vs, model))
 }
 
+/// A 3-D convolution with bias and no padding (the Wan modules pad themselves, causally), of this stride; its
+/// weights are zeros until the checkpoint fills them.
+pub(crate) fn conv3d_config(stride: [i64; 3]) -> tch::nn::ConvConfigND<[i64; 3]> {
+    tch::nn::ConvConfigND {
+        stride,
+        padding: [0, 0, 0],
+        dilation: [1, 1, 1],
+        groups: 1,
+        bias: true,
+        ws_init: tch::nn::Init::Const(0.0),
+        bs_init: tch::nn::Init::Const(0.0),
+        padding_mode: tch::nn::PaddingMode::Zeros,
+    }
+}
+
 /// The values of a config's dimensions, each refused unless positive, for the parameter bounds.
 fn positive<const N: usize>(component: &str, dims: [(&str, i64); N]) -> Result<[u64; N]> {
     let mut out = [0u64; N];

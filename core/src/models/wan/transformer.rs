@@ -482,16 +482,7 @@ impl WanTransformer {
         config.check()?;
         let c = &config;
         let dim = c.inner_dim();
-        let conv = nn::ConvConfigND::<[i64; 3]> {
-            stride: c.patch_size,
-            padding: [0, 0, 0],
-            dilation: [1, 1, 1],
-            groups: 1,
-            bias: true,
-            ws_init: nn::Init::Const(0.0),
-            bs_init: nn::Init::Const(0.0),
-            padding_mode: nn::PaddingMode::Zeros,
-        };
+        let conv = super::conv3d_config(c.patch_size);
         Ok(Self {
             rope: Rope::new(c.attention_head_dim, c.patch_size, c.rope_max_seq_len, vs.device()),
             patch_embedding: nn::conv(&vs / "patch_embedding", c.in_channels, dim, c.patch_size, conv),

@@ -40,6 +40,28 @@ pub struct VaeConfig {
 }
 
 impl VaeConfig {
+    /// What both halves of the VAE refuse: the Wan2.2 VAE (not yet supported), attention scales (no Wan VAE has
+    /// any), statistics of another length than `z_dim`, and a temporal plan that does not fit `dim_mult`.
+    pub fn check(&self) -> Result<()> {
+        if self.is_residual || self.patch_size.is_some() {
+            return Err(Error::new(
+                crate::ErrorCode::Unsupported,
+                "the Wan2.2 VAE (is_residual, patch_size) is not supported yet",
+            ));
+        }
+        if !self.attn_scales.is_empty() {
+            return Err(Error::new(crate::ErrorCode::Unsupported, "attn_scales is not supported (Wan2.1 has none)"));
+        }
+        let z = self.z_dim;
+        if self.latents_mean.len() != z as usize || self.latents_std.len() != z as usize {
+            return Err(Error::invalid(format!("latents_mean and latents_std must have z_dim = {z} values")));
+        }
+        if self.dim_mult.is_empty() || self.temperal_downsample.len() + 1 != self.dim_mult.len() {
+            return Err(Error::invalid("temperal_downsample must have one value fewer than dim_mult"));
+        }
+        Ok(())
+    }
+
     /// At least how many parameters the decoder this config describes has (its middle block's four 3×3×3
     /// convolutions and one per resolution level), checked against the weight files before anything is
     /// allocated. It also refuses a dimension that is not positive. Saturates instead of overflowing.
@@ -139,17 +161,7 @@ pub(super) struct CausalConv3d {
 
 impl CausalConv3d {
     pub(super) fn new(vs: nn::Path, cin: i64, cout: i64, kernel: [i64; 3], padding: [i64; 3]) -> Self {
-        let config = nn::ConvConfigND::<[i64; 3]> {
-            stride: [1, 1, 1],
-            padding: [0, 0, 0],
-            dilation: [1, 1, 1],
-            groups: 1,
-            bias: true,
-            ws_init: nn::Init::Const(0.0),
-            bs_init: nn::Init::Const(0.0),
-            padding_mode: nn::PaddingMode::Zeros,
-        };
-        Self { conv: nn::conv(vs, cin, cout, kernel, config), padding }
+        Self { conv: nn::conv(vs, cin, cout, kernel, super::conv3d_config([1, 1, 1])), padding }
     }
 
     /// Pads only into the past in time, using the cached frames for as much of that padding as they cover.
@@ -352,22 +364,8 @@ pub struct WanVaeDecoder {
 impl WanVaeDecoder {
     /// Builds the decoder and `post_quant_conv` under `vs` (the VAE's root, so paths read `decoder.conv_in`).
     pub fn new(vs: nn::Path, config: VaeConfig) -> Result<Self> {
-        if config.is_residual || config.patch_size.is_some() {
-            return Err(Error::new(
-                crate::ErrorCode::Unsupported,
-                "the Wan2.2 VAE (is_residual, patch_size) is not supported yet",
-            ));
-        }
-        if !config.attn_scales.is_empty() {
-            return Err(Error::new(crate::ErrorCode::Unsupported, "attn_scales is not supported (Wan2.1 has none)"));
-        }
+        config.check()?;
         let z = config.z_dim;
-        if config.latents_mean.len() != z as usize || config.latents_std.len() != z as usize {
-            return Err(Error::invalid(format!("latents_mean and latents_std must have z_dim = {z} values")));
-        }
-        if config.dim_mult.is_empty() || config.temperal_downsample.len() + 1 != config.dim_mult.len() {
-            return Err(Error::invalid("temperal_downsample must have one value fewer than dim_mult"));
-        }
         let dim = config.decoder_base_dim.unwrap_or(config.base_dim);
         let mut dims = vec![dim * config.dim_mult[config.dim_mult.len() - 1]];
         dims.extend(config.dim_mult.iter().rev().map(|m| dim * m));

@@ -22,19 +22,10 @@ struct Downsample {
 impl Downsample {
     fn new(vs: nn::Path, dim: i64, temporal: bool) -> Self {
         let c = nn::ConvConfig { stride: 2, ..Default::default() };
-        let t = nn::ConvConfigND::<[i64; 3]> {
-            stride: [2, 1, 1],
-            padding: [0, 0, 0],
-            dilation: [1, 1, 1],
-            groups: 1,
-            bias: true,
-            ws_init: nn::Init::Const(0.0),
-            bs_init: nn::Init::Const(0.0),
-            padding_mode: nn::PaddingMode::Zeros,
-        };
         Self {
             conv: nn::conv2d(&vs / "resample" / "1", dim, dim, 3, c),
-            time_conv: temporal.then(|| nn::conv(&vs / "time_conv", dim, dim, [3, 1, 1], t)),
+            time_conv: temporal
+                .then(|| nn::conv(&vs / "time_conv", dim, dim, [3, 1, 1], super::conv3d_config([2, 1, 1]))),
         }
     }
 
@@ -85,22 +76,8 @@ pub struct WanVaeEncoder {
 impl WanVaeEncoder {
     /// Builds the encoder and `quant_conv` under `vs` (the VAE's root, so paths read `encoder.conv_in`).
     pub fn new(vs: nn::Path, config: VaeConfig) -> Result<Self> {
-        if config.is_residual || config.patch_size.is_some() {
-            return Err(Error::new(
-                crate::ErrorCode::Unsupported,
-                "the Wan2.2 VAE (is_residual, patch_size) is not supported yet",
-            ));
-        }
-        if !config.attn_scales.is_empty() {
-            return Err(Error::new(crate::ErrorCode::Unsupported, "attn_scales is not supported (Wan2.1 has none)"));
-        }
+        config.check()?;
         let z = config.z_dim;
-        if config.latents_mean.len() != z as usize || config.latents_std.len() != z as usize {
-            return Err(Error::invalid(format!("latents_mean and latents_std must have z_dim = {z} values")));
-        }
-        if config.dim_mult.is_empty() || config.temperal_downsample.len() + 1 != config.dim_mult.len() {
-            return Err(Error::invalid("temperal_downsample must have one value fewer than dim_mult"));
-        }
         let dim = config.base_dim;
         let mut dims = vec![dim];
         dims.extend(config.dim_mult.iter().map(|m| dim * m));
