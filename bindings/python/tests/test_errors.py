@@ -76,6 +76,34 @@ def test_invalid_argument(engine):
         vgen.Engine(devices=["tpu"])
 
 
+def test_an_image_in_every_form_reaches_the_engine_which_refuses_it_for_a_text_model(engine, tmp_path):
+    import numpy as np
+
+    pixels = np.zeros((16, 16, 3), dtype=np.uint8)
+    pixels[4:8, 4:8] = (230, 40, 40)
+    png = tmp_path / "start.png"
+    png.write_bytes(_png(pixels))
+    for image in (str(png), png, png.read_bytes(), pixels, np.dstack([pixels, np.full((16, 16), 255, np.uint8)])):
+        with pytest.raises(vgen.InvalidArgumentError) as info:
+            engine.submit("x", image=image)
+        assert "image: testcard makes video from text only" in str(info.value), type(image)
+    with pytest.raises(TypeError, match="image: an array must be"):
+        engine.submit("x", image=np.zeros((4, 4), dtype=np.float32))
+    with pytest.raises(TypeError, match="last_image: expected a path"):
+        engine.submit("x", last_image=3.5)
+
+
+def _png(rgb) -> bytes:
+    """A minimal RGB8 PNG of an (h, w, 3) uint8 array, written with zlib alone."""
+    import struct
+    import zlib
+
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
 def test_not_found(engine):
     with pytest.raises(vgen.NotFoundError) as info:
         engine.submit("x", model="nope")

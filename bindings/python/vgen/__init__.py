@@ -386,6 +386,8 @@ class Engine:
         guidance_scale: Optional[float] = None,
         seed: Optional[int] = None,
         model: Optional[str] = None,
+        image: Any = None,
+        last_image: Any = None,
         priority: int = 0,
         deadline: Optional[float] = None,
         idempotency_key: Optional[str] = None,
@@ -408,6 +410,10 @@ class Engine:
             guidance_scale: classifier-free guidance strength.
             seed: the noise seed; None draws one, reported in ``video.metadata["seed"]``.
             model: a model name from ``vgen.models()``; None for the default.
+            image: the video's first frame, for a model that animates an image (``vgen.models()`` lists its
+                ``conditioning``): a path, PNG or JPEG bytes, a ``(height, width, 3 or 4)`` uint8 array, or a PIL
+                image. It is resized to the video's size as diffusers' pipelines do (stretched, Lanczos).
+            last_image: the video's last frame, for a first–last frame model; the same forms.
             priority: higher runs first; waiting jobs gain priority over time.
             deadline: seconds from now after which the job fails with ``DeadlineExceededError``.
             idempotency_key: submitting the same key again returns the same job.
@@ -451,6 +457,7 @@ class Engine:
             "prompt": prompt, "negative_prompt": negative_prompt, "width": width, "height": height,
             "num_frames": num_frames, "fps": fps, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
             "model": model, "priority": priority,
+            "image": _image_json("image", image), "last_image": _image_json("last_image", last_image),
             "deadline_ms": None if deadline is None else max(1, int(deadline * 1000)),
             "idempotency_key": idempotency_key, "preview_every": preview_every,
             "outputs": paths, "keep_frames": keep_frames,
@@ -553,6 +560,36 @@ def _default_engine() -> Engine:
         return _default
 
 
+def _image_json(field: str, image: Any) -> Optional[dict]:
+    """An image as the request's JSON gives it: a path, encoded bytes, or raw RGB8 / RGBA8 pixels."""
+    if image is None:
+        return None
+    if isinstance(image, (str, os.PathLike)):
+        return {"path": os.fspath(image)}
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return {"base64": base64.b64encode(bytes(image)).decode("ascii")}
+    if hasattr(image, "tobytes") and hasattr(image, "mode") and hasattr(image, "size"):  # a PIL image
+        if image.mode not in ("RGB", "RGBA"):
+            image = image.convert("RGB")
+        width, height = image.size
+        channels = len(image.mode)
+        data = image.tobytes()
+    elif hasattr(image, "__array_interface__"):  # a numpy array, or anything that speaks its protocol
+        import numpy as np
+
+        array = np.ascontiguousarray(image)
+        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (3, 4):
+            raise TypeError(f"{field}: an array must be (height, width, 3 or 4) uint8, not {array.shape} {array.dtype}")
+        height, width, channels = array.shape
+        data = array.tobytes()
+    else:
+        raise TypeError(f"{field}: expected a path, PNG or JPEG bytes, a numpy array or a PIL image, not {type(image).__name__}")
+    return {"pixels": {
+        "width": width, "height": height, "stride": width * channels, "format": "rgb8" if channels == 3 else "rgba8",
+        "base64": base64.b64encode(data).decode("ascii"),
+    }}
+
+
 def generate(
     prompt: str,
     *,
@@ -565,6 +602,8 @@ def generate(
     guidance_scale: Optional[float] = None,
     seed: Optional[int] = None,
     model: Optional[str] = None,
+    image: Any = None,
+    last_image: Any = None,
     priority: int = 0,
     deadline: Optional[float] = None,
     idempotency_key: Optional[str] = None,
@@ -608,7 +647,8 @@ def generate(
         raise TypeError(f"engine must be a vgen.Engine, not {type(engine).__name__}")
     job = (engine or _default_engine()).submit(
         prompt, negative_prompt=negative_prompt, width=width, height=height, num_frames=num_frames, fps=fps,
-        steps=steps, guidance_scale=guidance_scale, seed=seed, model=model, priority=priority, deadline=deadline,
+        steps=steps, guidance_scale=guidance_scale, seed=seed, model=model, image=image, last_image=last_image,
+        priority=priority, deadline=deadline,
         idempotency_key=idempotency_key, preview_every=preview_every, outputs=outputs, keep_frames=keep_frames,
         on_progress=on_progress, on_preview=on_preview, on_done=on_done,
     )

@@ -56,7 +56,7 @@ fn stop(processes: &mut [std::process::Child]) {
 }
 
 /// The stream of priority-0 jobs, which the tests' jobs are.
-const STREAM: &str = "service:queue:0";
+const STREAM: &str = "{service}:queue:0";
 
 /// Freezes `worker` (SIGSTOP) at a moment it holds the lease of a job that has started and not finished, and
 /// returns that job. A frozen process can neither finish the job nor give it back, so killing it now abandons
