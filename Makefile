@@ -222,7 +222,7 @@ soak: $(STAMPS)/venv
 # The release profile's LTO is turned off for the fuzz build: with it, only the fuzz crate itself was instrumented
 # (config_json: 37 coverage points); without it vgen-core, serde_json, tokenizers and safetensors are too (1,667).
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS := request_json config_json tokenizer model_folder c_api
+FUZZ_TARGETS := request_json config_json tokenizer model_folder c_api image_bytes
 fuzz: $(STAMPS)/venv
 	rustup toolchain list | grep -q '^nightly' || { echo "make fuzz needs a nightly toolchain: rustup toolchain install nightly"; exit 1; }
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked

@@ -132,3 +132,13 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 pub mod c_api;
+
+/// PNG or JPEG bytes as a request's image gives them: decoded under a pixel limit, then stretched to 32×32. An
+/// accepted image has three bytes a pixel, and so has its resize.
+pub fn image_bytes(data: &[u8]) {
+    use vgen_core::engine::image::{decode_encoded, resize};
+    let Ok(image) = decode_encoded(data, "image", 1 << 20) else { return };
+    assert_eq!(image.rgb.len(), image.width as usize * image.height as usize * 3, "three bytes a pixel");
+    let small = resize(&image, 32, 32);
+    assert_eq!(small.rgb.len(), 32 * 32 * 3);
+}

@@ -123,6 +123,11 @@ fn config_json() {
 }
 
 #[test]
+fn image_bytes() {
+    run("image_bytes", vgen_fuzz::image_bytes);
+}
+
+#[test]
 fn tokenizer() {
     run("tokenizer", vgen_fuzz::tokenizer);
 }

@@ -87,6 +87,12 @@ pub fn load(input: &ImageInput, field: &str, max_pixels: u64, width: u32, height
     Ok(resize(&image, width, height))
 }
 
+/// PNG or JPEG bytes decoded to RGB8, as `load` decodes a path's or base64's bytes (no resize): the parser the
+/// fuzz target `image_bytes` drives.
+pub fn decode_encoded(bytes: &[u8], field: &str, max_pixels: u64) -> Result<Image> {
+    decode(bytes, max_pixels).map_err(|why| Error::invalid(format!("{field}: {why}")))
+}
+
 fn check_size(width: u64, height: u64, max_pixels: u64) -> std::result::Result<(), String> {
     if width == 0 || height == 0 {
         return Err(format!("the image is empty ({width}x{height})"));
