@@ -560,7 +560,7 @@ def _default_engine() -> Engine:
         return _default
 
 
-def _image_json(field: str, image: Any) -> Optional[dict]:
+def _image_json(field: str, image: Any) -> Optional[Dict[str, Any]]:
     """An image as the request's JSON gives it: a path, encoded bytes, or raw RGB8 / RGBA8 pixels."""
     if image is None:
         return None
@@ -624,8 +624,8 @@ def generate(
 
     Args:
         prompt: what the video shows.
-        negative_prompt, width, height, num_frames, fps, steps, guidance_scale, seed, model, priority, deadline,
-            idempotency_key, preview_every, outputs, keep_frames, on_progress, on_preview, on_done: as for
+        negative_prompt, width, height, num_frames, fps, steps, guidance_scale, seed, model, image, last_image, priority,
+            deadline, idempotency_key, preview_every, outputs, keep_frames, on_progress, on_preview, on_done: as for
             ``Engine.submit``.
         progress: show the progress bar (default True).
         engine: run on this engine instead of the default one.
