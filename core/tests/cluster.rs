@@ -137,6 +137,25 @@ fn assert_one_end(engine: &Engine, id: vgen_core::JobId) {
 }
 
 #[test]
+fn an_engine_reads_a_result_from_the_store_once() {
+    let redis = Redis::start("once");
+    let results = scratch("once-results");
+    let api = node(&redis, Role::Submitter, &results);
+    let worker = node(&redis, Role::Worker, &results);
+    let id = api.submit(small("read once", 3)).unwrap();
+    assert_eq!(api.wait(id, WAIT).unwrap().state, JobState::Succeeded);
+    let first = api.result(id).unwrap();
+    // With the file gone from the store, this engine still has the video it read; another engine reads the store.
+    for file in std::fs::read_dir(&results).unwrap() {
+        std::fs::remove_file(file.unwrap().path()).unwrap();
+    }
+    assert_eq!(api.result(id).unwrap(), first, "the second read comes from memory");
+    assert_eq!(worker.result(id).unwrap_err().code(), ErrorCode::NotFound, "the store no longer has it");
+    api.release(id).unwrap();
+    assert!(api.result(id).is_err(), "release forgets it");
+}
+
+#[test]
 fn engines_on_one_queue_run_every_job_once_and_any_node_reads_it() {
     let redis = Redis::start("many");
     let results = scratch("many-results");
