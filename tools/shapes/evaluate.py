@@ -111,6 +111,16 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: f
     return np.concatenate(clips)
 
 
+def split_rates(records: list[dict], attributes: tuple[str, ...]) -> dict:
+    """Per split (seen, held out), the clip count and the share of clips right on each attribute."""
+    splits = {}
+    for split in ("seen", "held_out"):
+        rows = [r for r in records if r["split"] == split]
+        if rows:
+            splits[split] = {"n": len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in attributes}}
+    return splits
+
+
 def assess(pipe, items: list[dict], steps: int, guidance: float, save: pathlib.Path | None = None) -> dict:
     """Generate and score every case; accuracy per split and attribute, and the per-case records."""
     started = time.perf_counter()
@@ -126,14 +136,7 @@ def assess(pipe, items: list[dict], steps: int, guidance: float, save: pathlib.P
         if save is not None:
             save.mkdir(parents=True, exist_ok=True)
             np.save(save / f"{i:03d}-{'-'.join(world.words(item['prompt']))}-{item['seed']}.npy", clip)
-    splits = {}
-    for split in ("seen", "held_out"):
-        rows = [r for r in records if r["split"] == split]
-        if rows:
-            splits[split] = {
-                "n": len(rows),
-                **{k: float(np.mean([r[k] for r in rows])) for k in ("color", "shape", "motion", "all", "coherent")},
-            }
+    splits = split_rates(records, ("color", "shape", "motion", "all", "coherent"))
     return {
         "steps": steps,
         "guidance_scale": guidance,
@@ -213,11 +216,7 @@ def assess_images(pipe, items: list[dict], steps: int, guidance: float, save: pa
         if save is not None:
             save.mkdir(parents=True, exist_ok=True)
             np.save(save / f"{i:03d}-i2v-{'-'.join(world.words(item['prompt']))}-{item['seed']}.npy", clip)
-    splits = {}
-    for split in ("seen", "held_out"):
-        rows = [r for r in records if r["split"] == split]
-        if rows:
-            splits[split] = {"n": len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in IMAGE_ATTRIBUTES}}
+    splits = split_rates(records, IMAGE_ATTRIBUTES)
     return {
         "mode": "image-to-video",
         "steps": steps,
