@@ -9,6 +9,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::Path;
+use vgen_core::engine::image::ImageInput;
 use vgen_core::engine::{FrameRule, Limits, Request};
 use vgen_core::models::ModelInfo;
 
@@ -38,6 +39,11 @@ pub struct GenerateBody {
     pub model: Option<String>,
     /// Called once when the job finishes (http or https only).
     pub webhook_url: Option<String>,
+    /// The first frame to animate, for a model that takes one: `{"base64": "<PNG or JPEG>"}` or `{"pixels": …}`
+    /// as the engine takes it. A path is refused: the server reads no file a client names.
+    pub image: Option<ImageInput>,
+    /// The last frame, for a first–last frame model; the same forms.
+    pub last_image: Option<ImageInput>,
 }
 
 /// What the body resolves to in the model's terms.
@@ -56,7 +62,7 @@ pub fn parse_body(bytes: &[u8]) -> Result<GenerateBody, ApiError> {
         return Err(ApiError::invalid("body", "must be a JSON object"));
     }
     let mut de = serde_json::Deserializer::from_str(text);
-    let body = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let body: GenerateBody = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         // Broken JSON is about the body as a whole, wherever the parser stopped; only data errors name a field.
         let syntax = !matches!(e.inner().classify(), serde_json::error::Category::Data);
         let path = if syntax { String::new() } else { e.path().to_string() };
@@ -71,6 +77,14 @@ pub fn parse_body(bytes: &[u8]) -> Result<GenerateBody, ApiError> {
         ApiError::invalid(&field, format!("bad JSON: {message}"))
     })?;
     de.end().map_err(|e| ApiError::invalid("body", format!("bad JSON: {e}")))?;
+    for (field, image) in [("image", &body.image), ("last_image", &body.last_image)] {
+        if let Some(ImageInput::Path(_)) = image {
+            return Err(ApiError::invalid(
+                field,
+                "a path on the server is not accepted over HTTP: send {\"base64\": \"<PNG or JPEG>\"} or {\"pixels\": …}",
+            ));
+        }
+    }
     Ok(body)
 }
 
@@ -197,6 +211,8 @@ pub fn engine_request(
         guidance_scale: body.guidance_scale,
         seed: body.seed,
         model: body.model,
+        image: body.image,
+        last_image: body.last_image,
         priority: body.priority,
         idempotency_key: engine_key,
         outputs: vec![results_dir.join(format!("{file}.mp4")).to_string_lossy().into_owned()],
@@ -247,6 +263,15 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("duration"));
         let e = parse_body(br#"{"prompt": "x""#).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("body"));
+        let e = parse_body(br#"{"prompt": "x", "image": {"path": "/etc/passwd"}}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("image"), "a client names no file on the server");
+        let e = parse_body(br#"{"prompt": "x", "image": {"base64": "AA=="}, "last_image": {"path": "a.png"}}"#)
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("last_image"));
+        let body = parse_body(br#"{"prompt": "x", "image": {"base64": "AA=="}}"#).unwrap();
+        let shape = Shape { width: None, height: None, num_frames: None, fps: None };
+        let request = engine_request(body, shape, "s", None, Path::new("/r"));
+        assert_eq!(request.image, Some(ImageInput::Base64("AA==".into())), "the image reaches the engine");
     }
 
     #[test]
