@@ -139,6 +139,6 @@ pub fn image_bytes(data: &[u8]) {
     use vgen_core::engine::image::{decode_encoded, resize};
     let Ok(image) = decode_encoded(data, "image", 1 << 20) else { return };
     assert_eq!(image.rgb.len(), image.width as usize * image.height as usize * 3, "three bytes a pixel");
-    let small = resize(&image, 32, 32);
+    let small = resize(image, 32, 32);
     assert_eq!(small.rgb.len(), 32 * 32 * 3);
 }

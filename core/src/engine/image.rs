@@ -84,7 +84,7 @@ pub fn load(input: &ImageInput, field: &str, max_pixels: u64, width: u32, height
         }
         ImageInput::Pixels(p) => from_pixels(p, max_pixels).map_err(bad)?,
     };
-    Ok(resize(&image, width, height))
+    Ok(resize(image, width, height))
 }
 
 /// PNG or JPEG bytes decoded to RGB8, as `load` decodes a path's or base64's bytes (no resize): the parser the
@@ -194,10 +194,10 @@ pub fn rgb_rows(data: &[u8], width: u32, height: u32, stride: usize, bpp: usize)
 }
 
 /// Stretches to `width` × `height` with a Lanczos (a = 3) filter, widened by the scale when shrinking, one axis
-/// at a time, as PIL's `Image.resize(..., LANCZOS)`; the same size is returned as it is.
-pub fn resize(image: &Image, width: u32, height: u32) -> Image {
+/// at a time, as PIL's `Image.resize(..., LANCZOS)`; an image of that size already is returned as it is.
+pub fn resize(image: Image, width: u32, height: u32) -> Image {
     if (image.width, image.height) == (width, height) {
-        return image.clone();
+        return image;
     }
     let src: Vec<f32> = image.rgb.iter().map(|&v| v as f32).collect();
     let across = resample(&src, image.width as usize, image.height as usize, width as usize, true);
@@ -326,10 +326,10 @@ mod tests {
     #[test]
     fn resizing_stretches_and_keeps_flat_colours_and_changes_the_hash() {
         let flat = Image::new(10, 6, [200u8, 10, 30].repeat(60));
-        let big = resize(&flat, 16, 16);
+        let big = resize(flat.clone(), 16, 16);
         assert_eq!((big.width, big.height, big.rgb.len()), (16, 16, 16 * 16 * 3));
         assert!(big.rgb.chunks(3).all(|px| px == [200, 10, 30]), "a flat image stays flat");
-        let small = resize(&flat, 4, 2);
+        let small = resize(flat, 4, 2);
         assert!(small.rgb.chunks(3).all(|px| px == [200, 10, 30]));
         assert_ne!(big.hash, small.hash);
         // A step edge stays where it was, within a pixel, when the size doubles.
@@ -339,7 +339,7 @@ mod tests {
                 edge[(y * 8 + x) * 3..(y * 8 + x) * 3 + 3].copy_from_slice(&[255, 255, 255]);
             }
         }
-        let up = resize(&Image::new(8, 8, edge), 16, 16);
+        let up = resize(Image::new(8, 8, edge), 16, 16);
         let row: Vec<u8> = (0..16).map(|x| up.rgb[(5 * 16 + x) * 3]).collect();
         assert!(row[..7].iter().all(|&v| v < 40) && row[9..].iter().all(|&v| v > 215), "{row:?}");
     }

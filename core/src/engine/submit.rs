@@ -160,17 +160,21 @@ impl Shared {
         Ok(id)
     }
 
-    /// Whether `request`'s images decode to the pixels `params` (an earlier job's) were made from.
+    /// Whether `request`'s images decode to the pixels `params` (an earlier job's, from an equal request) were made
+    /// from. Only a path can differ: bytes and pixels are in the request itself, which is equal.
     fn same_images(&self, params: &request::Params, request: &Request) -> Result<bool> {
+        use super::image::{ImageInput, load};
         let max = self.config.limits.max_image_pixels;
-        let hash = |input: &Option<super::image::ImageInput>, field| -> Result<Option<u64>> {
-            input
-                .as_ref()
-                .map(|i| super::image::load(i, field, max, params.width, params.height).map(|img| img.hash))
-                .transpose()
+        let same = |input: &Option<ImageInput>, made: &Option<Arc<super::image::Image>>, field| -> Result<bool> {
+            match (input, made) {
+                (Some(path @ ImageInput::Path(_)), Some(made)) => {
+                    Ok(load(path, field, max, params.width, params.height)?.hash == made.hash)
+                }
+                _ => Ok(true),
+            }
         };
-        Ok(hash(&request.image, "image")? == params.image.as_ref().map(|i| i.hash)
-            && hash(&request.last_image, "last_image")? == params.last_image.as_ref().map(|i| i.hash))
+        Ok(same(&request.image, &params.image, "image")?
+            && same(&request.last_image, &params.last_image, "last_image")?)
     }
 
     /// Makes a new job known, under its idempotency key too: `idempotency` is the key map, which `submit` has held

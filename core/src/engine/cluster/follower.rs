@@ -36,7 +36,7 @@ impl Cluster {
         }
         let replies: Vec<(Vec<String>, Option<String>)> = self
             .link
-            .pipeline(cmds)?
+            .pipeline::<Vec<redis::Value>>(cmds)?
             .chunks(2)
             .map(|pair| {
                 let log = redis::from_redis_value(pair[0].clone()).unwrap_or_default();

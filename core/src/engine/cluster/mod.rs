@@ -392,12 +392,10 @@ impl Cluster {
     }
 
     pub(crate) fn events(&self, id: JobId, since: u64) -> Result<Vec<Event>> {
-        let replies = self.link.pipeline(vec![
+        let (exists, items): (bool, Vec<String>) = self.link.pipeline(vec![
             redis::cmd("EXISTS").arg(self.keys.job(id)).clone(),
             redis::cmd("LRANGE").arg(self.keys.events(id)).arg(since.min(i64::MAX as u64)).arg(-1).clone(),
         ])?;
-        let (exists, items): (bool, Vec<String>) = redis::from_redis_value(redis::Value::Array(replies))
-            .map_err(|e| Error::new(ErrorCode::Internal, format!("redis: {e}")))?;
         if !exists && items.is_empty() {
             return Err(not_found(id));
         }
@@ -516,30 +514,36 @@ impl Cluster {
 
     pub(crate) fn metrics_cluster(&self) -> Result<ClusterMetrics> {
         let now = unix_ms();
-        self.link.with(|c| {
-            let priorities: Vec<i32> = redis::cmd("ZREVRANGE").arg(self.keys.priorities()).arg(0).arg(-1).query(c)?;
-            let mut m = ClusterMetrics::default();
-            for p in priorities {
-                let stream = self.keys.stream(p);
-                let len: u64 = redis::cmd("XLEN").arg(&stream).query(c)?;
-                let pending: redis::Value = redis::cmd("XPENDING").arg(&stream).arg(GROUP).query(c)?;
-                let pending = match pending {
-                    redis::Value::Array(v) => match v.first() {
-                        Some(redis::Value::Int(n)) => *n as u64,
-                        _ => 0,
-                    },
+        let mut m = ClusterMetrics::default();
+        for p in self.priorities()? {
+            let stream = self.keys.stream(p);
+            let (len, pending): (u64, redis::Value) = self.link.pipeline(vec![
+                redis::cmd("XLEN").arg(&stream).clone(),
+                redis::cmd("XPENDING").arg(&stream).arg(GROUP).clone(),
+            ])?;
+            let pending = match pending {
+                redis::Value::Array(v) => match v.first() {
+                    Some(redis::Value::Int(n)) => *n as u64,
                     _ => 0,
-                };
-                m.queued_by_priority.push((p, len.saturating_sub(pending)));
-                m.running += pending;
-            }
-            m.workers_alive = redis::cmd("ZCOUNT")
+                },
+                _ => 0,
+            };
+            m.queued_by_priority.push((p, len.saturating_sub(pending)));
+            m.running += pending;
+        }
+        m.workers_alive = self.link.with(|c| {
+            redis::cmd("ZCOUNT")
                 .arg(self.keys.workers())
                 .arg(now.saturating_sub(self.config.lease_ms))
                 .arg("+inf")
-                .query(c)?;
-            Ok(m)
-        })
+                .query(c)
+        })?;
+        Ok(m)
+    }
+
+    /// The priorities that have a stream, highest first.
+    fn priorities(&self) -> Result<Vec<i32>> {
+        self.link.with(|c| redis::cmd("ZREVRANGE").arg(self.keys.priorities()).arg(0).arg(-1).query(c))
     }
 }
 

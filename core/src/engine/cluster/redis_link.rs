@@ -88,10 +88,10 @@ impl RedisLink {
         self.with_connection(|c| f(c.as_dyn()))
     }
 
-    /// Runs `cmds` as one pipeline (one round trip) and returns their replies in order. On a cluster it is the
-    /// client's cluster pipeline (a plain one is refused there); every key of a namespace is in one slot, so it
-    /// still goes to one node.
-    pub fn pipeline(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<redis::Value>> {
+    /// Runs `cmds` as one pipeline (one round trip) and reads their replies, in order, as `T` (a tuple or a `Vec`
+    /// of one item a command; `()` ignores them). On a cluster it is the client's cluster pipeline (a plain one is
+    /// refused there); every key of a namespace is in one slot, so it still goes to one node.
+    pub fn pipeline<T: redis::FromRedisValue>(&self, cmds: Vec<redis::Cmd>) -> Result<T> {
         self.with_connection(|con| match con {
             Connection::Single(c) => {
                 let mut pipe = redis::pipe();
@@ -127,7 +127,7 @@ impl RedisLink {
     /// A connection of its own for commands that block in Redis for up to `block` (`XREADGROUP ... BLOCK`): its
     /// reads wait that long plus the usual timeout. It is not pooled; the caller keeps it across calls and runs
     /// them through `on`.
-    pub fn blocking(&self, block: Duration) -> Result<Connection> {
+    fn blocking(&self, block: Duration) -> Result<Connection> {
         self.connect(block + self.timeout)
     }
 

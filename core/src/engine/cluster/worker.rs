@@ -148,22 +148,24 @@ impl Cluster {
                 continue;
             }
             let mut step = || -> Result<()> {
+                // Read once for this step's reclaim, non-blocking reads and blocking read.
+                let priorities = self.priorities()?;
                 if reclaimed.elapsed() >= lease / 4 {
-                    for (stream, entry, job) in self.reclaim()? {
+                    for (stream, entry, job) in self.reclaim(&priorities)? {
                         self.begin(stream, entry, job)?;
                     }
                     reclaimed = Instant::now();
                 }
                 let mut took = false;
                 while self.free_slots() > 0 {
-                    let Some((stream, entry, job)) = self.take()? else { break };
+                    let Some((stream, entry, job)) = self.take(&priorities)? else { break };
                     self.begin(stream, entry, job)?;
                     took = true;
                 }
                 if !took && self.free_slots() > 0 {
                     let until_reclaim = (lease / 4).saturating_sub(reclaimed.elapsed());
                     for (i, (stream, entry, job)) in
-                        self.take_blocking(&mut blocking, until_reclaim)?.into_iter().enumerate()
+                        self.take_blocking(&priorities, &mut blocking, until_reclaim)?.into_iter().enumerate()
                     {
                         // One entry a stream: more than the free slots only when jobs of several priorities came
                         // within one read. The extra ones go straight back for any worker's next reclaim.
@@ -225,10 +227,8 @@ impl Cluster {
     }
 
     /// The next entry of the highest priority stream with one waiting.
-    fn take(&self) -> Result<Option<(String, String, JobId)>> {
-        let priorities: Vec<i32> =
-            self.link.with(|c| redis::cmd("ZREVRANGE").arg(self.keys.priorities()).arg(0).arg(-1).query(c))?;
-        for p in priorities {
+    fn take(&self, priorities: &[i32]) -> Result<Option<(String, String, JobId)>> {
+        for &p in priorities {
             let stream = self.keys.stream(p);
             let reply: redis::Value = self.link.with(|c| {
                 redis::cmd("XREADGROUP")
@@ -251,9 +251,12 @@ impl Cluster {
 
     /// Waits up to `BLOCK` (at most `limit`) for an entry in any stream, highest priority first: one
     /// `XREADGROUP ... BLOCK` over every stream and this worker's wake stream (whose entries only end the wait).
-    fn take_blocking(&self, con: &mut Option<Connection>, limit: Duration) -> Result<Vec<(String, String, JobId)>> {
-        let priorities: Vec<i32> =
-            self.link.with(|c| redis::cmd("ZREVRANGE").arg(self.keys.priorities()).arg(0).arg(-1).query(c))?;
+    fn take_blocking(
+        &self,
+        priorities: &[i32],
+        con: &mut Option<Connection>,
+        limit: Duration,
+    ) -> Result<Vec<(String, String, JobId)>> {
         let mut streams: Vec<String> = priorities.iter().map(|p| self.keys.stream(*p)).collect();
         streams.push(self.keys.wake(&self.node));
         let block = BLOCK.min(limit).max(Duration::from_millis(1));
@@ -289,11 +292,9 @@ impl Cluster {
     }
 
     /// Entries whose worker stopped renewing them, now this node's.
-    fn reclaim(&self) -> Result<Vec<(String, String, JobId)>> {
-        let priorities: Vec<i32> =
-            self.link.with(|c| redis::cmd("ZREVRANGE").arg(self.keys.priorities()).arg(0).arg(-1).query(c))?;
+    fn reclaim(&self, priorities: &[i32]) -> Result<Vec<(String, String, JobId)>> {
         let mut taken = Vec::new();
-        for p in priorities {
+        for &p in priorities {
             let free = self.free_slots().saturating_sub(taken.len());
             if free == 0 {
                 break;
@@ -630,7 +631,7 @@ impl Cluster {
                 cmds.push(redis::cmd("PEXPIRE").arg(self.keys.flight(*key)).arg(self.config.lease_ms).clone());
             }
         }
-        self.link.pipeline(cmds).map(|_| ())
+        self.link.pipeline(cmds)
     }
 
     /// Stops the runs the cluster ended (a cancel from any node) or gave to another worker, and moves waiting ones
@@ -647,12 +648,7 @@ impl Cluster {
                 redis::cmd("HMGET").arg(self.keys.job(*id)).arg("terminal").arg("lease").arg("status").clone()
             })
             .collect();
-        let states: Vec<(Option<String>, Option<String>, Option<String>)> = self
-            .link
-            .pipeline(cmds)?
-            .into_iter()
-            .map(|v| redis::from_redis_value(v).map_err(|e| Error::new(ErrorCode::Internal, format!("redis: {e}"))))
-            .collect::<Result<_>>()?;
+        let states: Vec<(Option<String>, Option<String>, Option<String>)> = self.link.pipeline(cmds)?;
         for ((id, token, waiting), (terminal, lease, status)) in runs.into_iter().zip(states) {
             if terminal.is_some() || lease.as_deref() != Some(token.as_str()) {
                 if waiting {

@@ -71,9 +71,6 @@ pub struct WanModel {
     vae_config: VaeConfig,
     encoder_config: Umt5Config,
     weight_bytes: u64,
-    /// Wan2.2 TI2V's image conditioning (`expand_timesteps` in `model_index.json`): the image's latent replaces
-    /// latent frame 0 and that frame's tokens get timestep 0.
-    ti2v: bool,
     /// The networks, loaded once per device however many workers the device has.
     loaded: PerDevice<Components>,
 }
@@ -93,6 +90,8 @@ impl WanModel {
         if class != "WanPipeline" {
             return Err(Error::invalid(format!("{} is a {class:?}, not a WanPipeline", index_path.display())));
         }
+        // Wan2.2 TI2V's image conditioning (`expand_timesteps`): the image's latent replaces latent frame 0 and that
+        // frame's tokens get timestep 0. The model then takes an image (`info.conditioning.image`).
         let ti2v = index.get("expand_timesteps").and_then(|e| e.as_bool()).unwrap_or(false);
         let serving: ServingConfig = match std::fs::read_to_string(folder.join("vgen.json")) {
             Ok(text) => serde_json::from_str(&text)
@@ -176,7 +175,6 @@ impl WanModel {
             vae_config,
             encoder_config,
             weight_bytes,
-            ti2v,
             loaded: PerDevice::default(),
         })
     }
@@ -210,7 +208,7 @@ impl WanModel {
             |p| WanVaeDecoder::new(p, self.vae_config.clone()),
         )?;
         let mut vars = vec![v3];
-        let image_encoder = if self.ti2v {
+        let image_encoder = if self.info.conditioning.image {
             let (v4, e) = load_component(
                 &self.folder.join("vae"),
                 "diffusion_pytorch_model",
@@ -268,17 +266,21 @@ impl WanModel {
         first_frame: Option<&Tensor>,
         mut each_step: impl FnMut(usize, usize, &Tensor, f32) -> Result<()>,
     ) -> Result<Tensor> {
-        // m: 0 on latent frame 0, 1 elsewhere; the input is (1 - m)·condition + m·latents.
+        // m: 0 on latent frame 0, 1 elsewhere; the input is (1 - m)·condition + m·latents. Per step only m·latents
+        // changes: (1 - m)·condition and the per-token mask `m[:, :, :, ::ph, ::pw]` (flattened in token order) are
+        // made once.
+        let [_, ph, pw] = self.transformer_config.patch_size;
         let condition = first_frame.map(|cond| {
             let mask = latents.ones_like();
             let _ = mask.narrow(2, 0, 1).fill_(0.0);
-            (cond.shallow_clone(), mask)
+            let given = (mask.ones_like() - &mask) * cond;
+            let per_token = mask.get(0).get(0).slice(1, 0, None, ph).slice(2, 0, None, pw).reshape([1, -1]);
+            (given, mask, per_token)
         });
         let given = |x: &Tensor| match &condition {
-            Some((cond, mask)) => (mask.ones_like() - mask) * cond + mask * x,
+            Some((given, mask, _)) => given + mask * x,
             None => x.shallow_clone(),
         };
-        let [_, ph, pw] = self.transformer_config.patch_size;
         let mut scheduler = self.scheduler.build(steps)?;
         let timesteps = scheduler.timesteps().to_vec();
         let cfg = guidance > 1.0;
@@ -290,11 +292,7 @@ impl WanModel {
             let batch = if cfg { Tensor::cat(&[&input, &input], 0) } else { input };
             let b = batch.size()[0];
             let timestep = match &condition {
-                // One timestep per token: `mask[:, :, :, ::ph, ::pw] · t`, flattened in token order.
-                Some((_, mask)) => {
-                    let per_token = mask.get(0).get(0).slice(1, 0, None, ph).slice(2, 0, None, pw).reshape([1, -1]);
-                    (per_token * *t as f64).expand([b, -1], false)
-                }
+                Some((_, _, per_token)) => (per_token * *t as f64).expand([b, -1], false),
                 None => Tensor::full([b], *t as f64, (Kind::Float, x.device())),
             };
             let out = c.transformer.forward_with(&batch, &timestep, &context)?;
