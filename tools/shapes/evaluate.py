@@ -126,23 +126,32 @@ def assess(pipe, items: list[dict], steps: int, guidance: float, save: pathlib.P
     started = time.perf_counter()
     clips = generate(pipe, [c["prompt"] for c in items], [c["seed"] for c in items], steps, guidance)
     elapsed = time.perf_counter() - started
+
+    def judged(item: dict, clip: np.ndarray) -> dict:
+        reading = score.score_clip(clip)
+        return {**score.judge(reading, item["scene"]), "read": reading.as_dict()}
+
+    return scored(pipe, items, clips, elapsed, steps, guidance, judged, TEXT_ATTRIBUTES, save, "")
+
+
+TEXT_ATTRIBUTES = ("color", "shape", "motion", "all", "coherent")
+
+
+def scored(pipe, items, clips, elapsed, steps, guidance, judged, attributes, save, tag) -> dict:
+    """The result of an assessment: a record a clip (its case, then `judged(item, clip)`'s fields), the rates per
+    split of `attributes`, and the sampler's settings; each clip saved as .npy in `save` (named with `tag`)."""
     records = []
     for i, (item, clip) in enumerate(zip(items, clips)):
-        reading = score.score_clip(clip)
-        verdict = score.judge(reading, item["scene"])
-        records.append(
-            {"prompt": item["prompt"], "split": item["split"], "seed": item["seed"], **verdict, "read": reading.as_dict()}
-        )
+        records.append({"prompt": item["prompt"], "split": item["split"], "seed": item["seed"], **judged(item, clip)})
         if save is not None:
             save.mkdir(parents=True, exist_ok=True)
-            np.save(save / f"{i:03d}-{'-'.join(world.words(item['prompt']))}-{item['seed']}.npy", clip)
-    splits = split_rates(records, ("color", "shape", "motion", "all", "coherent"))
+            np.save(save / f"{i:03d}{tag}-{'-'.join(world.words(item['prompt']))}-{item['seed']}.npy", clip)
     return {
         "steps": steps,
         "guidance_scale": guidance,
         "flow_shift": float(pipe.scheduler.config.flow_shift),
         "seconds_per_clip_batched": elapsed / max(len(items), 1),
-        "splits": splits,
+        "splits": split_rates(records, attributes),
         "records": records,
     }
 
@@ -164,9 +173,13 @@ def image_cases(seeds: list[int]) -> list[dict]:
 
 def load_image_pipeline(folder: str | pathlib.Path, flow_shift: float | None = None):
     """An export as diffusers' WanImageToVideoPipeline, the Wan2.2 TI2V way (no CLIP branch, expand_timesteps)."""
+    return image_pipeline_of(load_pipeline(folder, flow_shift))
+
+
+def image_pipeline_of(text):
+    """A text-to-video pipeline's components as diffusers' WanImageToVideoPipeline, the Wan2.2 TI2V way."""
     from diffusers import WanImageToVideoPipeline
 
-    text = load_pipeline(folder, flow_shift)
     pipe = WanImageToVideoPipeline(
         tokenizer=text.tokenizer, text_encoder=text.text_encoder, vae=text.vae, scheduler=text.scheduler,
         transformer=text.transformer, image_encoder=None, image_processor=None, expand_timesteps=True,
@@ -206,26 +219,12 @@ def assess_images(pipe, items: list[dict], steps: int, guidance: float, save: pa
         pipe, [c["prompt"] for c in items], [c["image"] for c in items], [c["seed"] for c in items], steps, guidance
     )
     elapsed = time.perf_counter() - started
-    records = []
-    for i, (item, clip) in enumerate(zip(items, clips)):
+
+    def judged(item: dict, clip: np.ndarray) -> dict:
         verdict, measures = score.judge_image(clip, item["image"], item["scene"])
-        records.append(
-            {"prompt": item["prompt"], "split": item["split"], "seed": item["seed"], "render_seed": item["render_seed"],
-             **verdict, **measures}
-        )
-        if save is not None:
-            save.mkdir(parents=True, exist_ok=True)
-            np.save(save / f"{i:03d}-i2v-{'-'.join(world.words(item['prompt']))}-{item['seed']}.npy", clip)
-    splits = split_rates(records, IMAGE_ATTRIBUTES)
-    return {
-        "mode": "image-to-video",
-        "steps": steps,
-        "guidance_scale": guidance,
-        "flow_shift": float(pipe.scheduler.config.flow_shift),
-        "seconds_per_clip_batched": elapsed / max(len(items), 1),
-        "splits": splits,
-        "records": records,
-    }
+        return {"render_seed": item["render_seed"], **verdict, **measures}
+
+    return {"mode": "image-to-video", **scored(pipe, items, clips, elapsed, steps, guidance, judged, IMAGE_ATTRIBUTES, save, "-i2v")}
 
 
 def table(result: dict) -> str:

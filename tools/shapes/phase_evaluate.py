@@ -37,14 +37,10 @@ def evaluate_export(run: pathlib.Path, out: pathlib.Path, smoke: bool) -> None:
     )
     records = result["records"]
     if json.loads((out / "model_index.json").read_text()).get("expand_timesteps"):
-        images = evaluate.assess_images(
-            evaluate.load_image_pipeline(out), evaluate.image_cases([0, 1]), defaults["num_inference_steps"],
-            defaults["guidance_scale"],
-        )
-        images["conflict"] = evaluate.assess_conflicts(
-            evaluate.load_image_pipeline(out), evaluate.conflicting_cases([0]), defaults["num_inference_steps"],
-            defaults["guidance_scale"],
-        )
+        image_pipe = evaluate.image_pipeline_of(pipe)  # the same export's components, loaded once
+        steps, guidance = defaults["num_inference_steps"], defaults["guidance_scale"]
+        images = evaluate.assess_images(image_pipe, evaluate.image_cases([0, 1]), steps, guidance)
+        images["conflict"] = evaluate.assess_conflicts(image_pipe, evaluate.conflicting_cases([0]), steps, guidance)
         log("evaluate, image-to-video:\n" + evaluate.table(images) + f"\n  prompt against image: {images['conflict']}")
         evaluate.update_card(out, images, None)
         evaluation = json.loads((out / "evaluation.json").read_text())

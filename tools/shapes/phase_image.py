@@ -20,7 +20,7 @@ import torch
 
 import evaluate
 from dataset import ALL_SCENES, prompt_for
-from phase_dit import JointPhase, probe_dit, train_joint
+from phase_dit import JointPhase, pipeline_from, probe_dit, train_joint
 from plan import Plan
 from schedule import step_random
 
@@ -59,19 +59,9 @@ def image_batch(plan: Plan, step: int, data: dict, mean: torch.Tensor, std: torc
     return prompts, noisy, token_timesteps(mask, sigma * 1000.0), noise - x0, mask
 
 
-def image_pipeline(vae, text_encoder, transformer, flow_shift: float | None = None):
+def image_pipeline(vae, text_encoder, transformer):
     """diffusers' WanImageToVideoPipeline over these modules, the TI2V way (no CLIP branch, expand_timesteps)."""
-    from diffusers import WanImageToVideoPipeline
-
-    import model
-
-    scheduler = model.build_scheduler(**({"flow_shift": flow_shift} if flow_shift is not None else {}))
-    pipe = WanImageToVideoPipeline(
-        tokenizer=model.build_tokenizer(), text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-        transformer=transformer, image_encoder=None, image_processor=None, expand_timesteps=True,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return evaluate.image_pipeline_of(pipeline_from(vae, text_encoder, transformer))
 
 
 def probe_image(vae, text_encoder, transformer, limit: int = 12) -> dict:
