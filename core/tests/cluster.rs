@@ -301,6 +301,9 @@ fn an_idle_worker_blocks_in_redis_instead_of_polling_it() {
     let status = api.wait(id, WAIT).unwrap();
     assert_eq!(status.state, JobState::Succeeded);
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // Its priority had no stream when the worker last read them: taken within a second (the blocking read's bound).
+    let waited = status.started_at_ms.unwrap() - status.submitted_at_ms;
+    assert!(waited < 1_500, "the first job at a new priority waited {waited} ms to start");
     // And it stops at once, without waiting out its blocking read.
     let stopping = Instant::now();
     drop(worker);

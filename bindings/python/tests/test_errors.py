@@ -83,7 +83,19 @@ def test_an_image_in_every_form_reaches_the_engine_which_refuses_it_for_a_text_m
     pixels[4:8, 4:8] = (230, 40, 40)
     png = tmp_path / "start.png"
     png.write_bytes(_png(pixels))
-    for image in (str(png), png, png.read_bytes(), pixels, np.dstack([pixels, np.full((16, 16), 255, np.uint8)])):
+    class GreyImage:  # PIL's protocol (mode, size, convert, tobytes), as a grey PIL image answers it
+        mode, size = "L", (16, 16)
+
+        def convert(self, mode):
+            rgb = GreyImage()
+            rgb.mode = mode
+            return rgb
+
+        def tobytes(self):
+            return bytes(16 * 16 * len(self.mode))
+
+    rgba = np.dstack([pixels, np.full((16, 16), 255, np.uint8)])
+    for image in (str(png), png, png.read_bytes(), pixels, rgba, GreyImage()):
         with pytest.raises(vgen.InvalidArgumentError) as info:
             engine.submit("x", image=image)
         assert "image: shapes-tiny makes video from text only" in str(info.value), type(image)
