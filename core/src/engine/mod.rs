@@ -428,9 +428,12 @@ impl Engine {
         }
         shared.accepting.store(false, Ordering::Release);
         let until = Instant::now() + timeout;
-        while Instant::now() < until
-            && (shared.metrics.running.load(Ordering::Acquire) > 0 || !shared.queue.lock().is_empty())
-        {
+        // Both read under the queue's lock, under which a worker moves a job from the queue to the running count.
+        let busy = || {
+            let queue = shared.queue.lock();
+            !queue.is_empty() || shared.metrics.running.load(Ordering::Acquire) > 0
+        };
+        while Instant::now() < until && busy() {
             std::thread::sleep(Duration::from_millis(2));
         }
         let live: Vec<Arc<JobCell>> = shared.jobs.read().values().filter(|c| !c.is_terminal()).cloned().collect();

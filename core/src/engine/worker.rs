@@ -42,6 +42,10 @@ fn next(shared: &Shared, slot: usize) -> Option<Arc<Flight>> {
                 Ok(()) => {
                     let flight = queue.pop(now)?;
                     *flight.rank.lock() = None;
+                    // Counted as running while the queue is still locked: shutdown's drain waits while the queue
+                    // holds a job or one runs, and a job between the two (popped, not yet started) would let it
+                    // cancel that job. `execute` takes it off the count when the attempt ends.
+                    shared.metrics.running.fetch_add(1, Ordering::AcqRel);
                     return Some(flight);
                 }
                 // Open: wait out the cool-down. Half-open with a probe running: look again soon.
@@ -86,7 +90,6 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
         );
     }
     shared.dispatch(outbox);
-    shared.metrics.running.fetch_add(1, Ordering::AcqRel);
 
     let span = tracing::info_span!("job", key = flight.key, attempt = number, device = %device, model = %info.name);
     let _entered = span.enter();
