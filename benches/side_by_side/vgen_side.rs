@@ -140,7 +140,7 @@ fn step(folder: &Path, [frames, height, width]: [i64; 3], runs: usize) -> vgen_c
     let _ = text.get(1).narrow(0, NEGATIVE_TOKENS, 512 - NEGATIVE_TOKENS).zero_();
     let t = Tensor::from_slice(&[500.0f32, 500.0]);
     let tokens = latent_frames * (height / 16) * (width / 16);
-    let context = model.text_context(&text, true);
+    let context = model.text_context(&text, None, true).unwrap();
     for run in 0..=runs {
         let started = Instant::now();
         let out = model.forward_with(&Tensor::cat(&[&x, &x], 0), &t, &context)?;

@@ -191,3 +191,94 @@ fn images_a_model_cannot_take_are_refused_before_any_work_naming_the_field() {
     write_png(&start, 32, 32, &square(32, 32, 14, 14));
     assert_eq!(e.submit(keyed).unwrap_err().code(), ErrorCode::AlreadyExists);
 }
+
+/// The fixtures' tiny Wan2.1 image-to-video model (CLIP branch, 36 channels), or its first–last frame variant, in a
+/// models folder of its own: `tiny-wan` with `tiny-wan-i2v` (and `tiny-wan-flf2v`) laid over it.
+fn tiny_wan21(tag: &str, flf2v: bool) -> PathBuf {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wan");
+    let dir = scratch(tag).join(if flf2v { "tiny-flf2v" } else { "tiny-i2v" });
+    common::copy_dir(&fixtures.join("tiny-wan"), &dir);
+    common::copy_dir(&fixtures.join("tiny-wan-i2v"), &dir);
+    if flf2v {
+        common::copy_dir(&fixtures.join("tiny-wan-flf2v"), &dir);
+    }
+    dir
+}
+
+#[test]
+fn wan21_image_to_video_and_first_last_frame_run_and_refuse_what_they_cannot_do() {
+    let mut models = common::test_models();
+    models.insert(Arc::new(WanModel::open(&tiny_wan21("wan21", false)).unwrap()));
+    models.insert(Arc::new(WanModel::open(&tiny_wan21("wan21", true)).unwrap()));
+    let e =
+        Engine::with_models(EngineConfig { devices: vec![Device::Cpu], ..EngineConfig::default() }, models).unwrap();
+    let dir = scratch("wan21");
+    let (start, end) = (dir.join("start.png"), dir.join("end.png"));
+    write_png(&start, 48, 40, &square(48, 40, 4, 8)); // not the video's size: stretched for the VAE, cropped for CLIP
+    write_png(&end, 32, 32, &square(32, 32, 14, 8));
+    let path = |p: &Path| Some(ImageInput::Path(p.to_string_lossy().into_owned()));
+    let i2v = |image: Option<ImageInput>| Request {
+        model: Some("tiny-i2v".into()),
+        image,
+        seed: Some(3),
+        ..Request::new("a red square moving right")
+    };
+    let flf2v =
+        |last: Option<ImageInput>| Request { model: Some("tiny-flf2v".into()), last_image: last, ..i2v(path(&start)) };
+    for r in [i2v(path(&start)), flf2v(path(&end))] {
+        let id = e.submit(r).unwrap();
+        let status = e.wait(id, WAIT).unwrap();
+        assert_eq!(status.state, JobState::Succeeded, "{status:?}");
+        let video = e.result(id).unwrap();
+        assert_eq!((video.frames.num_frames, video.frames.width, video.frames.height), (9, 32, 32));
+    }
+    // Another image is another video (through the condition latents and CLIP both).
+    let a = e.submit(i2v(path(&start))).unwrap();
+    let b = e.submit(i2v(path(&end))).unwrap();
+    e.wait(a, WAIT).unwrap();
+    e.wait(b, WAIT).unwrap();
+    assert_ne!(e.result(a).unwrap().frames, e.result(b).unwrap().frames);
+    let submitted = e.metrics().submitted;
+    for (r, why) in [
+        (i2v(None), "image: tiny-i2v animates an image"),
+        (Request { last_image: path(&end), ..i2v(path(&start)) }, "last_image: tiny-i2v"),
+        (flf2v(None), "last_image: tiny-flf2v makes a video between a first and a last frame"),
+    ] {
+        let err = e.submit(r).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidArgument, "{why}: {err}");
+        assert!(err.message().contains(why), "{why}: {err}");
+    }
+    assert_eq!(e.metrics().submitted, submitted, "nothing more was queued");
+}
+
+#[test]
+fn the_command_runs_wan21_image_to_video_and_lists_what_each_model_makes() {
+    let dir = scratch("cli21");
+    let models = dir.join("models");
+    for flf2v in [false, true] {
+        let made = tiny_wan21("cli21", flf2v);
+        common::copy_dir(&made, &models.join(made.file_name().unwrap()));
+    }
+    let start = dir.join("start.png");
+    write_png(&start, 32, 32, &square(32, 32, 4, 8));
+    let out = dir.join("clip.mp4");
+    let vgen = || {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_vgen"));
+        c.env("VGEN_MODELS", &models);
+        c
+    };
+    let ok = vgen()
+        .args(["generate", "--model", "tiny-i2v", "--prompt", "a cat", "--image"])
+        .arg(&start)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(std::fs::metadata(&out).unwrap().len() > 0);
+    let listed = String::from_utf8(vgen().arg("models").output().unwrap().stdout).unwrap();
+    let row =
+        |name: &str| listed.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{listed}")).to_string();
+    assert!(row("tiny-i2v ").contains(" image "), "{listed}");
+    assert!(row("tiny-flf2v").contains("first-last frame"), "{listed}");
+}

@@ -81,7 +81,7 @@ fn full_size_transformer_builds_with_every_shape_and_runs_a_step() {
     let text = Tensor::randn([1, 16, 4096], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[999.0f32]);
     let start = std::time::Instant::now();
-    let out = model.forward(&x, &t, &text).unwrap();
+    let out = model.forward(&x, &t, &text, None).unwrap();
     eprintln!("full-size transformer step, 780 tokens, CPU: {:?}", start.elapsed());
     assert_eq!(out.size(), x.size());
     assert!(out.isfinite().all().int64_value(&[]) == 1);

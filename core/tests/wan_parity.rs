@@ -104,7 +104,7 @@ fn transformer_matches_diffusers() {
         assert_close(&format!("{case} temb"), &temb, &c[&format!("{case}.temb")], 1e-4);
         assert_close(&format!("{case} timestep_proj"), &proj, &c[&format!("{case}.timestep_proj")], 1e-4);
         assert_close(&format!("{case} text_proj"), &text_proj, &c[&format!("{case}.text_proj")], 1e-4);
-        let out = model.forward(x, t, text).unwrap();
+        let out = model.forward(x, t, text, None).unwrap();
         assert_close(&format!("{case} sample"), &out, &c[&format!("{case}.sample")], 1e-4);
     }
 }
@@ -212,8 +212,8 @@ fn folding_the_prompt_padding_gives_the_same_velocity() {
         for (row, n) in lengths.into_iter().enumerate() {
             let _ = batch.get(row as i64).narrow(0, n, l - n).zero_();
         }
-        let folded = model.text_context(&batch, true);
-        let full = model.text_context(&batch, false);
+        let folded = model.text_context(&batch, None, true).unwrap();
+        let full = model.text_context(&batch, None, false).unwrap();
         // Each prompt's real rows and one row for its padding; the batch takes the longest.
         let keys = lengths.iter().map(|&n| (n + 1).min(l)).max().unwrap();
         assert_eq!((folded.keys(), full.keys()), (keys, l), "{lengths:?}");
@@ -222,7 +222,7 @@ fn folding_the_prompt_padding_gives_the_same_velocity() {
         assert_close(&format!("folded {lengths:?}"), &folded_out, &full_out, 1e-5);
     }
     // Nothing to fold when every row is real.
-    assert_eq!(model.text_context(text, true).keys(), l);
+    assert_eq!(model.text_context(text, None, true).unwrap().keys(), l);
 }
 
 #[test]
@@ -243,7 +243,7 @@ fn the_whole_pipeline_matches_wan_pipeline_from_prompt_to_frames() {
     assert_close("prompt_embeds", &text.narrow(0, 0, 1), &c["prompt_embeds"], 1e-4);
     assert_close("negative_prompt_embeds", &text.narrow(0, 1, 1), &c["negative_prompt_embeds"], 1e-4);
     let latents = model
-        .denoise(&comps, c["latents"].shallow_clone(), &text, 2, 5.0, None, |i, _, x, _| {
+        .denoise(&comps, c["latents"].shallow_clone(), &text, 2, 5.0, &Default::default(), |i, _, x, _| {
             assert_close(&format!("step {i} latents"), x, &c[&format!("step{}.latents", i - 1)], 1e-4);
             Ok(())
         })
@@ -294,9 +294,10 @@ fn ti2v_image_to_video_matches_wan_image_to_video_pipeline_from_image_to_frames(
     let encoder = comps.image_encoder.as_ref().expect("a TI2V model loads the VAE's encoder");
     let condition = encoder.encode(&frames).unwrap();
     assert_close("condition (the image's normalised latent)", &condition, &c["condition"], 1e-4);
+    let images = wan::pipeline::Images { first_latent: Some(condition), ..Default::default() };
     let text = model.encode_prompts(&comps, &["A cat and a dog.", "blurred"], Device::Cpu).unwrap();
     let latents = model
-        .denoise(&comps, c["latents"].shallow_clone(), &text, 2, 5.0, Some(&condition), |i, _, x, _| {
+        .denoise(&comps, c["latents"].shallow_clone(), &text, 2, 5.0, &images, |i, _, x, _| {
             assert_close(&format!("step {i} latents"), x, &c[&format!("step{}.latents", i - 1)], 1e-4);
             Ok(())
         })
@@ -324,10 +325,10 @@ fn per_token_timesteps_all_equal_give_what_one_timestep_gives() {
     let [b, _, f, h, w] = x.size()[..] else { panic!() };
     let tokens = f * (h / 2) * (w / 2);
     let per_token = t.view([b, 1]).expand([b, tokens], false).contiguous();
-    let one = model.forward(x, t, &c["a.encoder_hidden_states"]).unwrap();
-    let many = model.forward(x, &per_token, &c["a.encoder_hidden_states"]).unwrap();
+    let one = model.forward(x, t, &c["a.encoder_hidden_states"], None).unwrap();
+    let many = model.forward(x, &per_token, &c["a.encoder_hidden_states"], None).unwrap();
     assert_close("per-token = per-clip", &many, &one, 1e-5);
-    assert!(model.forward(x, &per_token.narrow(1, 0, tokens - 1), &c["a.encoder_hidden_states"]).is_err());
+    assert!(model.forward(x, &per_token.narrow(1, 0, tokens - 1), &c["a.encoder_hidden_states"], None).is_err());
 }
 
 #[test]
@@ -337,7 +338,7 @@ fn the_transformer_runs_in_bf16_close_to_fp32() {
     let (mut vs, model) = tiny_transformer();
     vs.set_kind(Kind::BFloat16);
     let _g = tch::no_grad_guard();
-    let out = model.forward(&c["a.hidden_states"], &c["a.timestep"], &c["a.encoder_hidden_states"]).unwrap();
+    let out = model.forward(&c["a.hidden_states"], &c["a.timestep"], &c["a.encoder_hidden_states"], None).unwrap();
     assert_eq!(out.kind(), Kind::Float, "the velocity comes back in fp32");
     let err = (&out - &c["a.sample"]).abs();
     let (max, mean) = (err.max().double_value(&[]), err.mean(Kind::Float).double_value(&[]));

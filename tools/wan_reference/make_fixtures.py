@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import full_config  # noqa: E402
+import make_i2v_case  # noqa: E402
+import make_ti2v_case  # noqa: E402
 import wan_fixture_lib as L  # noqa: E402
 
 L.check_versions()
@@ -462,6 +464,9 @@ def main() -> None:
     L.write_json(CASES_DIR / "pipeline.json", pipe_meta)
     L.write_json(CASES_DIR / "tokenizer_cases.json", tokenizer_cases())
     full_config.write(OUT / L.FULL)
+    # The image-to-video cases run on tiny-wan as just saved.
+    make_ti2v_case.main()
+    make_i2v_case.main()
     versions = L.versions()
     L.write_json(OUT / "VERSIONS.json", versions)
     write_readme(case_files, versions, pipe_meta, te, tr, vae, full_config.param_counts(OUT / L.FULL))

@@ -17,10 +17,13 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import AutoTokenizer, UMT5EncoderModel
 
+import wan_fixture_lib as lib
+
 FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "core" / "tests" / "fixtures" / "wan"
 
 
 def main() -> None:
+    lib.i2v_prompt_clean_without_ftfy()
     folder = FIXTURES / "tiny-wan"
     pipe = WanImageToVideoPipeline(
         tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer"),

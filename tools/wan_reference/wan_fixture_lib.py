@@ -259,6 +259,16 @@ def perturb_constant_params(model: torch.nn.Module, seed: int, scale: float = 0.
     return changed
 
 
+def i2v_prompt_clean_without_ftfy() -> None:
+    """diffusers 0.42.1's `pipeline_wan_i2v.basic_clean` calls `ftfy.fix_text` without checking that ftfy is
+    installed (`pipeline_wan.basic_clean` checks), so without ftfy `WanImageToVideoPipeline` fails on every prompt.
+    The reference environment has no ftfy (see `prompt_clean`), so the image-to-video cases give the I2V pipeline
+    the text-to-video pipeline's cleaning, which is what it does with ftfy absent."""
+    from diffusers.pipelines.wan import pipeline_wan, pipeline_wan_i2v
+
+    pipeline_wan_i2v.basic_clean = pipeline_wan.basic_clean
+
+
 def write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

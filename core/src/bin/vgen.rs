@@ -371,10 +371,17 @@ fn models(json: bool) -> vgen_core::Result<()> {
                 (false, true) => " (test model)",
                 _ => "",
             };
-            let makes = match (m.conditioning.image, m.conditioning.last_image) {
-                (_, true) => "first-last frame",
-                (true, false) => "text+image",
-                _ => "text",
+            let c = m.conditioning;
+            let makes = if c.needs_last_image {
+                "first-last frame"
+            } else if c.needs_image && c.last_image {
+                "image(+last)"
+            } else if c.needs_image {
+                "image"
+            } else if c.image {
+                "text+image"
+            } else {
+                "text"
             };
             println!(
                 "{:<16} {:>9.1} MB {:>14} {:>6}  {makes:<15} {}{mark}",

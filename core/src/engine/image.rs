@@ -5,7 +5,7 @@
 //! ABI and Python build that form). Validation decodes it before any work is queued, refuses an image that does
 //! not decode, is empty, or has more pixels than `limits.max_image_pixels`, and resizes it to the video's size the
 //! way diffusers' pipelines do by default (`VaeImageProcessor.resize`, `resize_mode="default"`): stretched to the
-//! width and height, aspect ratio not kept, with a Lanczos filter (a = 3, widened when shrinking, as PIL's). RGBA
+//! width and height, aspect ratio not kept, with Pillow's Lanczos filter, byte for byte (see `resample`). RGBA
 //! is composited on nothing: its alpha channel is dropped, as PIL's `convert("RGB")` does.
 //!
 //! The pixels' hash goes into the cache key and the idempotency check, so two requests naming one path whose file
@@ -56,6 +56,8 @@ pub struct Image {
     pub height: u32,
     pub rgb: Vec<u8>,
     pub hash: u64,
+    /// The image as the host gave it, when this one is a resized copy.
+    given: Option<std::sync::Arc<Image>>,
 }
 
 impl Image {
@@ -63,7 +65,13 @@ impl Image {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (width, height).hash(&mut h);
         rgb.hash(&mut h);
-        Self { width, height, rgb, hash: h.finish() }
+        Self { width, height, rgb, hash: h.finish(), given: None }
+    }
+
+    /// The image as the host gave it, before [`resize`]: what CLIP's image processor reads (diffusers passes the
+    /// original image to it, not the one resized for the VAE).
+    pub fn as_given(&self) -> &Image {
+        self.given.as_deref().unwrap_or(self)
     }
 }
 
@@ -193,63 +201,19 @@ pub fn rgb_rows(data: &[u8], width: u32, height: u32, stride: usize, bpp: usize)
     rgb
 }
 
-/// Stretches to `width` × `height` with a Lanczos (a = 3) filter, widened by the scale when shrinking, one axis
-/// at a time, as PIL's `Image.resize(..., LANCZOS)`; an image of that size already is returned as it is.
+/// Stretches to `width` × `height` with Pillow's Lanczos filter (see [`super::resample`]), as diffusers'
+/// `VaeImageProcessor` does with `Image.resize(..., LANCZOS)`; an image of that size already is returned as it is.
+/// The result keeps the image as it was given ([`Image::as_given`]) and a hash of it, since a model that also reads
+/// the image another way (CLIP's crop) makes a different video from a different original.
 pub fn resize(image: Image, width: u32, height: u32) -> Image {
     if (image.width, image.height) == (width, height) {
         return image;
     }
-    let src: Vec<f32> = image.rgb.iter().map(|&v| v as f32).collect();
-    let across = resample(&src, image.width as usize, image.height as usize, width as usize, true);
-    let down = resample(&across, width as usize, image.height as usize, height as usize, false);
-    Image::new(width, height, down.iter().map(|v| v.round().clamp(0.0, 255.0) as u8).collect())
-}
-
-fn lanczos(x: f64) -> f64 {
-    if x == 0.0 {
-        1.0
-    } else if x.abs() < 3.0 {
-        let px = std::f64::consts::PI * x;
-        3.0 * px.sin() * (px / 3.0).sin() / (px * px)
-    } else {
-        0.0
-    }
-}
-
-/// One axis of the resize: `horizontal` maps `w` columns to `out` (rows stay `h`), else `h` rows to `out`.
-fn resample(src: &[f32], w: usize, h: usize, out: usize, horizontal: bool) -> Vec<f32> {
-    let size = if horizontal { w } else { h };
-    let scale = size as f64 / out as f64;
-    let filter_scale = scale.max(1.0);
-    let support = 3.0 * filter_scale;
-    // Per output index: the first input index and its normalised weights.
-    let taps: Vec<(usize, Vec<f32>)> = (0..out)
-        .map(|i| {
-            let center = (i as f64 + 0.5) * scale;
-            let lo = (center - support).floor().max(0.0) as usize;
-            let hi = ((center + support).ceil() as usize).min(size);
-            let weights: Vec<f64> = (lo..hi).map(|j| lanczos((j as f64 + 0.5 - center) / filter_scale)).collect();
-            let total: f64 = weights.iter().sum();
-            (lo, weights.iter().map(|wt| (wt / total) as f32).collect())
-        })
-        .collect();
-    let (ow, oh) = if horizontal { (out, h) } else { (w, out) };
-    let mut dst = vec![0f32; ow * oh * 3];
-    for y in 0..oh {
-        for x in 0..ow {
-            let (lo, weights) = if horizontal { &taps[x] } else { &taps[y] };
-            let mut acc = [0f32; 3];
-            for (k, wt) in weights.iter().enumerate() {
-                let (sx, sy) = if horizontal { (lo + k, y) } else { (x, lo + k) };
-                let at = (sy * w + sx) * 3;
-                for c in 0..3 {
-                    acc[c] += src[at + c] * wt;
-                }
-            }
-            dst[(y * ow + x) * 3..(y * ow + x) * 3 + 3].copy_from_slice(&acc);
-        }
-    }
-    dst
+    let rgb =
+        super::resample::resize(&image.rgb, image.width, image.height, width, height, super::resample::Filter::Lanczos);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (image.hash, width, height).hash(&mut h);
+    Image { width, height, rgb, hash: h.finish(), given: Some(std::sync::Arc::new(image)) }
 }
 
 #[cfg(test)]
@@ -329,9 +293,13 @@ mod tests {
         let big = resize(flat.clone(), 16, 16);
         assert_eq!((big.width, big.height, big.rgb.len()), (16, 16, 16 * 16 * 3));
         assert!(big.rgb.chunks(3).all(|px| px == [200, 10, 30]), "a flat image stays flat");
-        let small = resize(flat, 4, 2);
+        let small = resize(flat.clone(), 4, 2);
         assert!(small.rgb.chunks(3).all(|px| px == [200, 10, 30]));
         assert_ne!(big.hash, small.hash);
+        // The image as given stays reachable (CLIP reads it), and an image already the size is itself.
+        assert_eq!(small.as_given(), &flat);
+        assert_eq!(flat.as_given(), &flat);
+        assert_eq!(resize(flat.clone(), 10, 6), flat);
         // A step edge stays where it was, within a pixel, when the size doubles.
         let mut edge = vec![0u8; 8 * 8 * 3];
         for y in 0..8 {

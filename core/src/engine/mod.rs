@@ -31,6 +31,7 @@ mod metrics;
 mod output;
 mod queue;
 mod request;
+pub mod resample;
 mod retention;
 mod retry;
 mod submit;

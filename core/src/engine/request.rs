@@ -237,6 +237,15 @@ pub fn validate(
     if request.last_image.is_some() && request.image.is_none() {
         return Err(Error::invalid("last_image needs image: a first–last frame video starts from image"));
     }
+    if model.conditioning.needs_image && request.image.is_none() {
+        return Err(Error::invalid(format!("image: {} animates an image; give one (image-to-video)", model.name)));
+    }
+    if model.conditioning.needs_last_image && request.last_image.is_none() {
+        return Err(Error::invalid(format!(
+            "last_image: {} makes a video between a first and a last frame; give both",
+            model.name
+        )));
+    }
     let first =
         images("image", &request.image, model.conditioning.image, "makes video from text only: it takes no image")?;
     let last = images(

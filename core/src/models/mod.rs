@@ -50,13 +50,18 @@ pub struct ModelInfo {
     pub conditioning: Conditioning,
 }
 
-/// The images a model can start from, besides the prompt. A request that gives one the model cannot take is refused.
+/// The images a model can start from, besides the prompt. A request that gives one the model cannot take is refused,
+/// and so is one without an image for a model that needs one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Conditioning {
     /// An image to animate: the video's first frame (`image`).
     pub image: bool,
     /// A last frame too (`last_image`, first–last frame models).
     pub last_image: bool,
+    /// Only from an image: an image-to-video model that makes nothing useful from text alone.
+    pub needs_image: bool,
+    /// Only from a first and a last image (Wan2.1 FLF2V, whose image embedding reads both).
+    pub needs_last_image: bool,
 }
 
 /// A text-to-video model.

@@ -158,28 +158,32 @@ pub fn load(vs: &VarStore, files: &[PathBuf], aliases: &[(&str, &str)], ignore_p
 /// The largest safetensors header vgen reads (the format's own reader refuses more than this too).
 const MAX_HEADER_BYTES: u64 = 100 << 20;
 
-/// How many elements the tensors of these safetensors files hold, from their headers alone. Each header's length
-/// is checked against its file's size before it is read, and each shape's product against overflow, so a hostile
-/// file can neither make this allocate nor wrap a count.
-pub fn header_elements(files: &[PathBuf]) -> Result<u64> {
+/// The JSON header of a safetensors file. Its length is checked against the file's size before it is read, so a
+/// hostile file cannot make this allocate more than the file holds.
+fn header(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
     use std::io::Read;
+    let bad = |why: String| Error::invalid(format!("{} is not a valid safetensors file: {why}", path.display()));
+    let mut file =
+        std::fs::File::open(path).map_err(|e| Error::new(ErrorCode::NotFound, format!("{}: {e}", path.display())))?;
+    let len = file.metadata()?.len();
+    let mut prefix = [0u8; 8];
+    file.read_exact(&mut prefix).map_err(|_| bad(format!("it has {len} bytes, too few for a header")))?;
+    let header_len = u64::from_le_bytes(prefix);
+    if header_len > len - 8 || header_len > MAX_HEADER_BYTES {
+        return Err(bad(format!("its header claims {header_len} bytes but the file has {len}")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header)?;
+    serde_json::from_slice(&header).map_err(|e| bad(format!("its header is not a JSON object: {e}")))
+}
+
+/// How many elements the tensors of these safetensors files hold, from their headers alone. Each shape's product
+/// is checked against overflow, so a hostile file can neither make this allocate nor wrap a count.
+pub fn header_elements(files: &[PathBuf]) -> Result<u64> {
     let mut total = 0u64;
     for path in files {
         let bad = |why: String| Error::invalid(format!("{} is not a valid safetensors file: {why}", path.display()));
-        let mut file = std::fs::File::open(path)
-            .map_err(|e| Error::new(ErrorCode::NotFound, format!("{}: {e}", path.display())))?;
-        let len = file.metadata()?.len();
-        let mut prefix = [0u8; 8];
-        file.read_exact(&mut prefix).map_err(|_| bad(format!("it has {len} bytes, too few for a header")))?;
-        let header_len = u64::from_le_bytes(prefix);
-        if header_len > len - 8 || header_len > MAX_HEADER_BYTES {
-            return Err(bad(format!("its header claims {header_len} bytes but the file has {len}")));
-        }
-        let mut header = vec![0u8; header_len as usize];
-        file.read_exact(&mut header)?;
-        let entries: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&header).map_err(|e| bad(format!("its header is not a JSON object: {e}")))?;
-        for (name, entry) in entries.iter().filter(|(n, _)| n.as_str() != "__metadata__") {
+        for (name, entry) in header(path)?.iter().filter(|(n, _)| n.as_str() != "__metadata__") {
             let shape = entry
                 .get("shape")
                 .and_then(|s| s.as_array())
@@ -192,6 +196,15 @@ pub fn header_elements(files: &[PathBuf]) -> Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// The names of the tensors these safetensors files hold, from their headers alone.
+pub fn tensor_names(files: &[PathBuf]) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for path in files {
+        names.extend(header(path)?.into_iter().map(|(n, _)| n).filter(|n| n != "__metadata__"));
+    }
+    Ok(names)
 }
 
 /// Refuses a model folder with a symbolic link that leads outside it: a model is a folder of files, and opening
@@ -238,8 +251,12 @@ fn display_files(files: &[PathBuf]) -> String {
 
 /// Reads a component's `config.json` into its config type, naming the file in any error.
 pub fn read_config<T: serde::de::DeserializeOwned>(folder: &Path) -> Result<T> {
-    let path = folder.join("config.json");
-    let text = std::fs::read_to_string(&path)
+    read_json(&folder.join("config.json"))
+}
+
+/// A JSON file read into `T`; an error names the file and the field.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path)
         .map_err(|e| Error::new(ErrorCode::NotFound, format!("{}: {e}", path.display())))?;
     let mut de = serde_json::Deserializer::from_str(&text);
     serde_path_to_error::deserialize(&mut de)

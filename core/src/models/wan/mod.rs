@@ -5,6 +5,8 @@
 //! Paper and model card: Wan Team, "Wan: Open and Advanced Large-Scale Video Generative Models", 2025;
 //! Wan-AI/Wan2.1-T2V-1.3B (Apache-2.0).
 
+pub mod clip;
+pub mod condition;
 pub mod pipeline;
 pub mod tokenizer;
 pub mod transformer;

@@ -6,6 +6,8 @@
 //! two), and every step checks the latents for NaN or Inf, failing the attempt with a retryable `numerical` error
 //! instead of decoding garbage.
 
+use super::clip::{ClipImageProcessor, ClipVisionConfig, ClipVisionEncoder};
+use super::condition::{ImageConditioning, concat_condition, condition_video};
 use super::load_component;
 use super::tokenizer::{WanTokenizer, prompt_clean};
 use super::transformer::{TransformerConfig, WanTransformer};
@@ -16,7 +18,9 @@ use crate::device::Device;
 use crate::engine::{Attempt, FrameRule, Params, Stage};
 use crate::error::{Error, ErrorCode, Result};
 use crate::models::per_device::PerDevice;
-use crate::models::weights::{check_confined, fingerprint, header_elements, read_config, weight_files};
+use crate::models::weights::{
+    check_confined, fingerprint, header_elements, read_config, read_json, tensor_names, weight_files,
+};
 use crate::models::{Conditioning, Defaults, Model, ModelInfo};
 use crate::schedulers::SchedulerConfig;
 use crate::video::{Frames, Video};
@@ -53,6 +57,8 @@ pub struct Components {
     pub vae: WanVaeDecoder,
     /// The VAE's encoder, for a model that animates an image.
     pub image_encoder: Option<WanVaeEncoder>,
+    /// The CLIP vision encoder, for a Wan2.1 image-to-video model.
+    pub clip: Option<ClipVisionEncoder>,
 }
 
 // SAFETY: after loading, the weights are never written (the VarStores are frozen and every forward pass builds
@@ -70,6 +76,9 @@ pub struct WanModel {
     transformer_config: TransformerConfig,
     vae_config: VaeConfig,
     encoder_config: Umt5Config,
+    conditioning: ImageConditioning,
+    /// The CLIP encoder's config and image processor, for a model that reads CLIP tokens.
+    clip: Option<(ClipVisionConfig, ClipImageProcessor)>,
     weight_bytes: u64,
     /// The networks, loaded once per device however many workers the device has.
     loaded: PerDevice<Components>,
@@ -87,12 +96,13 @@ impl WanModel {
         )
         .map_err(|e| Error::invalid(format!("{}: {e}", index_path.display())))?;
         let class = index.get("_class_name").and_then(|c| c.as_str()).unwrap_or("");
-        if class != "WanPipeline" {
-            return Err(Error::invalid(format!("{} is a {class:?}, not a WanPipeline", index_path.display())));
+        if class != "WanPipeline" && class != "WanImageToVideoPipeline" {
+            return Err(Error::invalid(format!(
+                "{} is a {class:?}, not a WanPipeline or WanImageToVideoPipeline",
+                index_path.display()
+            )));
         }
-        // Wan2.2 TI2V's image conditioning (`expand_timesteps`): the image's latent replaces latent frame 0 and that
-        // frame's tokens get timestep 0. The model then takes an image (`info.conditioning.image`).
-        let ti2v = index.get("expand_timesteps").and_then(|e| e.as_bool()).unwrap_or(false);
+        let expand_timesteps = index.get("expand_timesteps").and_then(|e| e.as_bool()).unwrap_or(false);
         let serving: ServingConfig = match std::fs::read_to_string(folder.join("vgen.json")) {
             Ok(text) => serde_json::from_str(&text)
                 .map_err(|e| Error::invalid(format!("{}/vgen.json: {e}", folder.display())))?,
@@ -107,15 +117,43 @@ impl WanModel {
         let transformer_config: TransformerConfig = read_config(&folder.join("transformer"))?;
         let vae_config: VaeConfig = read_config(&folder.join("vae"))?;
         let encoder_config: Umt5Config = read_config(&folder.join("text_encoder"))?;
-        if ti2v && transformer_config.in_channels != vae_config.z_dim {
-            return Err(Error::invalid(format!(
-                "{}: expand_timesteps (image conditioning the TI2V way) needs the transformer's in_channels {} to be \
-                 the VAE's z_dim {}",
-                index_path.display(),
-                transformer_config.in_channels,
-                vae_config.z_dim
-            )));
-        }
+        // Each dimension positive (with its name), then the config consistent with itself, before anything reads it.
+        transformer_config.min_parameters()?;
+        transformer_config.check()?;
+        // How the model takes images (see `condition`): from `expand_timesteps`, the transformer's channels and
+        // whether it embeds CLIP tokens.
+        let conditioning = ImageConditioning::of(
+            expand_timesteps,
+            transformer_config.in_channels,
+            vae_config.z_dim,
+            transformer_config.image_dim.is_some(),
+            transformer_config.pos_embed_seq_len.is_some(),
+        )
+        .map_err(|e| Error::invalid(format!("{}: {}", folder.display(), e.message())))?;
+        let clip = match conditioning {
+            ImageConditioning::Concat { clip: true, .. } => {
+                let config: ClipVisionConfig = read_config(&folder.join("image_encoder"))?;
+                let processor: ClipImageProcessor =
+                    read_json(&folder.join("image_processor/preprocessor_config.json"))?;
+                processor.check(config.image_size)?;
+                if Some(config.hidden_size) != transformer_config.image_dim {
+                    return Err(Error::invalid(format!(
+                        "image_encoder hidden_size {} does not match transformer image_dim {:?}",
+                        config.hidden_size, transformer_config.image_dim
+                    )));
+                }
+                if let Some(n) = transformer_config.pos_embed_seq_len {
+                    if n != 2 * config.tokens() {
+                        return Err(Error::invalid(format!(
+                            "transformer pos_embed_seq_len {n} is not two images' CLIP tokens (2 x {})",
+                            config.tokens()
+                        )));
+                    }
+                }
+                Some((config, processor))
+            }
+            _ => None,
+        };
         if encoder_config.d_model != transformer_config.text_dim {
             return Err(Error::invalid(format!(
                 "text_encoder d_model {} does not match transformer text_dim {}",
@@ -125,11 +163,15 @@ impl WanModel {
         // Every config is held to the weights it claims to describe before anything is allocated for it, so a
         // hostile or mistaken config.json is refused here, not by running out of memory at the first request.
         let mut files = Vec::new();
-        for (component, stem, min_parameters) in [
+        let mut components = vec![
             ("transformer", "diffusion_pytorch_model", transformer_config.min_parameters()?),
             ("vae", "diffusion_pytorch_model", vae_config.min_parameters()?),
             ("text_encoder", "model", encoder_config.min_parameters()?),
-        ] {
+        ];
+        if let Some((config, _)) = &clip {
+            components.push(("image_encoder", "model", config.min_parameters()?));
+        }
+        for (component, stem, min_parameters) in components {
             let component_files = weight_files(&folder.join(component), stem)?;
             let held = header_elements(&component_files)?;
             if min_parameters > held {
@@ -163,7 +205,12 @@ impl WanModel {
                 Some("fp32") => "f32".into(),
                 _ => "f32 (bf16 on CUDA)".into(),
             },
-            conditioning: Conditioning { image: ti2v, last_image: false },
+            conditioning: Conditioning {
+                image: conditioning.takes_image(),
+                last_image: conditioning.takes_last_image(),
+                needs_image: conditioning.needs_image(),
+                needs_last_image: conditioning.needs_last_image(),
+            },
         };
         Ok(Self {
             folder: folder.to_path_buf(),
@@ -174,6 +221,8 @@ impl WanModel {
             transformer_config,
             vae_config,
             encoder_config,
+            conditioning,
+            clip,
             weight_bytes,
             loaded: PerDevice::default(),
         })
@@ -208,7 +257,7 @@ impl WanModel {
             |p| WanVaeDecoder::new(p, self.vae_config.clone()),
         )?;
         let mut vars = vec![v3];
-        let image_encoder = if self.info.conditioning.image {
+        let image_encoder = if self.conditioning.takes_image() {
             let (v4, e) = load_component(
                 &self.folder.join("vae"),
                 "diffusion_pytorch_model",
@@ -222,12 +271,30 @@ impl WanModel {
         } else {
             None
         };
+        // CLIP stays in fp32 on every device, like the VAE: it runs once per job on one or two images.
+        let clip = match &self.clip {
+            Some((config, _)) => {
+                let folder = self.folder.join("image_encoder");
+                // Checkpoints saved by transformers before 5 spell keys `vision_model.…`; 5 saves them bare.
+                let names = tensor_names(&weight_files(&folder, "model")?)?;
+                let prefix = if names.iter().any(|n| n.starts_with("vision_model.")) { "vision_model." } else { "" };
+                let unused = ClipVisionEncoder::unused_prefixes(config, prefix);
+                let unused: Vec<&str> = unused.iter().map(String::as_str).collect();
+                let (v5, clip) = load_component(&folder, "model", dev, &[], &unused, |p| {
+                    let root = if prefix.is_empty() { p } else { &p / "vision_model" };
+                    ClipVisionEncoder::new(root, config.clone())
+                })?;
+                vars.push(v5);
+                Some(clip)
+            }
+            None => None,
+        };
         if kind != Kind::Float {
             v1.set_kind(kind);
             v2.set_kind(kind);
         }
         vars.extend([v1, v2]);
-        Ok(Components { _vars: vars, encoder, transformer, vae, image_encoder })
+        Ok(Components { _vars: vars, encoder, transformer, vae, image_encoder, clip })
     }
 
     /// The dtype the transformer and text encoder compute in on `device`.
@@ -252,9 +319,8 @@ impl WanModel {
     }
 
     /// The denoising loop from `latents`, with `text` = [cond] or [cond; uncond] embeddings (batched CFG).
-    /// `each_step(i, steps, latents)` is called after every step. With `first_frame` (TI2V conditioning), that
-    /// latent frame `[1, z, 1, h, w]` replaces frame 0 of the model's input at every step and of the result, and
-    /// frame 0's tokens get timestep 0, as diffusers' `WanImageToVideoPipeline` does with `expand_timesteps`.
+    /// `each_step(i, steps, latents)` is called after every step. `images` is what the job's images became (see
+    /// [`Images`]), as diffusers' `WanImageToVideoPipeline` uses them.
     #[allow(clippy::too_many_arguments)]
     pub fn denoise(
         &self,
@@ -263,9 +329,10 @@ impl WanModel {
         text: &Tensor,
         steps: usize,
         guidance: f64,
-        first_frame: Option<&Tensor>,
+        images: &Images,
         mut each_step: impl FnMut(usize, usize, &Tensor, f32) -> Result<()>,
     ) -> Result<Tensor> {
+        let first_frame = images.first_latent.as_ref();
         // m: 0 on latent frame 0, 1 elsewhere; the input is (1 - m)·condition + m·latents. Per step only m·latents
         // changes: (1 - m)·condition and the per-token mask `m[:, :, :, ::ph, ::pw]` (flattened in token order) are
         // made once.
@@ -284,11 +351,18 @@ impl WanModel {
         let mut scheduler = self.scheduler.build(steps)?;
         let timesteps = scheduler.timesteps().to_vec();
         let cfg = guidance > 1.0;
-        // The text side of the cross-attention depends on the prompts alone: prepared once, used every step.
-        let context = c.transformer.text_context(text, true);
+        // The text side of the cross-attention (and the image's, for CLIP models) depends on the prompts and the
+        // image alone: prepared once, used every step. Both halves of a CFG batch see the same image.
+        let prompts = text.size()[0];
+        let clip = images.clip_tokens.as_ref().map(|t| t.repeat([prompts, 1, 1]));
+        let context = c.transformer.text_context(text, clip.as_ref(), true)?;
         let mut x = latents;
         for (i, t) in timesteps.iter().enumerate() {
             let input = given(&x);
+            let input = match &images.concat {
+                Some(condition) => Tensor::cat(&[&input, condition], 1),
+                None => input,
+            };
             let batch = if cfg { Tensor::cat(&[&input, &input], 0) } else { input };
             let b = batch.size()[0];
             let timestep = match &condition {
@@ -374,28 +448,14 @@ impl Model for WanModel {
         let z = self.vae_config.z_dim;
         let shape = [1, z, (p.num_frames as i64 - 1) / 4 + 1, p.height as i64 / 8, p.width as i64 / 8];
         let latents = crate::models::seeded_noise(p.seed as i64 & i64::MAX, &shape)?.to_device(dev);
-        let first_frame = match (&p.image, &c.image_encoder) {
-            (Some(image), Some(encoder)) => Some(encoder.encode(&image_frames(image, dev))?),
-            (Some(_), None) => {
-                return Err(Error::invalid(format!("image: {} makes video from text only", self.info.name)));
-            }
-            _ => None,
-        };
+        let images = self.images(&c, p, dev)?;
         attempt.check()?;
-        let latents = self.denoise(
-            &c,
-            latents,
-            &text,
-            p.steps as usize,
-            p.guidance_scale,
-            first_frame.as_ref(),
-            |i, n, x, _| {
-                if attempt.wants_preview(i as u32) {
-                    attempt.preview(i as u32, self.preview(x)?);
-                }
-                attempt.step(i as u32, n as u32)
-            },
-        )?;
+        let latents = self.denoise(&c, latents, &text, p.steps as usize, p.guidance_scale, &images, |i, n, x, _| {
+            if attempt.wants_preview(i as u32) {
+                attempt.preview(i as u32, self.preview(x)?);
+            }
+            attempt.step(i as u32, n as u32)
+        })?;
 
         attempt.stage(Stage::Decoding)?;
         let latents = c.vae.denormalize(&latents);
@@ -418,6 +478,69 @@ impl Model for WanModel {
         attempt.stage(Stage::Finalizing)?;
         let frames = Frames::new(frames_kept, p.height as usize, p.width as usize, data)?;
         Ok(Video { frames: Arc::new(frames), fps: p.fps, metadata: Default::default() })
+    }
+}
+
+/// What a job's images become for the denoising loop (see `condition`); all `None` for text-to-video.
+#[derive(Default)]
+pub struct Images {
+    /// TI2V: the first image's latent frame `[1, z, 1, h, w]`.
+    pub first_latent: Option<Tensor>,
+    /// Channel concatenation: `[mask | condition latents]`, `[1, 4 + z, F, h, w]`.
+    pub concat: Option<Tensor>,
+    /// CLIP models: the penultimate hidden states of each image, `[images, tokens, d]` (first, then last).
+    pub clip_tokens: Option<Tensor>,
+}
+
+impl WanModel {
+    /// The job's images made into the model's conditioning. A request was already checked against what the model
+    /// takes; what is checked here is what only the model knows.
+    pub fn images(&self, c: &Components, p: &Params, dev: tch::Device) -> Result<Images> {
+        let Some(first) = &p.image else {
+            if self.conditioning.needs_image() {
+                return Err(Error::invalid(format!("image: {} animates an image; give one", self.info.name)));
+            }
+            return Ok(Images::default());
+        };
+        let encoder = c
+            .image_encoder
+            .as_ref()
+            .ok_or_else(|| Error::invalid(format!("image: {} makes video from text only", self.info.name)))?;
+        let last = p.last_image.as_ref();
+        if last.is_some() && !self.conditioning.takes_last_image() {
+            return Err(Error::invalid(format!("last_image: {} takes no last frame", self.info.name)));
+        }
+        if last.is_none() && self.conditioning.needs_last_image() {
+            return Err(Error::invalid(format!("last_image: {} needs a last frame too", self.info.name)));
+        }
+        match self.conditioning {
+            ImageConditioning::FirstLatent => {
+                Ok(Images { first_latent: Some(encoder.encode(&image_frames(first, dev))?), ..Images::default() })
+            }
+            ImageConditioning::Concat { .. } => {
+                if last.is_some() && p.num_frames < 5 {
+                    return Err(Error::invalid("last_image needs a video of at least 5 frames"));
+                }
+                let video = condition_video(
+                    &image_frames(first, dev),
+                    last.map(|l| image_frames(l, dev)).as_ref(),
+                    p.num_frames as i64,
+                );
+                let concat = concat_condition(&encoder.encode(&video)?, last.is_some());
+                let clip_tokens = match (&self.clip, &c.clip) {
+                    (Some((_, processor)), Some(clip)) => {
+                        let given: Vec<Tensor> =
+                            std::iter::once(first).chain(last).map(|i| processor.preprocess(i.as_given())).collect();
+                        Some(clip.forward(&Tensor::cat(&given, 0).to_device(dev))?)
+                    }
+                    _ => None,
+                };
+                Ok(Images { first_latent: None, concat: Some(concat), clip_tokens })
+            }
+            ImageConditioning::None => {
+                Err(Error::invalid(format!("image: {} makes video from text only", self.info.name)))
+            }
+        }
     }
 }
 

@@ -113,12 +113,32 @@ impl TransformerConfig {
             .saturating_add(inner.saturating_mul(inner).saturating_mul(8)))
     }
 
-    fn check(&self) -> Result<()> {
-        if self.image_dim.is_some() || self.added_kv_proj_dim.is_some() || self.pos_embed_seq_len.is_some() {
-            return Err(Error::new(
-                crate::ErrorCode::Unsupported,
-                "image conditioning (image_dim, added_kv_proj_dim, pos_embed_seq_len) is not supported yet: text-to-video only",
-            ));
+    pub fn check(&self) -> Result<()> {
+        // Wan2.1 image-to-video: the CLIP tokens are embedded to the model's width (image_dim → inner dim), and
+        // every block's cross-attention projects them to keys and values of that width (added_kv_proj_dim).
+        match (self.image_dim, self.added_kv_proj_dim) {
+            (None, None) => {
+                if self.pos_embed_seq_len.is_some() {
+                    return Err(Error::invalid("pos_embed_seq_len needs image_dim (it embeds CLIP tokens)"));
+                }
+            }
+            (Some(image_dim), Some(kv)) => {
+                if image_dim < 1 || kv != self.inner_dim() {
+                    return Err(Error::invalid(format!(
+                        "image_dim {image_dim} must be positive and added_kv_proj_dim {kv} the model's width {} \
+                         (num_attention_heads x attention_head_dim)",
+                        self.inner_dim()
+                    )));
+                }
+                if self.pos_embed_seq_len.is_some_and(|n| n < 2 || n % 2 != 0) {
+                    return Err(Error::invalid("pos_embed_seq_len must be an even number (two images' tokens)"));
+                }
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "image_dim and added_kv_proj_dim come together (image-to-video) or not at all",
+                ));
+            }
         }
         if self.qk_norm.as_deref() != Some("rms_norm_across_heads") {
             return Err(Error::invalid(format!(
@@ -248,11 +268,14 @@ pub struct Attention {
     to_out: nn::Linear,
     norm_q: RmsNorm,
     norm_k: RmsNorm,
+    /// Image-to-video's second context: keys and values of the embedded CLIP tokens (`add_k_proj`, `add_v_proj`,
+    /// keys normed by `norm_added_k`), attended with the same queries and added to the text's result.
+    added: Option<(nn::Linear, nn::Linear, RmsNorm)>,
     heads: i64,
 }
 
 impl Attention {
-    pub fn new(vs: nn::Path, dim: i64, heads: i64, eps: f64) -> Self {
+    pub fn new(vs: nn::Path, dim: i64, heads: i64, eps: f64, added_kv: bool) -> Self {
         let c = Default::default();
         Self {
             to_q: nn::linear(&vs / "to_q", dim, dim, c),
@@ -261,6 +284,13 @@ impl Attention {
             to_out: nn::linear(&vs / "to_out" / "0", dim, dim, c),
             norm_q: RmsNorm::new(&vs / "norm_q", dim, eps),
             norm_k: RmsNorm::new(&vs / "norm_k", dim, eps),
+            added: added_kv.then(|| {
+                (
+                    nn::linear(&vs / "add_k_proj", dim, dim, c),
+                    nn::linear(&vs / "add_v_proj", dim, dim, c),
+                    RmsNorm::new(&vs / "norm_added_k", dim, eps),
+                )
+            }),
             heads,
         }
     }
@@ -273,9 +303,31 @@ impl Attention {
     }
 
     /// Attention of `x` `[B, S, dim]` to prepared keys and values (see [`TextContext`]), with an additive bias on
-    /// the logits, `[B, 1, 1, L]`, when given.
-    pub fn forward_cross(&self, x: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Tensor {
-        self.attend(x.kind(), &self.query(x), k, v, bias)
+    /// the logits, `[B, 1, 1, L]`, when given; plus, for image-to-video, attention to the image's keys and values
+    /// with the same queries, summed before the output projection.
+    pub fn forward_cross(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: Option<&Tensor>,
+        image: Option<&(Tensor, Tensor)>,
+    ) -> Tensor {
+        let q = self.query(x).transpose(1, 2);
+        let mut out = Tensor::scaled_dot_product_attention(&q, k, v, bias, 0.0, false, None, false);
+        if let Some((ki, vi)) = image {
+            out += Tensor::scaled_dot_product_attention(&q, ki, vi, None::<&Tensor>, 0.0, false, None, false);
+        }
+        self.to_out.forward(&out.transpose(1, 2).flatten(2, 3).to_kind(x.kind()))
+    }
+
+    /// k and v of the embedded image tokens `[B, N, dim]` through the added projections, each `[B, heads, N, D]`;
+    /// `None` for a block without them.
+    pub fn image_keys_values(&self, image: &Tensor) -> Option<(Tensor, Tensor)> {
+        let (add_k, add_v, norm) = self.added.as_ref()?;
+        let k = norm.forward(&add_k.forward(image)).unflatten(2, [self.heads, -1]).transpose(1, 2);
+        let v = add_v.forward(image).unflatten(2, [self.heads, -1]).transpose(1, 2);
+        Some((k, v))
     }
 
     /// q `[B, S, heads, D]`, normed.
@@ -313,9 +365,13 @@ impl Attention {
 /// a softmax over n identical entries is one entry weighted n, so the attention is unchanged while it runs over
 /// the prompt's real length plus one row instead of the whole padded length (512 for Wan2.1). Rows other
 /// prompts of the batch do not have are masked out with −∞.
+///
+/// For image-to-video, the context also holds every block's keys and values of the embedded CLIP tokens, which
+/// depend on the image alone.
 pub struct TextContext {
     blocks: Vec<(Tensor, Tensor)>,
     bias: Option<Tensor>,
+    image: Vec<(Tensor, Tensor)>,
 }
 
 impl TextContext {
@@ -383,9 +439,9 @@ impl Block {
         let heads = c.num_attention_heads;
         Self {
             norm1: Fp32LayerNorm::new(&vs / "norm1", dim, c.eps, false),
-            attn1: Attention::new(&vs / "attn1", dim, heads, c.eps),
+            attn1: Attention::new(&vs / "attn1", dim, heads, c.eps, false),
             norm2: c.cross_attn_norm.then(|| Fp32LayerNorm::new(&vs / "norm2", dim, c.eps, true)),
-            attn2: Attention::new(&vs / "attn2", dim, heads, c.eps),
+            attn2: Attention::new(&vs / "attn2", dim, heads, c.eps, c.added_kv_proj_dim.is_some()),
             norm3: Fp32LayerNorm::new(&vs / "norm3", dim, c.eps, false),
             ffn_in: nn::linear(&vs / "ffn" / "net" / "0" / "proj", dim, c.ffn_dim, Default::default()),
             ffn_out: nn::linear(&vs / "ffn" / "net" / "2", c.ffn_dim, dim, Default::default()),
@@ -400,6 +456,7 @@ impl Block {
         x: &Tensor,
         text: &(Tensor, Tensor),
         bias: Option<&Tensor>,
+        image: Option<&(Tensor, Tensor)>,
         modulation: &Tensor,
         rope: (&Tensor, &Tensor),
     ) -> Tensor {
@@ -419,14 +476,69 @@ impl Block {
             Some(n) => n.forward(&x).to_kind(kind),
             None => x.shallow_clone(),
         };
-        let x = &x + self.attn2.forward_cross(&h, &text.0, &text.1, bias);
+        let x = &x + self.attn2.forward_cross(&h, &text.0, &text.1, bias, image);
         let h = (self.norm3.forward(&x) * (c_scale + 1.0) + c_shift).to_kind(kind);
         let ff = self.ffn_out.forward(&self.ffn_in.forward(&h).gelu("tanh"));
         (x.to_kind(Kind::Float) + ff.to_kind(Kind::Float) * c_gate).to_kind(kind)
     }
 }
 
-/// The timestep and text embedder.
+/// `WanImageEmbedding`: CLIP tokens `[B, N, image_dim]` to the model's width, through a LayerNorm, a GELU MLP
+/// and a LayerNorm (both norms with diffusers' FP32LayerNorm defaults: affine, eps 1e-5). First–last frame models
+/// add a learned position embedding over both images' tokens, `[1, 2N, image_dim]`, after folding the two images
+/// of each clip into one sequence.
+#[derive(Debug)]
+pub struct ImageEmbedding {
+    norm1: Fp32LayerNorm,
+    ff_in: nn::Linear,
+    ff_out: nn::Linear,
+    norm2: Fp32LayerNorm,
+    pos_embed: Option<Tensor>,
+}
+
+impl ImageEmbedding {
+    fn new(vs: nn::Path, image_dim: i64, dim: i64, pos_embed_seq_len: Option<i64>) -> Self {
+        let d = Default::default();
+        Self {
+            norm1: Fp32LayerNorm::new(&vs / "norm1", image_dim, 1e-5, true),
+            ff_in: nn::linear(&vs / "ff" / "net" / "0" / "proj", image_dim, image_dim, d),
+            ff_out: nn::linear(&vs / "ff" / "net" / "2", image_dim, dim, d),
+            norm2: Fp32LayerNorm::new(&vs / "norm2", dim, 1e-5, true),
+            pos_embed: pos_embed_seq_len.map(|n| vs.var("pos_embed", &[1, n, image_dim], nn::Init::Const(0.0))),
+        }
+    }
+
+    /// How many images' tokens make one clip's: 2 for first–last frame, else 1.
+    pub fn images_per_clip(&self) -> i64 {
+        if self.pos_embed.is_some() { 2 } else { 1 }
+    }
+
+    /// `tokens` `[B·images_per_clip, N, image_dim]` → `[B, images_per_clip·N, dim]`, in the weights' dtype.
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        let kind = self.ff_in.ws.kind();
+        let x = tokens.to_kind(kind);
+        let x = match &self.pos_embed {
+            Some(pos) => {
+                let [n, len, d] = x.size()[..] else {
+                    return Err(Error::internal(format!("image tokens must be [B, N, d], got {:?}", x.size())));
+                };
+                if n % 2 != 0 || 2 * len != pos.size()[1] {
+                    return Err(Error::internal(format!(
+                        "a first–last frame model takes two images' tokens per clip ({} in all); got {n} images of {len}",
+                        pos.size()[1]
+                    )));
+                }
+                x.view([n / 2, 2 * len, d]) + pos
+            }
+            None => x,
+        };
+        let h = self.norm1.forward(&x).to_kind(kind);
+        let h = self.ff_out.forward(&self.ff_in.forward(&h).gelu("none"));
+        Ok(self.norm2.forward(&h).to_kind(kind))
+    }
+}
+
+/// The timestep and text embedder, and the image embedder of image-to-video models.
 #[derive(Debug)]
 pub struct ConditionEmbedder {
     freq_dim: i64,
@@ -435,6 +547,7 @@ pub struct ConditionEmbedder {
     time_proj: nn::Linear,
     text_1: nn::Linear,
     text_2: nn::Linear,
+    pub image: Option<ImageEmbedding>,
 }
 
 impl ConditionEmbedder {
@@ -448,6 +561,9 @@ impl ConditionEmbedder {
             time_proj: nn::linear(&vs / "time_proj", dim, 6 * dim, d),
             text_1: nn::linear(&vs / "text_embedder" / "linear_1", c.text_dim, dim, d),
             text_2: nn::linear(&vs / "text_embedder" / "linear_2", dim, dim, d),
+            image: c
+                .image_dim
+                .map(|image_dim| ImageEmbedding::new(&vs / "image_embedder", image_dim, dim, c.pos_embed_seq_len)),
         }
     }
 
@@ -504,18 +620,39 @@ impl WanTransformer {
     /// [`TextContext`]). `fold` folds the zero rows past each prompt's length into one; it applies in fp32 only,
     /// where ln(count) in the bias is exact to rounding (in bf16 it would be off by up to 1% of the padding's
     /// weight), so reduced-precision weights keep every row.
-    pub fn text_context(&self, text: &Tensor, fold: bool) -> TextContext {
+    ///
+    /// An image-to-video model (one with an image embedder) also takes the CLIP tokens, `image`
+    /// `[B·images, N, image_dim]` (two images per clip for first–last frame), and is refused without them; a
+    /// text-to-video model is refused them.
+    pub fn text_context(&self, text: &Tensor, image: Option<&Tensor>, fold: bool) -> Result<TextContext> {
         let kind = self.patch_embedding.ws.kind();
         let text = text.to_kind(kind);
         let (text, bias) = if fold && kind == Kind::Float { fold_padding(&text) } else { (text, None) };
         let projected = self.condition_embedder.text(&text);
-        TextContext { blocks: self.blocks.iter().map(|b| b.attn2.keys_values(&projected)).collect(), bias }
+        let image = match (&self.condition_embedder.image, image) {
+            (Some(embedder), Some(tokens)) => {
+                let embedded = embedder.forward(tokens)?;
+                if embedded.size()[0] != projected.size()[0] {
+                    return Err(Error::internal(format!(
+                        "{} clips of image tokens for {} prompts",
+                        embedded.size()[0],
+                        projected.size()[0]
+                    )));
+                }
+                self.blocks.iter().filter_map(|b| b.attn2.image_keys_values(&embedded)).collect()
+            }
+            (None, None) => Vec::new(),
+            (Some(_), None) => return Err(Error::internal("this image-to-video transformer needs the image's tokens")),
+            (None, Some(_)) => return Err(Error::internal("this transformer takes no image tokens")),
+        };
+        Ok(TextContext { blocks: self.blocks.iter().map(|b| b.attn2.keys_values(&projected)).collect(), bias, image })
     }
 
     /// The velocity for latents `x` `[B, C, F, H, W]` at `timestep` `[B]` (or `[B, tokens]`, one per token, as
-    /// Wan2.2 TI2V's `expand_timesteps` gives it), given text `[B, L, text_dim]`.
-    pub fn forward(&self, x: &Tensor, timestep: &Tensor, text: &Tensor) -> Result<Tensor> {
-        self.forward_with(x, timestep, &self.text_context(text, true))
+    /// Wan2.2 TI2V's `expand_timesteps` gives it), given text `[B, L, text_dim]` and, for Wan2.1 image-to-video,
+    /// the CLIP tokens (see [`Self::text_context`]).
+    pub fn forward(&self, x: &Tensor, timestep: &Tensor, text: &Tensor, image: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_with(x, timestep, &self.text_context(text, image, true)?)
     }
 
     /// [`Self::forward`] with the text side prepared once by [`Self::text_context`], as the denoising loop calls it.
@@ -560,8 +697,8 @@ impl WanTransformer {
         let temb = temb.view([b, per_clip, -1]);
         let modulation = proj.view([b, per_clip, 6, -1]);
         let mut hidden = tokens;
-        for (block, kv) in self.blocks.iter().zip(&text.blocks) {
-            hidden = block.forward(&hidden, kv, text.bias.as_ref(), &modulation, (&cos, &sin));
+        for (i, (block, kv)) in self.blocks.iter().zip(&text.blocks).enumerate() {
+            hidden = block.forward(&hidden, kv, text.bias.as_ref(), text.image.get(i), &modulation, (&cos, &sin));
         }
         let m: Vec<Tensor> = (self.scale_shift_table.to_kind(Kind::Float).unsqueeze(0)
             + temb.to_kind(Kind::Float).unsqueeze(2))
