@@ -135,8 +135,10 @@ fn sharded_weights_load_through_their_index() {
     let x = tch::Tensor::randn([1, 16, 1, 4, 4], (tch::Kind::Float, tch::Device::Cpu));
     let t = tch::Tensor::from_slice(&[500.0f32]);
     let text = tch::Tensor::randn([1, 4, 32], (tch::Kind::Float, tch::Device::Cpu));
-    let diff =
-        (s.transformer.forward(&x, &t, &text, None).unwrap() - w.transformer.forward(&x, &t, &text, None).unwrap()).abs().max();
+    let diff = (s.transformer.forward(&x, &t, &text, None).unwrap()
+        - w.transformer.forward(&x, &t, &text, None).unwrap())
+    .abs()
+    .max();
     assert_eq!(diff.double_value(&[]), 0.0);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,8 +13,8 @@ use crate::engine::image::Image;
 use crate::engine::resample::{Filter, resize};
 use crate::error::{Error, Result};
 use serde::Deserialize;
-use tch::nn::{self, Module};
 use tch::Tensor;
+use tch::nn::{self, Module};
 
 /// `image_encoder/config.json`. Defaults are transformers' `CLIPVisionConfig`'s; real folders name every value.
 #[derive(Clone, Debug, Deserialize)]
