@@ -185,6 +185,7 @@ fn pipeline_matches(name: &str, layers: &[&str], last: bool) {
         fps: 16.0,
         steps: 2,
         guidance_scale: 5.0,
+        guidance_scale_2: None,
         seed: 42,
         preview_every: None,
         image: Some(std::sync::Arc::new(first)),
@@ -205,7 +206,7 @@ fn pipeline_matches(name: &str, layers: &[&str], last: bool) {
     );
     let text = model.encode_prompts(&comps, &["A cat and a dog.", "blurred"], tch::Device::Cpu).unwrap();
     let latents = model
-        .denoise(&comps, c[&format!("{name}.latents")].shallow_clone(), &text, 2, 5.0, &images, |i, _, x, _| {
+        .denoise(&comps, c[&format!("{name}.latents")].shallow_clone(), &text, 2, 5.0, None, &images, |i, _, x, _| {
             assert_close(&format!("{name} step {i} latents"), x, &c[&format!("{name}.step{}.latents", i - 1)], 1e-4);
             Ok(())
         })

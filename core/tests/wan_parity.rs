@@ -243,7 +243,7 @@ fn the_whole_pipeline_matches_wan_pipeline_from_prompt_to_frames() {
     assert_close("prompt_embeds", &text.narrow(0, 0, 1), &c["prompt_embeds"], 1e-4);
     assert_close("negative_prompt_embeds", &text.narrow(0, 1, 1), &c["negative_prompt_embeds"], 1e-4);
     let latents = model
-        .denoise(&comps, c["latents"].shallow_clone(), &text, 2, 5.0, &Default::default(), |i, _, x, _| {
+        .denoise(&comps, c["latents"].shallow_clone(), &text, 2, 5.0, None, &Default::default(), |i, _, x, _| {
             assert_close(&format!("step {i} latents"), x, &c[&format!("step{}.latents", i - 1)], 1e-4);
             Ok(())
         })
@@ -297,7 +297,7 @@ fn ti2v_image_to_video_matches_wan_image_to_video_pipeline_from_image_to_frames(
     let images = wan::pipeline::Images { first_latent: Some(condition), ..Default::default() };
     let text = model.encode_prompts(&comps, &["A cat and a dog.", "blurred"], Device::Cpu).unwrap();
     let latents = model
-        .denoise(&comps, c["latents"].shallow_clone(), &text, 2, 5.0, &images, |i, _, x, _| {
+        .denoise(&comps, c["latents"].shallow_clone(), &text, 2, 5.0, None, &images, |i, _, x, _| {
             assert_close(&format!("step {i} latents"), x, &c[&format!("step{}.latents", i - 1)], 1e-4);
             Ok(())
         })

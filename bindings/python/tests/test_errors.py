@@ -74,6 +74,11 @@ def test_invalid_argument(engine):
         vgen.Engine(devices=["cpu"], bogus=1)
     with pytest.raises(vgen.InvalidArgumentError):
         vgen.Engine(devices=["tpu"])
+    # A second guidance scale is for a two-expert model (Wan2.2 A14B) only.
+    with pytest.raises(vgen.InvalidArgumentError, match="guidance_scale_2: testcard has one transformer"):
+        engine.submit("x", model="testcard", guidance_scale_2=3.0)
+    with pytest.raises(TypeError):
+        engine.submit("x", model="testcard", guidance_scale_2="3")
 
 
 def test_an_image_in_every_form_reaches_the_engine_which_refuses_it_for_a_text_model(engine, tmp_path):

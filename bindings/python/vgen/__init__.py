@@ -384,6 +384,7 @@ class Engine:
         fps: Optional[float] = None,
         steps: Optional[int] = None,
         guidance_scale: Optional[float] = None,
+        guidance_scale_2: Optional[float] = None,
         seed: Optional[int] = None,
         model: Optional[str] = None,
         image: Any = None,
@@ -408,6 +409,8 @@ class Engine:
             fps: frames per second of the result.
             steps: denoising steps.
             guidance_scale: classifier-free guidance strength.
+            guidance_scale_2: the low-noise expert's guidance, for a model with two (Wan2.2 A14B); refused for one
+                transformer.
             seed: the noise seed; None draws one, reported in ``video.metadata["seed"]``.
             model: a model name from ``vgen.models()``; None for the default.
             image: the video's first frame, for a model that animates an image (``vgen.models()`` lists its
@@ -443,7 +446,8 @@ class Engine:
         _check_all(str, "a str", negative_prompt=negative_prompt, model=model, idempotency_key=idempotency_key)
         _check_all(int, "an int", width=width, height=height, num_frames=num_frames, steps=steps, seed=seed,
                    priority=priority, preview_every=preview_every)
-        _check_all((int, float), "a number", fps=fps, guidance_scale=guidance_scale, deadline=deadline)
+        _check_all((int, float), "a number", fps=fps, guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2,
+                   deadline=deadline)
         _check_all(bool, "a bool", keep_frames=keep_frames)
         if isinstance(outputs, (str, bytes, os.PathLike)) or (outputs is not None and not isinstance(outputs, Sequence)):
             raise TypeError("outputs must be a list of paths")
@@ -455,7 +459,8 @@ class Engine:
             _check_callback(f"on_{'done' if kind == 'finished' else kind}", handler)
         request = {
             "prompt": prompt, "negative_prompt": negative_prompt, "width": width, "height": height,
-            "num_frames": num_frames, "fps": fps, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
+            "num_frames": num_frames, "fps": fps, "steps": steps, "guidance_scale": guidance_scale,
+            "guidance_scale_2": guidance_scale_2, "seed": seed,
             "model": model, "priority": priority,
             "image": _image_json("image", image), "last_image": _image_json("last_image", last_image),
             "deadline_ms": None if deadline is None else max(1, int(deadline * 1000)),
@@ -600,6 +605,7 @@ def generate(
     fps: Optional[float] = None,
     steps: Optional[int] = None,
     guidance_scale: Optional[float] = None,
+    guidance_scale_2: Optional[float] = None,
     seed: Optional[int] = None,
     model: Optional[str] = None,
     image: Any = None,
@@ -624,7 +630,8 @@ def generate(
 
     Args:
         prompt: what the video shows.
-        negative_prompt, width, height, num_frames, fps, steps, guidance_scale, seed, model, image, last_image, priority,
+        negative_prompt, width, height, num_frames, fps, steps, guidance_scale, guidance_scale_2, seed, model, image,
+            last_image, priority,
             deadline, idempotency_key, preview_every, outputs, keep_frames, on_progress, on_preview, on_done: as for
             ``Engine.submit``.
         progress: show the progress bar (default True).
@@ -647,7 +654,8 @@ def generate(
         raise TypeError(f"engine must be a vgen.Engine, not {type(engine).__name__}")
     job = (engine or _default_engine()).submit(
         prompt, negative_prompt=negative_prompt, width=width, height=height, num_frames=num_frames, fps=fps,
-        steps=steps, guidance_scale=guidance_scale, seed=seed, model=model, image=image, last_image=last_image,
+        steps=steps, guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2, seed=seed, model=model,
+        image=image, last_image=last_image,
         priority=priority, deadline=deadline,
         idempotency_key=idempotency_key, preview_every=preview_every, outputs=outputs, keep_frames=keep_frames,
         on_progress=on_progress, on_preview=on_preview, on_done=on_done,

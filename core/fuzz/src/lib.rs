@@ -32,7 +32,15 @@ pub fn request_json(data: &[u8]) {
     let info = ModelInfo {
         name: "fuzz".into(),
         weights_hash: "0".into(),
-        defaults: Defaults { width: 64, height: 64, num_frames: 17, fps: 8.0, steps: 8, guidance_scale: 4.0 },
+        defaults: Defaults {
+            width: 64,
+            height: 64,
+            num_frames: 17,
+            fps: 8.0,
+            steps: 8,
+            guidance_scale: 4.0,
+            guidance_scale_2: None,
+        },
         size_multiple: 16,
         frame_rule: FrameRule::OnePlusFourK,
         dtype: "f32".into(),

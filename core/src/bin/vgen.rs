@@ -79,6 +79,9 @@ struct Generate {
     steps: Option<u32>,
     #[arg(long)]
     guidance: Option<f64>,
+    /// The low-noise expert's guidance, for a two-expert model (Wan2.2 A14B).
+    #[arg(long)]
+    guidance_2: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
     /// A model name (see `vgen models`) or a model folder.
@@ -182,6 +185,7 @@ fn generate(g: Generate) -> ExitCode {
         fps: g.fps,
         steps: g.steps,
         guidance_scale: g.guidance,
+        guidance_scale_2: g.guidance_2,
         seed: g.seed,
         model,
         preview_every: g.preview_every,
@@ -199,7 +203,12 @@ fn generate(g: Generate) -> ExitCode {
     let id = match engine.submit(request) {
         Ok(id) => id,
         Err(e) if e.code() == ErrorCode::InvalidArgument || e.code() == ErrorCode::NotFound => {
-            return usage(e.message().replace("num_frames", "--frames").replace("guidance_scale", "--guidance"));
+            return usage(
+                e.message()
+                    .replace("num_frames", "--frames")
+                    .replace("guidance_scale_2", "--guidance-2")
+                    .replace("guidance_scale", "--guidance"),
+            );
         }
         Err(e) => return report(Err(e)),
     };
@@ -383,6 +392,9 @@ fn models(json: bool) -> vgen_core::Result<()> {
             } else {
                 "text"
             };
+            // Wan2.2 A14B: a high-noise and a low-noise transformer.
+            let makes =
+                if m.defaults.guidance_scale_2.is_some() { format!("{makes}, 2 experts") } else { makes.into() };
             println!(
                 "{:<16} {:>9.1} MB {:>14} {:>6}  {makes:<15} {}{mark}",
                 m.name,

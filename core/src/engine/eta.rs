@@ -152,6 +152,7 @@ mod tests {
             fps: 8.0,
             steps,
             guidance_scale: 1.0,
+            guidance_scale_2: None,
             seed: 0,
             preview_every: None,
             image: None,

@@ -25,6 +25,9 @@ pub struct Request {
     pub fps: Option<f64>,
     pub steps: Option<u32>,
     pub guidance_scale: Option<f64>,
+    /// The guidance scale of the low-noise expert, for a model with two (Wan2.2 A14B); the model's default (its
+    /// `guidance_scale` unless its `vgen.json` says otherwise) when left out.
+    pub guidance_scale_2: Option<f64>,
     /// The noise seed. Left out, the engine draws one and reports it in the result, so the video can be remade.
     pub seed: Option<u64>,
     /// The model's name; the engine's default model when left out.
@@ -109,6 +112,8 @@ pub struct Params {
     pub fps: f64,
     pub steps: u32,
     pub guidance_scale: f64,
+    /// For a two-expert model only.
+    pub guidance_scale_2: Option<f64>,
     pub seed: u64,
     pub preview_every: Option<u32>,
     /// The first frame, decoded and resized to `width` × `height`.
@@ -133,6 +138,7 @@ impl Params {
         (self.width, self.height, self.num_frames, self.steps, self.seed).hash(&mut h);
         self.fps.to_bits().hash(&mut h);
         self.guidance_scale.to_bits().hash(&mut h);
+        self.guidance_scale_2.map(f64::to_bits).hash(&mut h);
         self.image.as_ref().map(|i| i.hash).hash(&mut h);
         self.last_image.as_ref().map(|i| i.hash).hash(&mut h);
         h.finish()
@@ -212,6 +218,19 @@ pub fn validate(
             limits.max_guidance_scale
         )));
     }
+    let guidance_scale_2 = match (request.guidance_scale_2, d.guidance_scale_2) {
+        (Some(g), Some(_)) if !(g.is_finite() && (0.0..=limits.max_guidance_scale).contains(&g)) => {
+            return Err(Error::invalid(format!("guidance_scale_2 {g} is outside [0, {}]", limits.max_guidance_scale)));
+        }
+        (Some(_), None) => {
+            return Err(Error::invalid(format!(
+                "guidance_scale_2: {} has one transformer; the second scale is for a model with a low-noise expert \
+                 (Wan2.2 A14B)",
+                model.name
+            )));
+        }
+        (given, default) => given.or(default),
+    };
     if request.priority.abs() > limits.max_priority {
         return Err(Error::invalid(format!(
             "priority {} is outside -{max}..={max}",
@@ -268,6 +287,7 @@ pub fn validate(
         fps,
         steps,
         guidance_scale,
+        guidance_scale_2,
         seed: request.seed.unwrap_or_else(draw_seed),
         preview_every: request.preview_every,
         image: first,
@@ -322,7 +342,15 @@ mod tests {
         ModelInfo {
             name: "m".into(),
             weights_hash: "w".into(),
-            defaults: Defaults { width: 64, height: 64, num_frames: 17, fps: 8.0, steps: 10, guidance_scale: 4.0 },
+            defaults: Defaults {
+                width: 64,
+                height: 64,
+                num_frames: 17,
+                fps: 8.0,
+                steps: 10,
+                guidance_scale: 4.0,
+                guidance_scale_2: None,
+            },
             size_multiple: 16,
             frame_rule: FrameRule::OnePlusFourK,
             dtype: "f32".into(),

@@ -32,6 +32,8 @@ pub struct Defaults {
     pub fps: f64,
     pub steps: u32,
     pub guidance_scale: f64,
+    /// The low-noise expert's guidance scale, for a model with two (Wan2.2 A14B); `None` for one transformer.
+    pub guidance_scale_2: Option<f64>,
 }
 
 /// What the engine needs to know about a model before running it.

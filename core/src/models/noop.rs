@@ -20,7 +20,15 @@ impl NoOp {
             info: ModelInfo {
                 name: NAME.into(),
                 weights_hash: "none".into(),
-                defaults: Defaults { width: 16, height: 16, num_frames: 1, fps: 8.0, steps: 1, guidance_scale: 1.0 },
+                defaults: Defaults {
+                    width: 16,
+                    height: 16,
+                    num_frames: 1,
+                    fps: 8.0,
+                    steps: 1,
+                    guidance_scale: 1.0,
+                    guidance_scale_2: None,
+                },
                 size_multiple: 16,
                 frame_rule: FrameRule::Any,
                 dtype: "none".into(),

@@ -31,7 +31,15 @@ impl TestCard {
             info: ModelInfo {
                 name: NAME.into(),
                 weights_hash: "testcard-v1".into(),
-                defaults: Defaults { width: 64, height: 64, num_frames: 17, fps: 8.0, steps: 8, guidance_scale: 1.0 },
+                defaults: Defaults {
+                    width: 64,
+                    height: 64,
+                    num_frames: 17,
+                    fps: 8.0,
+                    steps: 8,
+                    guidance_scale: 1.0,
+                    guidance_scale_2: None,
+                },
                 size_multiple: 16,
                 frame_rule: FrameRule::OnePlusFourK,
                 dtype: "f32".into(),

@@ -46,6 +46,14 @@ impl SchedulerConfig {
         }
     }
 
+    /// The training schedule's length, which timesteps count in (1000 for Wan).
+    pub fn num_train_timesteps(&self) -> usize {
+        match self {
+            Self::UniPc(c) => c.num_train_timesteps,
+            Self::Euler(c) => c.num_train_timesteps,
+        }
+    }
+
     /// A scheduler set up for this many steps.
     pub fn build(&self, steps: usize) -> Result<Box<dyn Scheduler>> {
         if steps == 0 {

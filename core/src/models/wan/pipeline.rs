@@ -40,6 +40,8 @@ pub struct ServingConfig {
     pub fps: Option<f64>,
     pub steps: Option<u32>,
     pub guidance_scale: Option<f64>,
+    /// The low-noise expert's guidance scale, for a two-expert model (the first scale when left out).
+    pub guidance_scale_2: Option<f64>,
     pub max_sequence_length: Option<usize>,
     pub flow_shift: Option<f64>,
     /// A `[z_dim][3]` matrix projecting latents to RGB for previews.
@@ -54,6 +56,8 @@ pub struct Components {
     _vars: Vec<VarStore>,
     pub encoder: Umt5Encoder,
     pub transformer: WanTransformer,
+    /// Wan2.2 A14B's low-noise expert (`transformer_2`), which takes the steps below the boundary.
+    pub transformer_2: Option<WanTransformer>,
     pub vae: WanVaeDecoder,
     /// The VAE's encoder, for a model that animates an image.
     pub image_encoder: Option<WanVaeEncoder>,
@@ -74,6 +78,9 @@ pub struct WanModel {
     scheduler: SchedulerConfig,
     tokenizer: WanTokenizer,
     transformer_config: TransformerConfig,
+    /// Wan2.2 A14B: the low-noise expert's config, and the timestep below which it takes over
+    /// (`boundary_ratio` × the schedule's length).
+    experts: Option<(TransformerConfig, f64)>,
     vae_config: VaeConfig,
     encoder_config: Umt5Config,
     conditioning: ImageConditioning,
@@ -117,9 +124,49 @@ impl WanModel {
         let transformer_config: TransformerConfig = read_config(&folder.join("transformer"))?;
         let vae_config: VaeConfig = read_config(&folder.join("vae"))?;
         let encoder_config: Umt5Config = read_config(&folder.join("text_encoder"))?;
+        // Wan2.2 A14B: two experts, `transformer` for high noise and `transformer_2` below the boundary.
+        let experts = match index.get("boundary_ratio").and_then(|b| b.as_f64()) {
+            Some(ratio) => {
+                if !(ratio > 0.0 && ratio < 1.0) {
+                    return Err(Error::invalid(format!(
+                        "{}: boundary_ratio {ratio} is not between 0 and 1",
+                        index_path.display()
+                    )));
+                }
+                let second: TransformerConfig = read_config(&folder.join("transformer_2"))?;
+                second.min_parameters()?;
+                second.check()?;
+                if (second.in_channels, second.out_channels, second.patch_size, second.text_dim, second.image_dim)
+                    != (
+                        transformer_config.in_channels,
+                        transformer_config.out_channels,
+                        transformer_config.patch_size,
+                        transformer_config.text_dim,
+                        transformer_config.image_dim,
+                    )
+                {
+                    return Err(Error::invalid(format!(
+                        "{}: transformer_2 must take and give what transformer does (channels, patches, text and \
+                         image widths)",
+                        folder.display()
+                    )));
+                }
+                Some((second, ratio * scheduler.num_train_timesteps() as f64))
+            }
+            None => None,
+        };
         // Each dimension positive (with its name), then the config consistent with itself, before anything reads it.
         transformer_config.min_parameters()?;
         transformer_config.check()?;
+        vae_config.min_parameters()?;
+        vae_config.check()?;
+        if vae_config.temporal_factor() != 4 {
+            return Err(Error::invalid(format!(
+                "{}/vae: it compresses time {}x; vgen runs Wan VAEs that compress it 4x (videos of 1 + 4k frames)",
+                folder.display(),
+                vae_config.temporal_factor()
+            )));
+        }
         // How the model takes images (see `condition`): from `expand_timesteps`, the transformer's channels and
         // whether it embeds CLIP tokens.
         let conditioning = ImageConditioning::of(
@@ -171,6 +218,9 @@ impl WanModel {
         if let Some((config, _)) = &clip {
             components.push(("image_encoder", "model", config.min_parameters()?));
         }
+        if let Some((config, _)) = &experts {
+            components.push(("transformer_2", "diffusion_pytorch_model", config.min_parameters()?));
+        }
         for (component, stem, min_parameters) in components {
             let component_files = weight_files(&folder.join(component), stem)?;
             let held = header_elements(&component_files)?;
@@ -197,8 +247,15 @@ impl WanModel {
                 fps: serving.fps.unwrap_or(16.0),
                 steps: serving.steps.unwrap_or(50),
                 guidance_scale: serving.guidance_scale.unwrap_or(5.0),
+                guidance_scale_2: experts
+                    .as_ref()
+                    .map(|_| serving.guidance_scale_2.or(serving.guidance_scale).unwrap_or(5.0)),
             },
-            size_multiple: 16,
+            // A latent pixel is `spatial_factor` pixels (8, or 16 for the Wan2.2 VAE) and a token covers a patch of
+            // latent pixels: sides must be whole tokens.
+            size_multiple: (vae_config.spatial_factor()
+                * transformer_config.patch_size[1].max(transformer_config.patch_size[2]))
+                as u32,
             frame_rule: FrameRule::OnePlusFourK,
             dtype: match serving.cuda_dtype.as_deref() {
                 Some("fp16") => "f32 (fp16 on CUDA)".into(),
@@ -219,6 +276,7 @@ impl WanModel {
             scheduler,
             tokenizer,
             transformer_config,
+            experts,
             vae_config,
             encoder_config,
             conditioning,
@@ -248,6 +306,24 @@ impl WanModel {
             load_component(&self.folder.join("transformer"), "diffusion_pytorch_model", dev, &[], &[], |p| {
                 WanTransformer::new(p, self.transformer_config.clone())
             })?;
+        // Both experts stay on the device: a job switches between them once, and every job does.
+        let transformer_2 = match &self.experts {
+            Some((config, _)) => {
+                let (mut v, t) = load_component(
+                    &self.folder.join("transformer_2"),
+                    "diffusion_pytorch_model",
+                    dev,
+                    &[],
+                    &[],
+                    |p| WanTransformer::new(p, config.clone()),
+                )?;
+                if kind != Kind::Float {
+                    v.set_kind(kind);
+                }
+                Some((v, t))
+            }
+            None => None,
+        };
         let (v3, vae) = load_component(
             &self.folder.join("vae"),
             "diffusion_pytorch_model",
@@ -294,7 +370,11 @@ impl WanModel {
             v2.set_kind(kind);
         }
         vars.extend([v1, v2]);
-        Ok(Components { _vars: vars, encoder, transformer, vae, image_encoder, clip })
+        let transformer_2 = transformer_2.map(|(v, t)| {
+            vars.push(v);
+            t
+        });
+        Ok(Components { _vars: vars, encoder, transformer, transformer_2, vae, image_encoder, clip })
     }
 
     /// The dtype the transformer and text encoder compute in on `device`.
@@ -320,7 +400,8 @@ impl WanModel {
 
     /// The denoising loop from `latents`, with `text` = [cond] or [cond; uncond] embeddings (batched CFG).
     /// `each_step(i, steps, latents)` is called after every step. `images` is what the job's images became (see
-    /// [`Images`]), as diffusers' `WanImageToVideoPipeline` uses them.
+    /// [`Images`]), as diffusers' `WanImageToVideoPipeline` uses them. A two-expert model runs `transformer` at
+    /// guidance `guidance` for timesteps at or above its boundary and `transformer_2` at `guidance_2` below it.
     #[allow(clippy::too_many_arguments)]
     pub fn denoise(
         &self,
@@ -329,6 +410,7 @@ impl WanModel {
         text: &Tensor,
         steps: usize,
         guidance: f64,
+        guidance_2: Option<f64>,
         images: &Images,
         mut each_step: impl FnMut(usize, usize, &Tensor, f32) -> Result<()>,
     ) -> Result<Tensor> {
@@ -350,14 +432,24 @@ impl WanModel {
         };
         let mut scheduler = self.scheduler.build(steps)?;
         let timesteps = scheduler.timesteps().to_vec();
-        let cfg = guidance > 1.0;
         // The text side of the cross-attention (and the image's, for CLIP models) depends on the prompts and the
-        // image alone: prepared once, used every step. Both halves of a CFG batch see the same image.
+        // image alone: prepared once per expert, used every step. Both halves of a CFG batch see the same image.
         let prompts = text.size()[0];
+        let cfg = prompts == 2;
         let clip = images.clip_tokens.as_ref().map(|t| t.repeat([prompts, 1, 1]));
         let context = c.transformer.text_context(text, clip.as_ref(), true)?;
+        let second = match (&c.transformer_2, &self.experts) {
+            (Some(t2), Some((_, boundary))) => {
+                Some((t2, t2.text_context(text, clip.as_ref(), true)?, *boundary, guidance_2.unwrap_or(guidance)))
+            }
+            _ => None,
+        };
         let mut x = latents;
         for (i, t) in timesteps.iter().enumerate() {
+            let (transformer, context, guidance) = match &second {
+                Some((t2, context_2, boundary, guidance_2)) if (*t as f64) < *boundary => (*t2, context_2, *guidance_2),
+                _ => (&c.transformer, &context, guidance),
+            };
             let input = given(&x);
             let input = match &images.concat {
                 Some(condition) => Tensor::cat(&[&input, condition], 1),
@@ -369,7 +461,7 @@ impl WanModel {
                 Some((_, _, per_token)) => (per_token * *t as f64).expand([b, -1], false),
                 None => Tensor::full([b], *t as f64, (Kind::Float, x.device())),
             };
-            let out = c.transformer.forward_with(&batch, &timestep, &context)?;
+            let out = transformer.forward_with(&batch, &timestep, context)?;
             let noise = if cfg {
                 let parts = out.chunk(2, 0);
                 &parts[1] + (&parts[0] - &parts[1]) * guidance
@@ -446,16 +538,26 @@ impl Model for WanModel {
 
         attempt.stage(Stage::Generating)?;
         let z = self.vae_config.z_dim;
-        let shape = [1, z, (p.num_frames as i64 - 1) / 4 + 1, p.height as i64 / 8, p.width as i64 / 8];
+        let (st, ss) = (self.vae_config.temporal_factor(), self.vae_config.spatial_factor());
+        let shape = [1, z, (p.num_frames as i64 - 1) / st + 1, p.height as i64 / ss, p.width as i64 / ss];
         let latents = crate::models::seeded_noise(p.seed as i64 & i64::MAX, &shape)?.to_device(dev);
         let images = self.images(&c, p, dev)?;
         attempt.check()?;
-        let latents = self.denoise(&c, latents, &text, p.steps as usize, p.guidance_scale, &images, |i, n, x, _| {
-            if attempt.wants_preview(i as u32) {
-                attempt.preview(i as u32, self.preview(x)?);
-            }
-            attempt.step(i as u32, n as u32)
-        })?;
+        let latents = self.denoise(
+            &c,
+            latents,
+            &text,
+            p.steps as usize,
+            p.guidance_scale,
+            p.guidance_scale_2,
+            &images,
+            |i, n, x, _| {
+                if attempt.wants_preview(i as u32) {
+                    attempt.preview(i as u32, self.preview(x)?);
+                }
+                attempt.step(i as u32, n as u32)
+            },
+        )?;
 
         attempt.stage(Stage::Decoding)?;
         let latents = c.vae.denormalize(&latents);

@@ -1,5 +1,11 @@
 //! The `AutoencoderKLWan` decoder (diffusers 0.42.1, `models/autoencoders/autoencoder_kl_wan.py`): latents to
-//! frames, 4× in time and 8× in space.
+//! frames, 4× in time and 8× in space (Wan2.1) or 16× (Wan2.2).
+//!
+//! The Wan2.2 VAE (`is_residual`, `patch_size` 2) differs in three places: each up block adds a parameter-free
+//! shortcut from its input (`DupUp3D`: channels repeated, then folded into 2× space and, where the block upsamples
+//! in time, 2× time), its upsamplers keep their width instead of halving it, and the decoder makes 12 channels
+//! that unpatchify into 2×2 pixels of 3. The first chunk's temporal shortcut drops its first frame, as its
+//! upsampler passes the first frame through.
 //!
 //! It decodes one latent frame at a time. Every causal convolution keeps the last two frames of its input in a
 //! feature cache slot, taken from the input before the convolution runs, so that the next chunk sees its past;
@@ -34,21 +40,37 @@ pub struct VaeConfig {
     #[serde(default)]
     pub patch_size: Option<i64>,
     #[serde(default = "three")]
+    pub in_channels: i64,
+    #[serde(default = "three")]
     pub out_channels: i64,
+    #[serde(default)]
+    pub scale_factor_spatial: Option<i64>,
+    #[serde(default)]
+    pub scale_factor_temporal: Option<i64>,
     pub latents_mean: Vec<f64>,
     pub latents_std: Vec<f64>,
 }
 
 impl VaeConfig {
-    /// What both halves of the VAE refuse: the Wan2.2 VAE (not yet supported), attention scales (no Wan VAE has
-    /// any), statistics of another length than `z_dim`, and a temporal plan that does not fit `dim_mult`.
+    /// Pixels per latent pixel along each side: 2 per downsampling level, times the patch.
+    pub fn spatial_factor(&self) -> i64 {
+        (1i64 << (self.dim_mult.len().saturating_sub(1)).min(8)) * self.patch()
+    }
+
+    /// Frames per latent frame (after the first): 2 per temporal downsampling level.
+    pub fn temporal_factor(&self) -> i64 {
+        1i64 << self.temperal_downsample.iter().filter(|t| **t).count().min(8)
+    }
+
+    /// The side of the square patches the VAE folds into channels (1: none).
+    pub fn patch(&self) -> i64 {
+        self.patch_size.unwrap_or(1)
+    }
+
+    /// What both halves of the VAE refuse: attention scales (no Wan VAE has any), statistics of another length than
+    /// `z_dim`, a temporal plan that does not fit `dim_mult`, channels that are not 3 per patch pixel, scale
+    /// factors that disagree with the layers, and residual widths the shortcuts cannot fold.
     pub fn check(&self) -> Result<()> {
-        if self.is_residual || self.patch_size.is_some() {
-            return Err(Error::new(
-                crate::ErrorCode::Unsupported,
-                "the Wan2.2 VAE (is_residual, patch_size) is not supported yet",
-            ));
-        }
         if !self.attn_scales.is_empty() {
             return Err(Error::new(crate::ErrorCode::Unsupported, "attn_scales is not supported (Wan2.1 has none)"));
         }
@@ -59,7 +81,57 @@ impl VaeConfig {
         if self.dim_mult.is_empty() || self.temperal_downsample.len() + 1 != self.dim_mult.len() {
             return Err(Error::invalid("temperal_downsample must have one value fewer than dim_mult"));
         }
+        let p = self.patch();
+        if !(1..=8).contains(&p) || self.in_channels != 3 * p * p || self.out_channels != 3 * p * p {
+            return Err(Error::invalid(format!(
+                "vae: in_channels {} and out_channels {} must be 3 x patch_size² ({})",
+                self.in_channels,
+                self.out_channels,
+                3 * p * p
+            )));
+        }
+        for (name, given, actual) in [
+            ("scale_factor_spatial", self.scale_factor_spatial, self.spatial_factor()),
+            ("scale_factor_temporal", self.scale_factor_temporal, self.temporal_factor()),
+        ] {
+            if given.is_some_and(|g| g != actual) {
+                return Err(Error::invalid(format!(
+                    "vae: {name} {given:?} disagrees with the layers, which give {actual}"
+                )));
+            }
+        }
+        if self.is_residual {
+            // The shortcuts fold channels into space and time (and back) by whole groups.
+            let (enc, dec) =
+                (self.dims(self.base_dim, false), self.dims(self.decoder_base_dim.unwrap_or(self.base_dim), true));
+            let levels = self.dim_mult.len();
+            for i in 0..levels {
+                let last = i == levels - 1;
+                let down = if last { 1 } else { 4 * if self.temperal_downsample[i] { 2 } else { 1 } };
+                let up = if last { 1 } else { 4 * if self.temperal_downsample[levels - 2 - i] { 2 } else { 1 } };
+                if enc[i] * down % enc[i + 1] != 0 || (!last && dec[i + 1] * up % dec[i] != 0) {
+                    return Err(Error::invalid(
+                        "vae: with is_residual, each level's width times its down- or upsampling factor must be a \
+                         multiple of the next level's",
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The widths level by level: the encoder's `[base, base·m₀, …]`, or the decoder's `[base·m_last, base·m_last,
+    /// …, base·m₀]`.
+    fn dims(&self, base: i64, decoder: bool) -> Vec<i64> {
+        if decoder {
+            let mut d = vec![base * self.dim_mult[self.dim_mult.len() - 1]];
+            d.extend(self.dim_mult.iter().rev().map(|m| base * m));
+            d
+        } else {
+            let mut d = vec![base];
+            d.extend(self.dim_mult.iter().map(|m| base * m));
+            d
+        }
     }
 
     /// At least how many parameters the decoder this config describes has (its middle block's four 3×3×3
@@ -293,18 +365,18 @@ impl FrameAttention {
     }
 }
 
-/// 2× spatial upsampling (nearest, then a 3×3 conv that halves the channels), and for `temporal` also 2× in
-/// time through a causal conv whose two output halves become even and odd frames.
+/// 2× spatial upsampling (nearest, then a 3×3 conv to `out` channels: half of `dim` in Wan2.1, `dim` in Wan2.2),
+/// and for `temporal` also 2× in time through a causal conv whose two output halves become even and odd frames.
 struct Upsample {
     conv: nn::Conv2D,
     time_conv: Option<CausalConv3d>,
 }
 
 impl Upsample {
-    fn new(vs: nn::Path, dim: i64, temporal: bool) -> Self {
+    fn new(vs: nn::Path, dim: i64, out: i64, temporal: bool) -> Self {
         let c = nn::ConvConfig { padding: 1, ..Default::default() };
         Self {
-            conv: nn::conv2d(&vs / "resample" / "1", dim, dim / 2, 3, c),
+            conv: nn::conv2d(&vs / "resample" / "1", dim, out, 3, c),
             time_conv: temporal.then(|| CausalConv3d::new(&vs / "time_conv", dim, dim * 2, [3, 1, 1], [1, 0, 0])),
         }
     }
@@ -343,9 +415,56 @@ impl Upsample {
     }
 }
 
+/// `DupUp3D`: the Wan2.2 up block's shortcut. Each channel is repeated so that `out` channels × the factors come
+/// out, then folded into `time`× frames and 2× pixels each way; the first chunk drops its first `time − 1` frames.
+struct DupUp {
+    out: i64,
+    time: i64,
+    repeats: i64,
+}
+
+impl DupUp {
+    fn new(cin: i64, out: i64, time: i64) -> Self {
+        Self { out, time, repeats: out * time * 4 / cin }
+    }
+
+    fn forward(&self, x: &Tensor, first_chunk: bool) -> Tensor {
+        let [b, _, t, h, w] = x.size()[..] else { unreachable!("5-D by construction") };
+        let x = x.repeat_interleave_self_int(self.repeats, Some(1), None);
+        let x = x.view(&[b, self.out, self.time, 2, 2, t, h, w][..]).permute([0, 1, 5, 2, 6, 3, 7, 4]);
+        let x = x.reshape([b, self.out, t * self.time, h * 2, w * 2]);
+        if first_chunk { x.narrow(2, self.time - 1, t * self.time - (self.time - 1)) } else { x }
+    }
+}
+
 struct UpBlock {
     resnets: Vec<Residual>,
     upsample: Option<Upsample>,
+    shortcut: Option<DupUp>,
+}
+
+/// `[B, C·p², T, h, w]` → `[B, C, T, h·p, w·p]`, diffusers' `unpatchify` (channel = c·p² + pw·p + ph).
+pub fn unpatchify(x: &Tensor, p: i64) -> Tensor {
+    if p == 1 {
+        return x.shallow_clone();
+    }
+    let [b, cp, t, h, w] = x.size()[..] else { unreachable!("5-D by construction") };
+    x.view(&[b, cp / (p * p), p, p, t, h, w][..]).permute([0, 1, 4, 5, 3, 6, 2]).reshape([
+        b,
+        cp / (p * p),
+        t,
+        h * p,
+        w * p,
+    ])
+}
+
+/// `[B, C, T, H, W]` → `[B, C·p², T, H/p, W/p]`, diffusers' `patchify`.
+pub fn patchify(x: &Tensor, p: i64) -> Tensor {
+    if p == 1 {
+        return x.shallow_clone();
+    }
+    let [b, c, t, h, w] = x.size()[..] else { unreachable!("5-D by construction") };
+    x.view(&[b, c, t, h / p, p, w / p, p][..]).permute([0, 1, 6, 4, 2, 3, 5]).reshape([b, c * p * p, t, h / p, w / p])
 }
 
 pub struct WanVaeDecoder {
@@ -367,23 +486,28 @@ impl WanVaeDecoder {
         config.check()?;
         let z = config.z_dim;
         let dim = config.decoder_base_dim.unwrap_or(config.base_dim);
-        let mut dims = vec![dim * config.dim_mult[config.dim_mult.len() - 1]];
-        dims.extend(config.dim_mult.iter().rev().map(|m| dim * m));
+        let dims = config.dims(dim, true);
         let temporal_up: Vec<bool> = config.temperal_downsample.iter().rev().copied().collect();
+        let residual = config.is_residual;
         let d = &vs / "decoder";
         let mut up_blocks = Vec::new();
         for i in 0..dims.len() - 1 {
             let (mut cin, cout) = (dims[i], dims[i + 1]);
-            if i > 0 {
+            // Wan2.1's upsamplers halve the width they were given; Wan2.2's keep it.
+            if i > 0 && !residual {
                 cin /= 2;
             }
             let b = &d / "up_blocks" / i;
             let resnets = (0..=config.num_res_blocks)
                 .map(|j| Residual::new(&b / "resnets" / j, if j == 0 { cin } else { cout }, cout))
                 .collect();
-            let upsample =
-                (i != config.dim_mult.len() - 1).then(|| Upsample::new(&b / "upsamplers" / "0", cout, temporal_up[i]));
-            up_blocks.push(UpBlock { resnets, upsample });
+            let up = i != config.dim_mult.len() - 1;
+            let temporal = up && temporal_up[i];
+            let out = if residual { cout } else { cout / 2 };
+            let (path, upsample) = if residual { (&b / "upsampler", up) } else { (&b / "upsamplers" / "0", up) };
+            let upsample = upsample.then(|| Upsample::new(path, cout, out, temporal));
+            let shortcut = (residual && up).then(|| DupUp::new(cin, cout, if temporal { 2 } else { 1 }));
+            up_blocks.push(UpBlock { resnets, upsample, shortcut });
         }
         let last = *dims.last().unwrap_or(&dim);
         let device = vs.device();
@@ -415,20 +539,25 @@ impl WanVaeDecoder {
     }
 
     /// Decodes one chunk of latent frames `[B, z, t, h, w]` (already through `post_quant`), carrying `cache`
-    /// across calls. Returns raw (unclamped) frames: the first chunk must be one latent frame and gives 1 frame;
-    /// each later chunk gives 4 frames per latent frame.
+    /// across calls. Returns the decoder's raw output (unclamped, and still in patches for Wan2.2): the first chunk
+    /// must be one latent frame and gives 1 frame; each later chunk gives 4 frames per latent frame.
     pub fn decode_chunk(&self, z: &Tensor, cache: &mut FeatureCache) -> Tensor {
+        let first_chunk = cache.slots.is_empty();
         cache.start_chunk();
         let mut x = self.conv_in.forward_cached(z, cache);
         x = self.mid_resnets[0].forward(&x, cache);
         x = self.mid_attention.forward(&x);
         x = self.mid_resnets[1].forward(&x, cache);
         for block in &self.up_blocks {
+            let input = block.shortcut.as_ref().map(|_| x.shallow_clone());
             for r in &block.resnets {
                 x = r.forward(&x, cache);
             }
             if let Some(u) = &block.upsample {
                 x = u.forward(&x, cache);
+            }
+            if let (Some(shortcut), Some(input)) = (&block.shortcut, input) {
+                x += shortcut.forward(&input, first_chunk);
             }
         }
         let x = self.norm_out.forward(&x).silu();
@@ -442,7 +571,7 @@ impl WanVaeDecoder {
         let t = x.size()[2];
         let mut cache = FeatureCache::default();
         for i in 0..t {
-            let out = self.decode_chunk(&x.narrow(2, i, 1), &mut cache);
+            let out = unpatchify(&self.decode_chunk(&x.narrow(2, i, 1), &mut cache), self.config.patch());
             on_chunk(i as usize, t as usize, out.clamp(-1.0, 1.0))?;
         }
         Ok(())
