@@ -205,7 +205,8 @@ test-install: build $(STAMPS)/cmake
 header: $(STAMPS)/venv
 	VGEN_BLESS=1 $(CARGO) test --workspace --test header
 
-# The real Wan2.1-T2V-1.3B transformer configuration with random weights: every shape, and one step (5.7 GB).
+# The real Wan2.1-T2V-1.3B transformer configuration with random weights: every shape, and one step (5.7 GB); and
+# Wan2.2-TI2V-5B's, built in bf16, one step with an image frame's tokens at timestep 0 (10 GB).
 test-wan-full: $(STAMPS)/venv
 	$(CARGO) test --release -p vgen-core --test wan_full_size -- --ignored --nocapture
 

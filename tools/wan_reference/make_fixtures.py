@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
+import family_configs  # noqa: E402
 import full_config  # noqa: E402
 import make_i2v_case  # noqa: E402
 import make_ti2v_case  # noqa: E402
@@ -465,6 +466,7 @@ def main() -> None:
     L.write_json(CASES_DIR / "pipeline.json", pipe_meta)
     L.write_json(CASES_DIR / "tokenizer_cases.json", tokenizer_cases())
     full_config.write(OUT / L.FULL)
+    family_configs.write()
     # The image-to-video cases run on tiny-wan as just saved.
     make_ti2v_case.main()
     make_i2v_case.main()
