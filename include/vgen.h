@@ -37,6 +37,17 @@
 #include <stdbool.h>
 
 /**
+ * `vgen_image.format`: 3 bytes a pixel, red, green, blue.
+ */
+#define VGEN_PIXELS_RGB8 0
+
+/**
+ * `vgen_image.format`: 4 bytes a pixel, red, green, blue, alpha (alpha is dropped, as Pillow's `convert("RGB")`
+ * does).
+ */
+#define VGEN_PIXELS_RGBA8 1
+
+/**
  * The result of every fallible call. `VGEN_STATUS_OK` is 0; 1–16 are the engine's error codes (the same numbers
  * as the Rust and Python APIs); 100 and up are errors of the C ABI itself. Numbers are never reused.
  */
@@ -117,6 +128,19 @@ typedef struct {
   void *userdata;
   void (*finalizer)(void *userdata);
 } vgen_callback;
+
+/**
+ * An image as raw pixels, for `vgen_engine_submit_images`: `height` rows `stride` bytes apart, each starting with
+ * `width` pixels of `format` (`VGEN_PIXELS_RGB8` or `VGEN_PIXELS_RGBA8`), top row first: a game engine's render
+ * target or a decoded texture as it lies in memory. vgen copies the pixels before the call returns.
+ */
+typedef struct {
+  const uint8_t *data;
+  uint32_t width;
+  uint32_t height;
+  uint32_t stride;
+  uint32_t format;
+} vgen_image;
 
 /**
  * A snapshot of a job, filled by `vgen_job_poll` and `vgen_job_wait`. Plain data owned by the caller (usually
@@ -239,12 +263,12 @@ void vgen_engine_free(vgen_engine *engine);
 
 /**
  * Submits a request given as JSON (the fields of the Rust `Request`: `prompt`, `negative_prompt`, `width`,
- * `height`, `num_frames`, `fps`, `steps`, `guidance_scale`, `seed`, `model`, `priority`, `deadline_ms`,
- * `idempotency_key`, `preview_every`, `outputs`, `keep_frames`; unknown fields and out-of-range values are
- * errors). `outputs` lists files for the engine to write as it decodes (by extension, as `vgen_video_save`),
- * each appearing complete only if the job succeeds; with `"keep_frames": false` the video goes only to them and
- * its result has no frames. Validation is synchronous: on error nothing is queued and `vgen_last_error` says
- * what to change.
+ * `height`, `num_frames`, `fps`, `steps`, `guidance_scale`, `guidance_scale_2`, `seed`, `model`, `image`,
+ * `last_image`, `priority`, `deadline_ms`, `idempotency_key`, `preview_every`, `outputs`, `keep_frames`; unknown
+ * fields and out-of-range values are errors). `outputs` lists files for the engine to write as it decodes (by
+ * extension, as `vgen_video_save`), each appearing complete only if the job succeeds; with `"keep_frames": false`
+ * the video goes only to them and its result has no frames. Validation is synchronous: on error nothing is queued
+ * and `vgen_last_error` says what to change. To give images as raw pixels, see `vgen_engine_submit_images`.
  *
  * \param callback may be NULL; see `vgen_callback`.
  * \param job_out receives the job id on success.
@@ -258,6 +282,23 @@ vgen_status vgen_engine_submit(const vgen_engine *engine,
                                const char *request_json,
                                const vgen_callback *callback,
                                uint64_t *job_out);
+
+/**
+ * Like `vgen_engine_submit`, with the request's first frame (`image`) and last frame (`last_image`) given as raw
+ * pixels instead of in the JSON. Either may be NULL; giving one both ways is an error. They are checked as any
+ * image is (its size against the engine's `limits.max_image_pixels`, a stride of at least a row) and resized to
+ * the video's size as diffusers' pipelines do.
+ *
+ * # Safety
+ * As `vgen_engine_submit`; `image` and `last_image` NULL or valid for a read, each `data` valid for reads of
+ * `stride × (height − 1)` bytes plus one row.
+ */
+vgen_status vgen_engine_submit_images(const vgen_engine *engine,
+                                      const char *request_json,
+                                      const vgen_image *image,
+                                      const vgen_image *last_image,
+                                      const vgen_callback *callback,
+                                      uint64_t *job_out);
 
 /**
  * Fills `out` with the job's status at once. Never blocks and never allocates, so a game loop may call it every

@@ -336,6 +336,14 @@ public:
         return Job(engine_, id);
     }
 
+    /// As `submit`, with the first frame (and the last, for a first–last frame model) as raw pixels, e.g. a
+    /// render target read back: see `vgen_image`. Either may be nullptr; vgen copies the pixels before this returns.
+    Job submit(const std::string &request_json, const vgen_image *image, const vgen_image *last_image = nullptr) const {
+        std::uint64_t id = 0;
+        detail::check(vgen_engine_submit_images(engine_, request_json.c_str(), image, last_image, nullptr, &id));
+        return Job(engine_, id);
+    }
+
     /// The job `id` of this engine (from the C API, or `Job::id()`).
     Job job(std::uint64_t id) const noexcept { return Job(engine_, id); }
 

@@ -176,12 +176,12 @@ impl Drop for CCallback {
 }
 
 /// Submits a request given as JSON (the fields of the Rust `Request`: `prompt`, `negative_prompt`, `width`,
-/// `height`, `num_frames`, `fps`, `steps`, `guidance_scale`, `seed`, `model`, `priority`, `deadline_ms`,
-/// `idempotency_key`, `preview_every`, `outputs`, `keep_frames`; unknown fields and out-of-range values are
-/// errors). `outputs` lists files for the engine to write as it decodes (by extension, as `vgen_video_save`),
-/// each appearing complete only if the job succeeds; with `"keep_frames": false` the video goes only to them and
-/// its result has no frames. Validation is synchronous: on error nothing is queued and `vgen_last_error` says
-/// what to change.
+/// `height`, `num_frames`, `fps`, `steps`, `guidance_scale`, `guidance_scale_2`, `seed`, `model`, `image`,
+/// `last_image`, `priority`, `deadline_ms`, `idempotency_key`, `preview_every`, `outputs`, `keep_frames`; unknown
+/// fields and out-of-range values are errors). `outputs` lists files for the engine to write as it decodes (by
+/// extension, as `vgen_video_save`), each appearing complete only if the job succeeds; with `"keep_frames": false`
+/// the video goes only to them and its result has no frames. Validation is synchronous: on error nothing is queued
+/// and `vgen_last_error` says what to change. To give images as raw pixels, see `vgen_engine_submit_images`.
 ///
 /// \param callback may be NULL; see `vgen_callback`.
 /// \param job_out receives the job id on success.
@@ -197,13 +197,68 @@ pub unsafe extern "C" fn vgen_engine_submit(
     callback: *const vgen_callback,
     job_out: *mut u64,
 ) -> vgen_status {
+    // SAFETY: forwarded under the same contract, with no images.
+    unsafe { vgen_engine_submit_images(engine, request_json, std::ptr::null(), std::ptr::null(), callback, job_out) }
+}
+
+/// `vgen_image.format`: 3 bytes a pixel, red, green, blue.
+pub const VGEN_PIXELS_RGB8: u32 = 0;
+/// `vgen_image.format`: 4 bytes a pixel, red, green, blue, alpha (alpha is dropped, as Pillow's `convert("RGB")`
+/// does).
+pub const VGEN_PIXELS_RGBA8: u32 = 1;
+
+/// An image as raw pixels, for `vgen_engine_submit_images`: `height` rows `stride` bytes apart, each starting with
+/// `width` pixels of `format` (`VGEN_PIXELS_RGB8` or `VGEN_PIXELS_RGBA8`), top row first: a game engine's render
+/// target or a decoded texture as it lies in memory. vgen copies the pixels before the call returns.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct vgen_image {
+    pub data: *const u8,
+    pub width: u32,
+    pub height: u32,
+    pub stride: u32,
+    pub format: u32,
+}
+
+/// Like `vgen_engine_submit`, with the request's first frame (`image`) and last frame (`last_image`) given as raw
+/// pixels instead of in the JSON. Either may be NULL; giving one both ways is an error. They are checked as any
+/// image is (its size against the engine's `limits.max_image_pixels`, a stride of at least a row) and resized to
+/// the video's size as diffusers' pipelines do.
+///
+/// # Safety
+/// As `vgen_engine_submit`; `image` and `last_image` NULL or valid for a read, each `data` valid for reads of
+/// `stride × (height − 1)` bytes plus one row.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_engine_submit_images(
+    engine: *const vgen_engine,
+    request_json: *const c_char,
+    image: *const vgen_image,
+    last_image: *const vgen_image,
+    callback: *const vgen_callback,
+    job_out: *mut u64,
+) -> vgen_status {
     // Taken first, so that its finalizer runs exactly once whatever happens next.
     // SAFETY: NULL or valid by contract.
     let owned = unsafe { callback.as_ref() }.map(|c| Arc::new(CCallback(*c)));
     guard(move || {
         // SAFETY: by contract.
         let e = unsafe { borrow(engine, "engine") }?;
-        let request = Request::from_json(unsafe { string(request_json, "request_json") }?).map_err(core)?;
+        let mut request = Request::from_json(unsafe { string(request_json, "request_json") }?).map_err(core)?;
+        let max_pixels = e.engine.config().limits.max_image_pixels;
+        for (field, given, slot) in
+            [("image", image, &mut request.image), ("last_image", last_image, &mut request.last_image)]
+        {
+            // SAFETY: NULL or valid by contract.
+            let Some(pixels) = (unsafe { given.as_ref() }) else { continue };
+            if slot.is_some() {
+                return Err(core(vgen_core::Error::invalid(format!(
+                    "{field}: given twice, in request_json and as pixels"
+                ))));
+            }
+            // SAFETY: `data` valid for the rows by contract, checked against the limits first.
+            *slot = Some(unsafe { pixels_input(pixels, field, max_pixels) }?);
+        }
         if job_out.is_null() {
             return Err(null("job_out"));
         }
@@ -219,6 +274,49 @@ pub unsafe extern "C" fn vgen_engine_submit(
         // SAFETY: checked non-NULL.
         unsafe { write(job_out, id.0, "job_out") }
     })
+}
+
+/// A `vgen_image` as the request's pixels form. Its size is checked before a byte is read, so a wrong width,
+/// height or stride is an error, not a read past the host's buffer (within what the host promised).
+///
+/// # Safety
+/// `p.data` valid for reads of `stride × (height − 1)` bytes plus one row, when the size passes the checks.
+unsafe fn pixels_input(
+    p: &vgen_image,
+    field: &str,
+    max_pixels: u64,
+) -> crate::boundary::Fallible<vgen_core::engine::image::ImageInput> {
+    use base64::Engine as _;
+    use vgen_core::engine::image::{ImageInput, PixelFormat, Pixels};
+    let bad = |why: String| core(vgen_core::Error::invalid(format!("{field}: {why}")));
+    let (format, bpp) = match p.format {
+        VGEN_PIXELS_RGB8 => (PixelFormat::Rgb8, 3u64),
+        VGEN_PIXELS_RGBA8 => (PixelFormat::Rgba8, 4u64),
+        other => return Err(bad(format!("format {other} is neither VGEN_PIXELS_RGB8 (0) nor VGEN_PIXELS_RGBA8 (1)"))),
+    };
+    let (w, h, stride) = (p.width as u64, p.height as u64, p.stride as u64);
+    if w == 0 || h == 0 {
+        return Err(bad(format!("the image is empty ({w}x{h})")));
+    }
+    if w * h > max_pixels {
+        return Err(bad(format!("{w}x{h} is more than limits.max_image_pixels ({max_pixels})")));
+    }
+    if stride < w * bpp {
+        return Err(bad(format!("stride {stride} is less than width x {bpp} bytes ({})", w * bpp)));
+    }
+    if p.data.is_null() {
+        return Err(null(&format!("{field}.data")));
+    }
+    let len = stride * (h - 1) + w * bpp;
+    // SAFETY: non-NULL, and `len` is what the contract promises is readable.
+    let bytes = unsafe { std::slice::from_raw_parts(p.data, len as usize) };
+    Ok(ImageInput::Pixels(Pixels {
+        width: p.width,
+        height: p.height,
+        stride: p.stride,
+        format,
+        base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+    }))
 }
 
 /// Fills `out` with the job's status at once. Never blocks and never allocates, so a game loop may call it every
