@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 WAN_CONFIGS = ROOT / "core/tests/fixtures/wan/wan2.1-t2v-1.3b-configs"
+WAN_FAMILY = ROOT / "core/tests/fixtures/wan/family-configs"
 TINY_WAN = ROOT / "core/tests/fixtures/wan/tiny-wan"
 # The step case's prompts: real rows of the prompt and of the negative prompt, the rest of the 512 zero.
 PROMPT_TOKENS = 32
@@ -151,7 +152,8 @@ def diffusers_decode(a) -> None:
     vae.eval()
     torch.manual_seed(0)
     z = vae.config.z_dim
-    latents = torch.randn(1, z, (a.frames - 1) // 4 + 1, a.height // 8, a.width // 8)
+    spatial = vae.config.scale_factor_spatial or 8
+    latents = torch.randn(1, z, (a.frames - 1) // 4 + 1, a.height // spatial, a.width // spatial)
     with torch.no_grad():
         started = time.perf_counter()
         video = vae.decode(latents, return_dict=False)[0]
@@ -231,7 +233,15 @@ def main() -> None:
         config = json.loads((WAN_CONFIGS / "vae/config.json").read_text())
         config["base_dim"] = 48
         (mid / "config.json").write_text(json.dumps(config))
-        for label, vae, size in (("tiny VAE, 64x64", Path(a.model) / "vae", ("64", "64")), ("mid-size VAE (random), 64x64", mid, ("64", "64"))):
+        # The Wan2.2 VAE's architecture (TI2V-5B's: residual blocks, 2x2 patches, 16x) at a quarter of its width,
+        # random weights, at 128x128 (8x8 latents).
+        wan22 = Path(tempfile.mkdtemp()) / "vae"
+        wan22.mkdir()
+        config = json.loads((WAN_FAMILY / "wan2.2-ti2v-5b/vae/config.json").read_text())
+        config.update(base_dim=40, decoder_base_dim=64)
+        (wan22 / "config.json").write_text(json.dumps(config))
+        for label, vae, size in (("tiny VAE, 64x64", Path(a.model) / "vae", ("64", "64")), ("mid-size VAE (random), 64x64", mid, ("64", "64")),
+                                 ("Wan2.2 VAE at 1/4 width (random), 128x128", wan22, ("128", "128"))):
             if not vae.exists():
                 continue
             for frames in ("17", "33", "65", "129"):

@@ -161,7 +161,7 @@ fn step(folder: &Path, [frames, height, width]: [i64; 3], runs: usize) -> vgen_c
 /// keeps no frames. Weights come from the folder when it has them, else random from its config.
 fn decode(folder: &Path, [frames, height, width]: [i64; 3], out: &Path) -> vgen_core::Result<()> {
     let config: VaeConfig = weights::read_config(folder)?;
-    let z_dim = config.z_dim;
+    let (z_dim, s) = (config.z_dim, config.spatial_factor());
     let vs = VarStore::new(Device::Cpu);
     let vae = WanVaeDecoder::new(vs.root(), config)?;
     if let Ok(files) = weights::weight_files(folder, "diffusion_pytorch_model") {
@@ -169,7 +169,7 @@ fn decode(folder: &Path, [frames, height, width]: [i64; 3], out: &Path) -> vgen_
     }
     let _g = tch::no_grad_guard();
     tch::manual_seed(0);
-    let latents = Tensor::randn([1, z_dim, (frames - 1) / 4 + 1, height / 8, width / 8], (Kind::Float, Device::Cpu));
+    let latents = Tensor::randn([1, z_dim, (frames - 1) / 4 + 1, height / s, width / s], (Kind::Float, Device::Cpu));
     let geometry = vgen_core::encode::Geometry {
         width: width as usize,
         height: height as usize,

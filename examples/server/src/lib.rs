@@ -13,8 +13,10 @@ pub mod config;
 pub mod destination;
 pub mod error;
 pub mod generate;
+pub mod openai;
 pub mod progress;
 pub mod routes;
+pub mod sheet;
 pub mod status;
 pub mod webhook;
 
@@ -90,6 +92,7 @@ impl Server {
             due,
             destinations,
             events,
+            videos: Default::default(),
         });
         let router = routes::router(app, Arc::new(Tokens::new(&config.tokens)));
         let (stop_http, stopped) = oneshot::channel::<()>();

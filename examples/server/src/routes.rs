@@ -41,6 +41,9 @@ pub struct App {
     pub destinations: crate::destination::Destinations,
     /// The id of every job with a new event (the engine-wide callback), for the WebSockets.
     pub events: broadcast::Sender<JobId>,
+    /// The videos made through the OpenAI door, (scope, job id) in the order they were made: what
+    /// `GET /v1/videos` lists (this process's; the jobs themselves live in the engine).
+    pub videos: std::sync::Mutex<Vec<(String, u64)>>,
 }
 
 pub fn router(app: Arc<App>, tokens: Arc<Tokens>) -> Router {
@@ -51,9 +54,11 @@ pub fn router(app: Arc<App>, tokens: Arc<Tokens>) -> Router {
         .route("/jobs/{id}/video", get(video))
         .route("/jobs/{id}/cancel", post(cancel))
         .route("/progress/{id}", get(progress::watch))
+        .merge(crate::openai::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(tokens, require_token))
+        .layer(axum::middleware::from_fn(crate::openai::errors))
         .with_state(app)
 }
 
