@@ -157,7 +157,7 @@ test-server: build
 		print(*[m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" \
 		and m["target"]["name"] == "server" and "vgen-server" in m["package_id"] and m.get("executable")])'); \
 		test -x "$$test_bin" && "$$test_bin"
-	VGEN_SERVER=$(TARGET_DIR)/debug/vgen-server $(PY) -m pytest -q examples/server/tests/test_client.py examples/server/tests/test_openai.py
+	VGEN_SERVER=$(TARGET_DIR)/debug/vgen-server $(PY) -m pytest -q examples/server/tests/test_client.py examples/server/tests/test_openai.py examples/server/tests/test_vertex.py
 
 # --- installing ----------------------------------------------------------------------------------------------------
 # `make install PREFIX=...` (default /usr/local; DESTDIR is honoured) builds the release libvgen and `vgen`, then

@@ -1,6 +1,7 @@
 //! Bearer tokens and the scopes they grant.
 //!
-//! Every route needs `Authorization: Bearer <token>`. A token grants one scope, and a job belongs to the scope
+//! Every route needs `Authorization: Bearer <token>` (or the same token as `x-goog-api-key`, as Google's SDKs send
+//! it). A token grants one scope, and a job belongs to the scope
 //! that submitted it (the `owner` entry of the request's metadata, so any process sharing the engine's state can
 //! check it). Another scope's job answers 404, exactly as a job that does not exist, so ids cannot be probed.
 
@@ -45,14 +46,17 @@ impl Tokens {
 /// Middleware: 401 with `WWW-Authenticate: Bearer` unless the request carries a configured token.
 pub async fn require_token(State(tokens): State<Arc<Tokens>>, mut request: Request, next: Next) -> Response {
     let header = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let presented = header.and_then(|h| {
+    let bearer = header.and_then(|h| {
         let (scheme, token) = h.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
     });
+    // Google's SDKs send their API key as `x-goog-api-key` (the Vertex door); it is a token like any other.
+    let google = request.headers().get("x-goog-api-key").and_then(|v| v.to_str().ok()).map(str::trim);
+    let presented = bearer.or(google).map(str::to_string);
     let Some(presented) = presented else {
         return ApiError::unauthorized(false).into_response();
     };
-    match tokens.scope_of(presented) {
+    match tokens.scope_of(&presented) {
         Some(scope) => {
             request.extensions_mut().insert(scope);
             next.run(request).await

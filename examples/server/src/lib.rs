@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod config;
 pub mod destination;
+pub mod envelope;
 pub mod error;
 pub mod generate;
 pub mod openai;
@@ -18,6 +19,7 @@ pub mod progress;
 pub mod routes;
 pub mod sheet;
 pub mod status;
+pub mod vertex;
 pub mod webhook;
 
 use crate::auth::Tokens;

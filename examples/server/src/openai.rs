@@ -44,33 +44,22 @@ pub fn router() -> Router<Arc<App>> {
         .route("/v1/videos/{id}/remix", post(remix))
 }
 
-/// Rewrites every error answer under `/v1` (this door's, authentication's, body limits', unknown routes') into
-/// OpenAI's envelope, so the SDK raises the right exception with `param` set.
-pub async fn errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let ours = request.uri().path().starts_with("/v1/");
-    let response = next.run(request).await;
-    if !ours || response.status().is_success() {
-        return response;
-    }
-    let (mut parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
-    let native: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+/// OpenAI's error envelope for a native error body (`{"error": {"code", "message", "field"}}`), with the error
+/// `type` the SDK reads.
+pub fn envelope(status: StatusCode, native: &Value) -> Value {
     let e = &native["error"];
-    let status = parts.status;
     let kind = match status {
         StatusCode::UNAUTHORIZED => "authentication_error",
         StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
         s if s.is_server_error() => "server_error",
         _ => "invalid_request_error",
     };
-    let body = json!({"error": {
+    json!({"error": {
         "message": e["message"].as_str().unwrap_or(status.canonical_reason().unwrap_or("error")),
         "type": kind,
         "param": e["field"],
         "code": e["code"],
-    }});
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(body.to_string()))
+    }})
 }
 
 /// The fields of a create request, from a multipart form (what the SDK always sends) or JSON.

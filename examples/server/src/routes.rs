@@ -55,10 +55,11 @@ pub fn router(app: Arc<App>, tokens: Arc<Tokens>) -> Router {
         .route("/jobs/{id}/cancel", post(cancel))
         .route("/progress/{id}", get(progress::watch))
         .merge(crate::openai::router())
+        .merge(crate::vertex::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(tokens, require_token))
-        .layer(axum::middleware::from_fn(crate::openai::errors))
+        .layer(axum::middleware::from_fn(crate::envelope::rewrite))
         .with_state(app)
 }
 
