@@ -69,6 +69,12 @@ $(STAMPS)/ffmpeg:
 	command -v ffprobe >/dev/null || $(APT_INSTALL) ffmpeg; }
 	@touch $@
 
+# Chromium and its driver, for the server page's browser test (selenium drives Debian's own; nothing is downloaded).
+$(STAMPS)/chromium:
+	@mkdir -p $(STAMPS)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || $(APT_INSTALL) chromium chromium-driver; }
+	@touch $@
+
 # cmake and pkg-config, for the tests of vgen's package files; valgrind, for the C tests.
 $(STAMPS)/cmake:
 	@mkdir -p $(STAMPS)
@@ -152,12 +158,13 @@ test-python: build
 # (tests/test_client.py) against the built binary. The test binary is the one `build` made, found through cargo's
 # JSON messages: `cargo test -p vgen-server` (or `--test server`) would resolve features for fewer targets and
 # rebuild the dependencies, vgen-core and tch included.
-test-server: build
+test-server: build $(STAMPS)/chromium
 	test_bin=$$($(CARGO) test --workspace --no-run --message-format=json | $(PY) -c 'import json, sys; \
 		print(*[m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" \
 		and m["target"]["name"] == "server" and "vgen-server" in m["package_id"] and m.get("executable")])'); \
 		test -x "$$test_bin" && "$$test_bin"
-	VGEN_SERVER=$(TARGET_DIR)/debug/vgen-server $(PY) -m pytest -q examples/server/tests/test_client.py examples/server/tests/test_openai.py examples/server/tests/test_vertex.py
+	VGEN_SERVER=$(TARGET_DIR)/debug/vgen-server $(PY) -m pytest -q examples/server/tests/test_client.py examples/server/tests/test_openai.py examples/server/tests/test_vertex.py \
+		examples/server/tests/test_page.py
 
 # --- installing ----------------------------------------------------------------------------------------------------
 # `make install PREFIX=...` (default /usr/local; DESTDIR is honoured) builds the release libvgen and `vgen`, then

@@ -52,7 +52,13 @@ pub async fn require_token(State(tokens): State<Arc<Tokens>>, mut request: Reque
     });
     // Google's SDKs send their API key as `x-goog-api-key` (the Vertex door); it is a token like any other.
     let google = request.headers().get("x-goog-api-key").and_then(|v| v.to_str().ok()).map(str::trim);
-    let presented = bearer.or(google).map(str::to_string);
+    // A browser cannot set headers on a WebSocket: the page offers the token as a subprotocol, `bearer.<token>`.
+    let subprotocol = request
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|list| list.split(',').map(str::trim).find_map(|p| p.strip_prefix("bearer.")));
+    let presented = bearer.or(google).or(subprotocol).map(str::to_string);
     let Some(presented) = presented else {
         return ApiError::unauthorized(false).into_response();
     };

@@ -34,6 +34,8 @@ pub struct GenerateBody {
     pub steps: Option<u32>,
     pub guidance_scale: Option<f64>,
     pub negative_prompt: Option<String>,
+    /// A latent preview every this many steps (`GET /jobs/{id}/preview` serves the latest; the WebSocket says when).
+    pub preview_every: Option<u32>,
     #[serde(default)]
     pub priority: i32,
     pub model: Option<String>,
@@ -214,6 +216,7 @@ pub fn engine_request(
         image: body.image,
         last_image: body.last_image,
         priority: body.priority,
+        preview_every: body.preview_every,
         idempotency_key: engine_key,
         outputs: vec![results_dir.join(format!("{file}.mp4")).to_string_lossy().into_owned()],
         keep_frames: Some(false),

@@ -15,6 +15,7 @@ pub mod envelope;
 pub mod error;
 pub mod generate;
 pub mod openai;
+pub mod page;
 pub mod progress;
 pub mod routes;
 pub mod sheet;

@@ -106,6 +106,7 @@ async fn create(
         steps: None,
         guidance_scale: None,
         negative_prompt: None,
+        preview_every: None,
         priority: 0,
         model: Some(info.name.clone()),
         webhook_url: None,

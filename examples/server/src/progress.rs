@@ -37,7 +37,8 @@ pub async fn watch(
     let (id, _) = owned_job(&app, &id, &scope).await?;
     let upgrade = upgrade.map_err(|r| ApiError::new(r.status(), "invalid_argument", r.body_text()))?;
     let base = base_url(&app, &headers);
-    Ok(upgrade.on_upgrade(move |socket| stream(app, id, base, socket)).into_response())
+    // A browser that offered its token as a subprotocol needs one chosen back: `vgen`, offered beside it.
+    Ok(upgrade.protocols(["vgen"]).on_upgrade(move |socket| stream(app, id, base, socket)).into_response())
 }
 
 async fn stream(app: Arc<App>, id: JobId, base: String, mut socket: WebSocket) {

@@ -50,7 +50,9 @@ pub fn router(app: Arc<App>, tokens: Arc<Tokens>) -> Router {
     let limit = app.max_body_bytes;
     Router::new()
         .route("/generate", post(submit))
-        .route("/jobs/{id}", get(job))
+        .route("/models", get(crate::page::models))
+        .route("/jobs/{id}", get(job).delete(crate::page::delete))
+        .route("/jobs/{id}/preview", get(crate::page::preview))
         .route("/jobs/{id}/video", get(video))
         .route("/jobs/{id}/cancel", post(cancel))
         .route("/progress/{id}", get(progress::watch))
@@ -59,6 +61,9 @@ pub fn router(app: Arc<App>, tokens: Arc<Tokens>) -> Router {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(tokens, require_token))
+        // The page needs no token (it asks for one); added after the token layer, so outside it.
+        .route("/", get(crate::page::index))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .layer(axum::middleware::from_fn(crate::envelope::rewrite))
         .with_state(app)
 }
