@@ -229,11 +229,13 @@ soak: $(STAMPS)/venv
 # crashes to core/fuzz/artifacts. `make test` runs the same targets over the corpus for a few seconds on stable.
 # The release profile's LTO is turned off for the fuzz build: with it, only the fuzz crate itself was instrumented
 # (config_json: 37 coverage points); without it vgen-core, serde_json, tokenizers and safetensors are too (1,667).
+# check_coverage.sh fails first if a target's corpus no longer reaches vgen_core functions (lost instrumentation).
 FUZZ_SECONDS ?= 600
 FUZZ_TARGETS := request_json config_json tokenizer model_folder c_api image_bytes
 fuzz: $(STAMPS)/venv
 	rustup toolchain list | grep -q '^nightly' || { echo "make fuzz needs a nightly toolchain: rustup toolchain install nightly"; exit 1; }
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	core/fuzz/check_coverage.sh $(FUZZ_TARGETS)
 	for t in $(FUZZ_TARGETS); do \
 		mkdir -p $(TARGET_DIR)/fuzz-corpus/$$t; \
 		CARGO_PROFILE_RELEASE_LTO=false $(CARGO) +nightly fuzz run --fuzz-dir core/fuzz --features libfuzzer $$t $(TARGET_DIR)/fuzz-corpus/$$t core/fuzz/corpus/$$t \
