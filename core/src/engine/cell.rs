@@ -123,6 +123,11 @@ impl JobCell {
         self.snapshot.load().status.state.is_terminal()
     }
 
+    /// Whether a worker has the job: from when it starts an attempt until the job is settled.
+    pub fn is_running(&self) -> bool {
+        self.snapshot.load().status.state == JobState::Running
+    }
+
     /// Ends the job. Returns the state it ended in, or `None` if it had already ended (then nothing changes).
     /// `on_end` runs before any waiter wakes, so that what a waiter reads next (metrics) already counts this job.
     pub fn finish(

@@ -430,9 +430,15 @@ impl Engine {
         shared.accepting.store(false, Ordering::Release);
         let until = Instant::now() + timeout;
         // Both read under the queue's lock, under which a worker moves a job from the queue to the running count.
+        // The count drops when an attempt ends, before its jobs are settled (so that a host woken by its job's end
+        // reads a gauge that agrees with it): a job still marked running is busy too, or the drain would cancel a
+        // job that had in fact finished (seen as the C misuse test's "drained job: ended cancelled").
         let busy = || {
-            let queue = shared.queue.lock();
-            !queue.is_empty() || shared.metrics.running.load(Ordering::Acquire) > 0
+            let queued_or_counted = {
+                let queue = shared.queue.lock();
+                !queue.is_empty() || shared.metrics.running.load(Ordering::Acquire) > 0
+            };
+            queued_or_counted || shared.jobs.read().values().any(|c| c.is_running())
         };
         while Instant::now() < until && busy() {
             std::thread::sleep(Duration::from_millis(2));

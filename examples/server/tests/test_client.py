@@ -2,27 +2,26 @@
 
 `VideoGenerationClient` below is the class from the guide's "Basic Async Video Generation Pattern" as written
 there (the guide's snippet uses `random` without importing it; the import is at the top of this file). The
-server is started as a subprocess on a free port with the built-in `testcard` model, and the test downloads
-each video from the `result_url` the client returns and checks that it is an MP4 file.
+server is started as a subprocess on a free port with the built-in `testcard` model (`server_process.py`), and
+the test downloads each video from the `result_url` the client returns and checks that it is an MP4 file.
 
 Run by `make test-server`; `VGEN_SERVER` names the binary (default: target/debug/vgen-server).
 """
 
 import asyncio
 import json
-import os
 import pathlib
 import random
 import shutil
-import signal
 import subprocess
 from typing import Optional
 
 import aiohttp
 import pytest
 
+from server_process import running
+
 TOKEN = "python-client-token-0123456789"
-ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 
 # --- the guide's client, as written ------------------------------------------------------------------------------
@@ -98,37 +97,11 @@ class VideoGenerationClient:
 
 # --- the server --------------------------------------------------------------------------------------------------
 
-def server_binary() -> pathlib.Path:
-    if "VGEN_SERVER" in os.environ:
-        return pathlib.Path(os.environ["VGEN_SERVER"])
-    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-    return target / "debug" / "vgen-server"
-
-
 @pytest.fixture
 def server(tmp_path):
-    """The built binary on a free port; yields its URL, then stops it with SIGTERM and checks it exits 0."""
-    binary = server_binary()
-    if not binary.exists():
-        pytest.fail(f"{binary} is missing: build it with `cargo build -p vgen-server` (make test-server does)")
-    config = {
-        "listen": "127.0.0.1:0",
-        "tokens": [{"token": TOKEN, "scope": "python"}],
-        "results_dir": str(tmp_path / "results"),
-        "engine": {"devices": ["cpu"], "default_model": "testcard", "shutdown_timeout_ms": 1000},
-    }
-    path = tmp_path / "server.json"
-    path.write_text(json.dumps(config))
-    proc = subprocess.Popen([str(binary), "--config", str(path)], stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline().strip()
-        prefix = "vgen-server listening on "
-        assert line.startswith(prefix), f"unexpected first line: {line!r}"
-        yield line[len(prefix):]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=30)
-    assert code == 0, f"vgen-server exited with {code} after SIGTERM"
+    """The built binary on a free port (see server_process.py); stopped with SIGTERM, which must exit 0."""
+    with running(tmp_path, {TOKEN: "python"}) as url:
+        yield url
 
 
 async def download(url: str) -> bytes:

@@ -9,10 +9,8 @@ Run by `make test-server`; `VGEN_SERVER` names the binary (default: target/debug
 import base64
 import io
 import json
-import os
 import pathlib
 import shutil
-import signal
 import struct
 import subprocess
 import zlib
@@ -20,59 +18,18 @@ import zlib
 import openai
 import pytest
 
+from server_process import running
+
 # The SDK marks its Videos API deprecated since OpenAI's own shut down; serving it is this door's purpose.
 pytestmark = pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
 
 TOKEN = "openai-client-token-0123456789"
-ROOT = pathlib.Path(__file__).resolve().parents[3]
-
-
-def server_binary() -> pathlib.Path:
-    if "VGEN_SERVER" in os.environ:
-        return pathlib.Path(os.environ["VGEN_SERVER"])
-    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-    return target / "debug" / "vgen-server"
-
-
-def tiny_ti2v(models: pathlib.Path) -> None:
-    """The core fixtures' tiny Wan with `expand_timesteps`: a model that takes an image (32x32, 9 frames)."""
-    folder = models / "tiny-ti2v"
-    shutil.copytree(ROOT / "core/tests/fixtures/wan/tiny-wan", folder)
-    index = json.loads((folder / "model_index.json").read_text())
-    index["expand_timesteps"] = True
-    (folder / "model_index.json").write_text(json.dumps(index))
-    serving = {"name": "tiny-ti2v", "max_sequence_length": 16, "width": 32, "height": 32, "num_frames": 9,
-               "steps": 2, "fps": 8}
-    (folder / "vgen.json").write_text(json.dumps(serving))
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The built binary on a free port; yields its URL, then stops it with SIGTERM and checks it exits 0."""
-    tmp = tmp_path_factory.mktemp("openai")
-    binary = server_binary()
-    if not binary.exists():
-        pytest.fail(f"{binary} is missing: build it with `cargo build -p vgen-server` (make test-server does)")
-    tiny_ti2v(tmp / "models")
-    config = {
-        "listen": "127.0.0.1:0",
-        "tokens": [{"token": TOKEN, "scope": "openai"}, {"token": TOKEN + "-other", "scope": "other"}],
-        "results_dir": str(tmp / "results"),
-        "engine": {"devices": ["cpu"], "default_model": "testcard", "shutdown_timeout_ms": 1000},
-    }
-    (tmp / "server.json").write_text(json.dumps(config))
-    env = dict(os.environ, VGEN_MODELS=str(tmp / "models"))
-    proc = subprocess.Popen([str(binary), "--config", str(tmp / "server.json")], stdout=subprocess.PIPE, text=True,
-                            env=env)
-    try:
-        line = proc.stdout.readline().strip()
-        prefix = "vgen-server listening on "
-        assert line.startswith(prefix), f"unexpected first line: {line!r}"
-        yield line[len(prefix):]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=30)
-    assert code == 0, f"vgen-server exited with {code} after SIGTERM"
+    with running(tmp_path_factory.mktemp("openai"), {TOKEN: "openai", TOKEN + "-other": "other"}, with_ti2v=True) as url:
+        yield url
 
 
 @pytest.fixture

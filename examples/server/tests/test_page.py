@@ -6,12 +6,9 @@ Run by `make test-server`; `VGEN_SERVER` names the binary (default: target/debug
 names where the screenshot goes (default: the test's temporary folder).
 """
 
-import json
 import os
 import pathlib
 import shutil
-import signal
-import subprocess
 import time
 
 import pytest
@@ -20,34 +17,15 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from test_openai import server_binary
+from server_process import running
 
 TOKEN = "page-token-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("page")
-    binary = server_binary()
-    if not binary.exists():
-        pytest.fail(f"{binary} is missing: build it with `cargo build -p vgen-server` (make test-server does)")
-    config = {
-        "listen": "127.0.0.1:0",
-        "tokens": [{"token": TOKEN, "scope": "page"}],
-        "results_dir": str(tmp / "results"),
-        "engine": {"devices": ["cpu"], "default_model": "testcard", "shutdown_timeout_ms": 1000},
-    }
-    (tmp / "server.json").write_text(json.dumps(config))
-    proc = subprocess.Popen([str(binary), "--config", str(tmp / "server.json")], stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline().strip()
-        prefix = "vgen-server listening on "
-        assert line.startswith(prefix), f"unexpected first line: {line!r}"
-        yield line[len(prefix):]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=30)
-    assert code == 0, f"vgen-server exited with {code} after SIGTERM"
+    with running(tmp_path_factory.mktemp("page"), {TOKEN: "page"}) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -6,48 +6,22 @@ fixtures' tiny Wan made a TI2V model (`tiny-ti2v`), as in `test_openai.py`.
 Run by `make test-server`; `VGEN_SERVER` names the binary (default: target/debug/vgen-server).
 """
 
-import json
-import os
-import shutil
-import signal
-import subprocess
 import time
 
 import pytest
 from google import genai
 from google.genai import errors, types
 
-from test_openai import check_mp4, red_square_png, server_binary, tiny_ti2v
+from server_process import running
+from test_openai import check_mp4, red_square_png
 
 TOKEN = "vertex-client-token-0123456789"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("vertex")
-    binary = server_binary()
-    if not binary.exists():
-        pytest.fail(f"{binary} is missing: build it with `cargo build -p vgen-server` (make test-server does)")
-    tiny_ti2v(tmp / "models")
-    config = {
-        "listen": "127.0.0.1:0",
-        "tokens": [{"token": TOKEN, "scope": "vertex"}],
-        "results_dir": str(tmp / "results"),
-        "engine": {"devices": ["cpu"], "default_model": "testcard", "shutdown_timeout_ms": 1000},
-    }
-    (tmp / "server.json").write_text(json.dumps(config))
-    env = dict(os.environ, VGEN_MODELS=str(tmp / "models"))
-    proc = subprocess.Popen([str(binary), "--config", str(tmp / "server.json")], stdout=subprocess.PIPE, text=True,
-                            env=env)
-    try:
-        line = proc.stdout.readline().strip()
-        prefix = "vgen-server listening on "
-        assert line.startswith(prefix), f"unexpected first line: {line!r}"
-        yield line[len(prefix):]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=30)
-    assert code == 0, f"vgen-server exited with {code} after SIGTERM"
+    with running(tmp_path_factory.mktemp("vertex"), {TOKEN: "vertex"}, with_ti2v=True) as url:
+        yield url
 
 
 def client_for(server: str, key: str = TOKEN) -> genai.Client:
