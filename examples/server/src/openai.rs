@@ -16,7 +16,7 @@
 use crate::auth::Scope;
 use crate::error::ApiError;
 use crate::generate::{self, GenerateBody, OWNER};
-use crate::routes::{App, engine_call, owned_job};
+use crate::routes::{App, engine_call, forget, owned_job};
 use crate::status::state_name;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Multipart, Path, Query, State};
@@ -391,15 +391,7 @@ async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let (job, request, _) = owned_video(&app, &id, &scope).await?;
-    engine_call(&app, move |e| {
-        let _ = e.cancel(job);
-        e.release(job)
-    })
-    .await?
-    .map_err(|e| ApiError::from_engine(&e))?;
-    for file in &request.outputs {
-        let _ = tokio::fs::remove_file(file).await;
-    }
+    forget(&app, job, &request).await?;
     app.videos.lock().expect("not poisoned").retain(|(_, v)| *v != job.0);
     Ok(Json(json!({"id": id, "object": "video.deleted", "deleted": true})).into_response())
 }

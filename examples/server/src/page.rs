@@ -5,7 +5,7 @@
 
 use crate::auth::Scope;
 use crate::error::ApiError;
-use crate::routes::{App, engine_call, owned_job};
+use crate::routes::{App, engine_call, forget, owned_job};
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -54,14 +54,6 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (job, request) = owned_job(&app, &id, &scope).await?;
-    engine_call(&app, move |e| {
-        let _ = e.cancel(job);
-        e.release(job)
-    })
-    .await?
-    .map_err(|e| ApiError::from_engine(&e))?;
-    for file in request.outputs.iter().filter(|f| std::path::Path::new(f).starts_with(&app.results_dir)) {
-        let _ = tokio::fs::remove_file(file).await;
-    }
+    forget(&app, job, &request).await?;
     Ok(Json(json!({"job_id": id, "deleted": true})))
 }

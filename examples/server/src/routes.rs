@@ -91,6 +91,21 @@ pub async fn owned_job(app: &App, text: &str, scope: &Scope) -> Result<(JobId, R
     Ok((id, request))
 }
 
+/// Cancels a job if it still runs, forgets it, and deletes its files from the results folder (what every door's
+/// delete does; a file outside the folder is never touched).
+pub async fn forget(app: &App, job: JobId, request: &Request) -> Result<(), ApiError> {
+    engine_call(app, move |e| {
+        let _ = e.cancel(job);
+        e.release(job)
+    })
+    .await?
+    .map_err(|e| ApiError::from_engine(&e))?;
+    for file in request.outputs.iter().filter(|f| std::path::Path::new(f).starts_with(&app.results_dir)) {
+        let _ = tokio::fs::remove_file(file).await;
+    }
+    Ok(())
+}
+
 /// The base of the URLs handed to clients: the configured public URL, else the host the client asked for.
 pub fn base_url(app: &App, headers: &HeaderMap) -> String {
     if let Some(url) = &app.public_url {
