@@ -287,7 +287,8 @@ vgen_status vgen_engine_submit(const vgen_engine *engine,
  * Like `vgen_engine_submit`, with the request's first frame (`image`) and last frame (`last_image`) given as raw
  * pixels instead of in the JSON. Either may be NULL; giving one both ways is an error. They are checked as any
  * image is (its size against the engine's `limits.max_image_pixels`, a stride of at least a row) and resized to
- * the video's size as diffusers' pipelines do.
+ * the video's size as diffusers' pipelines do. `callback` and `job_out` are as for `vgen_engine_submit`.
+ * Any thread.
  *
  * # Safety
  * As `vgen_engine_submit`; `image` and `last_image` NULL or valid for a read, each `data` valid for reads of
