@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use vgen_core::encode;
 use vgen_core::engine::{EngineConfig, JobStatus, Request};
 use vgen_core::models::Models;
+use vgen_core::models::weights::quantize;
 use vgen_core::{Device, Engine, ErrorCode, JobState, runtime};
 
 const VERSION_LINE: &str = concat!(env!("CARGO_PKG_VERSION"), " (libtorch ", env!("VGEN_LIBTORCH_VERSION"), ")");
@@ -50,6 +51,19 @@ enum Command {
         /// The engine configuration (JSON, as `EngineConfig`), e.g. `{"backend": {"redis": {...}}}`.
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Write a copy of a model folder with its transformers' weights quantized: fp8 (scaled, safetensors), q8_0 or
+    /// q4_k (GGUF). vgen loads the new folder like any other; the weights stay quantized in memory.
+    Quantize {
+        /// fp8, q8_0 or q4_k.
+        #[arg(long)]
+        format: String,
+        /// The model folder, or the name of a model on the search path (e.g. shapes-tiny).
+        model: String,
+        /// The folder to write; it must not exist.
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -108,7 +122,49 @@ fn main() -> ExitCode {
         Command::Models { json } => report(models(json)),
         Command::Generate(g) => generate(*g),
         Command::Worker { config } => report(worker(&config)),
+        Command::Quantize { format, model, out, json } => match format.parse() {
+            Ok(f) => report(quantize(&model, &out, f, json)),
+            Err(e) => usage(e),
+        },
     }
+}
+
+fn quantize(model: &str, out: &std::path::Path, format: quantize::Format, json: bool) -> vgen_core::Result<()> {
+    let given = PathBuf::from(model);
+    let src = if given.is_dir() {
+        given
+    } else {
+        vgen_core::models::SearchPath::standard()
+            .roots()
+            .iter()
+            .map(|r| r.path.join(model))
+            .find(|p| p.join("model_index.json").is_file())
+            .ok_or_else(|| {
+                vgen_core::Error::new(
+                    ErrorCode::NotFound,
+                    format!("no model folder {model:?} here or on the search path"),
+                )
+            })?
+    };
+    let started = Instant::now();
+    let report = quantize::quantize_model(&src, out, format)?;
+    if json {
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    } else {
+        let kinds: Vec<String> = report.quantized.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        println!(
+            "wrote {}: {} matrices quantized ({}), {} tensors kept; transformer weights {:.1} MB -> {:.1} MB ({:.2}x) in {:.1} s",
+            out.display(),
+            report.quantized.values().sum::<usize>(),
+            kinds.join(", "),
+            report.kept,
+            report.bytes_before as f64 / 1e6,
+            report.bytes_after as f64 / 1e6,
+            report.bytes_after as f64 / report.bytes_before.max(1) as f64,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 fn worker(path: &std::path::Path) -> vgen_core::Result<()> {

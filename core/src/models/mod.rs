@@ -5,6 +5,7 @@
 //! progress, an ETA, previews, cancellation and deadlines at step granularity for every model alike.
 
 pub mod faulty;
+pub mod linear;
 pub mod noop;
 pub mod per_device;
 pub mod search_path;

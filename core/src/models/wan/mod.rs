@@ -7,6 +7,7 @@
 
 pub mod clip;
 pub mod condition;
+pub mod keys;
 pub mod pipeline;
 pub mod tokenizer;
 pub mod transformer;
@@ -14,12 +15,14 @@ pub mod umt5;
 pub mod vae;
 pub mod vae_encoder;
 
+use super::weights::{Checkpoint, weight_files};
 use crate::error::{Error, Result};
 use std::path::Path;
 use tch::nn::VarStore;
 
-/// Builds a component with `build` on a fresh VarStore on `device`, then fills it from `folder`'s safetensors.
-/// `ignore_prefixes` names checkpoint keys that exist but this build does not use (the VAE encoder).
+/// Builds a component with `build` on a fresh VarStore on `device`, then fills it from `folder`'s weights (see
+/// [`Checkpoint`]). `ignore_prefixes` names checkpoint keys that exist but this build does not use (the VAE
+/// encoder).
 pub fn load_component<T>(
     folder: &Path,
     stem: &str,
@@ -28,12 +31,46 @@ pub fn load_component<T>(
     ignore_prefixes: &[&str],
     build: impl FnOnce(tch::nn::Path) -> Result<T>,
 ) -> Result<(VarStore, T)> {
-    let files = super::weights::weight_files(folder, stem)?;
+    let checkpoint = Checkpoint::open(&weight_files(folder, stem)?)?;
+    fill(checkpoint, device, aliases, ignore_prefixes, build)
+}
+
+fn fill<T>(
+    checkpoint: Checkpoint,
+    device: tch::Device,
+    aliases: &[(&str, &str)],
+    ignore_prefixes: &[&str],
+    build: impl FnOnce(tch::nn::Path) -> Result<T>,
+) -> Result<(VarStore, T)> {
     let mut vs = VarStore::new(device);
     let model = build(vs.root())?;
     vs.freeze();
-    super::weights::load(&vs, &files, aliases, ignore_prefixes)?;
+    checkpoint.load(&vs, aliases, ignore_prefixes)?;
     Ok((vs, model))
+}
+
+/// A transformer from `folder` (`diffusion_pytorch_model.*`, or one GGUF file), in diffusers' key names or the
+/// original ones, its linear layers keeping quantized weights quantized.
+pub fn load_transformer(
+    folder: &Path,
+    device: tch::Device,
+    config: transformer::TransformerConfig,
+) -> Result<(VarStore, transformer::WanTransformer)> {
+    let checkpoint = Checkpoint::open(&weight_files(folder, "diffusion_pytorch_model")?)?;
+    let names: Vec<&str> = checkpoint.names().collect();
+    let checkpoint = if keys::is_original(&names) { checkpoint.renamed(keys::to_diffusers)? } else { checkpoint };
+    let storage = checkpoint.storage()?;
+    fill(checkpoint, device, &[], &[], |p| transformer::WanTransformer::with_storage(p, config, &storage))
+}
+
+/// Casts a component's float variables to `kind`, leaving quantized slots (`Uint8`) as they are.
+pub fn cast_floats(vs: &mut VarStore, kind: tch::Kind) {
+    match kind {
+        tch::Kind::BFloat16 => vs.bfloat16(),
+        tch::Kind::Half => vs.half(),
+        tch::Kind::Double => vs.double(),
+        _ => vs.float(),
+    }
 }
 
 /// A 3-D convolution with bias and no padding (the Wan modules pad themselves, causally), of this stride; its

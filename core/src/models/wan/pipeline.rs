@@ -8,12 +8,12 @@
 
 use super::clip::{ClipImageProcessor, ClipVisionConfig, ClipVisionEncoder};
 use super::condition::{ImageConditioning, concat_condition, condition_video};
-use super::load_component;
 use super::tokenizer::{WanTokenizer, prompt_clean};
 use super::transformer::{TransformerConfig, WanTransformer};
 use super::umt5::{Umt5Config, Umt5Encoder};
 use super::vae::{VaeConfig, WanVaeDecoder};
 use super::vae_encoder::WanVaeEncoder;
+use super::{cast_floats, load_component, load_transformer};
 use crate::device::Device;
 use crate::engine::{Attempt, FrameRule, Params, Stage};
 use crate::error::{Error, ErrorCode, Result};
@@ -303,22 +303,13 @@ impl WanModel {
                 Umt5Encoder::new(p, self.encoder_config.clone())
             })?;
         let (mut v2, transformer) =
-            load_component(&self.folder.join("transformer"), "diffusion_pytorch_model", dev, &[], &[], |p| {
-                WanTransformer::new(p, self.transformer_config.clone())
-            })?;
+            load_transformer(&self.folder.join("transformer"), dev, self.transformer_config.clone())?;
         // Both experts stay on the device: a job switches between them once, and every job does.
         let transformer_2 = match &self.experts {
             Some((config, _)) => {
-                let (mut v, t) = load_component(
-                    &self.folder.join("transformer_2"),
-                    "diffusion_pytorch_model",
-                    dev,
-                    &[],
-                    &[],
-                    |p| WanTransformer::new(p, config.clone()),
-                )?;
+                let (mut v, t) = load_transformer(&self.folder.join("transformer_2"), dev, config.clone())?;
                 if kind != Kind::Float {
-                    v.set_kind(kind);
+                    cast_floats(&mut v, kind);
                 }
                 Some((v, t))
             }
@@ -366,8 +357,8 @@ impl WanModel {
             None => None,
         };
         if kind != Kind::Float {
-            v1.set_kind(kind);
-            v2.set_kind(kind);
+            cast_floats(&mut v1, kind);
+            cast_floats(&mut v2, kind);
         }
         vars.extend([v1, v2]);
         let transformer_2 = transformer_2.map(|(v, t)| {

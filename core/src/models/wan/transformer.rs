@@ -7,6 +7,8 @@
 //! keeps them. Module paths spell the checkpoint keys (`blocks.{i}.attn1.to_q`, ...), so loading is a lookup.
 
 use crate::error::{Error, Result};
+use crate::models::linear::Linear;
+use crate::models::weights::Storage;
 use serde::Deserialize;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -262,32 +264,31 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
 
 #[derive(Debug)]
 pub struct Attention {
-    to_q: nn::Linear,
-    to_k: nn::Linear,
-    to_v: nn::Linear,
-    to_out: nn::Linear,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
     norm_q: RmsNorm,
     norm_k: RmsNorm,
     /// Image-to-video's second context: keys and values of the embedded CLIP tokens (`add_k_proj`, `add_v_proj`,
     /// keys normed by `norm_added_k`), attended with the same queries and added to the text's result.
-    added: Option<(nn::Linear, nn::Linear, RmsNorm)>,
+    added: Option<(Linear, Linear, RmsNorm)>,
     heads: i64,
 }
 
 impl Attention {
-    pub fn new(vs: nn::Path, dim: i64, heads: i64, eps: f64, added_kv: bool) -> Self {
-        let c = Default::default();
+    pub fn new(vs: nn::Path, dim: i64, heads: i64, eps: f64, added_kv: bool, s: &Storage) -> Self {
         Self {
-            to_q: nn::linear(&vs / "to_q", dim, dim, c),
-            to_k: nn::linear(&vs / "to_k", dim, dim, c),
-            to_v: nn::linear(&vs / "to_v", dim, dim, c),
-            to_out: nn::linear(&vs / "to_out" / "0", dim, dim, c),
+            to_q: Linear::new(&vs / "to_q", dim, dim, true, s),
+            to_k: Linear::new(&vs / "to_k", dim, dim, true, s),
+            to_v: Linear::new(&vs / "to_v", dim, dim, true, s),
+            to_out: Linear::new(&vs / "to_out" / "0", dim, dim, true, s),
             norm_q: RmsNorm::new(&vs / "norm_q", dim, eps),
             norm_k: RmsNorm::new(&vs / "norm_k", dim, eps),
             added: added_kv.then(|| {
                 (
-                    nn::linear(&vs / "add_k_proj", dim, dim, c),
-                    nn::linear(&vs / "add_v_proj", dim, dim, c),
+                    Linear::new(&vs / "add_k_proj", dim, dim, true, s),
+                    Linear::new(&vs / "add_v_proj", dim, dim, true, s),
                     RmsNorm::new(&vs / "norm_added_k", dim, eps),
                 )
             }),
@@ -428,23 +429,23 @@ pub struct Block {
     norm2: Option<Fp32LayerNorm>,
     pub attn2: Attention,
     norm3: Fp32LayerNorm,
-    ffn_in: nn::Linear,
-    ffn_out: nn::Linear,
+    ffn_in: Linear,
+    ffn_out: Linear,
     scale_shift_table: Tensor,
 }
 
 impl Block {
-    pub fn new(vs: nn::Path, c: &TransformerConfig) -> Self {
+    pub fn new(vs: nn::Path, c: &TransformerConfig, s: &Storage) -> Self {
         let dim = c.inner_dim();
         let heads = c.num_attention_heads;
         Self {
             norm1: Fp32LayerNorm::new(&vs / "norm1", dim, c.eps, false),
-            attn1: Attention::new(&vs / "attn1", dim, heads, c.eps, false),
+            attn1: Attention::new(&vs / "attn1", dim, heads, c.eps, false, s),
             norm2: c.cross_attn_norm.then(|| Fp32LayerNorm::new(&vs / "norm2", dim, c.eps, true)),
-            attn2: Attention::new(&vs / "attn2", dim, heads, c.eps, c.added_kv_proj_dim.is_some()),
+            attn2: Attention::new(&vs / "attn2", dim, heads, c.eps, c.added_kv_proj_dim.is_some(), s),
             norm3: Fp32LayerNorm::new(&vs / "norm3", dim, c.eps, false),
-            ffn_in: nn::linear(&vs / "ffn" / "net" / "0" / "proj", dim, c.ffn_dim, Default::default()),
-            ffn_out: nn::linear(&vs / "ffn" / "net" / "2", c.ffn_dim, dim, Default::default()),
+            ffn_in: Linear::new(&vs / "ffn" / "net" / "0" / "proj", dim, c.ffn_dim, true, s),
+            ffn_out: Linear::new(&vs / "ffn" / "net" / "2", c.ffn_dim, dim, true, s),
             scale_shift_table: vs.var("scale_shift_table", &[1, 6, dim], nn::Init::Const(0.0)),
         }
     }
@@ -490,19 +491,18 @@ impl Block {
 #[derive(Debug)]
 pub struct ImageEmbedding {
     norm1: Fp32LayerNorm,
-    ff_in: nn::Linear,
-    ff_out: nn::Linear,
+    ff_in: Linear,
+    ff_out: Linear,
     norm2: Fp32LayerNorm,
     pos_embed: Option<Tensor>,
 }
 
 impl ImageEmbedding {
-    fn new(vs: nn::Path, image_dim: i64, dim: i64, pos_embed_seq_len: Option<i64>) -> Self {
-        let d = Default::default();
+    fn new(vs: nn::Path, image_dim: i64, dim: i64, pos_embed_seq_len: Option<i64>, s: &Storage) -> Self {
         Self {
             norm1: Fp32LayerNorm::new(&vs / "norm1", image_dim, 1e-5, true),
-            ff_in: nn::linear(&vs / "ff" / "net" / "0" / "proj", image_dim, image_dim, d),
-            ff_out: nn::linear(&vs / "ff" / "net" / "2", image_dim, dim, d),
+            ff_in: Linear::new(&vs / "ff" / "net" / "0" / "proj", image_dim, image_dim, true, s),
+            ff_out: Linear::new(&vs / "ff" / "net" / "2", image_dim, dim, true, s),
             norm2: Fp32LayerNorm::new(&vs / "norm2", dim, 1e-5, true),
             pos_embed: pos_embed_seq_len.map(|n| vs.var("pos_embed", &[1, n, image_dim], nn::Init::Const(0.0))),
         }
@@ -515,7 +515,7 @@ impl ImageEmbedding {
 
     /// `tokens` `[B·images_per_clip, N, image_dim]` → `[B, images_per_clip·N, dim]`, in the weights' dtype.
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
-        let kind = self.ff_in.ws.kind();
+        let kind = self.ff_in.kind();
         let x = tokens.to_kind(kind);
         let x = match &self.pos_embed {
             Some(pos) => {
@@ -542,34 +542,33 @@ impl ImageEmbedding {
 #[derive(Debug)]
 pub struct ConditionEmbedder {
     freq_dim: i64,
-    time_1: nn::Linear,
-    time_2: nn::Linear,
-    time_proj: nn::Linear,
-    text_1: nn::Linear,
-    text_2: nn::Linear,
+    time_1: Linear,
+    time_2: Linear,
+    time_proj: Linear,
+    text_1: Linear,
+    text_2: Linear,
     pub image: Option<ImageEmbedding>,
 }
 
 impl ConditionEmbedder {
-    pub fn new(vs: nn::Path, c: &TransformerConfig) -> Self {
+    pub fn new(vs: nn::Path, c: &TransformerConfig, s: &Storage) -> Self {
         let dim = c.inner_dim();
-        let d = Default::default();
         Self {
             freq_dim: c.freq_dim,
-            time_1: nn::linear(&vs / "time_embedder" / "linear_1", c.freq_dim, dim, d),
-            time_2: nn::linear(&vs / "time_embedder" / "linear_2", dim, dim, d),
-            time_proj: nn::linear(&vs / "time_proj", dim, 6 * dim, d),
-            text_1: nn::linear(&vs / "text_embedder" / "linear_1", c.text_dim, dim, d),
-            text_2: nn::linear(&vs / "text_embedder" / "linear_2", dim, dim, d),
+            time_1: Linear::new(&vs / "time_embedder" / "linear_1", c.freq_dim, dim, true, s),
+            time_2: Linear::new(&vs / "time_embedder" / "linear_2", dim, dim, true, s),
+            time_proj: Linear::new(&vs / "time_proj", dim, 6 * dim, true, s),
+            text_1: Linear::new(&vs / "text_embedder" / "linear_1", c.text_dim, dim, true, s),
+            text_2: Linear::new(&vs / "text_embedder" / "linear_2", dim, dim, true, s),
             image: c
                 .image_dim
-                .map(|image_dim| ImageEmbedding::new(&vs / "image_embedder", image_dim, dim, c.pos_embed_seq_len)),
+                .map(|image_dim| ImageEmbedding::new(&vs / "image_embedder", image_dim, dim, c.pos_embed_seq_len, s)),
         }
     }
 
     /// (temb `[B, dim]`, projected timestep `[B, 6·dim]`), in `kind`.
     pub fn time(&self, timestep: &Tensor, kind: Kind) -> (Tensor, Tensor) {
-        let sinusoid = timestep_sinusoid(timestep, self.freq_dim).to_kind(self.time_1.ws.kind());
+        let sinusoid = timestep_sinusoid(timestep, self.freq_dim).to_kind(self.time_1.kind());
         let temb = self.time_2.forward(&self.time_1.forward(&sinusoid).silu()).to_kind(kind);
         let proj = self.time_proj.forward(&temb.silu());
         (temb, proj)
@@ -589,12 +588,18 @@ pub struct WanTransformer {
     pub condition_embedder: ConditionEmbedder,
     pub blocks: Vec<Block>,
     norm_out: Fp32LayerNorm,
-    proj_out: nn::Linear,
+    proj_out: Linear,
     scale_shift_table: Tensor,
 }
 
 impl WanTransformer {
+    /// A transformer with every weight in floats.
     pub fn new(vs: nn::Path, config: TransformerConfig) -> Result<Self> {
+        Self::with_storage(vs, config, &Storage::dense())
+    }
+
+    /// A transformer whose linear layers keep the weights `storage` names quantized (see [`Linear`]).
+    pub fn with_storage(vs: nn::Path, config: TransformerConfig, s: &Storage) -> Result<Self> {
         config.check()?;
         let c = &config;
         let dim = c.inner_dim();
@@ -602,14 +607,15 @@ impl WanTransformer {
         Ok(Self {
             rope: Rope::new(c.attention_head_dim, c.patch_size, c.rope_max_seq_len, vs.device()),
             patch_embedding: nn::conv(&vs / "patch_embedding", c.in_channels, dim, c.patch_size, conv),
-            condition_embedder: ConditionEmbedder::new(&vs / "condition_embedder", c),
-            blocks: (0..c.num_layers).map(|i| Block::new(&vs / "blocks" / i, c)).collect(),
+            condition_embedder: ConditionEmbedder::new(&vs / "condition_embedder", c, s),
+            blocks: (0..c.num_layers).map(|i| Block::new(&vs / "blocks" / i, c, s)).collect(),
             norm_out: Fp32LayerNorm::new(&vs / "norm_out", dim, c.eps, false),
-            proj_out: nn::linear(
+            proj_out: Linear::new(
                 &vs / "proj_out",
                 dim,
                 c.out_channels * c.patch_size.iter().product::<i64>(),
-                Default::default(),
+                true,
+                s,
             ),
             scale_shift_table: vs.var("scale_shift_table", &[1, 2, dim], nn::Init::Const(0.0)),
             config,

@@ -1,22 +1,49 @@
-//! Loading safetensors weights into a model whose module paths spell the checkpoint's keys.
+//! Loading weights into a model whose module paths spell the checkpoint's keys.
 //!
 //! Files are memory-mapped, not read whole (tch's own reader would hold each file twice in RAM), and each tensor
 //! is copied once, straight into its variable. Before anything is copied, every tensor is checked against the
 //! model built from the config: a missing, extra or misshaped tensor, or one of an unexpected dtype, is an error
-//! that names the file and the tensor. Only safetensors is accepted; pickle files (`.bin`, `.pt`) never are, as
-//! loading them can run arbitrary code.
+//! that names the file and the tensor. Safetensors and GGUF are accepted, in floats, fp8 or ggml's quantized
+//! blocks ([`checkpoint`]); pickle files (`.bin`, `.pt`) never are, as loading them can run arbitrary code.
+
+pub mod checkpoint;
+pub mod ggml;
+pub mod gguf;
+pub mod quantize;
 
 use crate::error::{Error, ErrorCode, Result};
-use safetensors::{Dtype, SafeTensors};
-use std::collections::{BTreeMap, HashMap};
+pub use checkpoint::{Checkpoint, Encoding, Quantized, Storage};
 use std::path::{Path, PathBuf};
-use tch::{Kind, Tensor, nn::VarStore};
+use tch::nn::VarStore;
 
-/// The weight files of one component: `{stem}.safetensors`, or shards listed in `{stem}.safetensors.index.json`.
+/// The weight files of one component: `{stem}.safetensors`, shards listed in `{stem}.safetensors.index.json`, or
+/// one GGUF file (`{stem}.gguf`, or the only `.gguf` file in the folder, under whatever name it was downloaded).
 pub fn weight_files(folder: &Path, stem: &str) -> Result<Vec<PathBuf>> {
     let single = folder.join(format!("{stem}.safetensors"));
     if single.is_file() {
         return Ok(vec![single]);
+    }
+    let gguf = folder.join(format!("{stem}.gguf"));
+    if gguf.is_file() {
+        return Ok(vec![gguf]);
+    }
+    let ggufs: Vec<PathBuf> = std::fs::read_dir(folder)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf") && p.is_file())
+        .collect();
+    match ggufs.len() {
+        0 => {}
+        1 => return Ok(ggufs),
+        _ => {
+            return Err(Error::invalid(format!(
+                "{} holds {} GGUF files; keep one, or name it {stem}.gguf",
+                folder.display(),
+                ggufs.len()
+            )));
+        }
     }
     let index = folder.join(format!("{stem}.safetensors.index.json"));
     if index.is_file() {
@@ -69,90 +96,11 @@ pub fn weight_files(folder: &Path, stem: &str) -> Result<Vec<PathBuf>> {
     Err(Error::new(ErrorCode::NotFound, format!("no weights in {}: expected {stem}.safetensors", folder.display())))
 }
 
-fn kind_of(dtype: Dtype) -> Option<Kind> {
-    Some(match dtype {
-        Dtype::F32 => Kind::Float,
-        Dtype::F16 => Kind::Half,
-        Dtype::BF16 => Kind::BFloat16,
-        Dtype::F64 => Kind::Double,
-        _ => return None,
-    })
-}
-
-/// Fills every variable of `vs` from the files. `aliases` maps a variable name to the checkpoint key that holds
-/// it when the two differ (tied weights); `ignore_prefixes` names checkpoint keys that are known and unused.
+/// Fills every variable of `vs` from the files (safetensors, or one GGUF file), under the names they spell.
+/// `aliases` maps a variable name to the checkpoint key that holds it when the two differ (tied weights);
+/// `ignore_prefixes` names checkpoint keys that are known and unused. See [`Checkpoint`].
 pub fn load(vs: &VarStore, files: &[PathBuf], aliases: &[(&str, &str)], ignore_prefixes: &[&str]) -> Result<()> {
-    let maps: Vec<(PathBuf, memmap2::Mmap)> = files
-        .iter()
-        .map(|f| {
-            let file =
-                std::fs::File::open(f).map_err(|e| Error::new(ErrorCode::NotFound, format!("{}: {e}", f.display())))?;
-            // SAFETY: the map is read-only and lives only while we copy out of it; a file changed underneath us by
-            // another process could give wrong weights but not unsoundness in safe code that reads bytes.
-            let map = unsafe { memmap2::Mmap::map(&file) }
-                .map_err(|e| Error::new(ErrorCode::Io, format!("{}: {e}", f.display())))?;
-            Ok((f.clone(), map))
-        })
-        .collect::<Result<_>>()?;
-    let mut tensors: HashMap<String, (usize, safetensors::tensor::TensorView<'_>)> = HashMap::new();
-    for (i, (path, map)) in maps.iter().enumerate() {
-        let st = SafeTensors::deserialize(map).map_err(|e| {
-            Error::invalid(format!("{} is not a valid safetensors file (truncated or corrupt?): {e}", path.display()))
-        })?;
-        for (name, view) in st.tensors() {
-            if let Some((j, _)) = tensors.get(&name) {
-                return Err(Error::invalid(format!(
-                    "tensor {name:?} appears in both {} and {}",
-                    maps[*j].0.display(),
-                    path.display()
-                )));
-            }
-            tensors.insert(name, (i, view));
-        }
-    }
-    let alias: HashMap<&str, &str> = aliases.iter().copied().collect();
-    let variables: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-    let mut used = std::collections::HashSet::new();
-    let mut plan = Vec::with_capacity(variables.len());
-    for (name, var) in &variables {
-        let key = alias.get(name.as_str()).copied().unwrap_or(name.as_str());
-        let (file, view) = tensors
-            .get(key)
-            .ok_or_else(|| Error::invalid(format!("tensor {key:?} is missing from {}", display_files(files))))?;
-        let shape: Vec<i64> = view.shape().iter().map(|d| *d as i64).collect();
-        if shape != var.size() {
-            return Err(Error::invalid(format!(
-                "tensor {key:?} in {} has shape {shape:?}, but the config gives {:?}",
-                files[*file].display(),
-                var.size()
-            )));
-        }
-        let kind = kind_of(view.dtype()).ok_or_else(|| {
-            Error::invalid(format!(
-                "tensor {key:?} in {} has dtype {:?}; expected a float type",
-                files[*file].display(),
-                view.dtype()
-            ))
-        })?;
-        used.insert(key.to_string());
-        plan.push((var.shallow_clone(), view.data(), shape, kind));
-    }
-    let mut extra: Vec<&String> =
-        tensors.keys().filter(|k| !used.contains(*k) && !ignore_prefixes.iter().any(|p| k.starts_with(p))).collect();
-    if !extra.is_empty() {
-        extra.sort();
-        return Err(Error::invalid(format!(
-            "{} holds tensors this config has no place for: {}",
-            display_files(files),
-            extra.iter().take(8).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-        )));
-    }
-    let _guard = tch::no_grad_guard();
-    for (mut var, data, shape, kind) in plan {
-        let t = Tensor::f_from_data_size(data, &shape, kind)?;
-        var.f_copy_(&t)?;
-    }
-    Ok(())
+    Checkpoint::open(files)?.load(vs, aliases, ignore_prefixes)
 }
 
 /// The largest safetensors header vgen reads (the format's own reader refuses more than this too).
@@ -177,9 +125,12 @@ fn header(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
     serde_json::from_slice(&header).map_err(|e| bad(format!("its header is not a JSON object: {e}")))
 }
 
-/// How many elements the tensors of these safetensors files hold, from their headers alone. Each shape's product
+/// How many elements the tensors of these weight files hold, from their headers alone. Each shape's product
 /// is checked against overflow, so a hostile file can neither make this allocate nor wrap a count.
 pub fn header_elements(files: &[PathBuf]) -> Result<u64> {
+    if files.iter().any(|f| f.extension().is_some_and(|x| x == "gguf")) {
+        return Ok(Checkpoint::open(files)?.elements());
+    }
     let mut total = 0u64;
     for path in files {
         let bad = |why: String| Error::invalid(format!("{} is not a valid safetensors file: {why}", path.display()));
@@ -198,8 +149,11 @@ pub fn header_elements(files: &[PathBuf]) -> Result<u64> {
     Ok(total)
 }
 
-/// The names of the tensors these safetensors files hold, from their headers alone.
+/// The names of the tensors these weight files hold, from their headers alone.
 pub fn tensor_names(files: &[PathBuf]) -> Result<Vec<String>> {
+    if files.iter().any(|f| f.extension().is_some_and(|x| x == "gguf")) {
+        return Ok(Checkpoint::open(files)?.names().map(String::from).collect());
+    }
     let mut names = Vec::new();
     for path in files {
         names.extend(header(path)?.into_iter().map(|(n, _)| n).filter(|n| n != "__metadata__"));
@@ -243,10 +197,6 @@ pub fn check_confined(folder: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn display_files(files: &[PathBuf]) -> String {
-    files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// Reads a component's `config.json` into its config type, naming the file in any error.
