@@ -207,7 +207,7 @@ def main() -> None:
     import transformers
 
     side = a.vgen_side
-    rows = []
+    rows, quant_rows = [], []
     cases = a.cases.split(",")
     if "pipeline" in cases:
         r = str(a.runs)
@@ -224,6 +224,11 @@ def main() -> None:
             tokens = v[0]["tokens"]
             rows.append((f"Wan2.1-1.3B denoising step with CFG, {tokens} tokens", median(v, "step_ms"), median(d, "step_ms"), "step_ms"))
             rows.append((f"Wan2.1-1.3B denoising step with CFG, {tokens} tokens, peak RSS", median(v, "peak_rss"), median(d, "peak_rss"), "peak_rss"))
+            # Quantized weights (vgen only): the transformer's resident memory and step time in each format that
+            # `vgen quantize` writes, beside vgen's own fp32 in the same run.
+            for fmt in ("fp8", "q8_0", "q4_k"):
+                q = run_side([side, "step", "--transformer", t, "--runs", str(a.runs), "--format", fmt, *size])
+                quant_rows.append((fmt, median(q, "weights_bytes"), median(v, "weights_bytes"), median(q, "step_ms"), median(v, "step_ms")))
         else:
             rows.append((f"diffusers 1.3B step on {a.device} (no vgen side in this script)", float("nan"), median(d, "step_ms"), "step_ms"))
     if "decode" in cases:
@@ -266,6 +271,12 @@ def main() -> None:
         fmt = (lambda x: f"{x / 2**20:.0f} MiB") if key == "peak_rss" else (lambda x: f"{x:.1f} ms")
         ratio = v / d if d and d == d and v == v else float("nan")
         print(f"| {what} | {fmt(v)} | {fmt(d)} | {ratio:.2f} |")
+    if quant_rows:
+        print()
+        print("| Wan2.1-1.3B transformer, blocks' matrices in | resident weights | of fp32 | step | of fp32 |")
+        print("|---|---|---|---|---|")
+        for fmt, wb, fb, st, fs in quant_rows:
+            print(f"| {fmt} | {wb / 2**20:.0f} MiB | {wb / fb:.2f} | {st:.1f} ms | {st / fs:.2f} |")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! vgen-side pipeline  --model DIR --runs N [--steps S --frames F --width W --height H --guidance G]
-//! vgen-side step      --transformer DIR --frames F --height H --width W --runs N
+//! vgen-side step      --transformer DIR --frames F --height H --width W --runs N [--format f32|fp8|q8_0|q4_k]
 //! vgen-side decode    --vae DIR --frames F --height H --width W --out FILE.mp4
 //! ```
 //! Every case first runs once untimed (warm-up). Peak memory is the process's high-water mark (`VmHWM`).
@@ -38,6 +38,7 @@ fn main() {
             &PathBuf::from(flag("--transformer").expect("--transformer")),
             [num("--frames", 5), num("--height", 240), num("--width", 416)],
             num("--runs", 5) as usize,
+            flag("--format").unwrap_or_else(|| "f32".into()),
         ),
         Some("decode") => decode(
             &PathBuf::from(flag("--vae").expect("--vae")),
@@ -50,6 +51,16 @@ fn main() {
         eprintln!("vgen-side: {e}");
         std::process::exit(1);
     }
+}
+
+/// The process's resident memory now, in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// The process's peak resident memory, in bytes.
@@ -124,13 +135,27 @@ fn pipeline(
 /// latents in one batch, the text side of the cross-attention prepared once per job (before the timed steps, as a
 /// job pays it once), random weights built from a config. The prompts are `run.py`'s: 32 real rows each, then
 /// zeros to 512, as the text encoder hands them over.
-fn step(folder: &Path, [frames, height, width]: [i64; 3], runs: usize) -> vgen_core::Result<()> {
+///
+/// `format` other than f32 keeps the blocks' matrices quantized as `vgen quantize` does (`fp8`, `q8_0`, `q4_k`),
+/// filled with the encoding of random values; `weights_bytes` is the resident memory the built model added.
+fn step(folder: &Path, [frames, height, width]: [i64; 3], runs: usize, format: String) -> vgen_core::Result<()> {
     const PROMPT_TOKENS: i64 = 32;
     const NEGATIVE_TOKENS: i64 = 32;
     let config: TransformerConfig = weights::read_config(folder)?;
     let text_dim = config.text_dim;
+    let before = rss();
     let vs = VarStore::new(Device::Cpu);
-    let model = WanTransformer::new(vs.root(), config)?;
+    let model = match format.as_str() {
+        "f32" => WanTransformer::new(vs.root(), config)?,
+        other => {
+            let format: weights::quantize::Format = other.parse()?;
+            let storage = weights::quantize::block_storage(&config, format);
+            let model = WanTransformer::with_storage(vs.root(), config, &storage)?;
+            weights::quantize::fill_random(&vs, &storage)?;
+            model
+        }
+    };
+    let weights_bytes = rss().saturating_sub(before);
     let _g = tch::no_grad_guard();
     tch::manual_seed(0);
     let latent_frames = (frames - 1) / 4 + 1;
@@ -149,8 +174,9 @@ fn step(folder: &Path, [frames, height, width]: [i64; 3], runs: usize) -> vgen_c
         let elapsed = started.elapsed();
         assert_eq!(guided.size(), x.size());
         let line = serde_json::json!({
-            "side": "vgen", "case": "step", "warmup": run == 0, "tokens": tokens,
-            "step_ms": ms(elapsed), "peak_rss": peak_rss(), "threads": vgen_core::runtime::cpu_threads(),
+            "side": "vgen", "case": "step", "warmup": run == 0, "tokens": tokens, "format": format,
+            "step_ms": ms(elapsed), "peak_rss": peak_rss(), "weights_bytes": weights_bytes,
+            "threads": vgen_core::runtime::cpu_threads(),
         });
         println!("{line}");
     }

@@ -165,3 +165,44 @@ pub fn image_bytes(data: &[u8]) {
     let small = resize(image, 32, 32);
     assert_eq!(small.rgb.len(), 32 * 32 * 3);
 }
+
+/// A GGUF file's header and tensor table (`vgen_core::models::weights::gguf`). An accepted file's tensors lie
+/// inside it and decode to as many values as their shapes say; written back by vgen's writer and read again, it
+/// gives the same metadata and tensors (ComfyUI-GGUF's `orig_shape` entries aside, which only reshape).
+pub fn gguf(data: &[u8]) {
+    use vgen_core::models::weights::gguf::{Gguf, TensorOut, write};
+    let Ok(file) = Gguf::parse(data) else { return };
+    let comfy = |k: &str| k.starts_with("comfy.gguf.orig_shape.");
+    for t in &file.tensors {
+        assert!(t.start + t.len <= data.len(), "tensor {:?} lies inside the file", t.name);
+        let elements: i64 = t.shape.iter().product();
+        assert_eq!(elements / t.ggml.block_elements() * t.ggml.block_bytes(), t.len as i64, "{:?}'s size", t.name);
+        if t.len <= 1 << 16 && !file.metadata.contains_key(&format!("comfy.gguf.orig_shape.{}", t.name)) {
+            let raw = tch::Tensor::from_slice(&data[t.start..t.start + t.len]);
+            let values = t.ggml.dequantize(&raw, &t.shape).expect("an accepted tensor decodes");
+            assert_eq!(values.size(), t.shape, "decoded shape");
+        }
+    }
+    static SCRATCH: OnceLock<PathBuf> = OnceLock::new();
+    let path = SCRATCH.get_or_init(|| std::env::temp_dir().join(format!("vgen-fuzz-{}.gguf", std::process::id())));
+    let kept: Vec<_> =
+        file.tensors.iter().filter(|t| !file.metadata.contains_key(&format!("comfy.gguf.orig_shape.{}", t.name))).collect();
+    let metadata: Vec<(String, _)> =
+        file.metadata.iter().filter(|(k, _)| !comfy(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let outs: Vec<TensorOut<'_>> = kept
+        .iter()
+        .map(|t| TensorOut { name: &t.name, shape: &t.shape, ggml: t.ggml, bytes: &data[t.start..t.start + t.len] })
+        .collect();
+    write(path, &metadata, &outs).expect("an accepted file can be written back");
+    let again = Gguf::parse(&std::fs::read(path).unwrap()).expect("a written file parses");
+    let written = std::fs::read(path).unwrap();
+    assert_eq!(again.metadata.iter().filter(|(k, _)| !comfy(k)).count(), metadata.len());
+    for (k, v) in &metadata {
+        assert_eq!(again.metadata.get(k), Some(v), "metadata {k:?} round trip");
+    }
+    assert_eq!(again.tensors.len(), kept.len());
+    for (a, b) in again.tensors.iter().zip(&kept) {
+        assert_eq!((&a.name, &a.shape, a.ggml), (&b.name, &b.shape, b.ggml), "tensor round trip");
+        assert_eq!(&written[a.start..a.start + a.len], &data[b.start..b.start + b.len], "{:?}'s bytes", a.name);
+    }
+}

@@ -123,6 +123,11 @@ fn config_json() {
 }
 
 #[test]
+fn gguf() {
+    run("gguf", vgen_fuzz::gguf);
+}
+
+#[test]
 fn image_bytes() {
     run("image_bytes", vgen_fuzz::image_bytes);
 }

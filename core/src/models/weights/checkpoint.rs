@@ -74,6 +74,10 @@ impl Storage {
     pub fn dense() -> Self {
         Self::default()
     }
+    /// Storage from (variable name, how it is quantized) pairs.
+    pub fn from_entries(entries: impl IntoIterator<Item = (String, Quantized)>) -> Self {
+        Self(entries.into_iter().collect())
+    }
     pub fn get(&self, name: &str) -> Option<&Quantized> {
         self.0.get(name)
     }

@@ -11,7 +11,7 @@
 //!   falls back to Q4_1 (32), as llama.cpp falls back from the k-quants; tensors of more than 4 dimensions (the
 //!   patch embedding) are stored flattened with their shape in `comfy.gguf.orig_shape.{name}`.
 
-use super::checkpoint::Checkpoint;
+use super::checkpoint::{Checkpoint, Encoding, Quantized, Storage};
 use super::ggml::GgmlType;
 use super::gguf::{self, TensorOut};
 use crate::error::{Error, ErrorCode, Result};
@@ -128,6 +128,69 @@ fn copy_tree(src: &Path, dst: &Path, skip: &dyn Fn(&Path) -> bool) -> Result<()>
     Ok(())
 }
 
+impl Format {
+    /// The encoding a block matrix with rows of `row` values gets.
+    pub fn encoding_for(self, row: i64) -> Encoding {
+        match self {
+            Format::Fp8 => Encoding::Fp8E4m3,
+            Format::Q8_0 => Encoding::Ggml(GgmlType::Q8_0),
+            Format::Q4K if row % 256 == 0 => Encoding::Ggml(GgmlType::Q4K),
+            Format::Q4K => Encoding::Ggml(GgmlType::Q4_1),
+        }
+    }
+}
+
+/// The storage `vgen quantize` gives a Wan transformer of this config, without reading any weights: for models
+/// built from a config alone (benchmarks, memory estimates).
+pub fn block_storage(config: &crate::models::wan::transformer::TransformerConfig, format: Format) -> Storage {
+    let dim = config.inner_dim();
+    let mut layers = Vec::new();
+    for i in 0..config.num_layers {
+        for attn in ["attn1", "attn2"] {
+            for m in ["to_q", "to_k", "to_v", "to_out.0"] {
+                layers.push((format!("blocks.{i}.{attn}.{m}.weight"), dim));
+            }
+        }
+        if config.added_kv_proj_dim.is_some() {
+            layers.push((format!("blocks.{i}.attn2.add_k_proj.weight"), dim));
+            layers.push((format!("blocks.{i}.attn2.add_v_proj.weight"), dim));
+        }
+        layers.push((format!("blocks.{i}.ffn.net.0.proj.weight"), dim));
+        layers.push((format!("blocks.{i}.ffn.net.2.weight"), config.ffn_dim));
+    }
+    let scale = (format == Format::Fp8).then(Vec::new);
+    Storage::from_entries(layers.into_iter().map(|(name, row)| {
+        (name, Quantized { encoding: format.encoding_for(row), scale_shape: scale.clone() })
+    }))
+}
+
+/// Fills every quantized slot of `vs` with the encoding of random values (scales 1): a model to time and measure.
+pub fn fill_random(vs: &tch::nn::VarStore, storage: &Storage) -> Result<()> {
+    let _guard = tch::no_grad_guard();
+    for (name, mut var) in vs.variables() {
+        let Some(q) = storage.get(&name) else { continue };
+        let [rows, _] = var.size()[..] else { continue };
+        let row: i64 = match q.encoding {
+            Encoding::Ggml(g) => var.size()[1] / g.block_bytes() * g.block_elements(),
+            _ => var.size()[1],
+        };
+        // 64 random rows, encoded once and repeated: the values do not matter, the bytes' layout does.
+        let sample = Tensor::randn([64.min(rows), row], (Kind::Float, tch::Device::Cpu)) * 0.02;
+        let encoded = match q.encoding {
+            Encoding::Ggml(g) => g.quantize(&sample)?,
+            _ => (sample / (0.1 / 448.0)).to_kind(Kind::Float8e4m3fn).view_dtype(Kind::Uint8),
+        };
+        let reps = (rows + 63) / 64;
+        var.copy_(&encoded.repeat([reps, 1]).narrow(0, 0, rows).to_device(var.device()));
+    }
+    for (name, mut var) in vs.variables() {
+        if name.ends_with(".scale_weight") {
+            let _ = var.fill_(0.1 / 448.0);
+        }
+    }
+    Ok(())
+}
+
 /// Whether the tensor `name` of `shape` is one of the blocks' matrices, which quantization is for.
 fn is_block_matrix(name: &str, shape: &[i64]) -> bool {
     shape.len() == 2 && name.starts_with("blocks.") && name.ends_with(".weight")
@@ -147,7 +210,7 @@ fn write_component(checkpoint: &Checkpoint, out: &Path, format: Format, report: 
                 Format::Fp8 => fp8(&value),
                 Format::Q8_0 => Encoded::Ggml(GgmlType::Q8_0, bytes(&GgmlType::Q8_0.quantize(&value)?)),
                 Format::Q4K => {
-                    let g = if shape[1] % 256 == 0 { GgmlType::Q4K } else { GgmlType::Q4_1 };
+                    let Encoding::Ggml(g) = format.encoding_for(shape[1]) else { unreachable!() };
                     Encoded::Ggml(g, bytes(&g.quantize(&value)?))
                 }
             };
