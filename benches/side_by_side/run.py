@@ -154,6 +154,10 @@ def diffusers_decode(a) -> None:
     z = vae.config.z_dim
     spatial = vae.config.scale_factor_spatial or 8
     latents = torch.randn(1, z, (a.frames - 1) // 4 + 1, a.height // spatial, a.width // spatial)
+    if a.tile:
+        size, stride = (int(v) for v in a.tile.split(","))
+        vae.enable_tiling(tile_sample_min_height=size, tile_sample_min_width=size, tile_sample_stride_height=stride,
+                          tile_sample_stride_width=stride)
     with torch.no_grad():
         started = time.perf_counter()
         video = vae.decode(latents, return_dict=False)[0]
@@ -192,7 +196,7 @@ def main() -> None:
     if a.child:
         c = argparse.ArgumentParser()
         c.add_argument("what")
-        for name in ("--model", "--transformer", "--vae", "--device"):
+        for name in ("--model", "--transformer", "--vae", "--device", "--tile"):
             c.add_argument(name, default="cpu" if name == "--device" else None)
         for name in ("--runs", "--steps", "--frames", "--width", "--height"):
             c.add_argument(name, type=int, default=None)
@@ -256,6 +260,18 @@ def main() -> None:
                 d = run_side(child(["decode", "--vae", str(vae), "--frames", frames, "--height", size[0], "--width", size[1]]))
                 rows.append((f"{label} decode {frames} frames, peak RSS", v[0]["peak_rss"], d[0]["peak_rss"], "peak_rss"))
                 rows.append((f"{label} decode {frames} frames, time", v[0]["decode_ms"], d[0]["decode_ms"], "decode_ms"))
+        # Tiled decode (diffusers' enable_tiling, 128-pixel tiles every 96 here, so that CPU-sized frames span
+        # several) at three sizes: peak memory should stay flat in resolution, on both sides.
+        for px in ("192", "320", "448"):
+            for tiled in (False, True):
+                tile = ["--tile", "128,96"] if tiled else []
+                with tempfile.TemporaryDirectory() as tmp:
+                    v = run_side([side, "decode", "--vae", str(mid), "--frames", "5", "--height", px, "--width", px,
+                                  "--out", os.path.join(tmp, "v.mp4"), *tile])
+                d = run_side(child(["decode", "--vae", str(mid), "--frames", "5", "--height", px, "--width", px, *tile]))
+                how = "tiled 128/96" if tiled else "whole"
+                rows.append((f"mid-size VAE decode 5 frames at {px}x{px}, {how}, peak RSS", v[0]["peak_rss"], d[0]["peak_rss"], "peak_rss"))
+                rows.append((f"mid-size VAE decode 5 frames at {px}x{px}, {how}, time", v[0]["decode_ms"], d[0]["decode_ms"], "decode_ms"))
 
     cpu = platform.processor() or platform.machine()
     try:

@@ -4,7 +4,7 @@
 //! ```text
 //! vgen-side pipeline  --model DIR --runs N [--steps S --frames F --width W --height H --guidance G]
 //! vgen-side step      --transformer DIR --frames F --height H --width W --runs N [--format f32|fp8|q8_0|q4_k]
-//! vgen-side decode    --vae DIR --frames F --height H --width W --out FILE.mp4
+//! vgen-side decode    --vae DIR --frames F --height H --width W --out FILE.mp4 [--tile SIZE,STRIDE]
 //! ```
 //! Every case first runs once untimed (warm-up). Peak memory is the process's high-water mark (`VmHWM`).
 
@@ -44,6 +44,10 @@ fn main() {
             &PathBuf::from(flag("--vae").expect("--vae")),
             [num("--frames", 17), num("--height", 64), num("--width", 64)],
             &PathBuf::from(flag("--out").expect("--out")),
+            flag("--tile").map(|t| {
+                let v: Vec<i64> = t.split(',').map(|x| x.parse().expect("--tile SIZE,STRIDE")).collect();
+                vgen_core::models::wan::vae_tiling::Tiling { sample_min: [v[0]; 2], sample_stride: [v[1]; 2] }
+            }),
         ),
         _ => Err(vgen_core::Error::invalid("usage: vgen-side pipeline|step|decode ... (see the source's header)")),
     };
@@ -185,7 +189,12 @@ fn step(folder: &Path, [frames, height, width]: [i64; 3], runs: usize, format: S
 
 /// A VAE decode of random latents, streamed chunk by chunk into an MP4 file, as the engine does for a job that
 /// keeps no frames. Weights come from the folder when it has them, else random from its config.
-fn decode(folder: &Path, [frames, height, width]: [i64; 3], out: &Path) -> vgen_core::Result<()> {
+fn decode(
+    folder: &Path,
+    [frames, height, width]: [i64; 3],
+    out: &Path,
+    tiling: Option<vgen_core::models::wan::vae_tiling::Tiling>,
+) -> vgen_core::Result<()> {
     let config: VaeConfig = weights::read_config(folder)?;
     let (z_dim, s) = (config.z_dim, config.spatial_factor());
     let vs = VarStore::new(Device::Cpu);
@@ -204,13 +213,17 @@ fn decode(folder: &Path, [frames, height, width]: [i64; 3], out: &Path) -> vgen_
     };
     let started = Instant::now();
     let mut encoder = vgen_core::encode::open(out, geometry)?;
-    vae.decode(&latents, |_, _, chunk| {
+    let sink = |_, _, chunk: Tensor| {
         let f = vgen_core::Frames::from_tensor(&chunk.get(0).permute([1, 2, 3, 0]), false)?;
         for t in 0..f.num_frames {
             encoder.push(f.frame(t))?;
         }
         Ok(())
-    })?;
+    };
+    match tiling {
+        Some(t) => vae.decode_tiled(&latents, t, sink)?,
+        None => vae.decode(&latents, sink)?,
+    }
     encoder.finish()?;
     let line = serde_json::json!({
         "side": "vgen", "case": "decode", "frames": frames, "decode_ms": ms(started.elapsed()),

@@ -188,6 +188,7 @@ fn pipeline_matches(name: &str, layers: &[&str], last: bool) {
         guidance_scale_2: None,
         seed: 42,
         preview_every: None,
+        vae_tiling: None,
         image: Some(std::sync::Arc::new(first)),
         last_image: last_image.map(std::sync::Arc::new),
     };

@@ -137,6 +137,48 @@ fn vae_decoder_matches_diffusers_chunk_by_chunk() {
     assert_close("sample", &Tensor::cat(&chunks, 2), &c["decode.sample"], 1e-4);
 }
 
+/// diffusers' `enable_tiling()` on the tiny Wan2.1 VAE (8x) and the tiny Wan2.2 VAE (16x, in patches), with tiles
+/// small enough that the latents span 3 x 3 of them; without tiling, the same latents decode whole.
+#[test]
+fn tiled_vae_decode_matches_diffusers_enable_tiling() {
+    use vgen_core::models::wan::vae_tiling::Tiling;
+    let c = cases("tiling.safetensors");
+    for (label, folder) in [("wan21", "tiny-wan/vae"), ("wan22", "tiny-wan22-ti2v/vae")] {
+        let folder = fixtures().join(folder);
+        let config = read_config(&folder).unwrap();
+        let (_vs, vae) = wan::load_component(
+            &folder,
+            "diffusion_pytorch_model",
+            Device::Cpu,
+            &[],
+            &["encoder.", "quant_conv."],
+            |p| WanVaeDecoder::new(p, config),
+        )
+        .unwrap();
+        let _g = tch::no_grad_guard();
+        let z = &c[&format!("{label}.z")];
+        let tile = Vec::<i64>::try_from(&c[&format!("{label}.tile")]).unwrap();
+        let tiling = Tiling { sample_min: [tile[0]; 2], sample_stride: [tile[1]; 2] };
+        let [.., h, w] = z.size()[..] else { unreachable!() };
+        assert!(tiling.applies(vae.config.spatial_factor(), h, w));
+        let mut chunks = Vec::new();
+        vae.decode_tiled(z, tiling, |_, _, frames| {
+            chunks.push(frames);
+            Ok(())
+        })
+        .unwrap();
+        let tiled = Tensor::cat(&chunks, 2);
+        assert_close(&format!("{label} tiled"), &tiled, &c[&format!("{label}.tiled")], 1e-4);
+        let mut whole = Vec::new();
+        vae.decode(z, |_, _, frames| {
+            whole.push(frames);
+            Ok(())
+        })
+        .unwrap();
+        assert_close(&format!("{label} whole"), &Tensor::cat(&whole, 2), &c[&format!("{label}.whole")], 1e-4);
+    }
+}
+
 #[test]
 fn vae_encoder_matches_diffusers_moments_and_mode() {
     let c = cases("vae.safetensors");

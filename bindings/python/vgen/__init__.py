@@ -393,6 +393,7 @@ class Engine:
         deadline: Optional[float] = None,
         idempotency_key: Optional[str] = None,
         preview_every: Optional[int] = None,
+        vae_tiling: Optional[bool] = None,
         outputs: Optional[Sequence[Union[str, "os.PathLike[str]"]]] = None,
         keep_frames: bool = True,
         on_progress: Optional[EventCallback] = None,
@@ -421,6 +422,9 @@ class Engine:
             deadline: seconds from now after which the job fails with ``DeadlineExceededError``.
             idempotency_key: submitting the same key again returns the same job.
             preview_every: send a preview event every this many steps.
+            vae_tiling: decode in overlapping 256-pixel tiles (diffusers' ``enable_tiling()``): the VAE's memory
+                stays flat in resolution, pixels differ slightly where tiles meet. None tiles frames larger than the
+                model's pixel budget (832 x 480 by default).
             outputs: files for the engine to write as the video is decoded (``.mp4``, ``.gif``, ``.png`` or a
                 folder ending in ``/``); each appears, complete, only if the job succeeds.
             keep_frames: False keeps no frames in memory (``video.frames`` is then empty): the video goes only to
@@ -448,7 +452,7 @@ class Engine:
                    priority=priority, preview_every=preview_every)
         _check_all((int, float), "a number", fps=fps, guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2,
                    deadline=deadline)
-        _check_all(bool, "a bool", keep_frames=keep_frames)
+        _check_all(bool, "a bool", keep_frames=keep_frames, vae_tiling=vae_tiling)
         if isinstance(outputs, (str, bytes, os.PathLike)) or (outputs is not None and not isinstance(outputs, Sequence)):
             raise TypeError("outputs must be a list of paths")
         paths = [os.fspath(p) for p in outputs or []]
@@ -464,7 +468,7 @@ class Engine:
             "model": model, "priority": priority,
             "image": _image_json("image", image), "last_image": _image_json("last_image", last_image),
             "deadline_ms": None if deadline is None else max(1, int(deadline * 1000)),
-            "idempotency_key": idempotency_key, "preview_every": preview_every,
+            "idempotency_key": idempotency_key, "preview_every": preview_every, "vae_tiling": vae_tiling,
             "outputs": paths, "keep_frames": keep_frames,
         }
         callback = _dispatch(handlers) if any(handlers.values()) else None
@@ -614,6 +618,7 @@ def generate(
     deadline: Optional[float] = None,
     idempotency_key: Optional[str] = None,
     preview_every: Optional[int] = None,
+    vae_tiling: Optional[bool] = None,
     outputs: Optional[Sequence[Union[str, "os.PathLike[str]"]]] = None,
     keep_frames: bool = True,
     on_progress: Optional[EventCallback] = None,
@@ -632,7 +637,8 @@ def generate(
         prompt: what the video shows.
         negative_prompt, width, height, num_frames, fps, steps, guidance_scale, guidance_scale_2, seed, model, image,
             last_image, priority,
-            deadline, idempotency_key, preview_every, outputs, keep_frames, on_progress, on_preview, on_done: as for
+            deadline, idempotency_key, preview_every, vae_tiling, outputs, keep_frames, on_progress, on_preview,
+            on_done: as for
             ``Engine.submit``.
         progress: show the progress bar (default True).
         engine: run on this engine instead of the default one.
@@ -657,7 +663,8 @@ def generate(
         steps=steps, guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2, seed=seed, model=model,
         image=image, last_image=last_image,
         priority=priority, deadline=deadline,
-        idempotency_key=idempotency_key, preview_every=preview_every, outputs=outputs, keep_frames=keep_frames,
+        idempotency_key=idempotency_key, preview_every=preview_every, vae_tiling=vae_tiling, outputs=outputs,
+        keep_frames=keep_frames,
         on_progress=on_progress, on_preview=on_preview, on_done=on_done,
     )
     bar = _make_bar("vgen") if progress else None

@@ -185,8 +185,11 @@ pub fn gguf(data: &[u8]) {
     }
     static SCRATCH: OnceLock<PathBuf> = OnceLock::new();
     let path = SCRATCH.get_or_init(|| std::env::temp_dir().join(format!("vgen-fuzz-{}.gguf", std::process::id())));
-    let kept: Vec<_> =
-        file.tensors.iter().filter(|t| !file.metadata.contains_key(&format!("comfy.gguf.orig_shape.{}", t.name))).collect();
+    let kept: Vec<_> = file
+        .tensors
+        .iter()
+        .filter(|t| !file.metadata.contains_key(&format!("comfy.gguf.orig_shape.{}", t.name)))
+        .collect();
     let metadata: Vec<(String, _)> =
         file.metadata.iter().filter(|(k, _)| !comfy(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
     let outs: Vec<TensorOut<'_>> = kept

@@ -107,6 +107,10 @@ struct Generate {
     /// Emit a preview event every N steps.
     #[arg(long)]
     preview_every: Option<u32>,
+    /// Decode in overlapping spatial tiles (on) or whole (off); by default, frames past the model's pixel budget
+    /// (832 x 480) tile. Tiles keep the VAE's memory flat in resolution.
+    #[arg(long, value_parser = ["on", "off"])]
+    vae_tiling: Option<String>,
     /// Output file: .mp4, .gif, .png (animated), or a folder ending in /. Repeat to write several formats.
     #[arg(long = "out", required = true)]
     out: Vec<PathBuf>,
@@ -245,6 +249,7 @@ fn generate(g: Generate) -> ExitCode {
         seed: g.seed,
         model,
         preview_every: g.preview_every,
+        vae_tiling: g.vae_tiling.as_deref().map(|v| v == "on"),
         image: g.image.as_ref().map(|p| vgen_core::engine::image::ImageInput::Path(p.to_string_lossy().into_owned())),
         last_image: g
             .last_image

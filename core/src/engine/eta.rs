@@ -155,6 +155,7 @@ mod tests {
             guidance_scale_2: None,
             seed: 0,
             preview_every: None,
+            vae_tiling: None,
             image: None,
             last_image: None,
         }

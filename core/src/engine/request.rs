@@ -45,6 +45,11 @@ pub struct Request {
     pub idempotency_key: Option<String>,
     /// Emit a preview every this many denoising steps.
     pub preview_every: Option<u32>,
+    /// Decode the video in overlapping spatial tiles (diffusers' `enable_tiling()`: 256-pixel tiles every 192),
+    /// which keeps the VAE's peak memory flat in resolution at the cost of slightly different pixels where tiles
+    /// meet. Left out, a model tiles frames larger than its pixel budget (832 × 480 unless its `vgen.json` sets
+    /// `vae_tiling_above_pixels`). Part of the cache key.
+    pub vae_tiling: Option<bool>,
     /// Files for the engine to write, by extension (`.mp4`, `.gif`, `.png`, or a folder ending in `/`). Frames
     /// are encoded as they are decoded; each file appears, complete, only when the job succeeds.
     pub outputs: Vec<String>,
@@ -116,6 +121,8 @@ pub struct Params {
     pub guidance_scale_2: Option<f64>,
     pub seed: u64,
     pub preview_every: Option<u32>,
+    /// Whether to decode in tiles; the model decides by its pixel budget when `None`.
+    pub vae_tiling: Option<bool>,
     /// The first frame, decoded and resized to `width` × `height`.
     #[serde(skip)]
     pub image: Option<Arc<Image>>,
@@ -141,6 +148,7 @@ impl Params {
         self.guidance_scale_2.map(f64::to_bits).hash(&mut h);
         self.image.as_ref().map(|i| i.hash).hash(&mut h);
         self.last_image.as_ref().map(|i| i.hash).hash(&mut h);
+        self.vae_tiling.hash(&mut h);
         h.finish()
     }
 }
@@ -290,6 +298,7 @@ pub fn validate(
         guidance_scale_2,
         seed: request.seed.unwrap_or_else(draw_seed),
         preview_every: request.preview_every,
+        vae_tiling: request.vae_tiling,
         image: first,
         last_image: last,
     })

@@ -14,6 +14,7 @@ pub mod transformer;
 pub mod umt5;
 pub mod vae;
 pub mod vae_encoder;
+pub mod vae_tiling;
 
 use super::weights::{Checkpoint, weight_files};
 use crate::error::{Error, Result};

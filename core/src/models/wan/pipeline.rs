@@ -13,6 +13,7 @@ use super::transformer::{TransformerConfig, WanTransformer};
 use super::umt5::{Umt5Config, Umt5Encoder};
 use super::vae::{VaeConfig, WanVaeDecoder};
 use super::vae_encoder::WanVaeEncoder;
+use super::vae_tiling::Tiling;
 use super::{cast_floats, load_component, load_transformer};
 use crate::device::Device;
 use crate::engine::{Attempt, FrameRule, Params, Stage};
@@ -49,7 +50,16 @@ pub struct ServingConfig {
     /// The transformer's and text encoder's dtype on CUDA: "bf16" (the default), "fp16" or "fp32". The VAE and
     /// the CPU always use fp32.
     pub cuda_dtype: Option<String>,
+    /// Frames of more pixels than this decode in tiles unless a request says otherwise (default 832 × 480).
+    pub vae_tiling_above_pixels: Option<u64>,
+    /// The tiles' size and stride in pixels, `[size, stride]` (default `[256, 192]`, diffusers').
+    pub vae_tile_pixels: Option<[i64; 2]>,
 }
+
+/// Frames of more pixels than this decode in tiles when neither the request nor `vgen.json` says otherwise: 480p
+/// (832 × 480) decodes whole, as diffusers does by default; larger frames tile, as the VAE's memory at 720p and
+/// above is what runs GPUs out of memory (stable-diffusion.cpp #872, ComfyUI #11223).
+pub const DEFAULT_TILING_ABOVE_PIXELS: u64 = 832 * 480;
 
 /// The loaded networks, on one device.
 pub struct Components {
@@ -557,7 +567,9 @@ impl Model for WanModel {
         let retain = attempt.retains_frames();
         let mut data = Vec::with_capacity(if retain { (p.num_frames * p.height * p.width * 3) as usize } else { 0 });
         let mut frames_kept = 0;
-        c.vae.decode(&latents, |i, total, chunk| {
+        let budget = self.serving.vae_tiling_above_pixels.unwrap_or(DEFAULT_TILING_ABOVE_PIXELS);
+        let tiled = p.vae_tiling.unwrap_or(p.width as u64 * p.height as u64 > budget);
+        let sink = |i: usize, total: usize, chunk: Tensor| {
             // [1, 3, t, H, W] → [t, H, W, 3]
             let f = Frames::from_tensor(&chunk.get(0).permute([1, 2, 3, 0]), false)?;
             drop(chunk);
@@ -567,7 +579,16 @@ impl Model for WanModel {
                 data.extend_from_slice(f.data());
             }
             attempt.chunk(i as u32 + 1, total as u32)
-        })?;
+        };
+        if tiled {
+            let tiling = match self.serving.vae_tile_pixels {
+                Some([size, stride]) => Tiling { sample_min: [size; 2], sample_stride: [stride; 2] },
+                None => Tiling::default(),
+            };
+            c.vae.decode_tiled(&latents, tiling, sink)?;
+        } else {
+            c.vae.decode(&latents, sink)?;
+        }
         attempt.stage(Stage::Finalizing)?;
         let frames = Frames::new(frames_kept, p.height as usize, p.width as usize, data)?;
         Ok(Video { frames: Arc::new(frames), fps: p.fps, metadata: Default::default() })

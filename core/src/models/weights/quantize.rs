@@ -159,9 +159,11 @@ pub fn block_storage(config: &crate::models::wan::transformer::TransformerConfig
         layers.push((format!("blocks.{i}.ffn.net.2.weight"), config.ffn_dim));
     }
     let scale = (format == Format::Fp8).then(Vec::new);
-    Storage::from_entries(layers.into_iter().map(|(name, row)| {
-        (name, Quantized { encoding: format.encoding_for(row), scale_shape: scale.clone() })
-    }))
+    Storage::from_entries(
+        layers
+            .into_iter()
+            .map(|(name, row)| (name, Quantized { encoding: format.encoding_for(row), scale_shape: scale.clone() })),
+    )
 }
 
 /// Fills every quantized slot of `vs` with the encoding of random values (scales 1): a model to time and measure.
