@@ -116,6 +116,7 @@ fn params(image: Option<Image>, guidance_scale_2: Option<f64>) -> Params {
         guidance_scale_2,
         seed: 42,
         preview_every: None,
+        vae_tiling: None,
         image: image.map(std::sync::Arc::new),
         last_image: None,
     }

@@ -12,8 +12,9 @@ impl Shared {
     pub(super) fn admit(&self, model: &dyn crate::models::Model, params: &Params) -> Result<()> {
         let mut best: Option<(u64, u64, Device)> = None;
         for (d, memory) in self.devices.iter().zip(&self.device_memory) {
-            let need = model.memory_estimate(params, *d);
-            let have = self.config.memory_budget_bytes.or(*memory).unwrap_or(u64::MAX);
+            let budget = self.config.memory_budget_bytes.or(*memory);
+            let need = model.memory_plan(params, *d, budget).bytes;
+            let have = budget.unwrap_or(u64::MAX);
             if need <= have {
                 return Ok(());
             }

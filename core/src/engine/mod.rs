@@ -415,6 +415,21 @@ impl Engine {
         &self.shared.models
     }
 
+    /// How `request` would use each device's memory (the engine's `memory_budget_bytes`, or the device's own
+    /// memory where known): the estimate and what the model chose to fit it, such as block offload. Admission
+    /// decides on the same plans.
+    pub fn memory_plan(&self, request: &Request) -> Result<Vec<(Device, crate::models::MemoryPlan)>> {
+        let shared = &self.shared;
+        let model = shared.models.get(request.model.as_deref())?;
+        let params = request::validate(request, model.info(), &shared.config.limits, || 0)?;
+        Ok(shared
+            .devices
+            .iter()
+            .zip(&shared.device_memory)
+            .map(|(d, memory)| (*d, model.memory_plan(&params, *d, shared.config.memory_budget_bytes.or(*memory))))
+            .collect())
+    }
+
     pub fn config(&self) -> &EngineConfig {
         &self.shared.config
     }

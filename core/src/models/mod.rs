@@ -7,6 +7,7 @@
 pub mod faulty;
 pub mod linear;
 pub mod noop;
+pub mod offload;
 pub mod per_device;
 pub mod search_path;
 pub mod testcard;
@@ -80,6 +81,13 @@ pub trait Model: Send + Sync + 'static {
     /// request that can never fit the device.
     fn memory_estimate(&self, params: &Params, device: Device) -> u64;
 
+    /// How a generation would use `device`'s memory when it has `budget` bytes (unknown: `None`): the estimate,
+    /// and what the model chose to fit it (block offload). The engine admits a request on the plan, and a model
+    /// that chooses offload for a device keeps that choice when it loads there.
+    fn memory_plan(&self, params: &Params, device: Device, _budget: Option<u64>) -> MemoryPlan {
+        MemoryPlan { bytes: self.memory_estimate(params, device), offload_blocks: None }
+    }
+
     fn generate(&self, params: &Params, attempt: &mut Attempt<'_>) -> Result<Video>;
 
     /// The size of the model's weight files, in bytes (0 for a model without weights).
@@ -91,6 +99,15 @@ pub trait Model: Send + Sync + 'static {
     fn folder(&self) -> Option<&std::path::Path> {
         None
     }
+}
+
+/// How one generation would use a device's memory (see [`Model::memory_plan`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MemoryPlan {
+    /// The estimated peak, in bytes.
+    pub bytes: u64,
+    /// With block offload: how many of the transformer's blocks are on the device at once, of how many.
+    pub offload_blocks: Option<(usize, usize)>,
 }
 
 /// One model as `vgen models`, Python's `vgen.models()` and the C API's `vgen_engine_models` list it.

@@ -54,12 +54,18 @@ pub struct ServingConfig {
     pub vae_tiling_above_pixels: Option<u64>,
     /// The tiles' size and stride in pixels, `[size, stride]` (default `[256, 192]`, diffusers').
     pub vae_tile_pixels: Option<[i64; 2]>,
+    /// Block offload of the transformers (see `models::offload`): "auto" (the default: on a GPU whose memory
+    /// budget the model would not fit otherwise), "blocks" (always) or "off".
+    pub offload: Option<String>,
 }
 
 /// Frames of more pixels than this decode in tiles when neither the request nor `vgen.json` says otherwise: 480p
 /// (832 × 480) decodes whole, as diffusers does by default; larger frames tile, as the VAE's memory at 720p and
 /// above is what runs GPUs out of memory (stable-diffusion.cpp #872, ComfyUI #11223).
 pub const DEFAULT_TILING_ABOVE_PIXELS: u64 = 832 * 480;
+
+/// Blocks copied ahead of the one that runs, with block offload: two blocks on the device at once.
+pub const OFFLOAD_AHEAD: usize = 1;
 
 /// The loaded networks, on one device.
 pub struct Components {
@@ -99,6 +105,10 @@ pub struct WanModel {
     weight_bytes: u64,
     /// The networks, loaded once per device however many workers the device has.
     loaded: PerDevice<Components>,
+    /// The bytes of the transformers' weight files (both experts').
+    transformer_bytes: u64,
+    /// The devices whose memory plan chose block offload; a device loads the model that way from then on.
+    offload_on: std::sync::Mutex<std::collections::HashSet<Device>>,
 }
 
 impl WanModel {
@@ -244,6 +254,19 @@ impl WanModel {
             files.extend(component_files);
         }
         let weight_bytes = files.iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
+        let transformer_bytes = ["transformer", "transformer_2"]
+            .iter()
+            .filter_map(|c| weight_files(&folder.join(c), "diffusion_pytorch_model").ok())
+            .flatten()
+            .filter_map(|f| f.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        match serving.offload.as_deref() {
+            None | Some("auto" | "blocks" | "off") => {}
+            Some(other) => {
+                return Err(Error::invalid(format!("vgen.json: offload {other:?} is not auto, blocks or off")));
+            }
+        }
         let name = serving.name.clone().unwrap_or_else(|| {
             folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "wan".into())
         });
@@ -293,6 +316,8 @@ impl WanModel {
             clip,
             weight_bytes,
             loaded: PerDevice::default(),
+            transformer_bytes,
+            offload_on: Default::default(),
         })
     }
 
@@ -370,12 +395,29 @@ impl WanModel {
             cast_floats(&mut v1, kind);
             cast_floats(&mut v2, kind);
         }
+        let mut transformer = transformer;
+        let mut transformer_2 = transformer_2;
+        if self.offloads(device) {
+            transformer.offload_blocks(&v2, OFFLOAD_AHEAD);
+            if let Some((v, t)) = transformer_2.as_mut() {
+                t.offload_blocks(v, OFFLOAD_AHEAD);
+            }
+        }
         vars.extend([v1, v2]);
         let transformer_2 = transformer_2.map(|(v, t)| {
             vars.push(v);
             t
         });
         Ok(Components { _vars: vars, encoder, transformer, transformer_2, vae, image_encoder, clip })
+    }
+
+    /// Whether the transformers' blocks are offloaded on `device`: `vgen.json` says so, or a memory plan chose it.
+    fn offloads(&self, device: Device) -> bool {
+        match self.serving.offload.as_deref() {
+            Some("blocks") => true,
+            Some("off") => false,
+            _ => self.offload_on.lock().unwrap_or_else(|e| e.into_inner()).contains(&device),
+        }
     }
 
     /// The dtype the transformer and text encoder compute in on `device`.
@@ -509,6 +551,27 @@ impl Model for WanModel {
 
     fn folder(&self) -> Option<&Path> {
         Some(&self.folder)
+    }
+
+    fn memory_plan(&self, p: &Params, device: Device, budget: Option<u64>) -> crate::models::MemoryPlan {
+        let whole = self.memory_estimate(p, device);
+        let blocks = self.transformer_config.num_layers.max(1) as usize;
+        let on_device = (OFFLOAD_AHEAD + 1).min(blocks);
+        // The blocks are nearly all of a transformer's bytes; with offload, `on_device` of them stay.
+        let offloaded = whole - self.transformer_bytes + self.transformer_bytes * on_device as u64 / blocks as u64;
+        let offload = match self.serving.offload.as_deref() {
+            Some("blocks") => true,
+            Some("off") => false,
+            // Host memory is what offload moves the blocks to: it saves nothing on the CPU.
+            _ => device.is_cuda() && budget.is_some_and(|b| whole > b && offloaded <= b),
+        };
+        if offload && device.is_cuda() {
+            self.offload_on.lock().unwrap_or_else(|e| e.into_inner()).insert(device);
+        }
+        crate::models::MemoryPlan {
+            bytes: if offload { offloaded } else { whole },
+            offload_blocks: offload.then_some((on_device, blocks)),
+        }
     }
 
     fn memory_estimate(&self, p: &Params, _device: Device) -> u64 {

@@ -8,6 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::models::linear::Linear;
+use crate::models::offload::BlockOffload;
 use crate::models::weights::Storage;
 use serde::Deserialize;
 use tch::nn::{self, Module};
@@ -590,6 +591,7 @@ pub struct WanTransformer {
     norm_out: Fp32LayerNorm,
     proj_out: Linear,
     scale_shift_table: Tensor,
+    offload: Option<BlockOffload>,
 }
 
 impl WanTransformer {
@@ -618,6 +620,7 @@ impl WanTransformer {
                 s,
             ),
             scale_shift_table: vs.var("scale_shift_table", &[1, 2, dim], nn::Init::Const(0.0)),
+            offload: None,
             config,
         })
     }
@@ -645,13 +648,42 @@ impl WanTransformer {
                         projected.size()[0]
                     )));
                 }
-                self.blocks.iter().filter_map(|b| b.attn2.image_keys_values(&embedded)).collect()
+                let mut kv = Vec::with_capacity(self.blocks.len());
+                self.each_block(|i| {
+                    kv.extend(self.blocks[i].attn2.image_keys_values(&embedded));
+                    Ok(())
+                })?;
+                kv
             }
             (None, None) => Vec::new(),
             (Some(_), None) => return Err(Error::internal("this image-to-video transformer needs the image's tokens")),
             (None, Some(_)) => return Err(Error::internal("this transformer takes no image tokens")),
         };
-        Ok(TextContext { blocks: self.blocks.iter().map(|b| b.attn2.keys_values(&projected)).collect(), bias, image })
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        self.each_block(|i| {
+            blocks.push(self.blocks[i].attn2.keys_values(&projected));
+            Ok(())
+        })?;
+        Ok(TextContext { blocks, bias, image })
+    }
+
+    /// Keeps the blocks' weights in host memory from now on, lending `ahead + 1` of them at a time to the device
+    /// the model was built on (see [`BlockOffload`]). `vs` is the store the model was built in.
+    pub fn offload_blocks(&mut self, vs: &tch::nn::VarStore, ahead: usize) {
+        self.offload = Some(BlockOffload::new(vs, "blocks.", self.blocks.len(), ahead));
+    }
+
+    /// The block offload, when the blocks are offloaded.
+    pub fn offload(&self) -> Option<&BlockOffload> {
+        self.offload.as_ref()
+    }
+
+    /// Calls `run(i)` for each block in order, with its weights on the device.
+    fn each_block(&self, run: impl FnMut(usize) -> Result<()>) -> Result<()> {
+        match &self.offload {
+            Some(offload) => offload.pass(run),
+            None => (0..self.blocks.len()).try_for_each(run),
+        }
     }
 
     /// The velocity for latents `x` `[B, C, F, H, W]` at `timestep` `[B]` (or `[B, tokens]`, one per token, as
@@ -703,9 +735,12 @@ impl WanTransformer {
         let temb = temb.view([b, per_clip, -1]);
         let modulation = proj.view([b, per_clip, 6, -1]);
         let mut hidden = tokens;
-        for (i, (block, kv)) in self.blocks.iter().zip(&text.blocks).enumerate() {
-            hidden = block.forward(&hidden, kv, text.bias.as_ref(), text.image.get(i), &modulation, (&cos, &sin));
-        }
+        self.each_block(|i| {
+            let kv = &text.blocks[i];
+            hidden =
+                self.blocks[i].forward(&hidden, kv, text.bias.as_ref(), text.image.get(i), &modulation, (&cos, &sin));
+            Ok(())
+        })?;
         let m: Vec<Tensor> = (self.scale_shift_table.to_kind(Kind::Float).unsqueeze(0)
             + temb.to_kind(Kind::Float).unsqueeze(2))
         .chunk(2, 2)
