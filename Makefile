@@ -14,6 +14,7 @@ TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 
 .PHONY: demo test test-rust test-c test-python test-server build header bench bench-side soak fuzz test-wan-full env clean
 .PHONY: test-c-plain test-c-package test-c-asan test-c-valgrind package-config lint install install-files test-install
+.PHONY: gpu-check gpu-check-prepare gpu-check-dry
 
 # --- the environment -------------------------------------------------------------------------------------------
 # torch from PyPI is the source of libtorch (about 4.6 GB with its CUDA libraries; it runs on the CPU too).
@@ -36,7 +37,7 @@ demo: $(STAMPS)/venv
 	$(TARGET_DIR)/release/vgen generate --prompt "a red circle moving right" --seed 1 --out out/demo.mp4 --out out/demo.gif
 
 # --- the tests ---------------------------------------------------------------------------------------------------
-test: lint test-rust test-c test-python test-server test-install
+test: lint test-rust test-c test-python test-server test-install gpu-check-dry
 
 # The gates every change passes: rustfmt's layout (rustfmt.toml) and clippy with every warning an error, over
 # every target of every crate; and the `vgen` command's own dependencies stay out of libvgen and the Python
@@ -250,6 +251,25 @@ bench: $(STAMPS)/venv
 bench-side: $(STAMPS)/venv $(STAMPS)/reference
 	$(CARGO) build --release -p vgen-benches --bin vgen-side
 	$(PY) benches/side_by_side/run.py --vgen-side $(TARGET_DIR)/release/vgen-side $(SIDE_ARGS)
+
+# The one-shot GPU check (benches/gpu_check/run.py; benches/README.md says how to run it on a GPU machine).
+# gpu-check-prepare puts what a machine with torch but no Rust needs into .gpu/ (git-ignored, under 64 MiB): the
+# release vgen-side binary and the wheels of diffusers and its one missing dependency. gpu-check runs the check
+# here: on a machine without CUDA that is the dry run (small sizes on the CPU). gpu-check-dry, part of `make
+# test`, runs the dry run with the debug binary `make build` already made, proving the script and the binary.
+GPU_DIR := .gpu
+gpu-check-prepare: $(STAMPS)/venv
+	$(CARGO) build --release -p vgen-benches --bin vgen-side
+	@mkdir -p $(GPU_DIR)/bin $(GPU_DIR)/whl
+	cp $(TARGET_DIR)/release/vgen-side $(GPU_DIR)/bin/
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps -d $(GPU_DIR)/whl diffusers==0.42.1 importlib_metadata==8.7.0
+	du -sh $(GPU_DIR)
+
+gpu-check: gpu-check-prepare $(STAMPS)/reference
+	$(PY) benches/gpu_check/run.py --vgen-side $(GPU_DIR)/bin/vgen-side --out $(TARGET_DIR)/gpu-check.md
+
+gpu-check-dry: build $(STAMPS)/venv
+	$(PY) benches/gpu_check/run.py --vgen-side $(TARGET_DIR)/debug/vgen-side --dry-run --runs 1
 
 $(STAMPS)/reference: tools/requirements-reference.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r tools/requirements-reference.txt

@@ -149,11 +149,12 @@ def diffusers_decode(a) -> None:
         vae = AutoencoderKLWan.from_pretrained(folder, torch_dtype=torch.float32)
     else:
         vae = AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(folder))
-    vae.eval()
+    device = torch.device(a.device)
+    vae.eval().to(device)
     torch.manual_seed(0)
     z = vae.config.z_dim
     spatial = vae.config.scale_factor_spatial or 8
-    latents = torch.randn(1, z, (a.frames - 1) // 4 + 1, a.height // spatial, a.width // spatial)
+    latents = torch.randn(1, z, (a.frames - 1) // 4 + 1, a.height // spatial, a.width // spatial).to(device)
     if a.tile:
         size, stride = (int(v) for v in a.tile.split(","))
         vae.enable_tiling(tile_sample_min_height=size, tile_sample_min_width=size, tile_sample_stride_height=stride,
@@ -161,7 +162,7 @@ def diffusers_decode(a) -> None:
     with torch.no_grad():
         started = time.perf_counter()
         video = vae.decode(latents, return_dict=False)[0]
-        frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
+        frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
         took = (time.perf_counter() - started) * 1e3
     print(json.dumps({"side": "diffusers", "case": "decode", "frames": int(frames.shape[1]), "decode_ms": took,
                       "peak_rss": peak_rss(), "threads": torch.get_num_threads()}), flush=True)
@@ -186,7 +187,7 @@ def child(args: list[str]) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cases", default="pipeline,step,decode")
+    p.add_argument("--cases", default="pipeline,step,decode,tiling")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--model", default=str(ROOT / "models/shapes-tiny"))
@@ -260,6 +261,12 @@ def main() -> None:
                 d = run_side(child(["decode", "--vae", str(vae), "--frames", frames, "--height", size[0], "--width", size[1]]))
                 rows.append((f"{label} decode {frames} frames, peak RSS", v[0]["peak_rss"], d[0]["peak_rss"], "peak_rss"))
                 rows.append((f"{label} decode {frames} frames, time", v[0]["decode_ms"], d[0]["decode_ms"], "decode_ms"))
+    if "tiling" in cases:
+        mid = Path(tempfile.mkdtemp()) / "vae"
+        mid.mkdir()
+        config = json.loads((WAN_CONFIGS / "vae/config.json").read_text())
+        config["base_dim"] = 48
+        (mid / "config.json").write_text(json.dumps(config))
         # Tiled decode (diffusers' enable_tiling, 128-pixel tiles every 96 here, so that CPU-sized frames span
         # several) at three sizes: peak memory should stay flat in resolution, on both sides.
         for px in ("192", "320", "448"):

@@ -4,7 +4,10 @@
 //! ```text
 //! vgen-side pipeline  --model DIR --runs N [--steps S --frames F --width W --height H --guidance G]
 //! vgen-side step      --transformer DIR --frames F --height H --width W --runs N [--format f32|fp8|q8_0|q4_k]
-//! vgen-side decode    --vae DIR --frames F --height H --width W --out FILE.mp4 [--tile SIZE,STRIDE]
+//!                     [--device cpu|cuda] [--dtype f32|bf16] [--offload]
+//! vgen-side decode    --vae DIR --frames F --height H --width W --out FILE.mp4 [--tile SIZE,STRIDE] [--device D]
+//! vgen-side parity    --fixtures DIR [--device D] [--dtype f32|bf16]   (the tiny models against diffusers' fp32)
+//! vgen-side cuda                                                       (what libtorch sees)
 //! ```
 //! Every case first runs once untimed (warm-up). Peak memory is the process's high-water mark (`VmHWM`).
 
@@ -24,6 +27,17 @@ fn main() {
     let flag =
         |name: &str| -> Option<String> { args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned() };
     let num = |name: &str, default: i64| flag(name).map_or(default, |v| v.parse().expect(name));
+    let device = match flag("--device").as_deref() {
+        None | Some("cpu") => Device::Cpu,
+        Some("cuda") => Device::Cuda(0),
+        Some(other) => Device::Cuda(other.trim_start_matches("cuda:").parse().expect("--device cpu|cuda|cuda:N")),
+    };
+    let kind = match flag("--dtype").as_deref() {
+        None | Some("f32") => Kind::Float,
+        Some("bf16") => Kind::BFloat16,
+        Some(other) => panic!("--dtype {other}: f32 or bf16"),
+    };
+    let offload = args.iter().any(|a| a == "--offload");
     let result = match args.first().map(String::as_str) {
         Some("pipeline") => pipeline(
             &PathBuf::from(flag("--model").expect("--model")),
@@ -39,6 +53,7 @@ fn main() {
             [num("--frames", 5), num("--height", 240), num("--width", 416)],
             num("--runs", 5) as usize,
             flag("--format").unwrap_or_else(|| "f32".into()),
+            (device, kind, offload),
         ),
         Some("decode") => decode(
             &PathBuf::from(flag("--vae").expect("--vae")),
@@ -48,7 +63,18 @@ fn main() {
                 let v: Vec<i64> = t.split(',').map(|x| x.parse().expect("--tile SIZE,STRIDE")).collect();
                 vgen_core::models::wan::vae_tiling::Tiling { sample_min: [v[0]; 2], sample_stride: [v[1]; 2] }
             }),
+            device,
         ),
+        Some("parity") => parity(&PathBuf::from(flag("--fixtures").expect("--fixtures")), device, kind),
+        Some("cuda") => {
+            let line = serde_json::json!({
+                "side": "vgen", "case": "cuda", "available": tch::Cuda::is_available(),
+                "devices": tch::Cuda::device_count(), "cudnn": tch::Cuda::cudnn_is_available(),
+                "libtorch": vgen_core::runtime::LIBTORCH_VERSION,
+            });
+            println!("{line}");
+            Ok(())
+        }
         _ => Err(vgen_core::Error::invalid("usage: vgen-side pipeline|step|decode ... (see the source's header)")),
     };
     if let Err(e) = result {
@@ -142,14 +168,20 @@ fn pipeline(
 ///
 /// `format` other than f32 keeps the blocks' matrices quantized as `vgen quantize` does (`fp8`, `q8_0`, `q4_k`),
 /// filled with the encoding of random values; `weights_bytes` is the resident memory the built model added.
-fn step(folder: &Path, [frames, height, width]: [i64; 3], runs: usize, format: String) -> vgen_core::Result<()> {
+fn step(
+    folder: &Path,
+    [frames, height, width]: [i64; 3],
+    runs: usize,
+    format: String,
+    (device, kind, offload): (Device, Kind, bool),
+) -> vgen_core::Result<()> {
     const PROMPT_TOKENS: i64 = 32;
     const NEGATIVE_TOKENS: i64 = 32;
     let config: TransformerConfig = weights::read_config(folder)?;
     let text_dim = config.text_dim;
     let before = rss();
-    let vs = VarStore::new(Device::Cpu);
-    let model = match format.as_str() {
+    let mut vs = VarStore::new(device);
+    let mut model = match format.as_str() {
         "f32" => WanTransformer::new(vs.root(), config)?,
         other => {
             let format: weights::quantize::Format = other.parse()?;
@@ -159,15 +191,21 @@ fn step(folder: &Path, [frames, height, width]: [i64; 3], runs: usize, format: S
             model
         }
     };
+    if kind != Kind::Float {
+        vgen_core::models::wan::cast_floats(&mut vs, kind);
+    }
+    if offload {
+        model.offload_blocks(&vs, vgen_core::models::wan::pipeline::OFFLOAD_AHEAD);
+    }
     let weights_bytes = rss().saturating_sub(before);
     let _g = tch::no_grad_guard();
     tch::manual_seed(0);
     let latent_frames = (frames - 1) / 4 + 1;
-    let x = Tensor::randn([1, 16, latent_frames, height / 8, width / 8], (Kind::Float, Device::Cpu));
-    let text = Tensor::randn([2, 512, text_dim], (Kind::Float, Device::Cpu));
+    let x = Tensor::randn([1, 16, latent_frames, height / 8, width / 8], (Kind::Float, device));
+    let text = Tensor::randn([2, 512, text_dim], (Kind::Float, device));
     let _ = text.get(0).narrow(0, PROMPT_TOKENS, 512 - PROMPT_TOKENS).zero_();
     let _ = text.get(1).narrow(0, NEGATIVE_TOKENS, 512 - NEGATIVE_TOKENS).zero_();
-    let t = Tensor::from_slice(&[500.0f32, 500.0]);
+    let t = Tensor::from_slice(&[500.0f32, 500.0]).to_device(device);
     let tokens = latent_frames * (height / 16) * (width / 16);
     let context = model.text_context(&text, None, true).unwrap();
     for run in 0..=runs {
@@ -175,10 +213,16 @@ fn step(folder: &Path, [frames, height, width]: [i64; 3], runs: usize, format: S
         let out = model.forward_with(&Tensor::cat(&[&x, &x], 0), &t, &context)?;
         let parts = out.chunk(2, 0);
         let guided = &parts[1] + (&parts[0] - &parts[1]) * 5.0;
+        if device.is_cuda() {
+            if let Device::Cuda(i) = device {
+                tch::Cuda::synchronize(i as i64);
+            }
+        }
         let elapsed = started.elapsed();
         assert_eq!(guided.size(), x.size());
         let line = serde_json::json!({
             "side": "vgen", "case": "step", "warmup": run == 0, "tokens": tokens, "format": format,
+            "offload": offload, "dtype": format!("{kind:?}"),
             "step_ms": ms(elapsed), "peak_rss": peak_rss(), "weights_bytes": weights_bytes,
             "threads": vgen_core::runtime::cpu_threads(),
         });
@@ -194,17 +238,18 @@ fn decode(
     [frames, height, width]: [i64; 3],
     out: &Path,
     tiling: Option<vgen_core::models::wan::vae_tiling::Tiling>,
+    device: Device,
 ) -> vgen_core::Result<()> {
     let config: VaeConfig = weights::read_config(folder)?;
     let (z_dim, s) = (config.z_dim, config.spatial_factor());
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(device);
     let vae = WanVaeDecoder::new(vs.root(), config)?;
     if let Ok(files) = weights::weight_files(folder, "diffusion_pytorch_model") {
         weights::load(&vs, &files, &[], &["encoder.", "quant_conv."])?;
     }
     let _g = tch::no_grad_guard();
     tch::manual_seed(0);
-    let latents = Tensor::randn([1, z_dim, (frames - 1) / 4 + 1, height / s, width / s], (Kind::Float, Device::Cpu));
+    let latents = Tensor::randn([1, z_dim, (frames - 1) / 4 + 1, height / s, width / s], (Kind::Float, device));
     let geometry = vgen_core::encode::Geometry {
         width: width as usize,
         height: height as usize,
@@ -230,5 +275,45 @@ fn decode(
         "peak_rss": peak_rss(), "threads": vgen_core::runtime::cpu_threads(),
     });
     println!("{line}");
+    Ok(())
+}
+
+/// The tiny fixture transformers in `dtype` on `device` against the fp32 outputs diffusers gave on the CPU
+/// (`core/tests/fixtures/wan/cases`): text-to-video (`tiny-wan`, two cases) and image-to-video (`tiny-wan-i2v`,
+/// with CLIP tokens). One line per case with the largest absolute error.
+fn parity(fixtures: &Path, device: Device, kind: Kind) -> vgen_core::Result<()> {
+    use vgen_core::models::wan;
+    let cases = |name: &str| -> vgen_core::Result<std::collections::HashMap<String, Tensor>> {
+        Ok(Tensor::read_safetensors(fixtures.join("cases").join(name))?.into_iter().collect())
+    };
+    let load = |folder: &str| -> vgen_core::Result<(VarStore, WanTransformer)> {
+        let dir = fixtures.join(folder).join("transformer");
+        let (mut vs, model) = wan::load_transformer(&dir, device, weights::read_config(&dir)?)?;
+        if kind != Kind::Float {
+            wan::cast_floats(&mut vs, kind);
+        }
+        Ok((vs, model))
+    };
+    let _g = tch::no_grad_guard();
+    let report = |case: &str, got: &Tensor, want: &Tensor| {
+        let err = (got.to_device(Device::Cpu).to_kind(Kind::Double) - want.to_kind(Kind::Double)).abs().max();
+        let line = serde_json::json!({
+            "side": "vgen", "case": "parity", "model": case, "dtype": format!("{kind:?}"),
+            "max_abs_error": err.double_value(&[]), "scale": want.abs().max().double_value(&[]),
+        });
+        println!("{line}");
+    };
+    let c = cases("transformer.safetensors")?;
+    let (_vs, t2v) = load("tiny-wan")?;
+    for case in ["a", "b"] {
+        let get = |k: &str| c[&format!("{case}.{k}")].to_device(device);
+        let out = t2v.forward(&get("hidden_states"), &get("timestep"), &get("encoder_hidden_states"), None)?;
+        report(&format!("t2v.{case}"), &out, &c[&format!("{case}.sample")]);
+    }
+    let c = cases("i2v.safetensors")?;
+    let (_vs, i2v) = load("tiny-wan-i2v")?;
+    let get = |k: &str| c[k].narrow(0, 0, 2).to_device(device);
+    let out = i2v.forward(&get("module.x"), &get("module.t"), &get("module.text"), Some(&get("i2v.image_embeds_in")))?;
+    report("i2v", &out, &c["i2v.out"]);
     Ok(())
 }

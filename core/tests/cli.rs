@@ -153,3 +153,33 @@ fn the_text_listing_says_where_it_looked() {
     assert!(searched.find(&mine).unwrap() < searched.find(&user).unwrap(), "{searched}");
     assert!(searched.contains("(install prefix)") && searched.ends_with("(source tree)"), "{searched}");
 }
+
+#[test]
+fn quantize_writes_a_model_folder_the_command_then_generates_with() {
+    let dir = scratch("quantize");
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/shapes-tiny");
+    let out = dir.join("q8");
+    let r = vgen().args(["quantize", "--format", "q8_0", "--json"]).arg(&shipped).arg(&out).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(report["quantized"]["Q8_0"], 60, "{report}");
+    assert!(out.join("transformer/diffusion_pytorch_model.gguf").is_file());
+    let clip = dir.join("clip/");
+    let r = vgen()
+        .args(["generate", "--prompt", "a red circle moving right", "--steps", "4", "--frames", "5", "--model"])
+        .arg(&out)
+        .arg("--out")
+        .arg(&clip)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(std::fs::read_dir(&clip).unwrap().count(), 5, "five frames");
+    // A format it does not write, and an existing folder, are refused before any work.
+    let r = vgen().args(["quantize", "--format", "q5_1"]).arg(&shipped).arg(dir.join("x")).output().unwrap();
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("expected fp8, q8_0 or q4_k"));
+    let r = vgen().args(["quantize", "--format", "fp8"]).arg(&shipped).arg(&out).output().unwrap();
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("exists"));
+    assert!(!dir.join("x").exists());
+}

@@ -8,8 +8,9 @@
 //! - `fp8`: `float8_e4m3fn` with one fp32 scale per matrix (`X.scale_weight` = absmax / 448), in
 //!   `diffusion_pytorch_model.safetensors`, ComfyUI's "scaled fp8" layout under diffusers' names.
 //! - `q8_0`, `q4_k`: `diffusion_pytorch_model.gguf`. A matrix whose rows are not whole Q4_K blocks (256 values)
-//!   falls back to Q4_1 (32), as llama.cpp falls back from the k-quants; tensors of more than 4 dimensions (the
-//!   patch embedding) are stored flattened with their shape in `comfy.gguf.orig_shape.{name}`.
+//!   falls back to Q4_1 (32), as llama.cpp falls back from the k-quants; one whose rows are not whole blocks of
+//!   32 stays in floats. Tensors of more than 4 dimensions (the patch embedding) are stored flattened with their
+//!   shape in `comfy.gguf.orig_shape.{name}`.
 
 use super::checkpoint::{Checkpoint, Encoding, Quantized, Storage};
 use super::ggml::GgmlType;
@@ -129,13 +130,15 @@ fn copy_tree(src: &Path, dst: &Path, skip: &dyn Fn(&Path) -> bool) -> Result<()>
 }
 
 impl Format {
-    /// The encoding a block matrix with rows of `row` values gets.
-    pub fn encoding_for(self, row: i64) -> Encoding {
+    /// The encoding a block matrix with rows of `row` values gets; `None` when its rows are not whole blocks of
+    /// any the format allows (it then stays in floats).
+    pub fn encoding_for(self, row: i64) -> Option<Encoding> {
         match self {
-            Format::Fp8 => Encoding::Fp8E4m3,
-            Format::Q8_0 => Encoding::Ggml(GgmlType::Q8_0),
-            Format::Q4K if row % 256 == 0 => Encoding::Ggml(GgmlType::Q4K),
-            Format::Q4K => Encoding::Ggml(GgmlType::Q4_1),
+            Format::Fp8 => Some(Encoding::Fp8E4m3),
+            Format::Q8_0 if row % 32 == 0 => Some(Encoding::Ggml(GgmlType::Q8_0)),
+            Format::Q4K if row % 256 == 0 => Some(Encoding::Ggml(GgmlType::Q4K)),
+            Format::Q4K if row % 32 == 0 => Some(Encoding::Ggml(GgmlType::Q4_1)),
+            _ => None,
         }
     }
 }
@@ -159,11 +162,10 @@ pub fn block_storage(config: &crate::models::wan::transformer::TransformerConfig
         layers.push((format!("blocks.{i}.ffn.net.2.weight"), config.ffn_dim));
     }
     let scale = (format == Format::Fp8).then(Vec::new);
-    Storage::from_entries(
-        layers
-            .into_iter()
-            .map(|(name, row)| (name, Quantized { encoding: format.encoding_for(row), scale_shape: scale.clone() })),
-    )
+    Storage::from_entries(layers.into_iter().filter_map(|(name, row)| {
+        let encoding = format.encoding_for(row)?;
+        Some((name, Quantized { encoding, scale_shape: scale.clone() }))
+    }))
 }
 
 /// Fills every quantized slot of `vs` with the encoding of random values (scales 1): a model to time and measure.
@@ -207,14 +209,11 @@ fn write_component(checkpoint: &Checkpoint, out: &Path, format: Format, report: 
         }
         let (value, source_kind) = checkpoint.decoded_with_kind(name)?;
         let shape = value.size();
-        let encoded = if is_block_matrix(name, &shape) {
-            let e = match format {
-                Format::Fp8 => fp8(&value),
-                Format::Q8_0 => Encoded::Ggml(GgmlType::Q8_0, bytes(&GgmlType::Q8_0.quantize(&value)?)),
-                Format::Q4K => {
-                    let Encoding::Ggml(g) = format.encoding_for(shape[1]) else { unreachable!() };
-                    Encoded::Ggml(g, bytes(&g.quantize(&value)?))
-                }
+        let target = if is_block_matrix(name, &shape) { format.encoding_for(shape[1]) } else { None };
+        let encoded = if let Some(target) = target {
+            let e = match target {
+                Encoding::Ggml(g) => Encoded::Ggml(g, bytes(&g.quantize(&value)?)),
+                _ => fp8(&value),
             };
             *report.quantized.entry(e.name()).or_default() += 1;
             e
