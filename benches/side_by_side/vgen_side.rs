@@ -313,7 +313,8 @@ fn parity(fixtures: &Path, device: Device, kind: Kind) -> vgen_core::Result<()> 
     let c = cases("i2v.safetensors")?;
     let (_vs, i2v) = load("tiny-wan-i2v")?;
     let get = |k: &str| c[k].narrow(0, 0, 2).to_device(device);
-    let out = i2v.forward(&get("module.x"), &get("module.t"), &get("module.text"), Some(&get("i2v.image_embeds_in")))?;
+    let out =
+        i2v.forward(&get("module.x"), &get("module.t"), &get("module.text"), Some(&get("i2v.image_embeds_in")))?;
     report("i2v", &out, &c["i2v.out"]);
     Ok(())
 }
