@@ -264,8 +264,9 @@ void vgen_engine_free(vgen_engine *engine);
 /**
  * Submits a request given as JSON (the fields of the Rust `Request`: `prompt`, `negative_prompt`, `width`,
  * `height`, `num_frames`, `fps`, `steps`, `guidance_scale`, `guidance_scale_2`, `seed`, `model`, `image`,
- * `last_image`, `priority`, `deadline_ms`, `idempotency_key`, `preview_every`, `outputs`, `keep_frames`; unknown
- * fields and out-of-range values are errors). `outputs` lists files for the engine to write as it decodes (by
+ * `last_image`, `priority`, `deadline_ms`, `idempotency_key`, `preview_every`, `vae_tiling`, `loras` (LoRA
+ * adapters, `[{"path": "…", "scale": 0.8}]`), `outputs`, `keep_frames`; unknown fields and out-of-range values are
+ * errors). `outputs` lists files for the engine to write as it decodes (by
  * extension, as `vgen_video_save`), each appearing complete only if the job succeeds; with `"keep_frames": false`
  * the video goes only to them and its result has no frames. Validation is synchronous: on error nothing is queued
  * and `vgen_last_error` says what to change. To give images as raw pixels, see `vgen_engine_submit_images`.

@@ -183,3 +183,45 @@ fn quantize_writes_a_model_folder_the_command_then_generates_with() {
     assert!(String::from_utf8_lossy(&r.stderr).contains("exists"));
     assert!(!dir.join("x").exists());
 }
+
+#[test]
+fn lora_flags_apply_adapters_and_a_missing_one_is_refused() {
+    let dir = scratch("lora");
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wan");
+    let model = dir.join("tiny");
+    std::fs::create_dir_all(&model).unwrap();
+    for entry in ["model_index.json", "scheduler", "text_encoder", "tokenizer", "transformer", "vae"] {
+        let from = shipped.join("tiny-wan").join(entry);
+        let status = Command::new("cp").arg("-r").arg(&from).arg(&model).status().unwrap();
+        assert!(status.success());
+    }
+    std::fs::write(
+        model.join("vgen.json"),
+        r#"{"name": "tiny", "max_sequence_length": 16, "width": 32, "height": 32, "num_frames": 5, "steps": 2}"#,
+    )
+    .unwrap();
+    let lora = shipped.join("loras/peft.safetensors");
+    let generate = |extra: &[String], out: &str| {
+        vgen()
+            .args(["generate", "--prompt", "a cat", "--seed", "2", "--model"])
+            .arg(&model)
+            .args(extra)
+            .arg("--out")
+            .arg(dir.join(out))
+            .output()
+            .unwrap()
+    };
+    let r = generate(&[], "base/");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = generate(&["--lora".into(), format!("{}:0.5", lora.display())], "styled/");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let frame = |d: &str| std::fs::read(dir.join(d).join("frame_00000.png")).unwrap();
+    assert_ne!(frame("base"), frame("styled"), "the adapter changes the video");
+    let r = generate(&["--lora".into(), "no-such-adapter:0.5".into()], "x/");
+    assert_eq!(r.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("no adapter \"no-such-adapter\""),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}

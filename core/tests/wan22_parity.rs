@@ -117,6 +117,7 @@ fn params(image: Option<Image>, guidance_scale_2: Option<f64>) -> Params {
         seed: 42,
         preview_every: None,
         vae_tiling: None,
+        loras: Vec::new(),
         image: image.map(std::sync::Arc::new),
         last_image: None,
     }

@@ -189,6 +189,7 @@ fn pipeline_matches(name: &str, layers: &[&str], last: bool) {
         seed: 42,
         preview_every: None,
         vae_tiling: None,
+        loras: Vec::new(),
         image: Some(std::sync::Arc::new(first)),
         last_image: last_image.map(std::sync::Arc::new),
     };

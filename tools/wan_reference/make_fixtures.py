@@ -26,6 +26,7 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 import family_configs  # noqa: E402
 import full_config  # noqa: E402
 import make_i2v_case  # noqa: E402
+import make_lora_case  # noqa: E402
 import make_quant_case  # noqa: E402
 import make_ti2v_case  # noqa: E402
 import make_wan22_case  # noqa: E402
@@ -473,6 +474,7 @@ def main() -> None:
     make_i2v_case.main()
     make_wan22_case.main()
     make_quant_case.main()
+    make_lora_case.main()
     versions = L.versions()
     L.write_json(OUT / "VERSIONS.json", versions)
     write_readme(case_files, versions, pipe_meta, te, tr, vae, full_config.param_counts(OUT / L.FULL))

@@ -176,6 +176,14 @@ def test_unavailable_device():
     assert "cuda:99" in str(info.value)
 
 
+def test_loras_reach_the_engine_which_names_what_is_wrong(engine, tmp_path):
+    # Adapters are applied by Wan models (core/tests/wan_lora_parity.rs); here, what the engine says of bad ones.
+    with pytest.raises(vgen.InvalidArgumentError, match=r"loras\[0\]: .*a\.safetensors: no such file"):
+        engine.submit("x", loras=[{"path": tmp_path / "a.safetensors", "scale": 0.5}])
+    with pytest.raises(vgen.InvalidArgumentError, match="takes no LoRA adapters"):
+        engine.submit("x", model="testcard", loras=[{"name": "style"}])
+
+
 def test_shutting_down():
     e = vgen.Engine(devices=["cpu"])
     e.close()
@@ -207,6 +215,10 @@ def test_not_ready_before_the_job_ends(engine):
     (lambda e: e.submit("x", seed=True), "seed must be an int, not bool"),
     (lambda e: e.submit("x", fps="8"), "fps must be a number"),
     (lambda e: e.submit("x", model=3), "model must be a str"),
+    (lambda e: e.submit("x", vae_tiling="on"), "vae_tiling must be a bool"),
+    (lambda e: e.submit("x", loras="style.safetensors"), "loras must be a list of dicts"),
+    (lambda e: e.submit("x", loras=[{"file": "a"}]), r"loras\[0\]: unknown keys"),
+    (lambda e: e.submit("x", loras=[{"path": "a", "scale": "1"}]), r"loras\[0\].scale must be a number"),
     (lambda e: e.submit("x", on_done="print"), "on_done must be callable"),
     (lambda e: vgen.Engine(devices="cpu"), "devices must be a list"),
     (lambda e: vgen.Engine(devices=[0]), "each device must be a str"),

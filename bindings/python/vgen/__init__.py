@@ -27,7 +27,7 @@ import threading
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Generator, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Generator, Mapping, Optional, Sequence, Union
 
 import numpy
 import numpy.typing
@@ -108,6 +108,32 @@ def _check(name: str, value: object, kind: Union[type, tuple[type, ...]], what: 
 def _check_all(kind: Union[type, tuple[type, ...]], what: str, **values: object) -> None:
     for name, value in values.items():
         _check(name, value, kind, what)
+
+
+def _loras_json(loras: object) -> list[dict[str, Any]]:
+    """``loras`` as the request's JSON: a list of ``{"path" or "name": str, "scale": number}``."""
+    if loras is None:
+        return []
+    if isinstance(loras, (str, bytes, Mapping)) or not isinstance(loras, Sequence):
+        raise TypeError("loras must be a list of dicts like {'path': ..., 'scale': 0.8}")
+    out = []
+    for i, entry in enumerate(loras):
+        if not isinstance(entry, Mapping):
+            raise TypeError(f"loras[{i}] must be a dict, not {type(entry).__name__}")
+        unknown = set(entry) - {"path", "name", "scale"}
+        if unknown:
+            raise TypeError(f"loras[{i}]: unknown keys {sorted(unknown)}; use path or name, and scale")
+        item: dict[str, Any] = {}
+        if entry.get("path") is not None:
+            item["path"] = os.fspath(entry["path"])
+        if entry.get("name") is not None:
+            _check(f"loras[{i}].name", entry["name"], str, "a str")
+            item["name"] = entry["name"]
+        if "scale" in entry:
+            _check(f"loras[{i}].scale", entry["scale"], (int, float), "a number")
+            item["scale"] = float(entry["scale"])
+        out.append(item)
+    return out
 
 
 def _check_callback(name: str, value: object) -> None:
@@ -394,6 +420,7 @@ class Engine:
         idempotency_key: Optional[str] = None,
         preview_every: Optional[int] = None,
         vae_tiling: Optional[bool] = None,
+        loras: Optional[Sequence[Mapping[str, Any]]] = None,
         outputs: Optional[Sequence[Union[str, "os.PathLike[str]"]]] = None,
         keep_frames: bool = True,
         on_progress: Optional[EventCallback] = None,
@@ -425,6 +452,8 @@ class Engine:
             vae_tiling: decode in overlapping 256-pixel tiles (diffusers' ``enable_tiling()``): the VAE's memory
                 stays flat in resolution, pixels differ slightly where tiles meet. None tiles frames larger than the
                 model's pixel budget (832 x 480 by default).
+            loras: LoRA adapters, each ``{"path": ..., "scale": 0.8}`` or ``{"name": ..., "scale": 0.8}`` (a name is
+                ``loras/NAME.safetensors`` in a models folder); the scale defaults to 1.
             outputs: files for the engine to write as the video is decoded (``.mp4``, ``.gif``, ``.png`` or a
                 folder ending in ``/``); each appears, complete, only if the job succeeds.
             keep_frames: False keeps no frames in memory (``video.frames`` is then empty): the video goes only to
@@ -453,6 +482,7 @@ class Engine:
         _check_all((int, float), "a number", fps=fps, guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2,
                    deadline=deadline)
         _check_all(bool, "a bool", keep_frames=keep_frames, vae_tiling=vae_tiling)
+        adapters = _loras_json(loras)
         if isinstance(outputs, (str, bytes, os.PathLike)) or (outputs is not None and not isinstance(outputs, Sequence)):
             raise TypeError("outputs must be a list of paths")
         paths = [os.fspath(p) for p in outputs or []]
@@ -469,6 +499,7 @@ class Engine:
             "image": _image_json("image", image), "last_image": _image_json("last_image", last_image),
             "deadline_ms": None if deadline is None else max(1, int(deadline * 1000)),
             "idempotency_key": idempotency_key, "preview_every": preview_every, "vae_tiling": vae_tiling,
+            "loras": adapters,
             "outputs": paths, "keep_frames": keep_frames,
         }
         callback = _dispatch(handlers) if any(handlers.values()) else None
@@ -619,6 +650,7 @@ def generate(
     idempotency_key: Optional[str] = None,
     preview_every: Optional[int] = None,
     vae_tiling: Optional[bool] = None,
+    loras: Optional[Sequence[Mapping[str, Any]]] = None,
     outputs: Optional[Sequence[Union[str, "os.PathLike[str]"]]] = None,
     keep_frames: bool = True,
     on_progress: Optional[EventCallback] = None,
@@ -637,8 +669,8 @@ def generate(
         prompt: what the video shows.
         negative_prompt, width, height, num_frames, fps, steps, guidance_scale, guidance_scale_2, seed, model, image,
             last_image, priority,
-            deadline, idempotency_key, preview_every, vae_tiling, outputs, keep_frames, on_progress, on_preview,
-            on_done: as for
+            deadline, idempotency_key, preview_every, vae_tiling, loras, outputs, keep_frames, on_progress,
+            on_preview, on_done: as for
             ``Engine.submit``.
         progress: show the progress bar (default True).
         engine: run on this engine instead of the default one.
@@ -663,7 +695,8 @@ def generate(
         steps=steps, guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2, seed=seed, model=model,
         image=image, last_image=last_image,
         priority=priority, deadline=deadline,
-        idempotency_key=idempotency_key, preview_every=preview_every, vae_tiling=vae_tiling, outputs=outputs,
+        idempotency_key=idempotency_key, preview_every=preview_every, vae_tiling=vae_tiling, loras=loras,
+        outputs=outputs,
         keep_frames=keep_frames,
         on_progress=on_progress, on_preview=on_preview, on_done=on_done,
     )

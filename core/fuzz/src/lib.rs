@@ -45,6 +45,7 @@ pub fn request_json(data: &[u8]) {
         frame_rule: FrameRule::OnePlusFourK,
         dtype: "f32".into(),
         conditioning: Default::default(),
+        takes_loras: false,
     };
     if let Ok(params) = validate_request(&request, &info, &Limits::default(), || 1) {
         let twice = validate_request(&again, &info, &Limits::default(), || 1).expect("the same request validates");

@@ -111,6 +111,10 @@ struct Generate {
     /// (832 x 480) tile. Tiles keep the VAE's memory flat in resolution.
     #[arg(long, value_parser = ["on", "off"])]
     vae_tiling: Option<String>,
+    /// A LoRA adapter, PATH[:SCALE] (scale 1 by default), or NAME[:SCALE] for loras/NAME.safetensors in a models
+    /// folder. Repeat for several.
+    #[arg(long = "lora")]
+    loras: Vec<String>,
     /// Output file: .mp4, .gif, .png (animated), or a folder ending in /. Repeat to write several formats.
     #[arg(long = "out", required = true)]
     out: Vec<PathBuf>,
@@ -193,6 +197,21 @@ fn worker(path: &std::path::Path) -> vgen_core::Result<()> {
     Ok(())
 }
 
+/// `--lora PATH[:SCALE]` or `NAME[:SCALE]`: a path when it names a file or looks like one, else a name. A bad
+/// scale is left in the path, where the engine's check names the whole argument.
+fn lora_arg(arg: &str) -> vgen_core::engine::LoraRef {
+    let (target, scale) = match arg.rsplit_once(':') {
+        Some((t, s)) if s.parse::<f64>().is_ok() => (t, s.parse().unwrap_or(1.0)),
+        _ => (arg, 1.0),
+    };
+    let is_path = std::path::Path::new(target).is_file() || target.contains('/') || target.ends_with(".safetensors");
+    vgen_core::engine::LoraRef {
+        path: is_path.then(|| target.to_string()),
+        name: (!is_path).then(|| target.to_string()),
+        scale,
+    }
+}
+
 fn report(r: vgen_core::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -250,6 +269,7 @@ fn generate(g: Generate) -> ExitCode {
         model,
         preview_every: g.preview_every,
         vae_tiling: g.vae_tiling.as_deref().map(|v| v == "on"),
+        loras: g.loras.iter().map(|l| lora_arg(l)).collect(),
         image: g.image.as_ref().map(|p| vgen_core::engine::image::ImageInput::Path(p.to_string_lossy().into_owned())),
         last_image: g
             .last_image

@@ -156,6 +156,7 @@ mod tests {
             seed: 0,
             preview_every: None,
             vae_tiling: None,
+            loras: Vec::new(),
             image: None,
             last_image: None,
         }

@@ -47,7 +47,7 @@ pub use config::{Backend, CacheConfig, EngineConfig, RedisConfig, Retention, Rol
 pub use event::{Callback, Event, EventKind};
 pub use job::{Confidence, JobError, JobId, JobState, JobStatus, Stage};
 pub use metrics::{BUCKETS_MS, Histogram, MetricsSnapshot};
-pub use request::{FrameRule, Limits, Params, Request, validate as validate_request};
+pub use request::{FrameRule, Limits, Lora, LoraRef, Params, Request, validate as validate_request};
 pub use retry::RetryPolicy;
 
 use crate::device::Device;

@@ -45,6 +45,10 @@ pub struct Request {
     pub idempotency_key: Option<String>,
     /// Emit a preview every this many denoising steps.
     pub preview_every: Option<u32>,
+    /// LoRA adapters to apply, each `{"path": "...", "scale": 0.8}` or `{"name": "...", "scale": 0.8}` (a name is
+    /// `loras/{name}.safetensors` in a models folder). Scales default to 1 and are limited by
+    /// `limits.max_lora_scale`. Part of the cache key, with a hash of each file.
+    pub loras: Vec<LoraRef>,
     /// Decode the video in overlapping spatial tiles (diffusers' `enable_tiling()`: 256-pixel tiles every 192),
     /// which keeps the VAE's peak memory flat in resolution at the cost of slightly different pixels where tiles
     /// meet. Left out, a model tiles frames larger than its pixel budget (832 × 480 unless its `vgen.json` sets
@@ -88,6 +92,8 @@ pub struct Limits {
     pub max_priority: i32,
     /// The most pixels an `image` or `last_image` may have before resizing (a decoded image is 3 bytes a pixel).
     pub max_image_pixels: u64,
+    /// The largest LoRA scale a request may give, either sign.
+    pub max_lora_scale: f64,
 }
 
 impl Default for Limits {
@@ -102,6 +108,7 @@ impl Default for Limits {
             max_fps: 120.0,
             max_priority: 100,
             max_image_pixels: 4096 * 4096,
+            max_lora_scale: 4.0,
         }
     }
 }
@@ -123,6 +130,8 @@ pub struct Params {
     pub preview_every: Option<u32>,
     /// Whether to decode in tiles; the model decides by its pixel budget when `None`.
     pub vae_tiling: Option<bool>,
+    /// LoRA adapters, resolved to files.
+    pub loras: Vec<Lora>,
     /// The first frame, decoded and resized to `width` × `height`.
     #[serde(skip)]
     pub image: Option<Arc<Image>>,
@@ -149,8 +158,77 @@ impl Params {
         self.image.as_ref().map(|i| i.hash).hash(&mut h);
         self.last_image.as_ref().map(|i| i.hash).hash(&mut h);
         self.vae_tiling.hash(&mut h);
+        for l in &self.loras {
+            (&l.path, l.scale.to_bits(), &l.hash).hash(&mut h);
+        }
         h.finish()
     }
+}
+
+/// A LoRA adapter a request names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraRef {
+    /// A safetensors file.
+    pub path: Option<String>,
+    /// Or a name: `loras/{name}.safetensors` in one of the models folders (`vgen models` lists them).
+    pub name: Option<String>,
+    #[serde(default = "one")]
+    pub scale: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// A LoRA adapter as a job applies it: the file, its scale, and a hash of the file for the cache key.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Lora {
+    pub path: std::path::PathBuf,
+    pub scale: f64,
+    pub hash: String,
+}
+
+/// The file a request's adapter names, found and hashed; every problem names the adapter.
+fn resolve_lora(index: usize, r: &LoraRef, limits: &Limits) -> Result<Lora> {
+    let field = format!("loras[{index}]");
+    if !(r.scale.is_finite() && r.scale.abs() <= limits.max_lora_scale) {
+        return Err(Error::invalid(format!(
+            "{field}: scale {} is outside -{max}..={max} (limits.max_lora_scale)",
+            r.scale,
+            max = limits.max_lora_scale
+        )));
+    }
+    let path = match (&r.path, &r.name) {
+        (Some(p), None) => std::path::PathBuf::from(p),
+        (None, Some(name)) => {
+            let plain = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && !name.starts_with('.');
+            if !plain {
+                return Err(Error::invalid(format!("{field}: name {name:?} is not a plain file name")));
+            }
+            let roots = crate::models::SearchPath::standard();
+            roots
+                .roots()
+                .iter()
+                .map(|root| root.path.join("loras").join(format!("{name}.safetensors")))
+                .find(|p| p.is_file())
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "{field}: no adapter {name:?}: looked for loras/{name}.safetensors in {}",
+                        roots.describe()
+                    ))
+                })?
+        }
+        _ => return Err(Error::invalid(format!("{field}: give a path or a name, one of them"))),
+    };
+    if !path.is_file() {
+        return Err(Error::invalid(format!("{field}: {}: no such file", path.display())));
+    }
+    let hash = crate::models::weights::fingerprint(std::slice::from_ref(&path))
+        .map_err(|e| Error::invalid(format!("{field}: {}: {}", path.display(), e.message())))?;
+    Ok(Lora { path, scale: r.scale, hash })
 }
 
 /// The rule a model's frame count follows.
@@ -254,6 +332,11 @@ pub fn validate(
     }
     check_outputs(request)?;
     check_metadata(request)?;
+    if !request.loras.is_empty() && !model.takes_loras {
+        return Err(Error::invalid(format!("loras: {} takes no LoRA adapters", model.name)));
+    }
+    let loras =
+        request.loras.iter().enumerate().map(|(i, r)| resolve_lora(i, r, limits)).collect::<Result<Vec<_>>>()?;
     let images = |field: &str, input: &Option<ImageInput>, takes: bool, what: &str| -> Result<Option<Arc<Image>>> {
         let Some(input) = input else { return Ok(None) };
         if !takes {
@@ -299,6 +382,7 @@ pub fn validate(
         seed: request.seed.unwrap_or_else(draw_seed),
         preview_every: request.preview_every,
         vae_tiling: request.vae_tiling,
+        loras,
         image: first,
         last_image: last,
     })
@@ -364,6 +448,7 @@ mod tests {
             frame_rule: FrameRule::OnePlusFourK,
             dtype: "f32".into(),
             conditioning: Default::default(),
+            takes_loras: false,
         }
     }
 

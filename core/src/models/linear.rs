@@ -21,6 +21,8 @@ enum Stored {
 
 #[derive(Debug)]
 pub struct Linear {
+    /// The layer's name in diffusers' spelling (`blocks.0.attn1.to_q`), which adapters address it by.
+    name: String,
     weight: Tensor,
     bias: Option<Tensor>,
     stored: Stored,
@@ -31,7 +33,8 @@ impl Linear {
     /// A layer `in_dim → out_dim` under `p` (variables `weight`, `bias`), quantized when `storage` says the
     /// checkpoint holds `{p}.weight` quantized. Its values are zeros until the checkpoint fills them.
     pub fn new(p: nn::Path, in_dim: i64, out_dim: i64, bias: bool, storage: &Storage) -> Self {
-        let name = p.components().chain(["weight"]).collect::<Vec<_>>().join(".");
+        let layer = p.components().collect::<Vec<_>>().join(".");
+        let name = format!("{layer}.weight");
         let shape = [out_dim, in_dim];
         let zeros = |shape: &[i64]| Tensor::zeros(shape, (Kind::Uint8, p.device()));
         let (weight, stored) = match storage.get(&name) {
@@ -52,7 +55,7 @@ impl Linear {
         };
         let bound = 1.0 / (in_dim as f64).sqrt();
         let bias = bias.then(|| p.var("bias", &[out_dim], nn::Init::Uniform { lo: -bound, up: bound }));
-        Self { weight, bias, stored, shape }
+        Self { name: layer, weight, bias, stored, shape }
     }
 
     /// The dtype the layer computes in: its float variables' (a quantized weight upcasts to it).
@@ -62,6 +65,11 @@ impl Linear {
             (_, Some(b)) => b.kind(),
             (_, None) => Kind::Float,
         }
+    }
+
+    /// The layer's name and `[out, in]` shape.
+    pub fn describe(&self) -> (&str, [i64; 2]) {
+        (&self.name, self.shape)
     }
 
     /// Whether the weight stays quantized.
@@ -98,7 +106,9 @@ fn dense(p: &nn::Path, shape: &[i64; 2]) -> Tensor {
 }
 
 impl Module for Linear {
+    /// `x·Wᵀ + b`, plus the deltas of the job's LoRA adapters for this layer (see `models::lora`).
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight(x.kind()), self.bias.as_ref())
+        let y = x.linear(&self.weight(x.kind()), self.bias.as_ref());
+        if super::lora::active::any() { super::lora::active::add_deltas(&self.name, x, y) } else { y }
     }
 }

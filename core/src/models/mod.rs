@@ -6,6 +6,7 @@
 
 pub mod faulty;
 pub mod linear;
+pub mod lora;
 pub mod noop;
 pub mod offload;
 pub mod per_device;
@@ -52,6 +53,8 @@ pub struct ModelInfo {
     pub dtype: String,
     /// What besides the prompt the model can condition on.
     pub conditioning: Conditioning,
+    /// Whether requests may name LoRA adapters for it (`loras`).
+    pub takes_loras: bool,
 }
 
 /// The images a model can start from, besides the prompt. A request that gives one the model cannot take is refused,

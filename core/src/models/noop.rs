@@ -33,6 +33,7 @@ impl NoOp {
                 frame_rule: FrameRule::Any,
                 dtype: "none".into(),
                 conditioning: Default::default(),
+                takes_loras: false,
             },
         }
     }

@@ -44,6 +44,7 @@ impl TestCard {
                 frame_rule: FrameRule::OnePlusFourK,
                 dtype: "f32".into(),
                 conditioning: Default::default(),
+                takes_loras: false,
             },
         }
     }

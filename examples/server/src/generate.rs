@@ -36,6 +36,8 @@ pub struct GenerateBody {
     pub negative_prompt: Option<String>,
     /// A latent preview every this many steps (`GET /jobs/{id}/preview` serves the latest; the WebSocket says when).
     pub preview_every: Option<u32>,
+    /// Decode in spatial tiles (true) or whole (false); left out, the model tiles frames past its pixel budget.
+    pub vae_tiling: Option<bool>,
     #[serde(default)]
     pub priority: i32,
     pub model: Option<String>,
@@ -217,6 +219,7 @@ pub fn engine_request(
         last_image: body.last_image,
         priority: body.priority,
         preview_every: body.preview_every,
+        vae_tiling: body.vae_tiling,
         idempotency_key: engine_key,
         outputs: vec![results_dir.join(format!("{file}.mp4")).to_string_lossy().into_owned()],
         keep_frames: Some(false),

@@ -107,6 +107,7 @@ async fn create(
         guidance_scale: None,
         negative_prompt: None,
         preview_every: None,
+        vae_tiling: None,
         priority: 0,
         model: Some(info.name.clone()),
         webhook_url: None,

@@ -165,6 +165,7 @@ async fn predict(app: &App, scope: &Scope, model: &str, body: &[u8]) -> Result<R
         guidance_scale: None,
         negative_prompt: p.negative_prompt,
         preview_every: None,
+        vae_tiling: None,
         priority: 0,
         model: Some(info.name.clone()),
         webhook_url: None,

@@ -109,7 +109,11 @@ pub struct WanModel {
     transformer_bytes: u64,
     /// The devices whose memory plan chose block offload; a device loads the model that way from then on.
     offload_on: std::sync::Mutex<std::collections::HashSet<Device>>,
+    /// LoRA adapters loaded for recent jobs, by (file, its hash, device), oldest first.
+    adapters: std::sync::Mutex<Vec<AdapterKey>>,
 }
+
+type AdapterKey = ((PathBuf, String, Device), Arc<crate::models::lora::Adapter>);
 
 impl WanModel {
     /// Opens a diffusers-format Wan folder. Configs and the tokenizer are read and checked now; weights are loaded
@@ -301,6 +305,7 @@ impl WanModel {
                 needs_image: conditioning.needs_image(),
                 needs_last_image: conditioning.needs_last_image(),
             },
+            takes_loras: true,
         };
         Ok(Self {
             folder: folder.to_path_buf(),
@@ -318,6 +323,7 @@ impl WanModel {
             loaded: PerDevice::default(),
             transformer_bytes,
             offload_on: Default::default(),
+            adapters: Default::default(),
         })
     }
 
@@ -409,6 +415,47 @@ impl WanModel {
             t
         });
         Ok(Components { _vars: vars, encoder, transformer, transformer_2, vae, image_encoder, clip })
+    }
+
+    /// The adapters a job names, loaded on `device` in the transformer's dtype (kept for the next job that names
+    /// the same file, the last 8), each checked against the transformer's layers.
+    fn adapters(
+        &self,
+        loras: &[crate::engine::Lora],
+        device: Device,
+        c: &Components,
+    ) -> Result<Vec<(Arc<crate::models::lora::Adapter>, f64)>> {
+        if loras.is_empty() {
+            return Ok(Vec::new());
+        }
+        let kind = self.compute_kind(device)?;
+        let linears = c.transformer.linears();
+        let mut out = Vec::with_capacity(loras.len());
+        for lora in loras {
+            let key = (lora.path.clone(), lora.hash.clone(), device);
+            let cached = self
+                .adapters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, a)| a.clone());
+            let adapter = match cached {
+                Some(a) => a,
+                None => {
+                    let a = Arc::new(crate::models::lora::Adapter::open(&lora.path, device.to_tch(), kind)?);
+                    a.check(&linears)?;
+                    let mut cache = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
+                    cache.push((key, a.clone()));
+                    if cache.len() > 8 {
+                        cache.remove(0);
+                    }
+                    a
+                }
+            };
+            out.push((adapter, lora.scale));
+        }
+        Ok(out)
     }
 
     /// Whether the transformers' blocks are offloaded on `device`: `vgen.json` says so, or a memory plan chose it.
@@ -587,6 +634,8 @@ impl Model for WanModel {
         let dev = device.to_tch();
         attempt.stage(Stage::EncodingPrompt)?;
         let c = self.components(device)?;
+        // The job's LoRA adapters apply to every linear layer it runs until it returns (see `models::lora`).
+        let _adapters = crate::models::lora::active::scoped(self.adapters(&p.loras, device, &c)?);
         let prompt = prompt_clean(&p.prompt);
         let negative = prompt_clean(&p.negative_prompt);
         let unknown = self.tokenizer.unknown_words(&prompt);

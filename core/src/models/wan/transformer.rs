@@ -673,6 +673,25 @@ impl WanTransformer {
         self.offload = Some(BlockOffload::new(vs, "blocks.", self.blocks.len(), ahead));
     }
 
+    /// Every linear layer by name, with its `[out, in]` shape: what LoRA adapters can address.
+    pub fn linears(&self) -> std::collections::BTreeMap<String, [i64; 2]> {
+        let e = &self.condition_embedder;
+        let mut all: Vec<&Linear> = vec![&e.time_1, &e.time_2, &e.time_proj, &e.text_1, &e.text_2, &self.proj_out];
+        if let Some(image) = &e.image {
+            all.extend([&image.ff_in, &image.ff_out]);
+        }
+        for b in &self.blocks {
+            for a in [&b.attn1, &b.attn2] {
+                all.extend([&a.to_q, &a.to_k, &a.to_v, &a.to_out]);
+                if let Some((k, v, _)) = &a.added {
+                    all.extend([k, v]);
+                }
+            }
+            all.extend([&b.ffn_in, &b.ffn_out]);
+        }
+        all.into_iter().map(|l| l.describe()).map(|(n, s)| (n.to_string(), s)).collect()
+    }
+
     /// The block offload, when the blocks are offloaded.
     pub fn offload(&self) -> Option<&BlockOffload> {
         self.offload.as_ref()

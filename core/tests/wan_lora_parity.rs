@@ -1,0 +1,203 @@
+//! LoRA adapters against diffusers 0.42.1 (`WanPipeline.load_lora_weights`, `set_adapters`, peft 0.18.0) on the
+//! fixtures' tiny Wan: each format people ship (diffusers/PEFT, ComfyUI/kohya with alpha, musubi's underscores,
+//! lightx2v's with `diff` and `diff_b`), a scale, and two adapters at once; an adapter at scale 0 gives the base
+//! model's output bit for bit; and an adapter for another model is refused naming it and the key. Fixtures:
+//! `tools/wan_reference/make_lora_case.py`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor};
+use vgen_core::models::lora::{Adapter, active};
+use vgen_core::models::wan::{self, transformer::WanTransformer};
+use vgen_core::models::weights::read_config;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wan")
+}
+
+fn transformer() -> (tch::nn::VarStore, WanTransformer) {
+    let dir = fixtures().join("tiny-wan/transformer");
+    wan::load_transformer(&dir, Device::Cpu, read_config(&dir).unwrap()).unwrap()
+}
+
+fn adapter(name: &str) -> Arc<Adapter> {
+    Arc::new(
+        Adapter::open(&fixtures().join("loras").join(format!("{name}.safetensors")), Device::Cpu, Kind::Float).unwrap(),
+    )
+}
+
+fn forward(model: &WanTransformer, adapters: Vec<(Arc<Adapter>, f64)>) -> Tensor {
+    let c: HashMap<String, Tensor> =
+        Tensor::read_safetensors(fixtures().join("cases/transformer.safetensors")).unwrap().into_iter().collect();
+    let _scope = active::scoped(adapters);
+    tch::no_grad(|| {
+        model.forward(&c["a.hidden_states"], &c["a.timestep"], &c["a.encoder_hidden_states"], None).unwrap()
+    })
+}
+
+#[test]
+fn every_format_one_scale_and_two_adapters_match_diffusers() {
+    let want: HashMap<String, Tensor> =
+        Tensor::read_safetensors(fixtures().join("cases/lora.safetensors")).unwrap().into_iter().collect();
+    let (_vs, model) = transformer();
+    let linears = model.linears();
+    for name in ["peft", "kohya", "musubi", "lightx2v"] {
+        adapter(name).check(&linears).unwrap();
+    }
+    let runs: [(&str, Vec<(&str, f64)>); 7] = [
+        ("base", vec![]),
+        ("peft", vec![("peft", 1.0)]),
+        ("kohya", vec![("kohya", 1.0)]),
+        ("kohya.0.7", vec![("kohya", 0.7)]),
+        ("musubi", vec![("musubi", 1.0)]),
+        ("lightx2v", vec![("lightx2v", 1.0)]),
+        ("peft.0.8+kohya.0.5", vec![("peft", 0.8), ("kohya", 0.5)]),
+    ];
+    for (label, set) in runs {
+        let got = forward(&model, set.iter().map(|(n, s)| (adapter(n), *s)).collect());
+        let e = (&got - &want[label]).abs().max().double_value(&[]);
+        let moved = (&want[label] - &want["base"]).abs().max().double_value(&[]);
+        eprintln!("{label}: max abs error {e:.1e} (the adapter moves the output by up to {moved:.2})");
+        assert!(e < 1e-4, "{label}: max abs error {e:e}");
+    }
+}
+
+#[test]
+fn an_adapter_at_scale_zero_gives_the_base_model_bit_for_bit() {
+    let (_vs, model) = transformer();
+    let base = forward(&model, vec![]);
+    assert!(forward(&model, vec![(adapter("lightx2v"), 0.0)]).equal(&base));
+    assert!(!forward(&model, vec![(adapter("lightx2v"), 0.1)]).equal(&base));
+    assert!(forward(&model, vec![]).equal(&base), "a scope ends with its job: nothing stays applied");
+}
+
+fn write(dir: &Path, name: &str, tensors: &[(&str, Tensor)]) -> PathBuf {
+    let path = dir.join(name);
+    Tensor::write_safetensors(tensors, &path).unwrap();
+    path
+}
+
+#[test]
+fn adapters_for_another_model_or_malformed_are_refused_naming_the_file_and_key() {
+    let dir = std::env::temp_dir().join(format!("vgen-lora-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_vs, model) = transformer();
+    let linears = model.linears();
+    let r = |n: i64, m: i64| Tensor::randn([n, m], (Kind::Float, Device::Cpu));
+    // tiny-wan is 60 wide: a 64-wide adapter is for another size.
+    let other_size = write(
+        &dir,
+        "wide.safetensors",
+        &[
+            ("transformer.blocks.0.attn1.to_q.lora_A.weight", r(4, 64)),
+            ("transformer.blocks.0.attn1.to_q.lora_B.weight", r(64, 4)),
+        ],
+    );
+    let err = Adapter::open(&other_size, Device::Cpu, Kind::Float).unwrap().check(&linears).unwrap_err().to_string();
+    assert!(
+        err.contains("wide.safetensors") && err.contains("blocks.0.attn1.to_q") && err.contains("another size"),
+        "{err}"
+    );
+    let other_model = write(
+        &dir,
+        "deep.safetensors",
+        &[
+            ("transformer.blocks.7.attn1.to_q.lora_A.weight", r(4, 60)),
+            ("transformer.blocks.7.attn1.to_q.lora_B.weight", r(60, 4)),
+        ],
+    );
+    let err = Adapter::open(&other_model, Device::Cpu, Kind::Float).unwrap().check(&linears).unwrap_err().to_string();
+    assert!(err.contains("deep.safetensors") && err.contains("blocks.7.attn1.to_q"), "{err}");
+    for (name, tensors, says) in [
+        ("half.safetensors", vec![("transformer.blocks.0.attn1.to_q.lora_A.weight", r(4, 60))], "is missing"),
+        (
+            "rank.safetensors",
+            vec![
+                ("transformer.blocks.0.attn1.to_q.lora_A.weight", r(4, 60)),
+                ("transformer.blocks.0.attn1.to_q.lora_B.weight", r(60, 3)),
+            ],
+            "rank 4",
+        ),
+        ("odd.safetensors", vec![("transformer.blocks.0.attn1.to_q.weight", r(60, 60))], "not a LoRA tensor"),
+        ("norm.safetensors", vec![("diffusion_model.blocks.0.norm3.diff", r(1, 60).reshape([60]))], "norm"),
+        ("dora.safetensors", vec![("transformer.blocks.0.attn1.to_q.dora_scale", r(1, 60))], "DoRA"),
+        ("te.safetensors", vec![("lora_te_encoder_block_0.lora_down.weight", r(4, 60))], "text-encoder"),
+    ] {
+        let path = write(&dir, name, &tensors);
+        let err = Adapter::open(&path, Device::Cpu, Kind::Float).unwrap_err().to_string();
+        assert!(err.contains(name) && err.contains(says), "{name}: {err}");
+    }
+    let err = Adapter::open(&dir.join("missing.safetensors"), Device::Cpu, Kind::Float).unwrap_err().to_string();
+    assert!(err.contains("missing.safetensors"), "{err}");
+}
+
+mod common;
+
+/// Requests name adapters by path with scales; the engine applies them to that job alone.
+#[test]
+fn requests_apply_adapters_to_their_own_jobs_and_bad_ones_are_refused() {
+    use std::time::Duration;
+    use vgen_core::engine::{EngineConfig, LoraRef, Request};
+    use vgen_core::models::wan::pipeline::WanModel;
+    use vgen_core::{Engine, ErrorCode, JobState};
+    let dir = std::env::temp_dir().join(format!("vgen-lora-engine-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    common::tiny_wan(&dir, "tiny", 5);
+    let mut models = common::test_models();
+    models.insert(Arc::new(WanModel::open(&dir).unwrap()));
+    let engine =
+        Engine::with_models(EngineConfig { devices: vec![vgen_core::Device::Cpu], ..Default::default() }, models)
+            .unwrap();
+    let lora = |name: &str, scale: f64| LoraRef {
+        path: Some(fixtures().join("loras").join(format!("{name}.safetensors")).to_string_lossy().into_owned()),
+        name: None,
+        scale,
+    };
+    let run = |loras: Vec<LoraRef>| {
+        let request = Request { model: Some("tiny".into()), seed: Some(4), loras, ..Request::new("a cat") };
+        let id = engine.submit(request).unwrap();
+        let status = engine.wait(id, Some(Duration::from_secs(120))).unwrap();
+        assert_eq!(status.state, JobState::Succeeded, "{status:?}");
+        engine.result(id).unwrap().frames.data().to_vec()
+    };
+    let base = run(vec![]);
+    let styled = run(vec![lora("lightx2v", 1.0)]);
+    assert_ne!(styled, base, "the adapter changes the video");
+    assert_eq!(run(vec![lora("lightx2v", 0.0)]), base, "at scale 0, the base model's video bit for bit");
+    assert_eq!(run(vec![]), base, "the next job without adapters is the base model's");
+    assert_ne!(run(vec![lora("lightx2v", 0.5), lora("peft", 0.5)]), styled);
+    let refused = |loras: Vec<LoraRef>, model: &str| {
+        let request = Request { model: Some(model.into()), loras, ..Request::new("a cat") };
+        engine.submit(request).unwrap_err()
+    };
+    let e = refused(vec![lora("lightx2v", 9.0)], "tiny");
+    assert!(e.code() == ErrorCode::InvalidArgument && e.message().contains("loras[0]: scale 9"), "{e}");
+    let e = refused(vec![lora("nowhere", 1.0)], "tiny");
+    assert!(e.message().contains("loras[0]") && e.message().contains("nowhere.safetensors"), "{e}");
+    let e = refused(vec![LoraRef { path: None, name: Some("../etc/passwd".into()), scale: 1.0 }], "tiny");
+    assert!(e.message().contains("not a plain file name"), "{e}");
+    let e = refused(vec![lora("peft", 1.0)], "testcard");
+    assert!(e.message().contains("takes no LoRA adapters"), "{e}");
+    // An adapter for another model fails its job with invalid_argument, naming the file and the key.
+    let wide = dir.join("wide.safetensors");
+    let r = |n: i64, m: i64| Tensor::randn([n, m], (Kind::Float, Device::Cpu));
+    Tensor::write_safetensors(
+        &[
+            ("transformer.blocks.0.attn1.to_q.lora_A.weight", r(4, 64)),
+            ("transformer.blocks.0.attn1.to_q.lora_B.weight", r(64, 4)),
+        ],
+        &wide,
+    )
+    .unwrap();
+    let request = Request {
+        model: Some("tiny".into()),
+        loras: vec![LoraRef { path: Some(wide.to_string_lossy().into_owned()), name: None, scale: 1.0 }],
+        ..Request::new("a cat")
+    };
+    let id = engine.submit(request).unwrap();
+    let status = engine.wait(id, Some(Duration::from_secs(120))).unwrap();
+    let error = status.error.expect("the job fails");
+    assert!(error.code == ErrorCode::InvalidArgument, "{error:?}");
+    assert!(error.message.contains("wide.safetensors") && error.message.contains("blocks.0.attn1.to_q"), "{error:?}");
+}

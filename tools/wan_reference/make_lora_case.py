@@ -1,0 +1,123 @@
+"""LoRA adapters: the fixtures' tiny Wan (`tiny-wan`) with adapters in each format people ship, loaded by diffusers'
+`WanPipeline.load_lora_weights` (0.42.1, with peft 0.18.0) and mixed by `set_adapters`. Writes
+`core/tests/fixtures/wan/loras/*.safetensors` and `cases/lora.safetensors` (the transformer's output on
+`transformer.safetensors`' case `a` for each adapter set), which `core/tests/wan_lora_parity.rs` checks vgen against.
+
+Formats (`loras/`):
+- `peft.safetensors`: diffusers/PEFT keys, `transformer.blocks.0.attn1.to_q.lora_A.weight`;
+- `kohya.safetensors`: ComfyUI/kohya keys, `diffusion_model.blocks.0.self_attn.q.lora_down.weight` with `.alpha`;
+- `musubi.safetensors`: the underscore form, `lora_unet_blocks_0_self_attn_q.lora_down.weight` with `.alpha`;
+- `lightx2v.safetensors`: lightx2v's layout, `diffusion_model.blocks.0.self_attn.q.lora_A.weight`, with `diff_b`
+  bias deltas on every layer, zero `diff` deltas on the norms, and the head as a full delta (`head.head.diff`,
+  `head.head.diff_b`).
+
+    .venv/bin/python tools/wan_reference/make_lora_case.py
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import torch
+from diffusers import WanPipeline
+from safetensors.torch import load_file, save_file
+
+FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "core" / "tests" / "fixtures" / "wan"
+LORAS = FIXTURES / "loras"
+RANK = 4
+# Modules in the original spelling and diffusers', as the converters pair them.
+ATTN = [("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0")]
+FFN = [("ffn.0", "ffn.net.0.proj"), ("ffn.2", "ffn.net.2")]
+
+
+def modules(transformer) -> list[tuple[str, str, int, int]]:
+    """(original name, diffusers name, in, out) of every linear layer in the blocks."""
+    out = []
+    for i, block in enumerate(transformer.blocks):
+        for attn, kind in (("attn1", "self_attn"), ("attn2", "cross_attn")):
+            for o, c in ATTN:
+                layer = getattr(block, attn).get_submodule(c)
+                out.append((f"blocks.{i}.{kind}.{o}", f"blocks.{i}.{attn}.{c}", layer.in_features, layer.out_features))
+        for o, c in FFN:
+            layer = block.get_submodule(c)
+            out.append((f"blocks.{i}.{o}", f"blocks.{i}.{c}", layer.in_features, layer.out_features))
+    return out
+
+
+def pair(gen: torch.Generator, fan_in: int, fan_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    a = torch.randn(RANK, fan_in, generator=gen) * 0.2
+    b = torch.randn(fan_out, RANK, generator=gen) * 0.2
+    return a, b
+
+
+def write_adapters(transformer) -> None:
+    LORAS.mkdir(parents=True, exist_ok=True)
+    layers = modules(transformer)
+    gen = torch.Generator().manual_seed(34)
+    peft = {}
+    for _, name, fan_in, fan_out in layers:
+        a, b = pair(gen, fan_in, fan_out)
+        peft[f"transformer.{name}.lora_A.weight"], peft[f"transformer.{name}.lora_B.weight"] = a, b
+    save_file(peft, str(LORAS / "peft.safetensors"))
+    kohya = {}
+    for original, _, fan_in, fan_out in layers:
+        a, b = pair(gen, fan_in, fan_out)
+        key = f"diffusion_model.{original}"
+        kohya[f"{key}.lora_down.weight"], kohya[f"{key}.lora_up.weight"] = a, b
+        kohya[f"{key}.alpha"] = torch.tensor(2.0)  # alpha / rank = 0.5
+    save_file(kohya, str(LORAS / "kohya.safetensors"))
+    musubi = {}
+    for original, _, fan_in, fan_out in layers:
+        a, b = pair(gen, fan_in, fan_out)
+        key = "lora_unet_" + original.replace(".", "_")
+        musubi[f"{key}.lora_down.weight"], musubi[f"{key}.lora_up.weight"] = a, b
+        musubi[f"{key}.alpha"] = torch.tensor(8.0)  # alpha / rank = 2
+    save_file(musubi, str(LORAS / "musubi.safetensors"))
+    light = {}
+    for original, _, fan_in, fan_out in layers:
+        a, b = pair(gen, fan_in, fan_out)
+        key = f"diffusion_model.{original}"
+        light[f"{key}.lora_A.weight"], light[f"{key}.lora_B.weight"] = a, b
+        light[f"{key}.diff_b"] = torch.randn(fan_out, generator=gen) * 0.05
+    for i, block in enumerate(transformer.blocks):
+        light[f"diffusion_model.blocks.{i}.norm3.diff"] = torch.zeros(block.norm2.weight.shape)
+        light[f"diffusion_model.blocks.{i}.norm3.diff_b"] = torch.zeros(block.norm2.bias.shape)
+    head = transformer.proj_out
+    light["diffusion_model.head.head.diff"] = torch.randn(head.out_features, head.in_features, generator=gen) * 0.05
+    light["diffusion_model.head.head.diff_b"] = torch.randn(head.out_features, generator=gen) * 0.05
+    save_file(light, str(LORAS / "lightx2v.safetensors"))
+
+
+def main() -> None:
+    pipe = WanPipeline.from_pretrained(FIXTURES / "tiny-wan", torch_dtype=torch.float32)
+    write_adapters(pipe.transformer)
+    case = load_file(FIXTURES / "cases" / "transformer.safetensors")
+    inputs = dict(hidden_states=case["a.hidden_states"], timestep=case["a.timestep"],
+                  encoder_hidden_states=case["a.encoder_hidden_states"], return_dict=False)
+    for name in ("peft", "kohya", "musubi", "lightx2v"):
+        pipe.load_lora_weights(str(LORAS / f"{name}.safetensors"), adapter_name=name)
+    out = {"base": None}
+    runs = {
+        "peft": (["peft"], [1.0]),
+        "kohya": (["kohya"], [1.0]),
+        "kohya.0.7": (["kohya"], [0.7]),
+        "musubi": (["musubi"], [1.0]),
+        "lightx2v": (["lightx2v"], [1.0]),
+        "peft.0.8+kohya.0.5": (["peft", "kohya"], [0.8, 0.5]),
+    }
+    with torch.no_grad():
+        pipe.disable_lora()
+        out["base"] = pipe.transformer(**inputs)[0]
+        pipe.enable_lora()
+        for label, (names, weights) in runs.items():
+            pipe.set_adapters(names, adapter_weights=weights)
+            out[label] = pipe.transformer(**inputs)[0]
+    save_file({k: v.contiguous() for k, v in out.items()}, str(FIXTURES / "cases" / "lora.safetensors"),
+              metadata={"format": "pt"})
+    base = out["base"]
+    for k, v in out.items():
+        print(f"{k}: max change from base {(v - base).abs().max().item():.3f}")
+
+
+if __name__ == "__main__":
+    main()
