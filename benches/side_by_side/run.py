@@ -185,6 +185,16 @@ def child(args: list[str]) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--child", *args]
 
 
+def mid_vae() -> Path:
+    """A mid-size VAE: the Wan2.1 VAE's architecture at half its width (base_dim 48), random weights."""
+    mid = Path(tempfile.mkdtemp()) / "vae"
+    mid.mkdir()
+    config = json.loads((WAN_CONFIGS / "vae/config.json").read_text())
+    config["base_dim"] = 48
+    (mid / "config.json").write_text(json.dumps(config))
+    return mid
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="pipeline,step,decode,tiling")
@@ -237,12 +247,7 @@ def main() -> None:
         else:
             rows.append((f"diffusers 1.3B step on {a.device} (no vgen side in this script)", float("nan"), median(d, "step_ms"), "step_ms"))
     if "decode" in cases:
-        # A mid-size VAE: the Wan2.1 VAE's architecture at half its width (base_dim 48), random weights.
-        mid = Path(tempfile.mkdtemp()) / "vae"
-        mid.mkdir()
-        config = json.loads((WAN_CONFIGS / "vae/config.json").read_text())
-        config["base_dim"] = 48
-        (mid / "config.json").write_text(json.dumps(config))
+        mid = mid_vae()
         # The Wan2.2 VAE's architecture (TI2V-5B's: residual blocks, 2x2 patches, 16x) at a quarter of its width,
         # random weights, at 128x128 (8x8 latents).
         wan22 = Path(tempfile.mkdtemp()) / "vae"
@@ -262,11 +267,7 @@ def main() -> None:
                 rows.append((f"{label} decode {frames} frames, peak RSS", v[0]["peak_rss"], d[0]["peak_rss"], "peak_rss"))
                 rows.append((f"{label} decode {frames} frames, time", v[0]["decode_ms"], d[0]["decode_ms"], "decode_ms"))
     if "tiling" in cases:
-        mid = Path(tempfile.mkdtemp()) / "vae"
-        mid.mkdir()
-        config = json.loads((WAN_CONFIGS / "vae/config.json").read_text())
-        config["base_dim"] = 48
-        (mid / "config.json").write_text(json.dumps(config))
+        mid = mid_vae()
         # Tiled decode (diffusers' enable_tiling, 128-pixel tiles every 96 here, so that CPU-sized frames span
         # several) at three sizes: peak memory should stay flat in resolution, on both sides.
         for px in ("192", "320", "448"):
