@@ -166,7 +166,9 @@ pub fn normalise(tensors: Vec<(String, Tensor)>) -> Result<BTreeMap<String, Delt
             }
             (None, None) => None,
             _ => {
-                return Err(Error::invalid(format!("{name}: one of lora_A and lora_B (lora_down, lora_up) is missing")));
+                return Err(Error::invalid(format!(
+                    "{name}: one of lora_A and lora_B (lora_down, lora_up) is missing"
+                )));
             }
         };
         if r.alpha.is_some() && low_rank.is_none() {
