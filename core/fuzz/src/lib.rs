@@ -202,11 +202,22 @@ pub fn gguf(data: &[u8]) {
     let written = std::fs::read(path).unwrap();
     assert_eq!(again.metadata.iter().filter(|(k, _)| !comfy(k)).count(), metadata.len());
     for (k, v) in &metadata {
-        assert_eq!(again.metadata.get(k), Some(v), "metadata {k:?} round trip");
+        let back = again.metadata.get(k).expect("every key comes back");
+        assert!(same_value(back, v), "metadata {k:?} round trip: {back:?} != {v:?}");
     }
     assert_eq!(again.tensors.len(), kept.len());
     for (a, b) in again.tensors.iter().zip(&kept) {
         assert_eq!((&a.name, &a.shape, a.ggml), (&b.name, &b.shape, b.ggml), "tensor round trip");
         assert_eq!(&written[a.start..a.start + a.len], &data[b.start..b.start + b.len], "{:?}'s bytes", a.name);
+    }
+}
+
+/// Equality of metadata values with floats compared by their bits (a NaN round-trips as itself).
+fn same_value(a: &vgen_core::models::weights::gguf::Value, b: &vgen_core::models::weights::gguf::Value) -> bool {
+    use vgen_core::models::weights::gguf::Value;
+    match (a, b) {
+        (Value::Float(x), Value::Float(y)) => x.to_bits() == y.to_bits(),
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_value(p, q)),
+        _ => a == b,
     }
 }

@@ -187,10 +187,11 @@ impl<'a> Attempt<'a> {
                     let mut r = m.edit();
                     if r.status.state == JobState::Running {
                         r.push(m.id, EventKind::Preview { step, frames: frames.clone() }, &callbacks, &mut outbox);
+                        // Queued while the job's lock is held, so its events reach the dispatcher in order.
+                        shared.dispatch(std::mem::take(&mut outbox));
                     }
                 }
             }
-            shared.dispatch(outbox);
         }
     }
 
@@ -257,8 +258,9 @@ impl<'a> Attempt<'a> {
             let kind = update(&mut r.status);
             r.eta_at = now;
             r.push(m.id, kind, &callbacks, &mut outbox);
+            // Queued while the job's lock is held, so its events reach the dispatcher in order.
+            shared.dispatch(std::mem::take(&mut outbox));
         }
-        shared.dispatch(outbox);
     }
 }
 

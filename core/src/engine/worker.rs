@@ -88,8 +88,9 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
             &callbacks,
             &mut outbox,
         );
+        // Queued while the job's lock is held, so its events reach the dispatcher in order.
+        shared.dispatch(std::mem::take(&mut outbox));
     }
-    shared.dispatch(outbox);
 
     let span = tracing::info_span!("job", key = flight.key, attempt = number, device = %device, model = %info.name);
     let _entered = span.enter();
@@ -221,6 +222,8 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
                         error: error.clone(),
                     };
                     r.push(m.id, kind, &callbacks, &mut outbox);
+                    // Queued while the job's lock is held, so its events reach the dispatcher in order.
+                    shared.dispatch(std::mem::take(&mut outbox));
                 }
                 // This attempt's files are dropped with it; the next attempt writes afresh, so jobs may join again.
                 {
