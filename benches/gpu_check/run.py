@@ -45,12 +45,21 @@ def torch_lib() -> str:
     return str(pathlib.Path(torch.__file__).parent / "lib")
 
 
+def gpu_used() -> int:
+    """Bytes in use on GPU 0, all processes."""
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                         capture_output=True, text=True).stdout.strip()
+    return int(out.splitlines()[0]) * 2**20 if out else 0
+
+
 class Peak:
-    """The largest device memory `nvidia-smi` reports for `pid` while it runs (on the CPU: nothing)."""
+    """The largest device memory `nvidia-smi` reports for `pid` while it runs (on the CPU: nothing). In a container
+    whose PIDs `nvidia-smi` does not see, the GPU's whole use above what it was before the process started."""
 
     def __init__(self, pid: int, cuda: bool) -> None:
-        self.pid, self.cuda, self.bytes, self.done = pid, cuda, 0, False
+        self.pid, self.cuda, self.bytes, self.total, self.done = pid, cuda, 0, 0, False
         if cuda:
+            self.baseline = gpu_used()
             self.thread = threading.Thread(target=self.poll, daemon=True)
             self.thread.start()
 
@@ -62,13 +71,14 @@ class Peak:
                 pid, _, mib = line.partition(",")
                 if pid.strip() == str(self.pid):
                     self.bytes = max(self.bytes, int(mib.strip()) * 2**20)
+            self.total = max(self.total, gpu_used() - self.baseline)
             time.sleep(0.05)
 
     def stop(self) -> int:
         self.done = True
         if self.cuda:
             self.thread.join()
-        return self.bytes
+        return self.bytes or self.total
 
 
 def run(cmd: list[str], cuda: bool, env: dict | None = None) -> tuple[list[dict], int]:
