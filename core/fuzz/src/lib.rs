@@ -221,3 +221,52 @@ fn same_value(a: &vgen_core::models::weights::gguf::Value, b: &vgen_core::models
         _ => a == b,
     }
 }
+
+/// A LoRA file (`vgen_core::models::lora`): the bytes as a safetensors file, normalised from whichever key form it
+/// uses, then checked against the tiny Wan transformer's layers. An accepted adapter's every layer is one the
+/// model has, of its shape, and applying it changes nothing about the output's shape; anything else is refused
+/// with `invalid_argument`, never a panic.
+pub fn lora(data: &[u8]) {
+    use tch::{Device, Kind, Tensor};
+    use vgen_core::models::lora::{Adapter, active};
+    use vgen_core::models::wan::transformer::WanTransformer;
+    struct Model {
+        _vars: tch::nn::VarStore,
+        transformer: WanTransformer,
+    }
+    // SAFETY: the fuzz target runs on one thread; the model is only read.
+    unsafe impl Sync for Model {}
+    unsafe impl Send for Model {}
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    static SCRATCH: OnceLock<PathBuf> = OnceLock::new();
+    let model = MODEL.get_or_init(|| {
+        let dir = fixtures().join("tiny-wan/transformer");
+        let config = vgen_core::models::weights::read_config(&dir).unwrap();
+        let (vs, m) = vgen_core::models::wan::load_transformer(&dir, Device::Cpu, config).unwrap();
+        Model { _vars: vs, transformer: m }
+    });
+    let path =
+        SCRATCH.get_or_init(|| std::env::temp_dir().join(format!("vgen-fuzz-lora-{}.safetensors", std::process::id())));
+    std::fs::write(path, data).unwrap();
+    let adapter = match Adapter::open(path, Device::Cpu, Kind::Float) {
+        Ok(a) => a,
+        Err(e) => {
+            assert_eq!(e.code(), vgen_core::ErrorCode::InvalidArgument, "{e}");
+            return;
+        }
+    };
+    let linears = model.transformer.linears();
+    if let Err(e) = adapter.check(&linears) {
+        assert_eq!(e.code(), vgen_core::ErrorCode::InvalidArgument, "{e}");
+        return;
+    }
+    for name in adapter.layers.keys() {
+        assert!(linears.contains_key(name), "an accepted layer {name:?} is the model's");
+    }
+    let x = Tensor::zeros([1, 16, 1, 2, 2], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[500.0f32]);
+    let text = Tensor::zeros([1, 4, 32], (Kind::Float, Device::Cpu));
+    let _scope = active::scoped(vec![(std::sync::Arc::new(adapter), 0.5)]);
+    let out = tch::no_grad(|| model.transformer.forward(&x, &t, &text, None)).expect("an accepted adapter runs");
+    assert_eq!(out.size(), x.size());
+}

@@ -123,6 +123,11 @@ fn config_json() {
 }
 
 #[test]
+fn lora() {
+    run("lora", vgen_fuzz::lora);
+}
+
+#[test]
 fn gguf() {
     run("gguf", vgen_fuzz::gguf);
 }
