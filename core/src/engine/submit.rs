@@ -105,8 +105,6 @@ impl Shared {
                         r.status.started_at_ms = lead.started_at_ms;
                     }
                     r.push(id, EventKind::Queued { position: 0 }, &callbacks, &mut outbox);
-                    // Queued while the job's lock is held, so its events reach the dispatcher in order.
-                    self.dispatch(std::mem::take(&mut outbox));
                 }
                 members.push(cell.clone());
                 drop(members);
@@ -149,8 +147,6 @@ impl Shared {
                 let mut r = cell.edit();
                 r.flight = Some(flight.clone());
                 r.push(id, EventKind::Queued { position }, &callbacks, &mut outbox);
-                // Queued while the job's lock is held, so its events reach the dispatcher in order.
-                self.dispatch(std::mem::take(&mut outbox));
             }
             queue.push(rank, flight.clone(), None);
             in_flight.insert(key, flight);
