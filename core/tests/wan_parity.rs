@@ -138,7 +138,7 @@ fn vae_decoder_matches_diffusers_chunk_by_chunk() {
 }
 
 /// diffusers' `enable_tiling()` on the tiny Wan2.1 VAE (8x) and the tiny Wan2.2 VAE (16x, in patches), with tiles
-/// small enough that the latents span 3 x 3 of them; without tiling, the same latents decode whole.
+/// small enough that the latents span 2 x 3 (and 2 x 1) of them; without tiling, the same latents decode whole.
 #[test]
 fn tiled_vae_decode_matches_diffusers_enable_tiling() {
     use vgen_core::models::wan::vae_tiling::Tiling;

@@ -1,5 +1,6 @@
 """Tiled VAE decode: diffusers' `AutoencoderKLWan.enable_tiling()` on the fixtures' tiny Wan2.1 VAE (8x in space)
-and tiny Wan2.2 VAE (16x, 2x2 patches), with tiles small enough that the latents span 3 x 3 of them. Writes
+and tiny Wan2.2 VAE (16x, 2x2 patches), with tiles small enough that the latents span 2 x 3 of them (2 x 1
+for the Wan2.2 one), and 2 latent frames (5 frames), so the file stays under 1 MB. Writes
 `cases/tiling.safetensors` (`{vae}.z`, `{vae}.tiled`, `{vae}.whole` and the tile settings), which
 `core/tests/wan_parity.rs` checks vgen's tiled decode against.
 
@@ -17,8 +18,8 @@ from safetensors.torch import save_file
 FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "core" / "tests" / "fixtures" / "wan"
 # (label, VAE folder, latent frames, latent height, latent width, tile_sample_min, tile_sample_stride)
 CASES = [
-    ("wan21", FIXTURES / "tiny-wan" / "vae", 3, 7, 8, 32, 24),
-    ("wan22", FIXTURES / "tiny-wan22-ti2v" / "vae", 3, 5, 6, 64, 48),
+    ("wan21", FIXTURES / "tiny-wan" / "vae", 2, 5, 7, 32, 24),
+    ("wan22", FIXTURES / "tiny-wan22-ti2v" / "vae", 2, 5, 4, 64, 48),
 ]
 
 
