@@ -37,15 +37,21 @@
 #include <stdbool.h>
 
 /**
- * `vgen_image.format`: 3 bytes a pixel, red, green, blue.
+ * A `vgen_job_status` ready for `vgen_job_poll` and `vgen_job_wait`: its `size` set, everything else zero.
+ * `vgen_job_status s = VGEN_JOB_STATUS_INIT;`
  */
-#define VGEN_PIXELS_RGB8 0
+#ifdef __cplusplus
+#define VGEN_JOB_STATUS_INIT vgen_job_status_sized()
+#else
+#define VGEN_JOB_STATUS_INIT { .size = sizeof(vgen_job_status) }
+#endif
 
 /**
- * `vgen_image.format`: 4 bytes a pixel, red, green, blue, alpha (alpha is dropped, as Pillow's `convert("RGB")`
- * does).
+ * The version of the C ABI this header describes. It rises when the ABI changes: a function or constant is
+ * added, or a struct that carries its size grows. Compare it with `vgen_abi_version()`: a library whose version
+ * is at least the header's has everything the header declares.
  */
-#define VGEN_PIXELS_RGBA8 1
+#define VGEN_ABI_VERSION 2
 
 /**
  * The result of every fallible call. `VGEN_STATUS_OK` is 0; 1–16 are the engine's error codes (the same numbers
@@ -130,23 +136,37 @@ typedef struct {
 } vgen_callback;
 
 /**
+ * A pixel layout: one of the `VGEN_PIXELS_*` numbers (never renumbered).
+ */
+typedef uint32_t vgen_pixel_format;
+
+/**
  * An image as raw pixels, for `vgen_engine_submit_images`: `height` rows `stride` bytes apart, each starting with
- * `width` pixels of `format` (`VGEN_PIXELS_RGB8` or `VGEN_PIXELS_RGBA8`), top row first: a game engine's render
- * target or a decoded texture as it lies in memory. vgen copies the pixels before the call returns.
+ * `width` pixels of `format` (a `VGEN_PIXELS_*`), top row first: a game engine's render target or a decoded
+ * texture as it lies in memory. vgen copies the pixels before the call returns.
  */
 typedef struct {
   const uint8_t *data;
   uint32_t width;
   uint32_t height;
   uint32_t stride;
-  uint32_t format;
+  vgen_pixel_format format;
 } vgen_image;
 
 /**
  * A snapshot of a job, filled by `vgen_job_poll` and `vgen_job_wait`. Plain data owned by the caller (usually
  * on its stack); it holds no pointers, so a copy is always valid.
+ *
+ * It carries its own size, so that it can grow: the caller sets `size` to `sizeof(vgen_job_status)` as its
+ * header defines it (`vgen_job_status s = VGEN_JOB_STATUS_INIT;`) and vgen fills only that many bytes. A host
+ * built against an older header keeps working with a newer libvgen; new fields are only ever added at the end.
+ * A `size` smaller than this layout's first version (ABI 2) is VGEN_STATUS_INVALID_ARGUMENT.
  */
 typedef struct {
+  /**
+   * Set by the caller: `sizeof(vgen_job_status)`.
+   */
+  uint32_t size;
   vgen_job_state state;
   /**
    * 0 validating, 1 encoding prompt, 2 generating, 3 decoding, 4 encoding video, 5 finalizing.
@@ -186,11 +206,45 @@ typedef struct {
    * True when the result came from the cache.
    */
   bool cache_hit;
+  /**
+   * Frames decoded so far (`vgen_job_frames` reads them); rises chunk by chunk while the job decodes, and is
+   * back to 0 when an attempt is retried.
+   */
+  uint32_t frames_ready;
+  /**
+   * Rises by one with each new preview: when it has changed, `vgen_job_preview` has a new one.
+   */
+  uint64_t preview_seq;
 } vgen_job_status;
+
+/**
+ * 3 bytes a pixel: red, green, blue.
+ */
+#define VGEN_PIXELS_RGB8 0
+
+/**
+ * 4 bytes a pixel: red, green, blue, alpha. vgen writes alpha 255; it drops alpha it is given, as Pillow's
+ * `convert("RGB")` does.
+ */
+#define VGEN_PIXELS_RGBA8 1
+
+/**
+ * 4 bytes a pixel: blue, green, red, alpha (the byte order of most GPU textures: Direct3D's and Vulkan's
+ * B8G8R8A8, Unity's `TextureFormat.BGRA32`). Alpha as for RGBA8.
+ */
+#define VGEN_PIXELS_BGRA8 2
 
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * The version of the C ABI of the libvgen loaded at run time (`VGEN_ABI_VERSION` of the header it was built
+ * with). A host built against an older header works with any libvgen whose ABI version is at least its own.
+ *
+ * \return the ABI version; never fails. Any thread.
+ */
+uint32_t vgen_abi_version(void);
 
 /**
  * The version of vgen, for example `"0.1.0"`.
@@ -262,6 +316,32 @@ vgen_status vgen_engine_new(const char *config_json,
 void vgen_engine_free(vgen_engine *engine);
 
 /**
+ * Starts shutting the engine down and returns at once, so that a game can end without a frame's hitch: new
+ * submits are refused (VGEN_STATUS_SHUTTING_DOWN), queued and running jobs get `timeout_ms` (-1: the configured
+ * `shutdown_timeout_ms`) to finish and are then cancelled, and every job's terminal event is delivered. Call it
+ * again (each frame, say) to learn whether it has finished: VGEN_STATUS_OK once it has, VGEN_STATUS_NOT_READY
+ * while it goes on. Once it has finished, `vgen_engine_free` returns without blocking. Polls, results and videos
+ * keep working meanwhile. Any thread, a vgen callback included.
+ *
+ * # Safety
+ * `engine` a live engine.
+ */
+vgen_status vgen_engine_shutdown(const vgen_engine *engine,
+                                 int64_t timeout_ms);
+
+/**
+ * Registers a callback for every event of every job of this engine, jobs submitted before it included (from
+ * their next event), as `vgen_callback` describes for one job: on the dispatcher thread, in order within each job,
+ * each job's terminal event exactly once. Its finalizer runs when the engine is freed, after the last event; or
+ * before this returns, when this call fails or `callback->callback` is NULL. Any thread.
+ *
+ * # Safety
+ * `engine` a live engine; `callback` valid for a read.
+ */
+vgen_status vgen_engine_on_event(const vgen_engine *engine,
+                                 const vgen_callback *callback);
+
+/**
  * Submits a request given as JSON (the fields of the Rust `Request`: `prompt`, `negative_prompt`, `width`,
  * `height`, `num_frames`, `fps`, `steps`, `guidance_scale`, `guidance_scale_2`, `seed`, `model`, `image`,
  * `last_image`, `priority`, `deadline_ms`, `idempotency_key`, `preview_every`, `vae_tiling`, `loras` (LoRA
@@ -308,7 +388,7 @@ vgen_status vgen_engine_submit_images(const vgen_engine *engine,
  * (within 20 ms), while a job submitted elsewhere is read from Redis. Any thread.
  *
  * # Safety
- * `engine` a live engine; `out` valid for a write.
+ * `engine` a live engine; `out` valid for reads and writes of `out->size` bytes.
  */
 vgen_status vgen_job_poll(const vgen_engine *engine,
                           uint64_t job,
@@ -319,7 +399,7 @@ vgen_status vgen_job_poll(const vgen_engine *engine,
  * it is still going (the job goes on). Any thread.
  *
  * # Safety
- * `engine` a live engine; `out` valid for a write.
+ * `engine` a live engine; `out` valid for reads and writes of `out->size` bytes.
  */
 vgen_status vgen_job_wait(const vgen_engine *engine,
                           uint64_t job,
@@ -443,6 +523,51 @@ bool vgen_status_is_retryable(uint32_t status);
 vgen_status vgen_job_result(const vgen_engine *engine, uint64_t job, vgen_video **out);
 
 /**
+ * The frames a job has decoded so far, while it runs, so that a game or a player can start showing the video
+ * before the job ends: a streaming model (Wan, the default model) hands over each chunk as it decodes it; the job's
+ * `frames_ready` and its `"frames"` events say when there are more. A job that keeps its frames gives all of them
+ * (from frame 0); one with `"keep_frames": false` the last `frames_window` of them (an engine setting, 16 by
+ * default), from frame `vgen_video_first_frame`, and still after the job has succeeded. Each call
+ * copies the frames held: call it once per new chunk, not once per game frame. VGEN_STATUS_NOT_READY before the
+ * first chunk (and for a job that failed or was cancelled, or one running on another node of a Redis cluster).
+ * Any thread.
+ *
+ * \param out receives a video the caller frees with `vgen_video_free`; it has no fps or metadata.
+ *
+ * # Safety
+ * `engine` a live engine; `out` valid for a write.
+ */
+vgen_status vgen_job_frames(const vgen_engine *engine,
+                            uint64_t job,
+                            vgen_video **out);
+
+/**
+ * Which frame of the whole video is this handle's frame 0: 0, except for the frames so far of a job that keeps
+ * only its last ones (`vgen_job_frames`). Any thread.
+ *
+ * # Safety
+ * `video` a live video; `first_out` valid for a write.
+ */
+vgen_status vgen_video_first_frame(const vgen_video *video,
+                                   uint32_t *first_out);
+
+/**
+ * Copies frame `index` into the caller's buffer in `format` (a `VGEN_PIXELS_*`): `height` rows `dst_stride`
+ * bytes apart, each `width` pixels, top row first, which is what a texture upload wants (Unity's
+ * `LoadRawTextureData`, Godot's `Image.set_data`, `glTexSubImage2D`, a mapped staging buffer). RGBA8 and BGRA8
+ * get alpha 255; bytes between a row's end and the stride are left as they were. VGEN_STATUS_INVALID_ARGUMENT for
+ * an index out of range, an unknown format or a stride smaller than a row. Any thread.
+ *
+ * # Safety
+ * `video` a live video; `dst` valid for writes of `dst_stride × (height − 1)` bytes plus one row.
+ */
+vgen_status vgen_video_copy_frame(const vgen_video *video,
+                                  size_t index,
+                                  vgen_pixel_format format,
+                                  uint8_t *dst,
+                                  size_t dst_stride);
+
+/**
  * Frees a video. NULL is accepted.
  *
  * # Safety
@@ -504,3 +629,13 @@ vgen_status vgen_job_preview(const vgen_engine *engine,
 #endif  // __cplusplus
 
 #endif  /* VGEN_H */
+
+#if defined(__cplusplus) && !defined(VGEN_H_JOB_STATUS_SIZED)
+#define VGEN_H_JOB_STATUS_SIZED
+/** `VGEN_JOB_STATUS_INIT` in C++: a zeroed `vgen_job_status` with its `size` set. */
+inline vgen_job_status vgen_job_status_sized() noexcept {
+  vgen_job_status s{};
+  s.size = sizeof s;
+  return s;
+}
+#endif

@@ -94,6 +94,9 @@ inline std::string version() { return vgen_version(); }
 /// The version of libtorch vgen was built against, for example `"2.11.0+cu130"`.
 inline std::string libtorch_version() { return vgen_libtorch_version(); }
 
+/// The C ABI version of the libvgen loaded; at least `VGEN_ABI_VERSION` when it has all this header declares.
+inline std::uint32_t abi_version() noexcept { return vgen_abi_version(); }
+
 /// The number of CUDA GPUs libtorch sees; 0 where there is none (jobs then run on the CPU).
 inline std::size_t cuda_device_count() noexcept { return vgen_cuda_device_count(); }
 
@@ -158,6 +161,20 @@ public:
         return detail::take(json);
     }
 
+    /// Copies frame `i` into `dst` in `format` (`VGEN_PIXELS_RGB8`, `VGEN_PIXELS_RGBA8` or `VGEN_PIXELS_BGRA8`),
+    /// rows `dst_stride` bytes apart: straight into a texture's or a staging buffer's memory.
+    void copy_frame(std::size_t i, vgen_pixel_format format, std::uint8_t *dst, std::size_t dst_stride) const {
+        detail::check(vgen_video_copy_frame(video_, i, format, dst, dst_stride));
+    }
+
+    /// Which frame of the whole video is this one's frame 0 (not 0 only for `Job::frames()` of a job that keeps
+    /// no frames).
+    std::uint32_t first_frame() const {
+        std::uint32_t first = 0;
+        detail::check(vgen_video_first_frame(video_, &first));
+        return first;
+    }
+
     /// Writes the video to `path` in the format its extension asks for (`.mp4`, `.gif`, `.png`, or a folder
     /// ending in `/`). The file appears complete or not at all.
     void save(const std::string &path) const { detail::check(vgen_video_save(video_, path.c_str())); }
@@ -209,14 +226,14 @@ public:
 
     /// The job's status at once. Never blocks and never allocates, so a game loop may call it every frame.
     JobStatus poll() const {
-        JobStatus status{};
+        JobStatus status = VGEN_JOB_STATUS_INIT;
         detail::check(vgen_job_poll(engine_, id_, &status));
         return status;
     }
 
     /// Waits up to `timeout` for the job to end: its final status, or nothing if it is still going (it goes on).
     std::optional<JobStatus> wait_for(std::chrono::milliseconds timeout) const {
-        JobStatus status{};
+        JobStatus status = VGEN_JOB_STATUS_INIT;
         const vgen_status s = vgen_job_wait(engine_, id_, timeout.count() < 0 ? 0 : timeout.count(), &status);
         if (s == VGEN_STATUS_TIMEOUT) return std::nullopt;
         detail::check(s);
@@ -225,7 +242,7 @@ public:
 
     /// Waits for the job to end, however long it takes; its final status.
     JobStatus wait() const {
-        JobStatus status{};
+        JobStatus status = VGEN_JOB_STATUS_INIT;
         detail::check(vgen_job_wait(engine_, id_, -1, &status));
         return status;
     }
@@ -260,6 +277,16 @@ public:
         if (s == VGEN_STATUS_NOT_READY) return std::nullopt;
         detail::check(s);
         return Preview{Video(video), step};
+    }
+
+    /// The frames decoded so far (see `vgen_job_frames`), or nothing before the first chunk. Call it when
+    /// `poll().frames_ready` has risen, not every game frame: each call copies the frames.
+    std::optional<Video> frames() const {
+        vgen_video *video = nullptr;
+        const vgen_status s = vgen_job_frames(engine_, id_, &video);
+        if (s == VGEN_STATUS_NOT_READY) return std::nullopt;
+        detail::check(s);
+        return Video(video);
     }
 
     /// The job's events with a sequence number above `since` (0 for all), as a JSON array.
@@ -342,6 +369,24 @@ public:
         std::uint64_t id = 0;
         detail::check(vgen_engine_submit_images(engine_, request_json.c_str(), image, last_image, nullptr, &id));
         return Job(engine_, id);
+    }
+
+    /// Registers a callback for every event of every job (see `vgen_engine_on_event`); vgen destroys it when
+    /// the engine is freed.
+    void on_event(Callback callback) const {
+        auto *owned = new Callback(std::move(callback));
+        const vgen_callback c = {&Engine::deliver, owned, &Engine::destroy};
+        // On failure vgen has already run the finalizer, which deleted `owned`.
+        detail::check(vgen_engine_on_event(engine_, &c));
+    }
+
+    /// Starts shutting down and returns at once (see `vgen_engine_shutdown`); true once the shutdown has
+    /// finished, when destroying the engine no longer blocks. `timeout` < 0: the configured drain timeout.
+    bool shutdown(std::chrono::milliseconds timeout = std::chrono::milliseconds(-1)) const {
+        const vgen_status s = vgen_engine_shutdown(engine_, timeout.count() < 0 ? -1 : timeout.count());
+        if (s == VGEN_STATUS_NOT_READY) return false;
+        detail::check(s);
+        return true;
     }
 
     /// The job `id` of this engine (from the C API, or `Job::id()`).

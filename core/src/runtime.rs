@@ -96,6 +96,23 @@ pub fn cpu_threads() -> i32 {
     tch::get_num_threads()
 }
 
+/// Limits libtorch's CPU threads (`EngineConfig::cpu_threads`): its intra-op threads for the calling thread and
+/// the threads that start parallel work after it (OpenMP keeps the setting per thread, so each inference worker
+/// calls this when it starts), and, once per process and only before any inter-op work has begun, its inter-op
+/// pool (libtorch refuses to resize that pool later; the intra-op threads are the ones inference uses).
+pub fn limit_cpu_threads(threads: usize) {
+    let n = threads.clamp(1, i32::MAX as usize) as i32;
+    tch::set_num_threads(n);
+    static INTEROP: std::sync::Once = std::sync::Once::new();
+    INTEROP.call_once(|| {
+        // tch panics on libtorch's refusal; a refusal only means the pool already exists.
+        let set = std::panic::catch_unwind(|| tch::set_num_interop_threads(n));
+        if set.is_err() {
+            tracing::debug!("libtorch's inter-op threads were already started; only the intra-op threads are limited");
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,7 +44,7 @@ int main(int argc, char **argv) {
     int previews = 0, frames = 0, cancelled = 0;
     double worst = 0;
     int over_budget = 0;
-    vgen_job_status hs, bs;
+    vgen_job_status hs = VGEN_JOB_STATUS_INIT, bs = VGEN_JOB_STATUS_INIT;
     for (;;) {
         double start = cpu_ms();
         vgen_job_poll(engine, hero, &hs);

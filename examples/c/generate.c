@@ -64,7 +64,7 @@ int main(int argc, char **argv) {
     s = vgen_engine_submit(engine, "{\"prompt\": \"a red circle moving right\", \"seed\": 5, \"preview_every\": 2}", &cb, &job);
     CHECK(s == VGEN_STATUS_OK && job != 0, "submit");
 
-    vgen_job_status st;
+    vgen_job_status st = VGEN_JOB_STATUS_INIT;
     int polls = 0;
     do {
         s = vgen_job_poll(engine, job, &st);

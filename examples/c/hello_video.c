@@ -17,7 +17,7 @@ int main(int argc, char **argv) {
         vgen_engine_free(engine);
         return 1;
     }
-    vgen_job_status st;
+    vgen_job_status st = VGEN_JOB_STATUS_INIT;
     uint32_t last_step = 0;
     while (vgen_job_wait(engine, job, 20, &st) == VGEN_STATUS_TIMEOUT) {
         vgen_job_poll(engine, job, &st);

@@ -4,10 +4,11 @@
 //! A `vgen_engine` may be used from any number of threads at once, except `vgen_engine_free`, which must be the
 //! last call on it. Job ids are plain numbers, valid for the engine that returned them.
 
-use crate::boundary::{borrow, core, guard, null, owned_string, string, write};
+use crate::boundary::{Fallible, borrow, core, guard, null, owned_string, string, write};
+use crate::pixels::{pixels_input, vgen_image};
 use crate::status::vgen_status;
 use std::ffi::{c_char, c_void};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vgen_core::engine::{Event, JobStatus};
 use vgen_core::{Engine, EngineConfig, JobId, Request};
@@ -17,7 +18,9 @@ use vgen_core::{Engine, EngineConfig, JobId, Request};
 /// `const vgen_engine *`).
 #[allow(non_camel_case_types)]
 pub struct vgen_engine {
-    pub(crate) engine: Engine,
+    pub(crate) engine: Arc<Engine>,
+    /// The thread of a shutdown started by `vgen_engine_shutdown`, joined by `vgen_engine_free`.
+    shutdown: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// A job's state. Terminal states are SUCCEEDED, FAILED and CANCELLED; a job reaches exactly one, once.
@@ -34,10 +37,17 @@ pub enum vgen_job_state {
 
 /// A snapshot of a job, filled by `vgen_job_poll` and `vgen_job_wait`. Plain data owned by the caller (usually
 /// on its stack); it holds no pointers, so a copy is always valid.
+///
+/// It carries its own size, so that it can grow: the caller sets `size` to `sizeof(vgen_job_status)` as its
+/// header defines it (`vgen_job_status s = VGEN_JOB_STATUS_INIT;`) and vgen fills only that many bytes. A host
+/// built against an older header keeps working with a newer libvgen; new fields are only ever added at the end.
+/// A `size` smaller than this layout's first version (ABI 2) is VGEN_STATUS_INVALID_ARGUMENT.
 #[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct vgen_job_status {
+    /// Set by the caller: `sizeof(vgen_job_status)`.
+    pub size: u32,
     pub state: vgen_job_state,
     /// 0 validating, 1 encoding prompt, 2 generating, 3 decoding, 4 encoding video, 5 finalizing.
     pub stage: u32,
@@ -59,10 +69,41 @@ pub struct vgen_job_status {
     pub error: vgen_status,
     /// True when the result came from the cache.
     pub cache_hit: bool,
+    /// Frames decoded so far (`vgen_job_frames` reads them); rises chunk by chunk while the job decodes, and is
+    /// back to 0 when an attempt is retried.
+    pub frames_ready: u32,
+    /// Rises by one with each new preview: when it has changed, `vgen_job_preview` has a new one.
+    pub preview_seq: u64,
 }
+
+/// A status with its `size` set and everything else zero: what a Rust host passes to `vgen_job_poll`.
+impl Default for vgen_job_status {
+    fn default() -> Self {
+        vgen_job_status {
+            size: std::mem::size_of::<vgen_job_status>() as u32,
+            state: vgen_job_state::VGEN_JOB_QUEUED,
+            stage: 0,
+            progress: 0.0,
+            step: 0,
+            steps: 0,
+            queue_position: 0,
+            attempt: 0,
+            eta_ms: -1,
+            eta_confidence: 0,
+            error: vgen_status::VGEN_STATUS_OK,
+            cache_hit: false,
+            frames_ready: 0,
+            preview_seq: 0,
+        }
+    }
+}
+
+/// `sizeof(vgen_job_status)` at ABI 2, the first layout that carries its size: the least `size` vgen accepts.
+const STATUS_SIZE_V2: u32 = std::mem::size_of::<vgen_job_status>() as u32;
 
 fn to_c(s: &JobStatus, position: u32, eta: Option<u64>) -> vgen_job_status {
     vgen_job_status {
+        size: std::mem::size_of::<vgen_job_status>() as u32,
         state: match s.state {
             vgen_core::JobState::Queued => vgen_job_state::VGEN_JOB_QUEUED,
             vgen_core::JobState::Running => vgen_job_state::VGEN_JOB_RUNNING,
@@ -80,7 +121,43 @@ fn to_c(s: &JobStatus, position: u32, eta: Option<u64>) -> vgen_job_status {
         eta_confidence: s.eta_confidence as u32,
         error: s.error.as_ref().map_or(vgen_status::VGEN_STATUS_OK, |e| e.code.into()),
         cache_hit: s.cache_hit,
+        frames_ready: s.frames_ready,
+        preview_seq: s.preview_seq,
     }
+}
+
+/// Checks the caller's `size` before anything else happens.
+///
+/// # Safety
+/// `out` NULL or valid for reads of its `size` field.
+unsafe fn status_size(out: *const vgen_job_status) -> Fallible<u32> {
+    if out.is_null() {
+        return Err(null("out"));
+    }
+    // SAFETY: non-NULL and readable by contract; `size` is the first field of every layout.
+    let size = unsafe { out.cast::<u32>().read() };
+    if size < STATUS_SIZE_V2 {
+        return Err((
+            vgen_status::VGEN_STATUS_INVALID_ARGUMENT,
+            format!(
+                "out->size is {size}: set it to sizeof(vgen_job_status) ({STATUS_SIZE_V2} or more), for example with \
+                 `vgen_job_status s = VGEN_JOB_STATUS_INIT;`"
+            ),
+        ));
+    }
+    Ok(size)
+}
+
+/// Writes the first `size` bytes of `status` (the caller's layout, never more than vgen's) into `out`, keeping
+/// the caller's `size`.
+///
+/// # Safety
+/// `out` valid for writes of `size` bytes.
+unsafe fn write_status(out: *mut vgen_job_status, size: u32, status: vgen_job_status) {
+    let status = vgen_job_status { size, ..status };
+    let n = (size as usize).min(std::mem::size_of::<vgen_job_status>());
+    // SAFETY: `n` bytes are readable from `status` and writable at `out` by contract.
+    unsafe { std::ptr::copy_nonoverlapping((&status as *const vgen_job_status).cast::<u8>(), out.cast::<u8>(), n) };
 }
 
 /// Creates an engine from a JSON configuration (the fields of the Rust `EngineConfig`: `devices`,
@@ -113,8 +190,9 @@ pub unsafe extern "C" fn vgen_engine_new(config_json: *const c_char, out: *mut *
         };
         let (models, _problems) = vgen_core::models::Models::discover();
         let engine = Engine::with_models(config, models).map_err(core)?;
+        let engine = vgen_engine { engine: Arc::new(engine), shutdown: Mutex::new(None) };
         // SAFETY: checked non-NULL above.
-        unsafe { write(out, Box::into_raw(Box::new(vgen_engine { engine })), "out") }
+        unsafe { write(out, Box::into_raw(Box::new(engine)), "out") }
     })
 }
 
@@ -132,9 +210,51 @@ pub unsafe extern "C" fn vgen_engine_free(engine: *mut vgen_engine) {
     if !engine.is_null() {
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             // SAFETY: from Box::into_raw in vgen_engine_new, freed once.
-            drop(unsafe { Box::from_raw(engine) });
+            let engine = unsafe { Box::from_raw(engine) };
+            // A shutdown under way finishes first (at once when it has finished): the engine's last reference is
+            // then this one, and dropping it finds nothing left to drain.
+            if let Some(t) = engine.shutdown.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = t.join();
+            }
+            drop(engine);
         }));
     }
+}
+
+/// Starts shutting the engine down and returns at once, so that a game can end without a frame's hitch: new
+/// submits are refused (VGEN_STATUS_SHUTTING_DOWN), queued and running jobs get `timeout_ms` (-1: the configured
+/// `shutdown_timeout_ms`) to finish and are then cancelled, and every job's terminal event is delivered. Call it
+/// again (each frame, say) to learn whether it has finished: VGEN_STATUS_OK once it has, VGEN_STATUS_NOT_READY
+/// while it goes on. Once it has finished, `vgen_engine_free` returns without blocking. Polls, results and videos
+/// keep working meanwhile. Any thread, a vgen callback included.
+///
+/// # Safety
+/// `engine` a live engine.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_engine_shutdown(engine: *const vgen_engine, timeout_ms: i64) -> vgen_status {
+    guard(|| {
+        // SAFETY: by contract.
+        let e = unsafe { borrow(engine, "engine") }?;
+        let mut slot = e.shutdown.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some(t) if t.is_finished() => Ok(()),
+            Some(_) => Err((vgen_status::VGEN_STATUS_NOT_READY, "the engine is still shutting down".into())),
+            None => {
+                let timeout = match timeout_ms {
+                    t if t >= 0 => Duration::from_millis(t as u64),
+                    _ => Duration::from_millis(e.engine.config().shutdown_timeout_ms),
+                };
+                e.engine.refuse_new_jobs();
+                let engine = e.engine.clone();
+                let t = std::thread::Builder::new()
+                    .name("vgen-shutdown".into())
+                    .spawn(move || engine.shutdown(timeout))
+                    .map_err(|err| core(vgen_core::Error::internal(format!("could not start shutting down: {err}"))))?;
+                *slot = Some(t);
+                Err((vgen_status::VGEN_STATUS_NOT_READY, "the engine is shutting down".into()))
+            }
+        }
+    })
 }
 
 /// A per-job callback. `callback` receives every event of the job, the terminal one (`"type":"finished"`)
@@ -175,6 +295,42 @@ impl Drop for CCallback {
     }
 }
 
+/// The engine's form of a C callback; `None` when it has no function (its finalizer then runs when `c` drops).
+fn c_callback(c: Arc<CCallback>) -> Option<vgen_core::engine::Callback> {
+    let f = c.0.callback?;
+    Some(Arc::new(move |ev: &Event| {
+        let json = std::ffi::CString::new(serde_json::to_string(ev).unwrap_or_default()).unwrap_or_default();
+        // SAFETY: the host's callback with its own userdata; the JSON lives for the call.
+        unsafe { f(c.0.userdata, ev.job.0, json.as_ptr()) };
+    }))
+}
+
+/// Registers a callback for every event of every job of this engine, jobs submitted before it included (from
+/// their next event), as `vgen_callback` describes for one job: on the dispatcher thread, in order within each job,
+/// each job's terminal event exactly once. Its finalizer runs when the engine is freed, after the last event; or
+/// before this returns, when this call fails or `callback->callback` is NULL. Any thread.
+///
+/// # Safety
+/// `engine` a live engine; `callback` valid for a read.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vgen_engine_on_event(
+    engine: *const vgen_engine,
+    callback: *const vgen_callback,
+) -> vgen_status {
+    // Taken first, so that its finalizer runs exactly once whatever happens next.
+    // SAFETY: NULL or valid by contract.
+    let owned = unsafe { callback.as_ref() }.map(|c| Arc::new(CCallback(*c)));
+    guard(move || {
+        // SAFETY: by contract.
+        let e = unsafe { borrow(engine, "engine") }?;
+        let Some(owned) = owned else { return Err(null("callback")) };
+        if let Some(cb) = c_callback(owned) {
+            e.engine.on_event(cb);
+        }
+        Ok(())
+    })
+}
+
 /// Submits a request given as JSON (the fields of the Rust `Request`: `prompt`, `negative_prompt`, `width`,
 /// `height`, `num_frames`, `fps`, `steps`, `guidance_scale`, `guidance_scale_2`, `seed`, `model`, `image`,
 /// `last_image`, `priority`, `deadline_ms`, `idempotency_key`, `preview_every`, `vae_tiling`, `loras` (LoRA
@@ -200,26 +356,6 @@ pub unsafe extern "C" fn vgen_engine_submit(
 ) -> vgen_status {
     // SAFETY: forwarded under the same contract, with no images.
     unsafe { vgen_engine_submit_images(engine, request_json, std::ptr::null(), std::ptr::null(), callback, job_out) }
-}
-
-/// `vgen_image.format`: 3 bytes a pixel, red, green, blue.
-pub const VGEN_PIXELS_RGB8: u32 = 0;
-/// `vgen_image.format`: 4 bytes a pixel, red, green, blue, alpha (alpha is dropped, as Pillow's `convert("RGB")`
-/// does).
-pub const VGEN_PIXELS_RGBA8: u32 = 1;
-
-/// An image as raw pixels, for `vgen_engine_submit_images`: `height` rows `stride` bytes apart, each starting with
-/// `width` pixels of `format` (`VGEN_PIXELS_RGB8` or `VGEN_PIXELS_RGBA8`), top row first: a game engine's render
-/// target or a decoded texture as it lies in memory. vgen copies the pixels before the call returns.
-#[allow(non_camel_case_types)]
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct vgen_image {
-    pub data: *const u8,
-    pub width: u32,
-    pub height: u32,
-    pub stride: u32,
-    pub format: u32,
 }
 
 /// Like `vgen_engine_submit`, with the request's first frame (`image`) and last frame (`last_image`) given as raw
@@ -264,61 +400,10 @@ pub unsafe extern "C" fn vgen_engine_submit_images(
         if job_out.is_null() {
             return Err(null("job_out"));
         }
-        let cb: Option<vgen_core::engine::Callback> = owned.and_then(|c| {
-            let f = c.0.callback?;
-            Some(Arc::new(move |ev: &Event| {
-                let json = std::ffi::CString::new(serde_json::to_string(ev).unwrap_or_default()).unwrap_or_default();
-                // SAFETY: the host's callback with its own userdata; the JSON lives for the call.
-                unsafe { f(c.0.userdata, ev.job.0, json.as_ptr()) };
-            }) as vgen_core::engine::Callback)
-        });
-        let id = e.engine.submit_with(request, cb).map_err(core)?;
+        let id = e.engine.submit_with(request, owned.and_then(c_callback)).map_err(core)?;
         // SAFETY: checked non-NULL.
         unsafe { write(job_out, id.0, "job_out") }
     })
-}
-
-/// A `vgen_image` as the request's pixels form. Its size is checked before a byte is read, so a wrong width,
-/// height or stride is an error, not a read past the host's buffer (within what the host promised).
-///
-/// # Safety
-/// `p.data` valid for reads of `stride × (height − 1)` bytes plus one row, when the size passes the checks.
-unsafe fn pixels_input(
-    p: &vgen_image,
-    field: &str,
-    max_pixels: u64,
-) -> crate::boundary::Fallible<vgen_core::engine::image::ImageInput> {
-    use base64::Engine as _;
-    use vgen_core::engine::image::{ImageInput, PixelFormat, Pixels};
-    let bad = |why: String| core(vgen_core::Error::invalid(format!("{field}: {why}")));
-    let (format, bpp) = match p.format {
-        VGEN_PIXELS_RGB8 => (PixelFormat::Rgb8, 3u64),
-        VGEN_PIXELS_RGBA8 => (PixelFormat::Rgba8, 4u64),
-        other => return Err(bad(format!("format {other} is neither VGEN_PIXELS_RGB8 (0) nor VGEN_PIXELS_RGBA8 (1)"))),
-    };
-    let (w, h, stride) = (p.width as u64, p.height as u64, p.stride as u64);
-    if w == 0 || h == 0 {
-        return Err(bad(format!("the image is empty ({w}x{h})")));
-    }
-    if w * h > max_pixels {
-        return Err(bad(format!("{w}x{h} is more than limits.max_image_pixels ({max_pixels})")));
-    }
-    if stride < w * bpp {
-        return Err(bad(format!("stride {stride} is less than width x {bpp} bytes ({})", w * bpp)));
-    }
-    if p.data.is_null() {
-        return Err(null(&format!("{field}.data")));
-    }
-    let len = stride * (h - 1) + w * bpp;
-    // SAFETY: non-NULL, and `len` is what the contract promises is readable.
-    let bytes = unsafe { std::slice::from_raw_parts(p.data, len as usize) };
-    Ok(ImageInput::Pixels(Pixels {
-        width: p.width,
-        height: p.height,
-        stride: p.stride,
-        format,
-        base64: base64::engine::general_purpose::STANDARD.encode(bytes),
-    }))
 }
 
 /// Fills `out` with the job's status at once. Never blocks and never allocates, so a game loop may call it every
@@ -326,15 +411,18 @@ unsafe fn pixels_input(
 /// (within 20 ms), while a job submitted elsewhere is read from Redis. Any thread.
 ///
 /// # Safety
-/// `engine` a live engine; `out` valid for a write.
+/// `engine` a live engine; `out` valid for reads and writes of `out->size` bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgen_job_poll(engine: *const vgen_engine, job: u64, out: *mut vgen_job_status) -> vgen_status {
     guard(|| {
         // SAFETY: by contract.
         let e = unsafe { borrow(engine, "engine") }?;
-        let s = e.engine.peek(JobId(job), to_c).map_err(core)?;
         // SAFETY: by contract.
-        unsafe { write(out, s, "out") }
+        let size = unsafe { status_size(out) }?;
+        let s = e.engine.peek(JobId(job), to_c).map_err(core)?;
+        // SAFETY: `size` bytes writable by contract.
+        unsafe { write_status(out, size, s) };
+        Ok(())
     })
 }
 
@@ -342,7 +430,7 @@ pub unsafe extern "C" fn vgen_job_poll(engine: *const vgen_engine, job: u64, out
 /// it is still going (the job goes on). Any thread.
 ///
 /// # Safety
-/// `engine` a live engine; `out` valid for a write.
+/// `engine` a live engine; `out` valid for reads and writes of `out->size` bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vgen_job_wait(
     engine: *const vgen_engine,
@@ -353,11 +441,14 @@ pub unsafe extern "C" fn vgen_job_wait(
     guard(|| {
         // SAFETY: by contract.
         let e = unsafe { borrow(engine, "engine") }?;
+        // SAFETY: by contract.
+        let size = unsafe { status_size(out) }?;
         let timeout = (timeout_ms >= 0).then(|| Duration::from_millis(timeout_ms as u64));
         // The status wait returns, not a second look-up: the job may be evicted (retention) in between.
         let s = e.engine.wait(JobId(job), timeout).map_err(core)?;
-        // SAFETY: by contract.
-        unsafe { write(out, to_c(&s, s.queue_position, s.eta_ms), "out") }
+        // SAFETY: `size` bytes writable by contract.
+        unsafe { write_status(out, size, to_c(&s, s.queue_position, s.eta_ms)) };
+        Ok(())
     })
 }
 

@@ -14,15 +14,31 @@
 
 mod boundary;
 mod engine;
+mod pixels;
 mod status;
 mod video;
 
 pub use boundary::{vgen_last_error, vgen_string_free};
 pub use engine::*;
+pub use pixels::*;
 pub use status::*;
 pub use video::*;
 
 use std::ffi::c_char;
+
+/// The version of the C ABI this header describes. It rises when the ABI changes: a function or constant is
+/// added, or a struct that carries its size grows. Compare it with `vgen_abi_version()`: a library whose version
+/// is at least the header's has everything the header declares.
+pub const VGEN_ABI_VERSION: u32 = 2;
+
+/// The version of the C ABI of the libvgen loaded at run time (`VGEN_ABI_VERSION` of the header it was built
+/// with). A host built against an older header works with any libvgen whose ABI version is at least its own.
+///
+/// \return the ABI version; never fails. Any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn vgen_abi_version() -> u32 {
+    VGEN_ABI_VERSION
+}
 
 /// The version of vgen, for example `"0.1.0"`.
 ///

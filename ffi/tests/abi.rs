@@ -38,9 +38,9 @@ fn submit(e: *const vgen_engine, request: &str, callback: Option<&vgen_callback>
 }
 
 fn wait(e: *const vgen_engine, job: u64, timeout_ms: i64) -> Result<vgen_job_status, vgen_status> {
-    let mut st = std::mem::MaybeUninit::<vgen_job_status>::uninit();
-    match unsafe { vgen_job_wait(e, job, timeout_ms, st.as_mut_ptr()) } {
-        vgen_status::VGEN_STATUS_OK => Ok(unsafe { st.assume_init() }),
+    let mut st = vgen_job_status::default();
+    match unsafe { vgen_job_wait(e, job, timeout_ms, &mut st) } {
+        vgen_status::VGEN_STATUS_OK => Ok(st),
         other => Err(other),
     }
 }
@@ -97,9 +97,9 @@ fn bad_arguments_are_statuses_with_a_message_and_outputs_stay_untouched() {
     assert_eq!(submit(e, r#"{"prompt": "x", "width": "wide"}"#, None), Err(vgen_status::VGEN_STATUS_INVALID_ARGUMENT));
     assert_eq!(submit(e, "not json", None), Err(vgen_status::VGEN_STATUS_INVALID_ARGUMENT));
 
-    let mut st = std::mem::MaybeUninit::<vgen_job_status>::uninit();
-    assert_eq!(unsafe { vgen_job_poll(e, 424242, st.as_mut_ptr()) }, vgen_status::VGEN_STATUS_NOT_FOUND);
-    assert_eq!(unsafe { vgen_job_poll(ptr::null(), 1, st.as_mut_ptr()) }, vgen_status::VGEN_STATUS_NULL_PARAMETER);
+    let mut st = vgen_job_status::default();
+    assert_eq!(unsafe { vgen_job_poll(e, 424242, &mut st) }, vgen_status::VGEN_STATUS_NOT_FOUND);
+    assert_eq!(unsafe { vgen_job_poll(ptr::null(), 1, &mut st) }, vgen_status::VGEN_STATUS_NULL_PARAMETER);
     assert_eq!(unsafe { vgen_engine_metrics(e, 7, &mut ptr::null_mut()) }, vgen_status::VGEN_STATUS_INVALID_ARGUMENT);
     unsafe { vgen_engine_free(e) };
     unsafe { vgen_engine_free(ptr::null_mut()) };

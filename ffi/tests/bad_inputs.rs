@@ -40,7 +40,7 @@ fn submit(engine: *const vgen_engine, json: &str) -> u64 {
     let mut job = 0;
     let status = unsafe { vgen_engine_submit(engine, json.as_ptr(), ptr::null(), &mut job) };
     assert_eq!(status, vgen_status::VGEN_STATUS_OK, "{}", last_error());
-    let mut s = unsafe { std::mem::zeroed::<vgen_job_status>() };
+    let mut s = vgen_job_status::default();
     let status = unsafe { vgen_job_wait(engine, job, 60_000, &mut s) };
     assert_eq!(status, vgen_status::VGEN_STATUS_OK, "{}", last_error());
     assert_eq!(s.state, vgen_job_state::VGEN_JOB_SUCCEEDED);
@@ -80,8 +80,8 @@ fn bad_c_calls_get_their_status_and_the_engine_serves_the_next_job() {
                 assert_eq!(out, u64::MAX, "no job id is written on failure");
                 status
             }
-            "poll" => unsafe { vgen_job_poll(engine, job, &mut std::mem::zeroed()) },
-            "wait" => unsafe { vgen_job_wait(engine, job, 10, &mut std::mem::zeroed()) },
+            "poll" => unsafe { vgen_job_poll(engine, job, &mut vgen_job_status::default()) },
+            "wait" => unsafe { vgen_job_wait(engine, job, 10, &mut vgen_job_status::default()) },
             "cancel" => unsafe { vgen_job_cancel(engine, job, ptr::null_mut()) },
             "release" => unsafe { vgen_job_release(engine, job) },
             "events" => {

@@ -55,9 +55,9 @@ fn submit(
 }
 
 fn wait(e: *const vgen_engine, job: u64) -> vgen_job_status {
-    let mut st = std::mem::MaybeUninit::<vgen_job_status>::uninit();
-    assert_eq!(unsafe { vgen_job_wait(e, job, 120_000, st.as_mut_ptr()) }, vgen_status::VGEN_STATUS_OK);
-    unsafe { st.assume_init() }
+    let mut st = vgen_job_status::default();
+    assert_eq!(unsafe { vgen_job_wait(e, job, 120_000, &mut st) }, vgen_status::VGEN_STATUS_OK);
+    st
 }
 
 #[test]

@@ -115,11 +115,11 @@ pub fn c_api(data: &[u8]) {
                     }
                 }
                 1 => {
-                    let mut s = std::mem::zeroed::<vgen_job_status>();
+                    let mut s = vgen_job_status::default();
                     let _ = vgen_job_poll(engine, job, if null { ptr::null_mut() } else { &mut s });
                 }
                 2 => {
-                    let mut s = std::mem::zeroed::<vgen_job_status>();
+                    let mut s = vgen_job_status::default();
                     let _ = vgen_job_wait(engine, job, (input.byte() % 4) as i64, &mut s);
                 }
                 3 => {

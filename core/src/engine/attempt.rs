@@ -186,6 +186,7 @@ impl<'a> Attempt<'a> {
                 if m.params.preview_every.is_some_and(|n| step % n == 0) {
                     let mut r = m.edit();
                     if r.status.state == JobState::Running {
+                        r.status.preview_seq += 1;
                         r.push(m.id, EventKind::Preview { step, frames: frames.clone() }, &callbacks, &mut outbox);
                         // Queued while the job's lock is held, so its events reach the dispatcher in order.
                         shared.dispatch(std::mem::take(&mut outbox));
@@ -205,8 +206,19 @@ impl<'a> Attempt<'a> {
     /// Hands decoded frames, in order, to the jobs' output files. A model that streams calls it for each chunk
     /// it decodes; one that does not has its finished frames written after it returns.
     pub fn emit(&mut self, frames: &Frames) -> Result<()> {
-        if let Some(outputs) = self.outputs() {
-            outputs.push(frames);
+        let Some(outputs) = self.outputs() else { return self.check() };
+        outputs.push(frames);
+        let retain = outputs.retain();
+        if let Some((shared, flight)) = self.link {
+            // Every job on the flight sees the frames so far (`Engine::frames`), all of them when some job keeps
+            // them anyway, else the last `frames_window` (see `decoded.rs`).
+            let window = (!retain).then_some(shared.config.frames_window);
+            let ready = flight.decoded.lock().push(frames, window) as u32;
+            let total = flight.params.num_frames;
+            self.publish(|s| {
+                s.frames_ready = ready;
+                EventKind::Frames { ready, total }
+            });
         }
         self.check()
     }

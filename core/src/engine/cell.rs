@@ -69,6 +69,9 @@ pub(crate) struct Record {
     pub plan: Plan,
     /// When `status.eta_ms` was computed, so that poll can count down between updates.
     pub eta_at: Instant,
+    /// The last decoded frames of a job that succeeded without keeping its frames (`keep_frames: false`), so that
+    /// a host reading them after a `frames` event still finds them once the job has ended (`Engine::frames`).
+    pub last_frames: Option<super::decoded::FramesSoFar>,
 }
 
 /// Events ready to hand to the dispatcher once every lock is released.
@@ -143,6 +146,7 @@ impl JobCell {
         }
         let (state, error, cache_hit) = match outcome {
             Outcome::Succeeded { video, cache_hit } => {
+                r.status.frames_ready = r.status.frames_ready.max(video.frames.num_frames as u32);
                 r.result = Some(video);
                 r.status.progress = 1.0;
                 r.status.stage = Stage::Finalizing;

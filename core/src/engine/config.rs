@@ -35,6 +35,13 @@ pub struct EngineConfig {
     /// model found (see `models::SearchPath`); an engine never picks a test model by itself, but a host may name
     /// one here.
     pub default_model: Option<String>,
+    /// libtorch's CPU threads for inference (intra-op and inter-op), so that a host such as a game keeps its own
+    /// cores: a CPU device then uses at most `workers_per_device × cpu_threads` cores. None: libtorch's default
+    /// (one per core). Process-wide, as libtorch's settings are: the last engine created sets them.
+    pub cpu_threads: Option<usize>,
+    /// How many of the latest decoded frames a running job keeps readable (`Engine::frames`) when no job on its
+    /// flight keeps its frames (`keep_frames: false`); a job that keeps them can read them all.
+    pub frames_window: usize,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +61,8 @@ impl Default for EngineConfig {
             memory_budget_bytes: None,
             backend: Backend::InProcess,
             default_model: None,
+            cpu_threads: None,
+            frames_window: 16,
         }
     }
 }

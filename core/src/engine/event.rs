@@ -42,6 +42,12 @@ pub enum EventKind {
         #[serde(skip, default = "Frames::none")]
         frames: Arc<Frames>,
     },
+    /// A decoded chunk is ready: `ready` of the video's `total` frames can be read with `Engine::frames` (and,
+    /// where the request keeps no frames, the last few of them).
+    Frames {
+        ready: u32,
+        total: u32,
+    },
     RetryScheduled {
         attempt: u32,
         delay_ms: u64,
@@ -67,6 +73,7 @@ impl EventKind {
             Self::Stage { .. } => "stage",
             Self::Progress { .. } => "progress",
             Self::Preview { .. } => "preview",
+            Self::Frames { .. } => "frames",
             Self::RetryScheduled { .. } => "retry_scheduled",
             Self::Warning { .. } => "warning",
             Self::Finished { .. } => "finished",

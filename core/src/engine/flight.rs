@@ -37,6 +37,8 @@ pub(crate) struct Flight {
     /// How the previous attempt failed, if it did: a second failure the same way is the request's fault
     /// (see `fault.rs`).
     pub last_failure: Mutex<Option<super::fault::Failure>>,
+    /// The frames the running attempt has decoded so far (see `decoded.rs`).
+    pub decoded: Mutex<super::decoded::DecodedFrames>,
 }
 
 impl Flight {

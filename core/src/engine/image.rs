@@ -46,7 +46,19 @@ pub struct Pixels {
 #[serde(rename_all = "snake_case")]
 pub enum PixelFormat {
     Rgb8,
+    /// Alpha is dropped, as Pillow's `convert("RGB")` does.
     Rgba8,
+    /// Blue, green, red, alpha: the byte order of most GPU textures and render targets on little-endian machines.
+    Bgra8,
+}
+
+impl PixelFormat {
+    pub fn bytes_per_pixel(self) -> usize {
+        match self {
+            PixelFormat::Rgb8 => 3,
+            PixelFormat::Rgba8 | PixelFormat::Bgra8 => 4,
+        }
+    }
 }
 
 /// Decoded RGB8 pixels, row-major without padding, and their hash.
@@ -166,10 +178,7 @@ fn decode_jpeg(bytes: &[u8], max_pixels: u64) -> std::result::Result<Image, Stri
 
 fn from_pixels(p: &Pixels, max_pixels: u64) -> std::result::Result<Image, String> {
     check_size(p.width as u64, p.height as u64, max_pixels)?;
-    let bpp = match p.format {
-        PixelFormat::Rgb8 => 3,
-        PixelFormat::Rgba8 => 4,
-    };
+    let bpp = p.format.bytes_per_pixel();
     let row = p.width as usize * bpp;
     if (p.stride as usize) < row {
         return Err(format!("stride {} is less than width x {bpp} bytes ({row})", p.stride));
@@ -186,16 +195,20 @@ fn from_pixels(p: &Pixels, max_pixels: u64) -> std::result::Result<Image, String
             p.stride
         ));
     }
-    Ok(Image::new(p.width, p.height, rgb_rows(&data, p.width, p.height, p.stride as usize, bpp)))
+    Ok(Image::new(p.width, p.height, rgb_rows(&data, p.width, p.height, p.stride as usize, p.format)))
 }
 
-/// RGB8 rows without padding from rows of `bpp` bytes a pixel (3 or 4) `stride` bytes apart.
-pub fn rgb_rows(data: &[u8], width: u32, height: u32, stride: usize, bpp: usize) -> Vec<u8> {
+/// RGB8 rows without padding from rows of `format` pixels `stride` bytes apart.
+pub fn rgb_rows(data: &[u8], width: u32, height: u32, stride: usize, format: PixelFormat) -> Vec<u8> {
+    let bpp = format.bytes_per_pixel();
     let mut rgb = Vec::with_capacity(width as usize * height as usize * 3);
     for y in 0..height as usize {
         let row = &data[y * stride..y * stride + width as usize * bpp];
         for px in row.chunks(bpp) {
-            rgb.extend_from_slice(&px[..3]);
+            match format {
+                PixelFormat::Bgra8 => rgb.extend_from_slice(&[px[2], px[1], px[0]]),
+                PixelFormat::Rgb8 | PixelFormat::Rgba8 => rgb.extend_from_slice(&px[..3]),
+            }
         }
     }
     rgb
@@ -248,6 +261,9 @@ mod tests {
         let raw = Pixels { width: 4, height: 2, stride: 18, format: PixelFormat::Rgba8, base64: b64(&rgba) };
         let from_pixels = load(&ImageInput::Pixels(raw), "image", 100, 4, 2).unwrap();
         assert_eq!(from_pixels, from_png);
+        let bgra: Vec<u8> = rgb.chunks(3).flat_map(|px| [px[2], px[1], px[0], 7]).collect();
+        let raw = Pixels { width: 4, height: 2, stride: 16, format: PixelFormat::Bgra8, base64: b64(&bgra) };
+        assert_eq!(load(&ImageInput::Pixels(raw), "image", 100, 4, 2).unwrap(), from_png);
     }
 
     #[test]

@@ -116,6 +116,13 @@ pub struct JobStatus {
     pub finished_at_ms: Option<u64>,
     pub error: Option<JobError>,
     pub cache_hit: bool,
+    /// Frames decoded so far by the running attempt (all of them once the job has succeeded): a player can show
+    /// them before the job ends (`Engine::frames`). Back to 0 when an attempt is retried.
+    #[serde(default)]
+    pub frames_ready: u32,
+    /// Rises by one with each preview the job gets, so a host can tell a new one exists without copying it.
+    #[serde(default)]
+    pub preview_seq: u64,
 }
 
 impl JobStatus {
@@ -137,6 +144,8 @@ impl JobStatus {
             finished_at_ms: None,
             error: None,
             cache_hit: false,
+            frames_ready: 0,
+            preview_seq: 0,
         }
     }
 }

@@ -2,9 +2,9 @@
 //! Redis worker's mirror), with its memory bounded.
 //!
 //! Invariants:
-//! - Nothing but progress and preview events is ever dropped: every state change, stage, retry, warning and the
-//!   terminal event is delivered, in order.
-//! - Once [`COALESCE_AFTER`] events of a job wait, a new progress (or preview) event of that job replaces the one
+//! - Nothing but progress, preview and frames events is ever dropped: every state change, stage, retry, warning
+//!   and the terminal event is delivered, in order.
+//! - Once [`COALESCE_AFTER`] events of a job wait, a new progress (preview, frames) event of that job replaces the one
 //!   of the same kind still waiting at the tail of the job's events, in its place: a consumer that falls behind
 //!   a job gets its latest progress and its latest preview, not every one. The replaced event is only ever one
 //!   that no other event of its job follows, so each job's events stay in order (their sequence numbers
@@ -33,6 +33,7 @@ fn class(kind: &EventKind) -> Option<u8> {
     match kind {
         EventKind::Progress { .. } => Some(0),
         EventKind::Preview { .. } => Some(1),
+        EventKind::Frames { .. } => Some(2),
         _ => None,
     }
 }

@@ -18,6 +18,7 @@ mod cell;
 #[cfg(feature = "redis")]
 mod cluster;
 mod config;
+mod decoded;
 mod disk_cache;
 mod dispatcher;
 mod eta;
@@ -44,6 +45,7 @@ pub use breaker::{BreakerConfig, BreakerState};
 #[cfg(feature = "redis")]
 pub use cluster::ClusterMetrics;
 pub use config::{Backend, CacheConfig, EngineConfig, RedisConfig, Retention, Role};
+pub use decoded::FramesSoFar;
 pub use event::{Callback, Event, EventKind};
 pub use job::{Confidence, JobError, JobId, JobState, JobStatus, Stage};
 pub use metrics::{BUCKETS_MS, Histogram, MetricsSnapshot};
@@ -154,6 +156,15 @@ impl Engine {
         }
         if config.retry.max_attempts > 100 {
             return Err(Error::invalid("retry.max_attempts must be at most 100"));
+        }
+        if config.cpu_threads.is_some_and(|n| n == 0 || n > 1024) {
+            return Err(Error::invalid("cpu_threads must be 1 to 1024 (or null for libtorch's default)"));
+        }
+        if config.frames_window == 0 {
+            return Err(Error::invalid("frames_window must be at least 1"));
+        }
+        if let Some(n) = config.cpu_threads {
+            crate::runtime::limit_cpu_threads(n);
         }
         if config.breaker.failure_threshold == 0 {
             return Err(Error::invalid("breaker.failure_threshold must be at least 1"));
@@ -324,6 +335,42 @@ impl Engine {
         Ok(latest(&r.events))
     }
 
+    /// The frames the job has decoded so far, while it runs: all of them when the job keeps its frames, else the
+    /// last `frames_window`; once it has succeeded, the result's frames (with `keep_frames: false`, the last
+    /// `frames_window` it decoded, until the job is released). `None`
+    /// before its first decoded chunk, and for a job running on another node. A streaming model (Wan and the
+    /// default model) hands over each chunk as it decodes it; a job's `frames` events and `frames_ready` say
+    /// when there are more. Each call copies the frames held, so call it per `frames` event, not per game frame.
+    pub fn frames(&self, id: JobId) -> Result<Option<FramesSoFar>> {
+        #[cfg(feature = "redis")]
+        let id = match &self.cluster {
+            Some(c) => match c.local_run(id)? {
+                Some(local) => local,
+                None => return Ok(None),
+            },
+            None => id,
+        };
+        let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
+        let flight = {
+            let r = cell.read();
+            if let Some(video) = &r.result {
+                let n = video.frames.num_frames;
+                if n > 0 {
+                    return Ok(Some(FramesSoFar { first: 0, ready: n, frames: video.frames.clone() }));
+                }
+                return Ok(r.last_frames.clone());
+            }
+            if r.status.state != JobState::Running {
+                return Ok(None);
+            }
+            r.flight.clone()
+        };
+        match flight {
+            Some(f) => f.decoded.lock().snapshot(),
+            None => Ok(None),
+        }
+    }
+
     /// Cancels a job. A queued job is removed at once; a running one stops at its next step boundary. Returns
     /// whether this call cancelled it: `false` means it had already finished, which is harmless.
     pub fn cancel(&self, id: JobId) -> Result<bool> {
@@ -434,15 +481,22 @@ impl Engine {
         &self.shared.config
     }
 
-    /// Stops taking jobs, lets queued and running ones finish for up to `timeout`, then cancels the rest and joins
-    /// every thread. Idempotent.
-    pub fn shutdown(&self, timeout: Duration) {
-        let shared = &self.shared;
+    /// The first step of a shutdown, on its own: from now on a submit fails with `shutting_down` (and a Redis
+    /// worker takes no more jobs). For a host that shuts down on another thread and must know that no job is
+    /// accepted once its call returns.
+    pub fn refuse_new_jobs(&self) {
         #[cfg(feature = "redis")]
         if let Some(c) = &self.cluster {
             c.drain();
         }
-        shared.accepting.store(false, Ordering::Release);
+        self.shared.accepting.store(false, Ordering::Release);
+    }
+
+    /// Stops taking jobs, lets queued and running ones finish for up to `timeout`, then cancels the rest and joins
+    /// every thread. Idempotent.
+    pub fn shutdown(&self, timeout: Duration) {
+        let shared = &self.shared;
+        self.refuse_new_jobs();
         let until = Instant::now() + timeout;
         // Both read under the queue's lock, under which a worker moves a job from the queue to the running count.
         // The count drops when an attempt ends, before its jobs are settled (so that a host woken by its job's end

@@ -66,7 +66,16 @@ impl Shared {
         if cached.is_some() {
             status.eta_ms = Some(0);
         }
-        let record = Record { status, events: Vec::new(), callback, result: None, flight: None, plan, eta_at: now };
+        let record = Record {
+            status,
+            events: Vec::new(),
+            callback,
+            result: None,
+            flight: None,
+            plan,
+            eta_at: now,
+            last_frames: None,
+        };
         let cell = Arc::new(JobCell::new(id, request.clone(), params.clone(), deadline, record));
         let callbacks = self.engine_callbacks();
         let mut outbox = Vec::new();
@@ -139,6 +148,7 @@ impl Shared {
                 writing: AtomicBool::new(false),
                 position: AtomicU64::new(u64::MAX),
                 last_failure: Mutex::new(None),
+                decoded: Mutex::new(Default::default()),
             });
             let rank = queue.rank(request.priority, now);
             *flight.rank.lock() = Some(rank);

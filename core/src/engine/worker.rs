@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 const IDLE_WAIT: Duration = Duration::from_millis(250);
 
 pub(crate) fn run(shared: Arc<Shared>, slot: usize, device: Device) {
+    if let Some(n) = shared.config.cpu_threads {
+        crate::runtime::limit_cpu_threads(n);
+    }
     while let Some(flight) = next(&shared, slot) {
         execute(&shared, slot, device, flight);
     }
@@ -68,6 +71,7 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
     let callbacks = shared.engine_callbacks();
     let mut outbox = Vec::new();
     let now = Instant::now();
+    flight.decoded.lock().restart();
     for m in flight.members() {
         let mut r = m.edit();
         if r.status.state.is_terminal() {
@@ -77,6 +81,7 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
         r.status.attempt = number;
         r.status.stage = Stage::Validating;
         r.status.queue_position = 0;
+        r.status.frames_ready = 0;
         r.status.started_at_ms.get_or_insert_with(unix_ms);
         r.status.eta_ms = Some(plan.total_ms().round() as u64);
         r.status.eta_confidence = plan.confidence;
@@ -158,8 +163,12 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
                 Arc::new(crate::video::Video { frames: Arc::new(frames), ..(*video).clone() })
             });
             let mut outputs = attempt.take_outputs();
+            let last_frames = flight.decoded.lock().snapshot().ok().flatten();
             for m in take_members(shared, &flight) {
                 let keep = m.request.keep_frames != Some(false);
+                if !keep {
+                    m.edit().last_frames = last_frames.clone();
+                }
                 let outcome = match outputs.as_mut().map_or(Ok(()), |o| o.commit(m.id)) {
                     Err(e) => Outcome::Failed(e),
                     Ok(()) if !keep => Outcome::Succeeded { video: frameless.clone(), cache_hit },

@@ -72,6 +72,7 @@ static void *run(void *arg) {
     for (int i = 0; i < JOBS_PER_THREAD; i++) {
         struct job *j = &w->jobs[i];
         j->kind = (enum kind)((i + w->index) % KINDS);
+        j->last.size = sizeof j->last;
         /* Two panics in all: each prints Rust's panic message, and core's tests cover panics in bulk. */
         if (j->kind == PANICS && (w->index >= 2 || i >= KINDS)) j->kind = RETRIED;
         request_for(request, sizeof request, j->kind, w->index, i);
@@ -103,7 +104,7 @@ static void *run(void *arg) {
     }
     for (int i = 0; i < JOBS_PER_THREAD; i++) {
         struct job *j = &w->jobs[i];
-        vgen_job_status st;
+        vgen_job_status st = VGEN_JOB_STATUS_INIT;
         EXPECT_OK(vgen_job_wait(w->engine, j->id, 0, &st));
         CHECK(st.state == j->last.state, "a terminal state never changes");
         char *events = NULL;

@@ -21,7 +21,7 @@ static vgen_engine *new_engine(const char *config) {
 }
 
 static vgen_job_status wait_for(const vgen_engine *e, uint64_t job) {
-    vgen_job_status st;
+    vgen_job_status st = VGEN_JOB_STATUS_INIT;
     EXPECT_OK(vgen_job_wait(e, job, 60000, &st));
     CHECK(is_terminal(st.state), "job %llu ended", (unsigned long long)job);
     return st;
@@ -55,7 +55,7 @@ static void null_everywhere(void) {
     uint32_t n = 7, h = 7, w = 7, step = 7;
     double fps = 7.0;
     bool flag = true;
-    vgen_job_status st;
+    vgen_job_status st = VGEN_JOB_STATUS_INIT;
     memset(&st, 0xab, sizeof st);
     const vgen_job_status st_before = st;
 
@@ -190,7 +190,7 @@ static void bad_json(void) {
 /* --- unknown and stale job ids ---------------------------------------------------------------------------- */
 
 static void expect_not_found(const vgen_engine *e, uint64_t job) {
-    vgen_job_status st;
+    vgen_job_status st = VGEN_JOB_STATUS_INIT;
     bool flag = true;
     char *s = NULL;
     vgen_video *v = NULL;
@@ -213,7 +213,7 @@ static void release_a_job(void) {
     EXPECT_OK(vgen_engine_submit(e, "{\"prompt\": \"!slow=20 slow\", \"model\": \"faulty\", \"steps\": 4, "
                                     "\"width\": 16, \"height\": 16, \"num_frames\": 1}", NULL, &job));
     EXPECT(vgen_job_release(e, job), VGEN_STATUS_INVALID_ARGUMENT);
-    vgen_job_status st;
+    vgen_job_status st = VGEN_JOB_STATUS_INIT;
     EXPECT_OK(vgen_job_wait(e, job, -1, &st));
     CHECK(st.state == VGEN_JOB_SUCCEEDED, "the slow job succeeds");
     vgen_video *v = NULL;
@@ -242,7 +242,7 @@ static void unknown_and_stale_ids(void) {
     uint64_t job = 0;
     EXPECT_OK(vgen_engine_submit(e, "{\"prompt\": \"x\", \"model\": \"noop\"}", &cb, &job));
     expect_not_found(e, job + 1);
-    vgen_job_status st;
+    vgen_job_status st = VGEN_JOB_STATUS_INIT;
     vgen_status s;
     double until = now_ms() + 10000;
     while ((s = vgen_job_poll(e, job, &st)) == VGEN_STATUS_OK && now_ms() < until) sleep_ms(5);
@@ -274,7 +274,7 @@ static void free_with_jobs_running(void) {
         if (i % 2) cb.callback = slow_tally_event;
         EXPECT_OK(vgen_engine_submit(e, request, &cb, &jobs[i]));
     }
-    vgen_job_status st;
+    vgen_job_status st = VGEN_JOB_STATUS_INIT;
     double until = now_ms() + 30000;
     do {
         EXPECT_OK(vgen_job_poll(e, jobs[0], &st));
@@ -355,7 +355,7 @@ struct self_cancel {
 
 static void self_cancel_event(void *userdata, uint64_t job, const char *event_json) {
     struct self_cancel *c = userdata;
-    vgen_job_status st;
+    vgen_job_status st = VGEN_JOB_STATUS_INIT;
     CHECK_IN_CALLBACK(vgen_job_poll(c->engine, job, &st) == VGEN_STATUS_OK);
     char *events = NULL;
     CHECK_IN_CALLBACK(vgen_job_events(c->engine, job, 0, &events) == VGEN_STATUS_OK && events != NULL);
@@ -381,6 +381,7 @@ static void cancel_during_callback(void) {
     struct blocked b;
     memset(&b, 0, sizeof b);
     b.engine = e;
+    b.after.size = sizeof b.after;
     vgen_callback cb = {blocked_event, &b, blocked_release};
     EXPECT_OK(vgen_engine_submit(e, "{\"prompt\": \"!slow=10 blocked\", \"model\": \"faulty\", \"steps\": 200}", &cb, &b.job));
     pthread_t thread;

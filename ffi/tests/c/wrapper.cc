@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "vgen.hpp"
 
@@ -111,6 +112,14 @@ int main() {
         std::optional<vgen::Preview> preview = job.preview();
         CHECK(preview && preview->step == 3 && preview->video.frames() == 5);
         CHECK(job.events_json().find("\"finished\"") != std::string::npos && job.error_message().empty());
+        CHECK(st.preview_seq == 3 && st.frames_ready == 5 && st.size == sizeof(vgen::JobStatus));
+        std::optional<vgen::Video> so_far = job.frames();
+        CHECK(so_far && so_far->frames() == 5 && so_far->first_frame() == 0);
+        std::vector<std::uint8_t> texture(32 * 4 * 32);
+        video.copy_frame(2, VGEN_PIXELS_BGRA8, texture.data(), 32 * 4);
+        CHECK(texture[0] == video.frame(2)[2] && texture[2] == video.frame(2)[0] && texture[3] == 255);
+        EXPECT_ERROR(video.copy_frame(5, VGEN_PIXELS_RGBA8, texture.data(), 32 * 4), VGEN_STATUS_INVALID_ARGUMENT);
+        CHECK(vgen::abi_version() >= VGEN_ABI_VERSION);
 
         vgen::Video moved(std::move(video));
         CHECK(!video && moved && moved.frames() == 5 && video.data() == nullptr);

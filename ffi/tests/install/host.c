@@ -22,7 +22,7 @@ int main(int argc, char **argv) {
     printf("models: %s\n", models);
     vgen_string_free(models);
     uint64_t job = 0;
-    vgen_job_status st;
+    vgen_job_status st = VGEN_JOB_STATUS_INIT;
     vgen_video *video = NULL;
     char *metadata = NULL;
     int rc = 1;

@@ -19,15 +19,14 @@ pub(super) fn advance_status(status: &mut JobStatus, event: &Event) {
             status.progress = *progress;
             status.eta_ms = *eta_ms;
         }
+        EventKind::Frames { ready, .. } => status.frames_ready = *ready,
         EventKind::RetryScheduled { attempt, delay_ms, .. } => {
             status.state = JobState::Queued;
             status.attempt = *attempt;
             status.eta_ms = status.eta_ms.map(|e| e + delay_ms);
         }
-        EventKind::Queued { .. }
-        | EventKind::Preview { .. }
-        | EventKind::Warning { .. }
-        | EventKind::Finished { .. } => {}
+        EventKind::Preview { .. } => status.preview_seq += 1,
+        EventKind::Queued { .. } | EventKind::Warning { .. } | EventKind::Finished { .. } => {}
     }
 }
 
