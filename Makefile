@@ -14,7 +14,7 @@ TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 
 .PHONY: demo test test-rust test-c test-python test-server build header bench bench-side soak fuzz test-wan-full env clean
 .PHONY: test-c-plain test-c-package test-c-asan test-c-valgrind package-config lint install install-files test-install
-.PHONY: gpu-check gpu-check-prepare gpu-check-dry
+.PHONY: gpu-check gpu-check-prepare gpu-check-dry test-csharp test-player
 
 # --- the environment -------------------------------------------------------------------------------------------
 # torch from PyPI is the source of libtorch (about 4.6 GB with its CUDA libraries; it runs on the CPU too).
@@ -37,7 +37,7 @@ demo: $(STAMPS)/venv
 	$(TARGET_DIR)/release/vgen generate --prompt "a red circle moving right" --seed 1 --out out/demo.mp4 --out out/demo.gif
 
 # --- the tests ---------------------------------------------------------------------------------------------------
-test: lint test-rust test-c test-python test-server test-install gpu-check-dry
+test: lint test-rust test-c test-python test-server test-install test-csharp test-player gpu-check-dry
 
 # The gates every change passes: rustfmt's layout (rustfmt.toml) and clippy with every warning an error, over
 # every target of every crate; and the `vgen` command's own dependencies stay out of libvgen and the Python
@@ -80,6 +80,17 @@ $(STAMPS)/chromium:
 $(STAMPS)/cmake:
 	@mkdir -p $(STAMPS)
 	command -v cmake >/dev/null && command -v pkg-config >/dev/null || $(APT_INSTALL) cmake pkg-config; }
+	@touch $@
+
+# Mono's C# compiler and runtime, for the C# binding's test; SDL2's headers and library, for the player.
+$(STAMPS)/mono:
+	@mkdir -p $(STAMPS)
+	command -v mcs >/dev/null && command -v mono >/dev/null || $(APT_INSTALL) mono-mcs mono-runtime; }
+	@touch $@
+
+$(STAMPS)/sdl2:
+	@mkdir -p $(STAMPS)
+	command -v sdl2-config >/dev/null || $(APT_INSTALL) libsdl2-dev; }
 	@touch $@
 
 $(STAMPS)/valgrind:
@@ -208,6 +219,24 @@ install-files:
 # (ffi/tests/install/run.sh).
 test-install: build $(STAMPS)/cmake
 	TARGET_DIR=$(TARGET_DIR) ffi/tests/install/run.sh
+
+# The C# binding (bindings/csharp/), compiled with Debian's Mono and run as a simulated game: an Update() loop on the
+# default model (see bindings/csharp/tests/GameLoop.cs). It prints "N passed, N failed".
+test-csharp: build $(STAMPS)/mono
+	@mkdir -p $(TARGET_DIR)/csharp
+	mcs -nologo -warnaserror -out:$(TARGET_DIR)/csharp/GameLoop.exe bindings/csharp/Vgen/*.cs bindings/csharp/tests/GameLoop.cs
+	LD_LIBRARY_PATH=$(TARGET_DIR)/debug timeout 600 mono $(TARGET_DIR)/csharp/GameLoop.exe | tee $(TARGET_DIR)/csharp/GameLoop.log
+	grep -q '^[0-9]* passed, 0 failed$$' $(TARGET_DIR)/csharp/GameLoop.log
+
+# The SDL2 player (examples/player/), headless with SDL's offscreen driver: it plays the default model's clip while
+# it is made, then checks that the window's pixels are the video's last frame.
+test-player: build $(STAMPS)/sdl2
+	@mkdir -p $(TARGET_DIR)/player
+	cc $(CFLAGS_STRICT) -std=c11 -D_POSIX_C_SOURCE=200809L examples/player/player.c -Iinclude \
+		$$(sdl2-config --cflags | sed 's/-I/-isystem /g') -L$(TARGET_DIR)/debug -lvgen -Wl,-rpath,$(TARGET_DIR)/debug \
+		$$(sdl2-config --libs) -o $(TARGET_DIR)/player/player
+	SDL_VIDEODRIVER=offscreen timeout 600 $(TARGET_DIR)/player/player --check | tee $(TARGET_DIR)/player/player.log
+	grep -q '^player: ok$$' $(TARGET_DIR)/player/player.log
 
 # --- developer targets -------------------------------------------------------------------------------------------
 header: $(STAMPS)/venv
