@@ -93,6 +93,9 @@ pub struct VideoMetadata {
     /// weights, so it is an upper bound on this job's own memory, on every device. (A job's own CUDA peak, from
     /// the caching allocator's statistics, is not measured yet.)
     pub peak_rss_bytes: u64,
+    /// libtorch's intra-op threads the job ran with on the CPU (`EngineConfig::cpu_threads`, else one per core);
+    /// 0 on a GPU.
+    pub cpu_threads: u32,
     pub attempts: u32,
     pub cache_hit: bool,
 }

@@ -81,6 +81,8 @@ impl PyEngine {
         d.set_item("attempts", s.attempt)?;
         d.set_item("eta_seconds", s.eta_ms.map(|ms| ms as f64 / 1e3))?;
         d.set_item("cache_hit", s.cache_hit)?;
+        d.set_item("frames_ready", s.frames_ready)?;
+        d.set_item("preview_seq", s.preview_seq)?;
         let error = s.error.map(|e| (e.code.name(), e.message, e.retryable));
         d.set_item("error", error)?;
         Ok(d)
@@ -118,6 +120,15 @@ impl PyEngine {
 
     fn result(&self, job: u64) -> PyResult<PyVideo> {
         self.engine.result(JobId(job)).map(|video| PyVideo { video }).map_err(to_py)
+    }
+
+    /// The frames decoded so far, as (index of the first, video), or None before the first chunk.
+    fn frames(&self, job: u64) -> PyResult<Option<(usize, PyVideo)>> {
+        let so_far = self.engine.frames(JobId(job)).map_err(to_py)?;
+        Ok(so_far.map(|f| {
+            let video = Arc::new(vgen_core::Video { frames: f.frames, fps: 0.0, metadata: Default::default() });
+            (f.first, PyVideo { video })
+        }))
     }
 
     fn metrics(&self) -> String {

@@ -2,6 +2,7 @@
 `save` writes every format the command does."""
 import struct
 import subprocess
+import time
 import zlib
 
 import numpy as np
@@ -121,3 +122,36 @@ def test_outputs_are_written_while_decoding_and_keep_frames_false_keeps_none(eng
         engine.submit("x", outputs="v.mp4")
     with pytest.raises(vgen.InvalidArgumentError, match="outputs is empty"):
         engine.submit("x", keep_frames=False)
+
+
+def test_frames_stream_while_the_job_decodes_and_are_the_videos():
+    """What a player or a game does: read each decoded chunk as it is announced (``on_frames``), before the job ends,
+    then upload frames as RGBA or BGRA."""
+    with vgen.Engine(devices=["cpu"], cpu_threads=1) as engine:
+        seen = []
+
+        def on_frames(event):
+            so_far = vgen.Job(engine, event["job"]).frames()
+            seen.append((event["ready"], event["total"], so_far.first_frame, so_far.frames.copy()))
+
+        job = engine.submit("a red circle moving right", seed=1, preview_every=5, on_frames=on_frames)
+        video = job.wait(timeout=120)
+        status = job.status()
+        assert (status.frames_ready, status.preview_seq) == (17, 4)
+        deadline = time.monotonic() + 10
+        while len(seen) < 5 and time.monotonic() < deadline:  # callbacks run on the dispatcher thread
+            time.sleep(0.01)
+        assert [s[0] for s in seen] == [1, 5, 9, 13, 17] and all(s[1] == 17 for s in seen)
+        for ready, _, first, frames in seen:
+            assert first == 0 and len(frames) >= ready
+            assert np.array_equal(frames, video.frames[: len(frames)]), "the frames so far are the video's"
+        assert np.array_equal(job.frames().frames, video.frames)
+
+        bgra = video.frame(16, "bgra")
+        assert bgra.shape == (64, 64, 4) and (bgra[..., 3] == 255).all()
+        assert np.array_equal(bgra[..., 2::-1], video.frames[16])
+        assert np.array_equal(video.frame(-1, "rgba")[..., :3], video.frames[16])
+        with pytest.raises(IndexError, match="out of range: the video has 17 frames"):
+            video.frame(17)
+        with pytest.raises(ValueError, match="'rgb', 'rgba' or 'bgra'"):
+            video.frame(0, "yuv")

@@ -157,6 +157,8 @@ class Status:
         attempts: 1 on the first try, more after retries, 0 before it starts.
         error: ``(code, message, retryable)`` once it has failed or been cancelled, else None.
         cache_hit: whether the result came from the engine's cache.
+        frames_ready: frames decoded so far (``Job.frames()`` reads them); back to 0 when an attempt is retried.
+        preview_seq: rises by one with each new preview.
 
     Example:
         >>> s = job.status()
@@ -174,6 +176,8 @@ class Status:
     attempts: int
     error: Optional[tuple[str, str, bool]]
     cache_hit: bool
+    frames_ready: int
+    preview_seq: int
 
     @property
     def done(self) -> bool:
@@ -195,16 +199,47 @@ class Video:
         ((17, 64, 64, 3), 8.0, 1)
     """
 
-    def __init__(self, native: _vgen.NativeVideo) -> None:
+    def __init__(self, native: _vgen.NativeVideo, first_frame: int = 0) -> None:
         self._native = native
         self.fps: float = native.fps
         self.metadata: dict[str, Any] = json.loads(native.metadata_json)
+        #: Which frame of the whole video ``frames[0]`` is: 0, except for ``Job.frames()`` of a job that keeps no
+        #: frames (it holds the last few).
+        self.first_frame: int = first_frame
 
     @property
     def frames(self) -> numpy.typing.NDArray[numpy.uint8]:
         """The frames, a read-only numpy ``uint8`` array ``(T, H, W, 3)`` (RGB) over the engine's buffer: no copy
         is made, and the array keeps the buffer alive."""
         return numpy.asarray(self._native)
+
+    def frame(self, index: int, format: str = "rgba") -> numpy.typing.NDArray[numpy.uint8]:
+        """One frame, copied into the layout a GPU texture takes.
+
+        Args:
+            index: the frame (negative counts from the end).
+            format: ``"rgba"`` or ``"bgra"`` for ``(H, W, 4)`` with alpha 255, ``"rgb"`` for ``(H, W, 3)``.
+
+        Returns:
+            A new, writable ``uint8`` array.
+
+        Raises:
+            IndexError: an index out of range. ValueError: an unknown format.
+
+        Example:
+            >>> texture.LoadRawTextureData(video.frame(0, "rgba").tobytes())
+        """
+        frames = self.frames
+        if not -len(frames) <= index < len(frames):
+            raise IndexError(f"frame {index} is out of range: the video has {len(frames)} frames")
+        rgb: numpy.typing.NDArray[numpy.uint8] = frames[index]
+        if format == "rgb":
+            return numpy.array(rgb, dtype=numpy.uint8)
+        if format not in ("rgba", "bgra"):
+            raise ValueError(f"format must be 'rgb', 'rgba' or 'bgra', not {format!r}")
+        out = numpy.full(rgb.shape[:2] + (4,), 255, dtype=numpy.uint8)
+        out[..., :3] = rgb if format == "rgba" else rgb[..., ::-1]
+        return out
 
     def save(self, path: Union[str, os.PathLike[str]]) -> None:
         """Writes the video, in the format its name asks for, without holding the GIL.
@@ -282,6 +317,23 @@ class Job:
         _check("since", since, int, "an int")
         events: list[Event] = _parse_events(_call(self._engine._native.events, self.id, since))
         return events
+
+    def frames(self) -> Optional[Video]:
+        """The frames decoded so far, while the job runs, so a player can start before it ends: all of them when
+        the job keeps its frames, else the last ``frames_window`` (an engine setting, 16 by default) from frame
+        ``video.first_frame``. After the job has succeeded, its result's frames. None before the first chunk.
+        Each call copies the frames: call it when ``status().frames_ready`` has risen (or from ``on_frames``).
+
+        Returns:
+            A ``Video`` of the frames so far (``fps`` 0, no metadata), or None.
+
+        Example:
+            >>> so_far = job.frames()
+            >>> so_far.first_frame, so_far.frames.shape
+            (0, (5, 64, 64, 3))
+        """
+        got = _call(self._engine._native.frames, self.id)
+        return None if got is None else Video(got[1], first_frame=got[0])
 
     def cancel(self) -> bool:
         """Cancels the job: a queued one leaves at once, a running one stops at its next step.
@@ -425,6 +477,7 @@ class Engine:
         keep_frames: bool = True,
         on_progress: Optional[EventCallback] = None,
         on_preview: Optional[EventCallback] = None,
+        on_frames: Optional[EventCallback] = None,
         on_done: Optional[EventCallback] = None,
     ) -> Job:
         """Validates a request and queues it; returns at once. Every field left as None takes the model's default.
@@ -458,9 +511,10 @@ class Engine:
                 folder ending in ``/``); each appears, complete, only if the job succeeds.
             keep_frames: False keeps no frames in memory (``video.frames`` is then empty): the video goes only to
                 ``outputs``, and memory does not grow with its length.
-            on_progress, on_preview, on_done: called with each ``progress`` / ``preview`` / ``finished`` event
-                dict, in order, on the engine's dispatcher thread with the GIL held; ``on_done`` exactly once. An
-                exception raised in one is reported as a ``CallbackWarning`` and the job goes on.
+            on_progress, on_preview, on_frames, on_done: called with each ``progress`` / ``preview`` /
+                ``frames`` (a decoded chunk: ``ready`` of ``total`` frames, read them with ``Job.frames()``) /
+                ``finished`` event dict, in order, on the engine's dispatcher thread with the GIL held; ``on_done``
+                exactly once. An exception raised in one is reported as a ``CallbackWarning`` and the job goes on.
 
         Returns:
             The ``Job``.
@@ -488,7 +542,7 @@ class Engine:
         paths = [os.fspath(p) for p in outputs or []]
         if not all(isinstance(p, str) for p in paths):
             raise TypeError("outputs must be a list of str paths")
-        handlers = {"progress": on_progress, "preview": on_preview, "finished": on_done}
+        handlers = {"progress": on_progress, "preview": on_preview, "frames": on_frames, "finished": on_done}
         for kind, handler in handlers.items():
             _check_callback(f"on_{'done' if kind == 'finished' else kind}", handler)
         request = {

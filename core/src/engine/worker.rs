@@ -149,6 +149,8 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
                 meta.timings_ms =
                     Stage::ALL.iter().map(|s| (s.name().to_string(), attempt.timings_ms[s.index()])).collect();
                 meta.peak_rss_bytes = attempt.peak_rss;
+                // Read on this worker's thread, whose setting is the one the job ran with.
+                meta.cpu_threads = if device.is_cuda() { 0 } else { crate::runtime::cpu_threads().max(0) as u32 };
                 meta.attempts = number;
             }
             // A streaming model returns no frames when no job keeps them (see `Attempt::retains_frames`).
