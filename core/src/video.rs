@@ -96,6 +96,9 @@ pub struct VideoMetadata {
     /// libtorch's intra-op threads the job ran with on the CPU (`EngineConfig::cpu_threads`, else one per core);
     /// 0 on a GPU.
     pub cpu_threads: u32,
+    /// The denoising steps (1-based) at which the step cache reused the transformer blocks' last residual instead
+    /// of running them (`step_cache` in the request); empty without it.
+    pub steps_skipped: Vec<u32>,
     pub attempts: u32,
     pub cache_hit: bool,
 }

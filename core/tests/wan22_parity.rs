@@ -116,6 +116,8 @@ fn params(image: Option<Image>, guidance_scale_2: Option<f64>) -> Params {
         guidance_scale_2,
         seed: 42,
         preview_every: None,
+        sampler: Default::default(),
+        step_cache: None,
         vae_tiling: None,
         loras: Vec::new(),
         image: image.map(std::sync::Arc::new),

@@ -188,6 +188,8 @@ fn pipeline_matches(name: &str, layers: &[&str], last: bool) {
         guidance_scale_2: None,
         seed: 42,
         preview_every: None,
+        sampler: Default::default(),
+        step_cache: None,
         vae_tiling: None,
         loras: Vec::new(),
         image: Some(std::sync::Arc::new(first)),

@@ -62,6 +62,44 @@ fn schedulers_match_timesteps_sigmas_and_every_step() {
     }
 }
 
+/// Few-step sampling: a fixed timestep list (lightx2v's [1000, 750, 500, 250] with shift 5, and two others) gives
+/// diffusers' schedule with either sampler, the UniPC model switched to Euler included, and a UniPC run over it
+/// steps as diffusers' does.
+#[test]
+fn fixed_timestep_lists_match_diffusers_with_either_sampler() {
+    use vgen_core::schedulers::{Sampler, SamplerKind};
+    let c = cases("samplers.safetensors");
+    let model = SchedulerConfig::from_file(&fixtures().join("tiny-wan/scheduler/scheduler_config.json")).unwrap();
+    for label in ["lightx2v", "two", "unshifted"] {
+        let given: Vec<u32> =
+            Vec::<i64>::try_from(&c[&format!("{label}.given")]).unwrap().iter().map(|&t| t as u32).collect();
+        let shift = c[&format!("{label}.shift")].double_value(&[]);
+        for (name, kind) in [("euler", SamplerKind::Euler), ("unipc", SamplerKind::Unipc)] {
+            let sampler = Sampler { kind: Some(kind), flow_shift: Some(shift), timesteps: Some(given.clone()) };
+            let s = model.for_sampler(&sampler).build_with(99, sampler.timesteps.as_deref()).unwrap();
+            assert_eq!(s.timesteps().len(), given.len(), "{name} {label}: the steps are the list's");
+            let t = Tensor::from_slice(s.timesteps());
+            let want = c[&format!("{name}.{label}.timesteps")].to_kind(Kind::Float);
+            assert_close(&format!("{name} {label} timesteps"), &t, &want, 1e-5);
+            let sig = Tensor::from_slice(s.sigmas());
+            assert_close(&format!("{name} {label} sigmas"), &sig, &c[&format!("{name}.{label}.sigmas")], 1e-7);
+        }
+    }
+    let lightx2v = Sampler { kind: None, flow_shift: Some(5.0), timesteps: Some(vec![1000, 750, 500, 250]) };
+    let mut s = model.for_sampler(&lightx2v).build_with(4, lightx2v.timesteps.as_deref()).unwrap();
+    let mut x = c["run.sample"].shallow_clone();
+    for i in 0..4 {
+        x = s.step(&c[&format!("run.model_output.{i}")], &x).unwrap();
+        assert_close(&format!("unipc lightx2v step {i}"), &x, &c[&format!("run.prev_sample.{i}")], 1e-5);
+    }
+    for (bad, why) in
+        [(vec![], "empty"), (vec![500, 750], "fall strictly"), (vec![1001], "outside 1..=1000"), (vec![0], "outside")]
+    {
+        let e = model.build_with(4, Some(&bad)).err().unwrap();
+        assert!(e.message().contains(why), "{bad:?}: {}", e.message());
+    }
+}
+
 #[test]
 fn umt5_encoder_matches_transformers() {
     let c = cases("text_encoder.safetensors");

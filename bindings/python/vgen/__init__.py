@@ -473,6 +473,8 @@ class Engine:
         preview_every: Optional[int] = None,
         vae_tiling: Optional[bool] = None,
         loras: Optional[Sequence[Mapping[str, Any]]] = None,
+        sampler: Optional[Mapping[str, Any]] = None,
+        step_cache: Union[bool, float, None] = None,
         outputs: Optional[Sequence[Union[str, "os.PathLike[str]"]]] = None,
         keep_frames: bool = True,
         on_progress: Optional[EventCallback] = None,
@@ -507,6 +509,12 @@ class Engine:
                 model's pixel budget (832 x 480 by default).
             loras: LoRA adapters, each ``{"path": ..., "scale": 0.8}`` or ``{"name": ..., "scale": 0.8}`` (a name is
                 ``loras/NAME.safetensors`` in a models folder); the scale defaults to 1.
+            sampler: ``{"kind": "euler" or "unipc", "flow_shift": 5.0, "timesteps": [1000, 750, 500, 250]}``, each
+                key optional, over the model's own: a distilled model's settings (with ``guidance_scale=1``, which
+                skips the unconditional pass). With ``timesteps`` the steps are these.
+            step_cache: skip the transformer's blocks at steps where their effect is predictably close to the last
+                computed one: True for the default threshold, or a threshold (larger skips more). Off by default;
+                ``video.metadata["steps_skipped"]`` lists the steps skipped.
             outputs: files for the engine to write as the video is decoded (``.mp4``, ``.gif``, ``.png`` or a
                 folder ending in ``/``); each appears, complete, only if the job succeeds.
             keep_frames: False keeps no frames in memory (``video.frames`` is then empty): the video goes only to
@@ -537,6 +545,9 @@ class Engine:
                    deadline=deadline)
         _check_all(bool, "a bool", keep_frames=keep_frames, vae_tiling=vae_tiling)
         adapters = _loras_json(loras)
+        _check("step_cache", step_cache, (bool, int, float), "True, False or a threshold")
+        if sampler is not None and not isinstance(sampler, Mapping):
+            raise TypeError(f"sampler must be a dict such as {{'kind': 'euler', 'timesteps': [1000, 500]}}, not {sampler!r}")
         if isinstance(outputs, (str, bytes, os.PathLike)) or (outputs is not None and not isinstance(outputs, Sequence)):
             raise TypeError("outputs must be a list of paths")
         paths = [os.fspath(p) for p in outputs or []]
@@ -553,7 +564,8 @@ class Engine:
             "image": _image_json("image", image), "last_image": _image_json("last_image", last_image),
             "deadline_ms": None if deadline is None else max(1, int(deadline * 1000)),
             "idempotency_key": idempotency_key, "preview_every": preview_every, "vae_tiling": vae_tiling,
-            "loras": adapters,
+            "loras": adapters, "sampler": None if sampler is None else dict(sampler),
+            "step_cache": step_cache if step_cache is None or isinstance(step_cache, bool) else {"threshold": step_cache},
             "outputs": paths, "keep_frames": keep_frames,
         }
         callback = _dispatch(handlers) if any(handlers.values()) else None

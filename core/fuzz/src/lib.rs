@@ -40,6 +40,7 @@ pub fn request_json(data: &[u8]) {
             steps: 8,
             guidance_scale: 4.0,
             guidance_scale_2: None,
+            sampler: Some(Default::default()),
         },
         size_multiple: 16,
         frame_rule: FrameRule::OnePlusFourK,

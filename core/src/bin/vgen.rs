@@ -115,6 +115,20 @@ struct Generate {
     /// folder. Repeat for several.
     #[arg(long = "lora")]
     loras: Vec<String>,
+    /// The sampler: flow-matching euler or unipc (the model's own by default).
+    #[arg(long, value_parser = ["euler", "unipc"])]
+    sampler: Option<String>,
+    /// The schedule's shift (higher spends more steps at high noise); the model's by default.
+    #[arg(long)]
+    flow_shift: Option<f64>,
+    /// A fixed list of timesteps, falling, comma-separated (a distilled model's, e.g. 1000,750,500,250): the steps
+    /// are then these.
+    #[arg(long, value_delimiter = ',')]
+    timesteps: Option<Vec<u32>>,
+    /// Step caching: skip the transformer's blocks at steps where their effect is predictably close to the last
+    /// computed (EasyCache); optionally a threshold (larger skips more and changes the video more).
+    #[arg(long, num_args = 0..=1, default_missing_value = "on", value_name = "THRESHOLD")]
+    step_cache: Option<String>,
     /// Output file: .mp4, .gif, .png (animated), or a folder ending in /. Repeat to write several formats.
     #[arg(long = "out", required = true)]
     out: Vec<PathBuf>,
@@ -270,6 +284,27 @@ fn generate(g: Generate) -> ExitCode {
         preview_every: g.preview_every,
         vae_tiling: g.vae_tiling.as_deref().map(|v| v == "on"),
         loras: g.loras.iter().map(|l| lora_arg(l)).collect(),
+        sampler: (g.sampler.is_some() || g.flow_shift.is_some() || g.timesteps.is_some()).then(|| {
+            vgen_core::schedulers::Sampler {
+                kind: g.sampler.as_deref().map(|k| {
+                    if k == "euler" {
+                        vgen_core::schedulers::SamplerKind::Euler
+                    } else {
+                        vgen_core::schedulers::SamplerKind::Unipc
+                    }
+                }),
+                flow_shift: g.flow_shift,
+                timesteps: g.timesteps.clone(),
+            }
+        }),
+        step_cache: match g.step_cache.as_deref() {
+            None => None,
+            Some("on") => Some(vgen_core::engine::StepCacheRequest::On(true)),
+            Some(t) => match t.parse::<f64>() {
+                Ok(threshold) => Some(vgen_core::engine::StepCacheRequest::Threshold { threshold }),
+                Err(_) => return usage(format!("--step-cache takes a threshold such as 0.1, not {t:?}")),
+            },
+        },
         image: g.image.as_ref().map(|p| vgen_core::engine::image::ImageInput::Path(p.to_string_lossy().into_owned())),
         last_image: g
             .last_image

@@ -155,6 +155,8 @@ mod tests {
             guidance_scale_2: None,
             seed: 0,
             preview_every: None,
+            sampler: Default::default(),
+            step_cache: None,
             vae_tiling: None,
             loras: Vec::new(),
             image: None,

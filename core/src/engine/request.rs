@@ -45,6 +45,14 @@ pub struct Request {
     pub idempotency_key: Option<String>,
     /// Emit a preview every this many denoising steps.
     pub preview_every: Option<u32>,
+    /// The sampler: `{"kind": "euler"|"unipc", "flow_shift": 5, "timesteps": [1000, 750, 500, 250]}`, each field
+    /// optional, over the model's own (its scheduler, or its `vgen.json`'s `sampler`). Distilled models (a
+    /// few-step LoRA) sample with a fixed timestep list and guidance 1, which skips the unconditional pass and the
+    /// negative prompt's encoding. Part of the cache key.
+    pub sampler: Option<crate::schedulers::Sampler>,
+    /// Step caching (see `models::step_cache`): `true` for the default threshold, or `{"threshold": 0.1}`; a
+    /// larger threshold skips more steps and changes the video more. Off by default. Part of the cache key.
+    pub step_cache: Option<StepCacheRequest>,
     /// LoRA adapters to apply, each `{"path": "...", "scale": 0.8}` or `{"name": "...", "scale": 0.8}` (a name is
     /// `loras/{name}.safetensors` in a models folder). Scales default to 1 and are limited by
     /// `limits.max_lora_scale`. Part of the cache key, with a hash of each file.
@@ -75,6 +83,35 @@ impl Request {
     /// Parses a JSON request strictly: unknown fields and wrong types are errors that name the field.
     pub fn from_json(json: &str) -> Result<Self> {
         crate::error::from_json_strict(json, "request")
+    }
+}
+
+/// A request's `step_cache`: on or off, or a threshold.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum StepCacheRequest {
+    On(bool),
+    Threshold { threshold: f64 },
+}
+
+impl<'de> Deserialize<'de> for StepCacheRequest {
+    /// `true`, `false` or `{"threshold": x}`; anything else is an error that says so (serde's own message for an
+    /// untagged enum names no form).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Threshold {
+            threshold: f64,
+        }
+        let value = serde_json::Value::deserialize(d)?;
+        if let serde_json::Value::Bool(on) = value {
+            return Ok(StepCacheRequest::On(on));
+        }
+        serde_json::from_value::<Threshold>(value)
+            .map(|t| StepCacheRequest::Threshold { threshold: t.threshold })
+            .map_err(|e| {
+                serde::de::Error::custom(format!("step_cache must be true, false or {{\"threshold\": 0.1}} ({e})"))
+            })
     }
 }
 
@@ -128,6 +165,11 @@ pub struct Params {
     pub guidance_scale_2: Option<f64>,
     pub seed: u64,
     pub preview_every: Option<u32>,
+    /// The sampler, the request's choices over the model's defaults (`steps` is the length of its `timesteps`
+    /// when it has them).
+    pub sampler: crate::schedulers::Sampler,
+    /// The step cache's threshold; None when it is off.
+    pub step_cache: Option<f64>,
     /// Whether to decode in tiles; the model decides by its pixel budget when `None`.
     pub vae_tiling: Option<bool>,
     /// LoRA adapters, resolved to files.
@@ -158,6 +200,8 @@ impl Params {
         self.image.as_ref().map(|i| i.hash).hash(&mut h);
         self.last_image.as_ref().map(|i| i.hash).hash(&mut h);
         self.vae_tiling.hash(&mut h);
+        (self.sampler.kind, self.sampler.flow_shift.map(f64::to_bits), &self.sampler.timesteps).hash(&mut h);
+        self.step_cache.map(f64::to_bits).hash(&mut h);
         for l in &self.loras {
             (&l.path, l.scale.to_bits(), &l.hash).hash(&mut h);
         }
@@ -289,7 +333,39 @@ pub fn validate(
     if num_frames > limits.max_frames {
         return Err(Error::invalid(format!("num_frames {num_frames} is above the limit of {}", limits.max_frames)));
     }
-    let steps = request.steps.unwrap_or(d.steps);
+    let sampler = match (&request.sampler, &d.sampler) {
+        (Some(_), None) => {
+            return Err(Error::invalid(format!("sampler: {} has no configurable sampler", model.name)));
+        }
+        (Some(asked), Some(own)) => {
+            asked.check("sampler")?;
+            asked.over(own)
+        }
+        (None, own) => own.clone().unwrap_or_default(),
+    };
+    let step_cache = match &request.step_cache {
+        None | Some(StepCacheRequest::On(false)) => None,
+        Some(_) if d.sampler.is_none() => {
+            return Err(Error::invalid(format!("step_cache: {} has no transformer steps to cache", model.name)));
+        }
+        Some(StepCacheRequest::On(true)) => Some(crate::models::step_cache::DEFAULT_THRESHOLD),
+        Some(StepCacheRequest::Threshold { threshold }) => {
+            if !(threshold.is_finite() && *threshold > 0.0 && *threshold <= 10.0) {
+                return Err(Error::invalid(format!("step_cache.threshold {threshold} is outside (0, 10]")));
+            }
+            Some(*threshold)
+        }
+    };
+    let steps = match (&sampler.timesteps, request.steps) {
+        (Some(t), Some(steps)) if steps as usize != t.len() => {
+            return Err(Error::invalid(format!(
+                "steps {steps} disagrees with the sampler's {} timesteps: leave steps out, or give as many",
+                t.len()
+            )));
+        }
+        (Some(t), _) => t.len() as u32,
+        (None, steps) => steps.unwrap_or(d.steps),
+    };
     if steps == 0 || steps > limits.max_steps {
         return Err(Error::invalid(format!("steps {steps} is outside 1..={}", limits.max_steps)));
     }
@@ -381,6 +457,8 @@ pub fn validate(
         guidance_scale_2,
         seed: request.seed.unwrap_or_else(draw_seed),
         preview_every: request.preview_every,
+        sampler,
+        step_cache,
         vae_tiling: request.vae_tiling,
         loras,
         image: first,
@@ -443,6 +521,7 @@ mod tests {
                 steps: 10,
                 guidance_scale: 4.0,
                 guidance_scale_2: None,
+                sampler: None,
             },
             size_multiple: 16,
             frame_rule: FrameRule::OnePlusFourK,

@@ -11,6 +11,7 @@ pub mod noop;
 pub mod offload;
 pub mod per_device;
 pub mod search_path;
+pub mod step_cache;
 pub mod testcard;
 pub mod wan;
 pub mod weights;
@@ -37,6 +38,9 @@ pub struct Defaults {
     pub guidance_scale: f64,
     /// The low-noise expert's guidance scale, for a model with two (Wan2.2 A14B); `None` for one transformer.
     pub guidance_scale_2: Option<f64>,
+    /// The sampler settings a request starts from; `None` for a model whose sampler is not configurable (the test
+    /// models), which then refuses a request's `sampler`.
+    pub sampler: Option<crate::schedulers::Sampler>,
 }
 
 /// What the engine needs to know about a model before running it.

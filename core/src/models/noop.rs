@@ -28,6 +28,7 @@ impl NoOp {
                     steps: 1,
                     guidance_scale: 1.0,
                     guidance_scale_2: None,
+                    sampler: None,
                 },
                 size_multiple: 16,
                 frame_rule: FrameRule::Any,

@@ -39,6 +39,7 @@ impl TestCard {
                     steps: 8,
                     guidance_scale: 1.0,
                     guidance_scale_2: None,
+                    sampler: None,
                 },
                 size_multiple: 16,
                 frame_rule: FrameRule::OnePlusFourK,

@@ -30,6 +30,23 @@ pub struct EulerConfig {
     pub stochastic_sampling: bool,
 }
 
+impl EulerConfig {
+    /// Flow-matching Euler with a static shift and diffusers' other defaults.
+    pub fn flow(num_train_timesteps: usize, shift: f64) -> Self {
+        EulerConfig {
+            num_train_timesteps,
+            shift,
+            use_dynamic_shifting: false,
+            invert_sigmas: false,
+            shift_terminal: None,
+            use_karras_sigmas: false,
+            use_exponential_sigmas: false,
+            use_beta_sigmas: false,
+            stochastic_sampling: false,
+        }
+    }
+}
+
 fn thousand() -> usize {
     1000
 }
@@ -44,7 +61,9 @@ pub struct Euler {
 }
 
 impl Euler {
-    pub fn new(c: &EulerConfig, steps: usize) -> Result<Self> {
+    /// `custom`: unshifted σ per step (a fixed timestep list over N), as `set_timesteps(sigmas=...)` takes them:
+    /// shifted once, in f32, as diffusers does with them; `None` for its linspace over `steps`.
+    pub fn new(c: &EulerConfig, steps: usize, custom: Option<&[f64]>) -> Result<Self> {
         super::reject_enabled(&[
             (c.use_dynamic_shifting, "use_dynamic_shifting"),
             (c.invert_sigmas, "invert_sigmas"),
@@ -56,6 +75,14 @@ impl Euler {
         ])?;
         let n = c.num_train_timesteps as f64;
         let shift = c.shift;
+        if let Some(list) = custom {
+            let shift = shift as f32;
+            let mut sigmas: Vec<f32> =
+                list.iter().map(|&s| s as f32).map(|s| shift * s / (1.0 + (shift - 1.0) * s)).collect();
+            let timesteps = sigmas.iter().map(|s| s * n as f32).collect();
+            sigmas.push(0.0);
+            return Ok(Self { timesteps, sigmas, index: 0 });
+        }
         // Construction: σ = t/N for t = N..1 in f32, shifted in f32; σ_max and σ_min are its ends.
         let shift_f32 = |s: f32| (shift as f32 * s) / (1.0 + (shift as f32 - 1.0) * s);
         let sigma_max = shift_f32(c.num_train_timesteps as f32 / n as f32) as f64;

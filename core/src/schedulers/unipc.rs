@@ -51,6 +51,31 @@ pub struct UniPcConfig {
     pub solver_p: Option<serde_json::Value>,
 }
 
+impl UniPcConfig {
+    /// UniPC in its flow-matching form with diffusers' other defaults, as Wan's pipelines configure it.
+    pub fn flow(num_train_timesteps: usize, flow_shift: f64) -> Self {
+        UniPcConfig {
+            num_train_timesteps,
+            solver_order: 2,
+            prediction_type: "flow_prediction".into(),
+            use_flow_sigmas: true,
+            flow_shift,
+            predict_x0: true,
+            solver_type: bh2(),
+            lower_order_final: true,
+            disable_corrector: Vec::new(),
+            final_sigmas_type: zero(),
+            use_dynamic_shifting: false,
+            shift_terminal: None,
+            use_karras_sigmas: false,
+            use_exponential_sigmas: false,
+            use_beta_sigmas: false,
+            thresholding: false,
+            solver_p: None,
+        }
+    }
+}
+
 fn thousand() -> usize {
     1000
 }
@@ -90,7 +115,9 @@ pub struct UniPc {
 }
 
 impl UniPc {
-    pub fn new(c: &UniPcConfig, steps: usize) -> Result<Self> {
+    /// `custom`: unshifted σ per step (a fixed timestep list over N), as `set_timesteps(sigmas=...)` takes them;
+    /// `None` for diffusers' linspace over `steps`.
+    pub fn new(c: &UniPcConfig, steps: usize, custom: Option<&[f64]>) -> Result<Self> {
         if !c.use_flow_sigmas || c.prediction_type != "flow_prediction" {
             return Err(unsupported("UniPC is supported with use_flow_sigmas and prediction_type=flow_prediction"));
         }
@@ -112,13 +139,14 @@ impl UniPc {
             other => return Err(unsupported(&format!("solver_type {other:?}"))),
         };
         let n = c.num_train_timesteps as f64;
-        // σ = linspace(1, 1/N, steps + 1)[:-1], shifted, in f64; σ₀ nudged off 1 so that ln σ stays finite.
-        let mut sigmas: Vec<f64> = (0..steps)
-            .map(|i| {
-                let s = 1.0 + (1.0 / n - 1.0) * i as f64 / steps as f64;
-                c.flow_shift * s / (1.0 + (c.flow_shift - 1.0) * s)
-            })
-            .collect();
+        // σ = linspace(1, 1/N, steps + 1)[:-1] (or the custom list), shifted, in f64; σ₀ nudged off 1 so that
+        // ln σ stays finite.
+        let unshifted: Vec<f64> = match custom {
+            Some(list) => list.to_vec(),
+            None => (0..steps).map(|i| 1.0 + (1.0 / n - 1.0) * i as f64 / steps as f64).collect(),
+        };
+        let mut sigmas: Vec<f64> =
+            unshifted.iter().map(|s| c.flow_shift * s / (1.0 + (c.flow_shift - 1.0) * s)).collect();
         if (sigmas[0] - 1.0).abs() < 1e-6 {
             sigmas[0] -= 1e-6;
         }

@@ -19,6 +19,7 @@ use crate::device::Device;
 use crate::engine::{Attempt, FrameRule, Params, Stage};
 use crate::error::{Error, ErrorCode, Result};
 use crate::models::per_device::PerDevice;
+use crate::models::step_cache::StepCache;
 use crate::models::weights::{
     check_confined, fingerprint, header_elements, read_config, read_json, tensor_names, weight_files,
 };
@@ -45,6 +46,9 @@ pub struct ServingConfig {
     pub guidance_scale_2: Option<f64>,
     pub max_sequence_length: Option<usize>,
     pub flow_shift: Option<f64>,
+    /// The sampler requests start from (see `schedulers::Sampler`): a distilled model's folder names its kind,
+    /// shift and fixed timesteps here.
+    pub sampler: Option<crate::schedulers::Sampler>,
     /// A `[z_dim][3]` matrix projecting latents to RGB for previews.
     pub latent_rgb_factors: Option<Vec<[f64; 3]>>,
     /// The transformer's and text encoder's dtype on CUDA: "bf16" (the default), "fp16" or "fp32". The VAE and
@@ -139,6 +143,11 @@ impl WanModel {
                 .map_err(|e| Error::invalid(format!("{}/vgen.json: {e}", folder.display())))?,
             Err(_) => ServingConfig::default(),
         };
+        if let Some(sampler) = &serving.sampler {
+            sampler
+                .check("sampler")
+                .map_err(|e| Error::invalid(format!("{}/vgen.json: {}", folder.display(), e.message())))?;
+        }
         let mut scheduler = SchedulerConfig::from_file(&folder.join("scheduler/scheduler_config.json"))?;
         if let Some(shift) = serving.flow_shift {
             scheduler = scheduler.with_flow_shift(shift);
@@ -282,11 +291,15 @@ impl WanModel {
                 height: serving.height.unwrap_or(480),
                 num_frames: serving.num_frames.unwrap_or(81),
                 fps: serving.fps.unwrap_or(16.0),
-                steps: serving.steps.unwrap_or(50),
+                steps: match serving.sampler.as_ref().and_then(|s| s.timesteps.as_ref()) {
+                    Some(t) => t.len() as u32,
+                    None => serving.steps.unwrap_or(50),
+                },
                 guidance_scale: serving.guidance_scale.unwrap_or(5.0),
                 guidance_scale_2: experts
                     .as_ref()
                     .map(|_| serving.guidance_scale_2.or(serving.guidance_scale).unwrap_or(5.0)),
+                sampler: Some(serving.sampler.clone().unwrap_or_default()),
             },
             // A latent pixel is `spatial_factor` pixels (8, or 16 for the Wan2.2 VAE) and a token covers a patch of
             // latent pixels: sides must be whole tokens.
@@ -498,12 +511,29 @@ impl WanModel {
         c: &Components,
         latents: Tensor,
         text: &Tensor,
-        steps: usize,
+        schedule: impl Into<Schedule>,
+        guidance: f64,
+        guidance_2: Option<f64>,
+        images: &Images,
+        each_step: impl FnMut(usize, usize, &Tensor, f32) -> Result<()>,
+    ) -> Result<Tensor> {
+        Ok(self.denoise_with_skips(c, latents, text, schedule, guidance, guidance_2, images, each_step)?.0)
+    }
+
+    /// `denoise`, also returning the steps (1-based) the step cache skipped the blocks at.
+    #[allow(clippy::too_many_arguments)]
+    pub fn denoise_with_skips(
+        &self,
+        c: &Components,
+        latents: Tensor,
+        text: &Tensor,
+        schedule: impl Into<Schedule>,
         guidance: f64,
         guidance_2: Option<f64>,
         images: &Images,
         mut each_step: impl FnMut(usize, usize, &Tensor, f32) -> Result<()>,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Vec<u32>)> {
+        let schedule = schedule.into();
         let first_frame = images.first_latent.as_ref();
         // m: 0 on latent frame 0, 1 elsewhere; the input is (1 - m)·condition + m·latents. Per step only m·latents
         // changes: (1 - m)·condition and the per-token mask `m[:, :, :, ::ph, ::pw]` (flattened in token order) are
@@ -520,8 +550,11 @@ impl WanModel {
             Some((given, mask, _)) => given + mask * x,
             None => x.shallow_clone(),
         };
-        let mut scheduler = self.scheduler.build(steps)?;
+        let sampler = &schedule.sampler;
+        let mut scheduler =
+            self.scheduler.for_sampler(sampler).build_with(schedule.steps, sampler.timesteps.as_deref())?;
         let timesteps = scheduler.timesteps().to_vec();
+        let steps = timesteps.len();
         // The text side of the cross-attention (and the image's, for CLIP models) depends on the prompts and the
         // image alone: prepared once per expert, used every step. Both halves of a CFG batch see the same image.
         let prompts = text.size()[0];
@@ -535,11 +568,20 @@ impl WanModel {
             _ => None,
         };
         let mut x = latents;
+        let mut cache = StepCache::new(schedule.step_cache, steps);
+        let mut expert_before = None;
         for (i, t) in timesteps.iter().enumerate() {
-            let (transformer, context, guidance) = match &second {
-                Some((t2, context_2, boundary, guidance_2)) if (*t as f64) < *boundary => (*t2, context_2, *guidance_2),
-                _ => (&c.transformer, &context, guidance),
+            let (transformer, context, guidance, expert) = match &second {
+                Some((t2, context_2, boundary, guidance_2)) if (*t as f64) < *boundary => {
+                    (*t2, context_2, *guidance_2, 2)
+                }
+                _ => (&c.transformer, &context, guidance, 1),
             };
+            if let Some(cache) = cache.as_mut().filter(|_| expert_before.is_some_and(|e| e != expert)) {
+                // One expert's residual means nothing to the other.
+                cache.restart();
+            }
+            expert_before = Some(expert);
             let input = given(&x);
             let input = match &images.concat {
                 Some(condition) => Tensor::cat(&[&input, condition], 1),
@@ -551,7 +593,12 @@ impl WanModel {
                 Some((_, _, per_token)) => (per_token * *t as f64).expand([b, -1], false),
                 None => Tensor::full([b], *t as f64, (Kind::Float, x.device())),
             };
-            let out = transformer.forward_with(&batch, &timestep, context)?;
+            let reuse = cache.as_mut().and_then(|cache| cache.reuse(i, &batch));
+            let record = cache.is_some() && reuse.is_none();
+            let (out, residual) = transformer.forward_cached(&batch, &timestep, context, reuse.as_ref(), record)?;
+            if let (Some(cache), Some(residual)) = (cache.as_mut(), residual) {
+                cache.computed(&batch, &out, residual);
+            }
             let noise = if cfg {
                 let parts = out.chunk(2, 0);
                 &parts[1] + (&parts[0] - &parts[1]) * guidance
@@ -568,7 +615,7 @@ impl WanModel {
             }
             each_step(i + 1, steps, &x, scheduler.sigmas()[i + 1])?;
         }
-        Ok(given(&x))
+        Ok((given(&x), cache.map(|c| c.skipped().to_vec()).unwrap_or_default()))
     }
 
     /// A cheap RGB look at latents `[1, z, T, h, w]`: a linear projection per pixel, not a decode.
@@ -656,11 +703,11 @@ impl Model for WanModel {
         let latents = crate::models::seeded_noise(p.seed as i64 & i64::MAX, &shape)?.to_device(dev);
         let images = self.images(&c, p, dev)?;
         attempt.check()?;
-        let latents = self.denoise(
+        let (latents, steps_skipped) = self.denoise_with_skips(
             &c,
             latents,
             &text,
-            p.steps as usize,
+            Schedule { steps: p.steps as usize, sampler: p.sampler.clone(), step_cache: p.step_cache },
             p.guidance_scale,
             p.guidance_scale_2,
             &images,
@@ -703,7 +750,23 @@ impl Model for WanModel {
         }
         attempt.stage(Stage::Finalizing)?;
         let frames = Frames::new(frames_kept, p.height as usize, p.width as usize, data)?;
-        Ok(Video { frames: Arc::new(frames), fps: p.fps, metadata: Default::default() })
+        let metadata = crate::video::VideoMetadata { steps_skipped, ..Default::default() };
+        Ok(Video { frames: Arc::new(frames), fps: p.fps, metadata })
+    }
+}
+
+/// How a denoising loop walks down the noise: a number of steps of the model's own scheduler, or what a request's
+/// sampler asks for (a number of steps is the former: `denoise(.., 20, ..)`).
+pub struct Schedule {
+    pub steps: usize,
+    pub sampler: crate::schedulers::Sampler,
+    /// The step cache's threshold (see `models::step_cache`); None runs the blocks at every step.
+    pub step_cache: Option<f64>,
+}
+
+impl From<usize> for Schedule {
+    fn from(steps: usize) -> Self {
+        Schedule { steps, sampler: Default::default(), step_cache: None }
     }
 }
 

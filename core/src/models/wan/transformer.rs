@@ -714,6 +714,20 @@ impl WanTransformer {
 
     /// [`Self::forward`] with the text side prepared once by [`Self::text_context`], as the denoising loop calls it.
     pub fn forward_with(&self, x: &Tensor, timestep: &Tensor, text: &TextContext) -> Result<Tensor> {
+        Ok(self.forward_cached(x, timestep, text, None, false)?.0)
+    }
+
+    /// `forward_with`, for step caching (`models::step_cache`): with `reuse`, the blocks are skipped and their
+    /// residual (hidden states out minus in) is taken from an earlier step; without, they run, and with `record`
+    /// their residual is returned beside the output.
+    pub fn forward_cached(
+        &self,
+        x: &Tensor,
+        timestep: &Tensor,
+        text: &TextContext,
+        reuse: Option<&Tensor>,
+        record: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let [b, _c, f, h, w] = x.size()[..] else {
             return Err(Error::internal(format!("latents must be [B, C, F, H, W], got {:?}", x.size())));
         };
@@ -753,13 +767,26 @@ impl WanTransformer {
         let (temb, proj) = self.condition_embedder.time(&timestep.reshape([-1]), kind);
         let temb = temb.view([b, per_clip, -1]);
         let modulation = proj.view([b, per_clip, 6, -1]);
-        let mut hidden = tokens;
-        self.each_block(|i| {
-            let kv = &text.blocks[i];
-            hidden =
-                self.blocks[i].forward(&hidden, kv, text.bias.as_ref(), text.image.get(i), &modulation, (&cos, &sin));
-            Ok(())
-        })?;
+        let (hidden, residual) = match reuse {
+            Some(residual) => (&tokens + residual, None),
+            None => {
+                let mut hidden = tokens.shallow_clone();
+                self.each_block(|i| {
+                    let kv = &text.blocks[i];
+                    hidden = self.blocks[i].forward(
+                        &hidden,
+                        kv,
+                        text.bias.as_ref(),
+                        text.image.get(i),
+                        &modulation,
+                        (&cos, &sin),
+                    );
+                    Ok(())
+                })?;
+                let residual = record.then(|| &hidden - &tokens);
+                (hidden, residual)
+            }
+        };
         let m: Vec<Tensor> = (self.scale_shift_table.to_kind(Kind::Float).unsqueeze(0)
             + temb.to_kind(Kind::Float).unsqueeze(2))
         .chunk(2, 2)
@@ -770,6 +797,6 @@ impl WanTransformer {
         let hidden = (self.norm_out.forward(&hidden) * (scale + 1.0) + shift).to_kind(hidden.kind());
         let out = self.proj_out.forward(&hidden);
         let out = out.reshape([b, pf, phh, pww, pt, ph, pw, -1]).permute([0, 7, 1, 4, 2, 5, 3, 6]);
-        Ok(out.flatten(6, 7).flatten(4, 5).flatten(2, 3).to_kind(Kind::Float))
+        Ok((out.flatten(6, 7).flatten(4, 5).flatten(2, 3).to_kind(Kind::Float), residual))
     }
 }
