@@ -230,6 +230,17 @@ def main() -> None:
         d = run_side(child(["pipeline", "--model", a.model, "--runs", r]))
         for key, what in (("wall_ms", "wall time"), ("step_ms", "time per step"), ("decode_ms", "decode"), ("peak_rss", "peak RSS")):
             rows.append((f"{Path(a.model).name} end to end, {what}", median(v, key), median(d, key), key))
+        # Guidance 1, as distilled models sample: no unconditional pass on either side.
+        v1 = run_side([side, "pipeline", "--model", a.model, "--runs", r, "--guidance", "1"])
+        d1 = run_side(child(["pipeline", "--model", a.model, "--runs", r, "--guidance", "1"]))
+        for key, what in (("wall_ms", "wall time"), ("step_ms", "time per step")):
+            rows.append((f"{Path(a.model).name} end to end at guidance 1, {what}", median(v1, key), median(d1, key), key))
+        # Step caching (vgen only; diffusers' column is vgen without the cache, in the same run).
+        vc = run_side([side, "pipeline", "--model", a.model, "--runs", r, "--step-cache", "0.1"])
+        skipped = median(vc, "steps_skipped")
+        for key, what in (("wall_ms", "wall time"), ("step_ms", "time per step")):
+            rows.append((f"{Path(a.model).name} end to end with step_cache 0.1 ({skipped:g} steps skipped) against vgen "
+                         f"without it, {what}", median(vc, key), median(v, key), key))
     if "step" in cases:
         size = ["--frames", "81", "--height", "480", "--width", "832"] if a.device == "cuda" else ["--frames", "5", "--height", "240", "--width", "416"]
         t = str(WAN_CONFIGS / "transformer")

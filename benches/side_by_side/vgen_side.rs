@@ -2,7 +2,7 @@
 //! cases, measured the same way, printed as one JSON object per line.
 //!
 //! ```text
-//! vgen-side pipeline  --model DIR --runs N [--steps S --frames F --width W --height H --guidance G]
+//! vgen-side pipeline  --model DIR --runs N [--steps S --frames F --width W --height H --guidance G --step-cache T]
 //! vgen-side step      --transformer DIR --frames F --height H --width W --runs N [--format f32|fp8|q8_0|q4_k]
 //!                     [--device cpu|cuda] [--dtype f32|bf16] [--offload]
 //! vgen-side decode    --vae DIR --frames F --height H --width W --out FILE.mp4 [--tile SIZE,STRIDE] [--device D]
@@ -47,6 +47,7 @@ fn main() {
             flag("--width").map(|v| v.parse().unwrap()),
             flag("--height").map(|v| v.parse().unwrap()),
             flag("--guidance").map(|v| v.parse().unwrap()),
+            flag("--step-cache").map(|v| v.parse().unwrap()),
         ),
         Some("step") => step(
             &PathBuf::from(flag("--transformer").expect("--transformer")),
@@ -116,6 +117,7 @@ fn pipeline(
     width: Option<u32>,
     height: Option<u32>,
     guidance: Option<f64>,
+    step_cache: Option<f64>,
 ) -> vgen_core::Result<()> {
     let model = Arc::new(WanModel::open(folder)?);
     let name = model.info().name.clone();
@@ -136,6 +138,7 @@ fn pipeline(
             width,
             height,
             guidance_scale: guidance,
+            step_cache: step_cache.map(|threshold| vgen_core::engine::StepCacheRequest::Threshold { threshold }),
             ..Request::new("a red circle moving right")
         };
         let started = Instant::now();
@@ -153,6 +156,7 @@ fn pipeline(
             "step_ms": t.get("generating").copied().unwrap_or(0.0) / video.metadata.steps.max(1) as f64,
             "decode_ms": t.get("decoding").copied().unwrap_or(0.0),
             "frames": video.frames.num_frames, "steps": video.metadata.steps,
+            "steps_skipped": video.metadata.steps_skipped.len(),
             "peak_rss": peak_rss(), "threads": vgen_core::runtime::cpu_threads(),
         });
         println!("{line}");
