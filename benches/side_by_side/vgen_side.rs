@@ -109,6 +109,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// End to end through the engine, as a host runs it: submit, wait, take the frames.
+#[allow(clippy::too_many_arguments)]
 fn pipeline(
     folder: &Path,
     runs: usize,
