@@ -144,7 +144,8 @@ fn run(model: &WanModel, c: &HashMap<String, Tensor>, latents: &str, prefix: &st
                 Ok(())
             },
         )
-        .unwrap();
+        .unwrap()
+        .0;
     let mut chunks = Vec::new();
     comps
         .vae
@@ -197,7 +198,8 @@ fn a14b_switches_experts_at_the_boundary_with_each_its_guidance() {
             &Images::default(),
             |_, _, _, _| Ok(()),
         )
-        .unwrap();
+        .unwrap()
+        .0;
     let e = (same_scale - &c["a14b.step1.latents"]).abs().max().double_value(&[]);
     assert!(e > 1e-3, "guidance_scale_2 must change the low-noise steps ({e})");
     let _ = std::fs::remove_dir_all(&dir);

@@ -214,7 +214,8 @@ fn pipeline_matches(name: &str, layers: &[&str], last: bool) {
             assert_close(&format!("{name} step {i} latents"), x, &c[&format!("{name}.step{}.latents", i - 1)], 1e-4);
             Ok(())
         })
-        .unwrap();
+        .unwrap()
+        .0;
     let mut chunks = Vec::new();
     comps
         .vae

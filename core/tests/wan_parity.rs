@@ -327,7 +327,8 @@ fn the_whole_pipeline_matches_wan_pipeline_from_prompt_to_frames() {
             assert_close(&format!("step {i} latents"), x, &c[&format!("step{}.latents", i - 1)], 1e-4);
             Ok(())
         })
-        .unwrap();
+        .unwrap()
+        .0;
     let den = comps.vae.denormalize(&latents);
     assert_close("denormalized", &den, &c["latents_denormalized"], 1e-4);
     let mut chunks = Vec::new();
@@ -381,7 +382,8 @@ fn ti2v_image_to_video_matches_wan_image_to_video_pipeline_from_image_to_frames(
             assert_close(&format!("step {i} latents"), x, &c[&format!("step{}.latents", i - 1)], 1e-4);
             Ok(())
         })
-        .unwrap();
+        .unwrap()
+        .0;
     let mut chunks = Vec::new();
     comps
         .vae

@@ -4,6 +4,8 @@
 //! shutdown that does not block. On the core fixtures' tiny Wan (a streaming model: it decodes 9 frames in three
 //! chunks). Its own test binary: it points `VGEN_MODELS` at that model before any engine exists.
 
+mod common;
+
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::ptr;
 use std::sync::Mutex;
@@ -17,25 +19,11 @@ fn last_error() -> String {
 fn models_folder() -> std::path::PathBuf {
     let root = std::env::temp_dir().join(format!("vgen-ffi-game-{}", std::process::id()));
     let dir = root.join("tiny-wan");
-    let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/wan/tiny-wan");
-    for entry in walk(&from) {
-        let to = dir.join(entry.strip_prefix(&from).unwrap());
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(&entry, &to).unwrap();
-    }
+    common::copy_fixture("tiny-wan", &dir);
     let serving =
         r#"{"name": "tiny-wan", "max_sequence_length": 16, "width": 32, "height": 32, "num_frames": 9, "steps": 2}"#;
     std::fs::write(dir.join("vgen.json"), serving).unwrap();
     root
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
-    }
-    out
 }
 
 fn engine(config: &str) -> *mut vgen_engine {

@@ -2,6 +2,8 @@
 //! hands over a render target, on the core fixtures' tiny Wan made a TI2V model. Its own test binary: it points
 //! `VGEN_MODELS` at that model before any engine exists.
 
+mod common;
+
 use std::ffi::{CStr, CString};
 use std::ptr;
 use vgen::*;
@@ -14,12 +16,7 @@ fn last_error() -> String {
 fn models_folder() -> std::path::PathBuf {
     let root = std::env::temp_dir().join(format!("vgen-ffi-images-{}", std::process::id()));
     let dir = root.join("tiny-ti2v");
-    let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/wan/tiny-wan");
-    for entry in walk(&from) {
-        let to = dir.join(entry.strip_prefix(&from).unwrap());
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(&entry, &to).unwrap();
-    }
+    common::copy_fixture("tiny-wan", &dir);
     let index = dir.join("model_index.json");
     let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
     json["expand_timesteps"] = true.into();
@@ -28,15 +25,6 @@ fn models_folder() -> std::path::PathBuf {
         r#"{"name": "tiny-ti2v", "max_sequence_length": 16, "width": 32, "height": 32, "num_frames": 5, "steps": 2}"#;
     std::fs::write(dir.join("vgen.json"), serving).unwrap();
     root
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
-    }
-    out
 }
 
 fn submit(

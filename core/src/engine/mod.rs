@@ -320,8 +320,14 @@ impl Engine {
                 _ => None,
             })
         };
-        // Previews stay on the worker that made them (their frames are not sent through Redis): a job that runs on
-        // this node shows its local run's previews; one running elsewhere has none here.
+        let Some(cell) = self.local_cell(id)? else { return Ok(None) };
+        let r = cell.read();
+        Ok(latest(&r.events))
+    }
+
+    /// The job's cell on this node: with the Redis backend, that of its local run, `None` when it runs elsewhere.
+    /// Previews and decoded frames stay on the worker that made them (their pixels are not sent through Redis).
+    fn local_cell(&self, id: JobId) -> Result<Option<Arc<JobCell>>> {
         #[cfg(feature = "redis")]
         let id = match &self.cluster {
             Some(c) => match c.local_run(id)? {
@@ -330,9 +336,7 @@ impl Engine {
             },
             None => id,
         };
-        let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
-        let r = cell.read();
-        Ok(latest(&r.events))
+        self.shared.cell(id).ok_or_else(|| not_found(id)).map(Some)
     }
 
     /// The frames the job has decoded so far, while it runs: all of them when the job keeps its frames, else the
@@ -342,15 +346,7 @@ impl Engine {
     /// default model) hands over each chunk as it decodes it; a job's `frames` events and `frames_ready` say
     /// when there are more. Each call copies the frames held, so call it per `frames` event, not per game frame.
     pub fn frames(&self, id: JobId) -> Result<Option<FramesSoFar>> {
-        #[cfg(feature = "redis")]
-        let id = match &self.cluster {
-            Some(c) => match c.local_run(id)? {
-                Some(local) => local,
-                None => return Ok(None),
-            },
-            None => id,
-        };
-        let cell = self.shared.cell(id).ok_or_else(|| not_found(id))?;
+        let Some(cell) = self.local_cell(id)? else { return Ok(None) };
         let flight = {
             let r = cell.read();
             if let Some(video) = &r.result {

@@ -107,6 +107,8 @@ fn field_of(message: &str) -> Option<&'static str> {
         "guidance_scale" => "guidance_scale",
         "priority" => "priority",
         "seed" => "seed",
+        "sampler" => "sampler",
+        "step_cache" => "step_cache",
         "idempotency_key" => "Idempotency-Key",
         _ if message.starts_with("this request needs about") => "resolution",
         _ => return None,

@@ -38,6 +38,10 @@ pub struct GenerateBody {
     pub preview_every: Option<u32>,
     /// Decode in spatial tiles (true) or whole (false); left out, the model tiles frames past its pixel budget.
     pub vae_tiling: Option<bool>,
+    /// The sampler, as the engine takes it: `{"kind": "euler", "flow_shift": 5, "timesteps": [1000, 750, 500, 250]}`.
+    pub sampler: Option<vgen_core::schedulers::Sampler>,
+    /// Step caching: `true`, or `{"threshold": 0.1}`.
+    pub step_cache: Option<vgen_core::engine::StepCacheRequest>,
     #[serde(default)]
     pub priority: i32,
     pub model: Option<String>,
@@ -220,6 +224,8 @@ pub fn engine_request(
         priority: body.priority,
         preview_every: body.preview_every,
         vae_tiling: body.vae_tiling,
+        sampler: body.sampler,
+        step_cache: body.step_cache,
         idempotency_key: engine_key,
         outputs: vec![results_dir.join(format!("{file}.mp4")).to_string_lossy().into_owned()],
         keep_frames: Some(false),

@@ -108,6 +108,8 @@ async fn create(
         negative_prompt: None,
         preview_every: None,
         vae_tiling: None,
+        sampler: None,
+        step_cache: None,
         priority: 0,
         model: Some(info.name.clone()),
         webhook_url: None,

@@ -166,6 +166,8 @@ async fn predict(app: &App, scope: &Scope, model: &str, body: &[u8]) -> Result<R
         negative_prompt: p.negative_prompt,
         preview_every: None,
         vae_tiling: None,
+        sampler: None,
+        step_cache: None,
         priority: 0,
         model: Some(info.name.clone()),
         webhook_url: None,

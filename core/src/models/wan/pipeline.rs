@@ -505,24 +505,9 @@ impl WanModel {
     /// `each_step(i, steps, latents)` is called after every step. `images` is what the job's images became (see
     /// [`Images`]), as diffusers' `WanImageToVideoPipeline` uses them. A two-expert model runs `transformer` at
     /// guidance `guidance` for timesteps at or above its boundary and `transformer_2` at `guidance_2` below it.
+    /// Returns the latents and the steps (1-based) at which the step cache skipped the blocks.
     #[allow(clippy::too_many_arguments)]
     pub fn denoise(
-        &self,
-        c: &Components,
-        latents: Tensor,
-        text: &Tensor,
-        schedule: impl Into<Schedule>,
-        guidance: f64,
-        guidance_2: Option<f64>,
-        images: &Images,
-        each_step: impl FnMut(usize, usize, &Tensor, f32) -> Result<()>,
-    ) -> Result<Tensor> {
-        Ok(self.denoise_with_skips(c, latents, text, schedule, guidance, guidance_2, images, each_step)?.0)
-    }
-
-    /// `denoise`, also returning the steps (1-based) the step cache skipped the blocks at.
-    #[allow(clippy::too_many_arguments)]
-    pub fn denoise_with_skips(
         &self,
         c: &Components,
         latents: Tensor,
@@ -703,7 +688,7 @@ impl Model for WanModel {
         let latents = crate::models::seeded_noise(p.seed as i64 & i64::MAX, &shape)?.to_device(dev);
         let images = self.images(&c, p, dev)?;
         attempt.check()?;
-        let (latents, steps_skipped) = self.denoise_with_skips(
+        let (latents, steps_skipped) = self.denoise(
             &c,
             latents,
             &text,

@@ -167,6 +167,9 @@ async fn bad_requests_are_400_and_name_the_field() {
         (json!({"duration": 1}), "prompt"),
         (json!({"prompt": "x", "webhook_url": "ftp://example.com/hook"}), "webhook_url"),
         (json!({"prompt": "x", "webhook_url": "not a url"}), "webhook_url"),
+        (json!({"prompt": "x", "sampler": {"timesteps": [500, 750]}}), "sampler"),
+        (json!({"prompt": "x", "step_cache": {"threshold": 0}}), "step_cache"),
+        (json!({"prompt": "x", "step_cache": 0.1}), "step_cache"),
     ];
     for (body, field) in cases {
         let r = alpha.post("/generate", body.clone()).await;
