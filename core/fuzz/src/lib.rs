@@ -271,3 +271,88 @@ pub fn lora(data: &[u8]) {
     let out = tch::no_grad(|| model.transformer.forward(&x, &t, &text, None)).expect("an accepted adapter runs");
     assert_eq!(out.size(), x.size());
 }
+
+/// The HTTP server's request bodies, driven through its router in-process (no socket): the native
+/// `POST /generate` JSON, the OpenAI `POST /v1/videos` multipart form and Google's Vertex `predictLongRunning`
+/// JSON. The first byte picks the door; the rest is the body (for the form, after a fixed boundary header).
+/// Whatever the bytes, the answer is a response, never a panic, and never a 500: a bad body is a 4xx whose JSON
+/// names an error code; a good one is queued on the test card (202 or 200), or turned away for load (429, 503).
+pub fn server_bodies(data: &[u8]) {
+    use tower::ServiceExt;
+    let Some((&door, body)) = data.split_first() else { return };
+    let (path, content_type) = match door % 3 {
+        0 => ("/generate", "application/json".to_string()),
+        1 => ("/v1/videos", format!("multipart/form-data; boundary={SERVER_BOUNDARY}")),
+        _ => ("/v1beta1/publishers/google/models/testcard:predictLongRunning", "application/json".to_string()),
+    };
+    let (runtime, router, engine) = server();
+    let request = axum::http::Request::post(path)
+        .header("authorization", "Bearer fuzz")
+        .header("content-type", content_type)
+        .body(axum::body::Body::from(body.to_vec()))
+        .expect("a well-formed request");
+    let response = runtime.block_on(router.clone().oneshot(request)).expect("the router is infallible");
+    let status = response.status().as_u16();
+    assert!(!(500..503).contains(&status) && status < 504, "{path}: status {status} for {} bytes", body.len());
+    let bytes = runtime.block_on(axum::body::to_bytes(response.into_body(), 1 << 20)).expect("a body");
+    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    if (400..500).contains(&status) {
+        assert!(json["error"]["code"].is_string() || json["error"]["status"].is_string(), "{path}: {json}");
+    }
+    // A job the body made is cancelled at once and the engine left idle: the next input starts from the same
+    // state, and no job is running when the process exits.
+    for key in ["job_id", "id", "name"] {
+        let digits: String = json[key].as_str().unwrap_or("").chars().rev().take_while(char::is_ascii_digit).collect();
+        if let Ok(id) = digits.chars().rev().collect::<String>().parse::<u64>() {
+            let _ = engine.cancel(vgen_core::JobId(id));
+        }
+    }
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < until {
+        let m = engine.metrics();
+        if m.running == 0 && m.queue_depth == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// The multipart boundary of the OpenAI door's seeds.
+pub const SERVER_BOUNDARY: &str = "vgenfuzz";
+
+/// One router over one engine (the test models, a scratch results folder), built once per process.
+type Server = (tokio::runtime::Runtime, axum::Router, std::sync::Arc<vgen_core::Engine>);
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let results = std::env::temp_dir().join(format!("vgen-fuzz-server-{}", std::process::id()));
+        std::fs::create_dir_all(&results).expect("a scratch folder");
+        let config = EngineConfig {
+            devices: vec![vgen_core::Device::Cpu],
+            default_model: Some("testcard".into()),
+            queue_capacity: 64,
+            ..Default::default()
+        };
+        let engine = std::sync::Arc::new(vgen_core::Engine::with_models(config, Models::builtin()).expect("an engine"));
+        let app = std::sync::Arc::new(vgen_server::routes::App {
+            engine: engine.clone(),
+            results_dir: std::fs::canonicalize(&results).expect("the scratch folder"),
+            public_url: None,
+            listen_url: "http://127.0.0.1:1".into(),
+            max_body_bytes: 1 << 20,
+            max_prompt_chars: 2000,
+            due: None,
+            destinations: Default::default(),
+            events: tokio::sync::broadcast::channel(16).0,
+            videos: Default::default(),
+        });
+        let tokens = vgen_server::auth::Tokens::new(&[vgen_server::config::TokenConfig {
+            token: "fuzz".into(),
+            scope: "fuzz".into(),
+        }]);
+        let router = vgen_server::routes::router(app, std::sync::Arc::new(tokens));
+        (runtime, router, engine)
+    })
+}

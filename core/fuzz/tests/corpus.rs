@@ -151,3 +151,8 @@ fn model_folder() {
 fn c_api() {
     run("c_api", vgen_fuzz::c_api::c_api);
 }
+
+#[test]
+fn server_bodies() {
+    run("server_bodies", vgen_fuzz::server_bodies);
+}
