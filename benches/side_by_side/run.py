@@ -252,6 +252,13 @@ def main() -> None:
             rows.append((f"Wan2.1-1.3B denoising step with CFG, {tokens} tokens, peak RSS", median(v, "peak_rss"), median(d, "peak_rss"), "peak_rss"))
             # Quantized weights (vgen only): the transformer's resident memory and step time in each format that
             # `vgen quantize` writes, beside vgen's own fp32 in the same run.
+            # Step caching over a whole 20-step loop (vgen only; its other column is vgen without the cache).
+            small = ["--frames", "5", "--height", "128", "--width", "128"]
+            plain = run_side([side, "loop", "--transformer", t, "--steps", "20", *small])
+            cached = run_side([side, "loop", "--transformer", t, "--steps", "20", "--step-cache", "0.1", *small])
+            rows.append((f"Wan2.1-1.3B 20-step loop with CFG, {plain[0]['tokens']} tokens, step_cache 0.1 ({median(cached, 'steps_skipped'):g} "
+                         "steps skipped, random weights) against vgen without it", median(cached, "loop_ms"),
+                         median(plain, "loop_ms"), "loop_ms"))
             for fmt in ("fp8", "q8_0", "q4_k"):
                 q = run_side([side, "step", "--transformer", t, "--runs", str(a.runs), "--format", fmt, *size])
                 quant_rows.append((fmt, median(q, "weights_bytes"), median(v, "weights_bytes"), median(q, "step_ms"), median(v, "step_ms")))

@@ -5,6 +5,7 @@
 //! vgen-side pipeline  --model DIR --runs N [--steps S --frames F --width W --height H --guidance G --step-cache T]
 //! vgen-side step      --transformer DIR --frames F --height H --width W --runs N [--format f32|fp8|q8_0|q4_k]
 //!                     [--device cpu|cuda] [--dtype f32|bf16] [--offload]
+//! vgen-side loop      --transformer DIR --frames F --height H --width W --steps S [--step-cache T]
 //! vgen-side decode    --vae DIR --frames F --height H --width W --out FILE.mp4 [--tile SIZE,STRIDE] [--device D]
 //! vgen-side parity    --fixtures DIR [--device D] [--dtype f32|bf16]   (the tiny models against diffusers' fp32)
 //! vgen-side cuda                                                       (what libtorch sees)
@@ -65,6 +66,12 @@ fn main() {
                 vgen_core::models::wan::vae_tiling::Tiling { sample_min: [v[0]; 2], sample_stride: [v[1]; 2] }
             }),
             device,
+        ),
+        Some("loop") => denoising_loop(
+            &PathBuf::from(flag("--transformer").expect("--transformer")),
+            [num("--frames", 5), num("--height", 240), num("--width", 416)],
+            num("--steps", 20) as usize,
+            flag("--step-cache").map(|v| v.parse().expect("--step-cache")),
         ),
         Some("parity") => parity(&PathBuf::from(flag("--fixtures").expect("--fixtures")), device, kind),
         Some("cuda") => {
@@ -229,6 +236,61 @@ fn step(
             "side": "vgen", "case": "step", "warmup": run == 0, "tokens": tokens, "format": format,
             "offload": offload, "dtype": format!("{kind:?}"),
             "step_ms": ms(elapsed), "peak_rss": peak_rss(), "weights_bytes": weights_bytes,
+            "threads": vgen_core::runtime::cpu_threads(),
+        });
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// A whole denoising loop of `steps` with classifier-free guidance, UniPC at shift 3 as Wan2.1 ships it, random
+/// weights from a config and `step`'s prompts: its time with or without the step cache, and the steps the cache
+/// skipped. With random weights the skips are not those trained weights would give; the time of a skipped step
+/// against a computed one is what this measures.
+fn denoising_loop(
+    folder: &Path,
+    [frames, height, width]: [i64; 3],
+    steps: usize,
+    step_cache: Option<f64>,
+) -> vgen_core::Result<()> {
+    use vgen_core::models::step_cache::StepCache;
+    use vgen_core::schedulers::{SchedulerConfig, unipc::UniPcConfig};
+    let config: TransformerConfig = weights::read_config(folder)?;
+    let text_dim = config.text_dim;
+    let vs = VarStore::new(Device::Cpu);
+    let model = WanTransformer::new(vs.root(), config)?;
+    let _g = tch::no_grad_guard();
+    tch::manual_seed(0);
+    let latent_frames = (frames - 1) / 4 + 1;
+    let latents = Tensor::randn([1, 16, latent_frames, height / 8, width / 8], (Kind::Float, Device::Cpu));
+    let text = Tensor::randn([2, 512, text_dim], (Kind::Float, Device::Cpu));
+    let _ = text.get(0).narrow(0, 32, 512 - 32).zero_();
+    let _ = text.get(1).narrow(0, 32, 512 - 32).zero_();
+    let context = model.text_context(&text, None, true)?;
+    // One timed loop: its twenty steps are their own warm-up (at this size a 1.3B step takes seconds on a CPU).
+    for run in 0..1 {
+        let mut scheduler = SchedulerConfig::UniPc(UniPcConfig::flow(1000, 3.0)).build(steps)?;
+        let timesteps = scheduler.timesteps().to_vec();
+        let mut cache = StepCache::new(step_cache, steps);
+        let mut x = latents.shallow_clone();
+        let started = Instant::now();
+        for (i, t) in timesteps.iter().enumerate() {
+            let batch = Tensor::cat(&[&x, &x], 0);
+            let timestep = Tensor::from_slice(&[*t, *t]);
+            let reuse = cache.as_mut().and_then(|c| c.reuse(i, &batch));
+            let record = cache.is_some() && reuse.is_none();
+            let (out, residual) = model.forward_cached(&batch, &timestep, &context, reuse.as_ref(), record)?;
+            if let (Some(c), Some(r)) = (cache.as_mut(), residual) {
+                c.computed(&batch, &out, r);
+            }
+            let parts = out.chunk(2, 0);
+            x = scheduler.step(&(&parts[1] + (&parts[0] - &parts[1]) * 5.0), &x)?;
+        }
+        let elapsed = started.elapsed();
+        let skipped = cache.as_ref().map_or(0, |c| c.skipped().len());
+        let line = serde_json::json!({
+            "side": "vgen", "case": "loop", "warmup": false, "run": run, "steps": steps, "steps_skipped": skipped,
+            "loop_ms": ms(elapsed), "tokens": latent_frames * (height / 16) * (width / 16),
             "threads": vgen_core::runtime::cpu_threads(),
         });
         println!("{line}");
