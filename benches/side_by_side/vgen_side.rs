@@ -277,12 +277,9 @@ fn denoising_loop(
         for (i, t) in timesteps.iter().enumerate() {
             let batch = Tensor::cat(&[&x, &x], 0);
             let timestep = Tensor::from_slice(&[*t, *t]);
-            let reuse = cache.as_mut().and_then(|c| c.reuse(i, &batch));
-            let record = cache.is_some() && reuse.is_none();
-            let (out, residual) = model.forward_cached(&batch, &timestep, &context, reuse.as_ref(), record)?;
-            if let (Some(c), Some(r)) = (cache.as_mut(), residual) {
-                c.computed(&batch, &out, r);
-            }
+            let out = vgen_core::models::step_cache::step(&mut cache, i, &batch, |reuse, record| {
+                model.forward_cached(&batch, &timestep, &context, reuse, record)
+            })?;
             let parts = out.chunk(2, 0);
             x = scheduler.step(&(&parts[1] + (&parts[0] - &parts[1]) * 5.0), &x)?;
         }

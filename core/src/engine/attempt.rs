@@ -203,8 +203,9 @@ impl<'a> Attempt<'a> {
         self.outputs().is_none_or(|o| o.retain())
     }
 
-    /// Hands decoded frames, in order, to the jobs' output files. A model that streams calls it for each chunk
-    /// it decodes; one that does not has its finished frames written after it returns.
+    /// Hands decoded frames, in order, to the jobs' output files and to their frames so far (`Engine::frames`,
+    /// announced by a `frames` event). A model that streams calls it for each chunk it decodes; one that does not
+    /// has its finished frames written after it returns.
     pub fn emit(&mut self, frames: &Frames) -> Result<()> {
         let Some(outputs) = self.outputs() else { return self.check() };
         outputs.push(frames);

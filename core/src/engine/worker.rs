@@ -165,11 +165,13 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
                 Arc::new(crate::video::Video { frames: Arc::new(frames), ..(*video).clone() })
             });
             let mut outputs = attempt.take_outputs();
-            let last_frames = flight.decoded.lock().snapshot().ok().flatten();
+            // The last decoded frames, for the jobs that keep none (a copy: made only when one of them is here).
+            let mut last_frames = None;
             for m in take_members(shared, &flight) {
                 let keep = m.request.keep_frames != Some(false);
                 if !keep {
-                    m.edit().last_frames = last_frames.clone();
+                    let last = last_frames.get_or_insert_with(|| flight.decoded.lock().snapshot().ok().flatten());
+                    m.edit().last_frames = last.clone();
                 }
                 let outcome = match outputs.as_mut().map_or(Ok(()), |o| o.commit(m.id)) {
                     Err(e) => Outcome::Failed(e),

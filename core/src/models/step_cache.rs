@@ -38,7 +38,7 @@ pub struct StepCache {
     threshold: f64,
     warmup: usize,
     steps: usize,
-    /// The model input and output of the last computed step, and of the one before (for the rate).
+    /// The model input and output of the last computed step (the next computed step measures the rate from them).
     last: Option<(Tensor, Tensor)>,
     rate: Option<f64>,
     /// The blocks' residual of the last computed step.
@@ -48,6 +48,24 @@ pub struct StepCache {
     previous_input: Option<Tensor>,
     accumulated: f64,
     skipped: Vec<u32>,
+}
+
+/// One step of a model under an optional cache: asks the cache whether to reuse a residual, runs `forward`
+/// (`forward(reuse, record)` returns the output and, when `record`, the blocks' residual), and records a computed
+/// step. The one place the protocol (`reuse`, then the model, then `computed`) is written.
+pub fn step(
+    cache: &mut Option<StepCache>,
+    index: usize,
+    input: &Tensor,
+    forward: impl FnOnce(Option<&Tensor>, bool) -> crate::Result<(Tensor, Option<Tensor>)>,
+) -> crate::Result<Tensor> {
+    let reuse = cache.as_mut().and_then(|c| c.reuse(index, input));
+    let record = cache.is_some() && reuse.is_none();
+    let (output, residual) = forward(reuse.as_ref(), record)?;
+    if let (Some(c), Some(residual)) = (cache.as_mut(), residual) {
+        c.computed(input, &output, residual);
+    }
+    Ok(output)
 }
 
 /// ‖a − b‖₁ / ‖b‖₁.

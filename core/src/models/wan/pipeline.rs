@@ -19,7 +19,7 @@ use crate::device::Device;
 use crate::engine::{Attempt, FrameRule, Params, Stage};
 use crate::error::{Error, ErrorCode, Result};
 use crate::models::per_device::PerDevice;
-use crate::models::step_cache::StepCache;
+use crate::models::step_cache::{self, StepCache};
 use crate::models::weights::{
     check_confined, fingerprint, header_elements, read_config, read_json, tensor_names, weight_files,
 };
@@ -578,12 +578,9 @@ impl WanModel {
                 Some((_, _, per_token)) => (per_token * *t as f64).expand([b, -1], false),
                 None => Tensor::full([b], *t as f64, (Kind::Float, x.device())),
             };
-            let reuse = cache.as_mut().and_then(|cache| cache.reuse(i, &batch));
-            let record = cache.is_some() && reuse.is_none();
-            let (out, residual) = transformer.forward_cached(&batch, &timestep, context, reuse.as_ref(), record)?;
-            if let (Some(cache), Some(residual)) = (cache.as_mut(), residual) {
-                cache.computed(&batch, &out, residual);
-            }
+            let out = step_cache::step(&mut cache, i, &batch, |reuse, record| {
+                transformer.forward_cached(&batch, &timestep, context, reuse, record)
+            })?;
             let noise = if cfg {
                 let parts = out.chunk(2, 0);
                 &parts[1] + (&parts[0] - &parts[1]) * guidance
