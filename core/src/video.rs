@@ -99,6 +99,8 @@ pub struct VideoMetadata {
     /// The denoising steps (1-based) at which the step cache reused the transformer blocks' last residual instead
     /// of running them (`step_cache` in the request); empty without it.
     pub steps_skipped: Vec<u32>,
+    /// A storyboard's parts, in order (see `engine::storyboard`); empty for a video made in one piece.
+    pub segments: Vec<crate::engine::SegmentRecord>,
     pub attempts: u32,
     pub cache_hit: bool,
 }

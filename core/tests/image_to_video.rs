@@ -146,7 +146,7 @@ fn the_command_animates_an_image_and_refuses_one_for_a_text_model() {
     let refused = run(&[
         "generate".as_ref(),
         "--model".as_ref(),
-        "testcard".as_ref(),
+        "noop".as_ref(),
         "--image".as_ref(),
         start.as_os_str(),
         "--prompt".as_ref(),
@@ -156,7 +156,7 @@ fn the_command_animates_an_image_and_refuses_one_for_a_text_model() {
     ]);
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("image: testcard makes video from text only"), "{stderr}");
+    assert!(stderr.contains("image: noop makes video from text only"), "{stderr}");
 }
 
 #[test]
@@ -167,7 +167,7 @@ fn images_a_model_cannot_take_are_refused_before_any_work_naming_the_field() {
     write_png(&start, 32, 32, &square(32, 32, 8, 8));
     let path = ImageInput::Path(start.to_string_lossy().into_owned());
     let cases = [
-        (Request { model: Some("testcard".into()), image: Some(path.clone()), ..Request::new("x") }, "image: testcard"),
+        (Request { model: Some("noop".into()), image: Some(path.clone()), ..Request::new("x") }, "image: noop"),
         (Request { last_image: Some(path.clone()), ..request(&start, 1) }, "last_image: tiny-ti2v"),
         (Request { image: None, last_image: Some(path.clone()), ..request(&start, 1) }, "last_image needs image"),
         (

@@ -122,6 +122,8 @@ fn params(image: Option<Image>, guidance_scale_2: Option<f64>) -> Params {
         loras: Vec::new(),
         image: image.map(std::sync::Arc::new),
         last_image: None,
+        segments: Vec::new(),
+        color_match: true,
     }
 }
 

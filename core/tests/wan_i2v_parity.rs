@@ -194,6 +194,8 @@ fn pipeline_matches(name: &str, layers: &[&str], last: bool) {
         loras: Vec::new(),
         image: Some(std::sync::Arc::new(first)),
         last_image: last_image.map(std::sync::Arc::new),
+        segments: Vec::new(),
+        color_match: true,
     };
     let images = model.images(&comps, &params, tch::Device::Cpu).unwrap();
     assert_close(

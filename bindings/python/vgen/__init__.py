@@ -453,7 +453,7 @@ class Engine:
 
     def submit(
         self,
-        prompt: str,
+        prompt: "Union[str, Sequence[Union[str, Mapping[str, Any]]]]",
         *,
         negative_prompt: Optional[str] = None,
         width: Optional[int] = None,
@@ -475,6 +475,7 @@ class Engine:
         loras: Optional[Sequence[Mapping[str, Any]]] = None,
         sampler: Optional[Mapping[str, Any]] = None,
         step_cache: Union[bool, float, None] = None,
+        color_match: Optional[bool] = None,
         outputs: Optional[Sequence[Union[str, "os.PathLike[str]"]]] = None,
         keep_frames: bool = True,
         on_progress: Optional[EventCallback] = None,
@@ -485,7 +486,11 @@ class Engine:
         """Validates a request and queues it; returns at once. Every field left as None takes the model's default.
 
         Args:
-            prompt: what the video shows.
+            prompt: what the video shows; or a storyboard, a list of parts in order, each a prompt or
+                ``{"prompt": ..., "num_frames": 16}`` (the frames it adds), made as one continuous video, each part
+                starting from the last frame of the one before (a model that takes an image).
+                ``video.metadata["segments"]`` lists the parts, with their ``start_frame``, ``frames`` and drift,
+                and a ``quality`` event follows each.
             negative_prompt: what it should not show.
             width, height: in pixels, multiples of the model's size multiple (16).
             num_frames: 1 + 4k frames.
@@ -515,6 +520,7 @@ class Engine:
             step_cache: skip the transformer's blocks at steps where their effect is predictably close to the last
                 computed one: True for the default threshold, or a threshold (larger skips more). Off by default;
                 ``video.metadata["steps_skipped"]`` lists the steps skipped.
+            color_match: for a storyboard, correct each later part's colour at its join (default True).
             outputs: files for the engine to write as the video is decoded (``.mp4``, ``.gif``, ``.png`` or a
                 folder ending in ``/``); each appears, complete, only if the job succeeds.
             keep_frames: False keeps no frames in memory (``video.frames`` is then empty): the video goes only to
@@ -536,8 +542,8 @@ class Engine:
             >>> job = engine.submit("a red circle moving right", seed=1, steps=8,
             ...                     on_progress=lambda e: print(e["step"], "/", e["steps"]))
         """
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
+        prompt, segments = _prompt_json(prompt)
+        _check("color_match", color_match, bool, "a bool")
         _check_all(str, "a str", negative_prompt=negative_prompt, model=model, idempotency_key=idempotency_key)
         _check_all(int, "an int", width=width, height=height, num_frames=num_frames, steps=steps, seed=seed,
                    priority=priority, preview_every=preview_every)
@@ -566,7 +572,7 @@ class Engine:
             "idempotency_key": idempotency_key, "preview_every": preview_every, "vae_tiling": vae_tiling,
             "loras": adapters, "sampler": None if sampler is None else dict(sampler),
             "step_cache": step_cache if step_cache is None or isinstance(step_cache, bool) else {"threshold": step_cache},
-            "outputs": paths, "keep_frames": keep_frames,
+            "outputs": paths, "keep_frames": keep_frames, "segments": segments, "color_match": color_match,
         }
         callback = _dispatch(handlers) if any(handlers.values()) else None
         job_id: int = _call(self._native.submit, json.dumps(request), callback)
@@ -696,8 +702,32 @@ def _image_json(field: str, image: Any) -> Optional[Dict[str, Any]]:
     }}
 
 
+def _prompt_json(prompt: Any) -> tuple[str, list[Any]]:
+    """A prompt as the request's ``prompt``, or a storyboard's parts as its ``segments``."""
+    if isinstance(prompt, str):
+        return prompt, []
+    if isinstance(prompt, (bytes, Mapping)) or not isinstance(prompt, Sequence):
+        raise TypeError(f"prompt must be a str or a list of parts, not {type(prompt).__name__}")
+    segments: list[Any] = []
+    for i, part in enumerate(prompt):
+        if isinstance(part, str):
+            segments.append(part)
+        elif isinstance(part, Mapping):
+            if not isinstance(part.get("prompt"), str):
+                raise TypeError(f"prompt[{i}]: a part's 'prompt' must be a str")
+            frames = part.get("num_frames")
+            if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int)):
+                raise TypeError(f"prompt[{i}]: a part's 'num_frames' must be an int")
+            segments.append(dict(part))
+        else:
+            raise TypeError(f"prompt[{i}] must be a str or a dict with 'prompt', not {type(part).__name__}")
+    if not segments:
+        raise ValueError("prompt is an empty list: give at least one part")
+    return "", segments
+
+
 def generate(
-    prompt: str,
+    prompt: "Union[str, Sequence[Union[str, Mapping[str, Any]]]]",
     *,
     negative_prompt: Optional[str] = None,
     width: Optional[int] = None,
@@ -717,6 +747,7 @@ def generate(
     preview_every: Optional[int] = None,
     vae_tiling: Optional[bool] = None,
     loras: Optional[Sequence[Mapping[str, Any]]] = None,
+    color_match: Optional[bool] = None,
     outputs: Optional[Sequence[Union[str, "os.PathLike[str]"]]] = None,
     keep_frames: bool = True,
     on_progress: Optional[EventCallback] = None,
@@ -732,10 +763,10 @@ def generate(
     ``KeyboardInterrupt``.
 
     Args:
-        prompt: what the video shows.
+        prompt: what the video shows, or a storyboard: a list of parts (see ``Engine.submit``).
         negative_prompt, width, height, num_frames, fps, steps, guidance_scale, guidance_scale_2, seed, model, image,
             last_image, priority,
-            deadline, idempotency_key, preview_every, vae_tiling, loras, outputs, keep_frames, on_progress,
+            deadline, idempotency_key, preview_every, vae_tiling, loras, color_match, outputs, keep_frames, on_progress,
             on_preview, on_done: as for
             ``Engine.submit``.
         progress: show the progress bar (default True).
@@ -762,7 +793,7 @@ def generate(
         image=image, last_image=last_image,
         priority=priority, deadline=deadline,
         idempotency_key=idempotency_key, preview_every=preview_every, vae_tiling=vae_tiling, loras=loras,
-        outputs=outputs,
+        color_match=color_match, outputs=outputs,
         keep_frames=keep_frames,
         on_progress=on_progress, on_preview=on_preview, on_done=on_done,
     )

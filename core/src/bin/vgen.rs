@@ -69,8 +69,13 @@ enum Command {
 
 #[derive(clap::Args)]
 struct Generate {
-    #[arg(long)]
-    prompt: String,
+    /// The video to make; or give --segment instead.
+    #[arg(long, required_unless_present = "segments", conflicts_with = "segments")]
+    prompt: Option<String>,
+    /// One part of a storyboard, PROMPT[:FRAMES] (the frames it adds; the model's native length by default).
+    /// Repeat for each part, in order: each continues from the last frame of the one before, in one video.
+    #[arg(long = "segment", value_name = "PROMPT[:FRAMES]")]
+    segments: Vec<String>,
     #[arg(long)]
     negative_prompt: Option<String>,
     /// A PNG or JPEG to animate: the video's first frame (a model that takes images; see `vgen models`). Resized
@@ -314,13 +319,18 @@ fn generate(g: Generate) -> ExitCode {
         // decoded chunk, however long the video.
         outputs: g.out.iter().map(|p| p.to_string_lossy().into_owned()).collect(),
         keep_frames: Some(false),
-        ..Request::new(g.prompt.clone())
+        segments: match g.segments.iter().map(|s| segment_arg(s)).collect() {
+            Ok(segments) => segments,
+            Err(e) => return usage(e),
+        },
+        ..Request::new(g.prompt.clone().unwrap_or_default())
     };
     let id = match engine.submit(request) {
         Ok(id) => id,
         Err(e) if e.code() == ErrorCode::InvalidArgument || e.code() == ErrorCode::NotFound => {
             return usage(
                 e.message()
+                    .replace("].num_frames", "] frames")
                     .replace("num_frames", "--frames")
                     .replace("guidance_scale_2", "--guidance-2")
                     .replace("guidance_scale", "--guidance"),
@@ -396,6 +406,7 @@ fn generate(g: Generate) -> ExitCode {
             "peak_rss_bytes": m.peak_rss_bytes,
             "attempts": m.attempts,
             "cache_hit": m.cache_hit,
+            "segments": m.segments,
         });
         emit(&summary.to_string());
     } else {
@@ -417,6 +428,19 @@ fn generate(g: Generate) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// `--segment PROMPT[:FRAMES]`: the frames are what follows the last colon when it is a number, so a prompt may
+/// hold colons of its own.
+fn segment_arg(arg: &str) -> Result<vgen_core::engine::SegmentRequest, String> {
+    use vgen_core::engine::SegmentRequest;
+    match arg.rsplit_once(':') {
+        Some((prompt, frames)) if !frames.is_empty() && frames.bytes().all(|b| b.is_ascii_digit()) => {
+            let frames = frames.parse().map_err(|_| format!("--segment {arg:?}: {frames} frames is too many"))?;
+            Ok(SegmentRequest { prompt: prompt.to_string(), num_frames: Some(frames) })
+        }
+        _ => Ok(SegmentRequest { prompt: arg.to_string(), num_frames: None }),
+    }
 }
 
 /// An event as the user sees it: a JSON line with `--json`; otherwise only warnings, on stderr.

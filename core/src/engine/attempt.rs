@@ -32,6 +32,8 @@ pub struct Attempt<'a> {
     rss_sampled: Instant,
     /// The flight's output files, opened when the model starts handing over frames (see `output.rs`).
     outputs: Option<super::output::Outputs>,
+    /// The storyboard part being made, if the job is a storyboard (see `storyboard.rs`).
+    part: Option<super::storyboard::Cursor>,
 }
 
 /// Resident memory is sampled at step boundaries at most this often: reading it costs a few microseconds, which
@@ -78,6 +80,7 @@ impl<'a> Attempt<'a> {
             peak_rss: current_rss(),
             rss_sampled: now,
             outputs: None,
+            part: None,
         }
     }
 
@@ -141,13 +144,33 @@ impl<'a> Attempt<'a> {
             self.rss_sampled = now;
         }
         if self.link.is_some() {
-            let progress = self.plan.progress(self.stage, fraction);
-            let eta = self.plan.remaining_ms(
-                self.stage,
-                fraction,
-                (now - self.stage_started).as_secs_f64() * 1e3,
-                (now - self.started).as_secs_f64() * 1e3,
-            );
+            let stage_elapsed = (now - self.stage_started).as_secs_f64() * 1e3;
+            let (progress, eta) = match &self.part {
+                None => (
+                    self.plan.progress(self.stage, fraction),
+                    self.plan.remaining_ms(
+                        self.stage,
+                        fraction,
+                        stage_elapsed,
+                        (now - self.started).as_secs_f64() * 1e3,
+                    ),
+                ),
+                // A storyboard's plan is for all its parts, alike in shape: each part is a share of it. The parts
+                // still to come take as long as the ones done did, once one is done.
+                Some(part) => {
+                    let count = part.count.max(1) as f64;
+                    let each = Plan { stage_ms: self.plan.stage_ms.map(|ms| ms / count), ..self.plan };
+                    let progress = (part.index as f64 + each.progress(self.stage, fraction)) / count;
+                    let here = each.remaining_ms(
+                        self.stage,
+                        fraction,
+                        stage_elapsed,
+                        (now - part.started).as_secs_f64() * 1e3,
+                    );
+                    let per_part = if part.index > 0 { part.parts_ms / part.index as f64 } else { each.total_ms() };
+                    (progress, here + per_part * (count - part.index as f64 - 1.0))
+                }
+            };
             let eta_ms = Some(eta.round().max(0.0) as u64);
             let stage = self.stage;
             self.publish(|s| {
@@ -207,6 +230,17 @@ impl<'a> Attempt<'a> {
     /// announced by a `frames` event). A model that streams calls it for each chunk it decodes; one that does not
     /// has its finished frames written after it returns.
     pub fn emit(&mut self, frames: &Frames) -> Result<()> {
+        let taken;
+        let frames = match &mut self.part {
+            None => frames,
+            Some(part) => match part.take(frames)? {
+                Some(f) => {
+                    taken = f;
+                    &taken
+                }
+                None => return self.check(),
+            },
+        };
         let Some(outputs) = self.outputs() else { return self.check() };
         outputs.push(frames);
         let retain = outputs.retain();
@@ -222,6 +256,26 @@ impl<'a> Attempt<'a> {
             });
         }
         self.check()
+    }
+
+    /// Starts making a storyboard's part: progress, the ETA and the frames handed over are the part's from now.
+    pub(crate) fn begin_part(&mut self, cursor: super::storyboard::Cursor) {
+        self.part = Some(cursor);
+    }
+
+    /// The frames the model has handed over for the current part.
+    pub(crate) fn part_frames_seen(&self) -> usize {
+        self.part.as_ref().map_or(0, |p| p.seen)
+    }
+
+    /// Ends the current part, handing back what was learnt of it.
+    pub(crate) fn end_part(&mut self) -> Option<super::storyboard::Cursor> {
+        self.part.take()
+    }
+
+    /// Tells the jobs how far part `segment` (0-based) of `segments` drifted from the first, as a `quality` event.
+    pub(crate) fn quality(&mut self, segment: u32, segments: u32, drift: super::drift::Drift) {
+        self.publish(|_| EventKind::Quality { segment, segments, drift });
     }
 
     /// Writes whatever frames of `video` the model did not emit itself. Runs after `generate` returns.

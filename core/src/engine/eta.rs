@@ -161,6 +161,8 @@ mod tests {
             loras: Vec::new(),
             image: None,
             last_image: None,
+            segments: Vec::new(),
+            color_match: true,
         }
     }
 

@@ -48,6 +48,12 @@ pub enum EventKind {
         ready: u32,
         total: u32,
     },
+    /// A storyboard's part `segment` (0-based) of `segments` is done: how far it drifted from the first part.
+    Quality {
+        segment: u32,
+        segments: u32,
+        drift: super::drift::Drift,
+    },
     RetryScheduled {
         attempt: u32,
         delay_ms: u64,
@@ -74,6 +80,7 @@ impl EventKind {
             Self::Progress { .. } => "progress",
             Self::Preview { .. } => "preview",
             Self::Frames { .. } => "frames",
+            Self::Quality { .. } => "quality",
             Self::RetryScheduled { .. } => "retry_scheduled",
             Self::Warning { .. } => "warning",
             Self::Finished { .. } => "finished",

@@ -37,6 +37,13 @@ pub struct Request {
     pub image: Option<ImageInput>,
     /// The video's last frame, for a first–last frame model.
     pub last_image: Option<ImageInput>,
+    /// A storyboard: the video's parts, in order, each a prompt or `{"prompt": ..., "num_frames": ...}` (the
+    /// frames it adds). Instead of `prompt`; needs a model that can continue from a frame (see
+    /// `engine::storyboard`). One `prompt` with more `num_frames` than the model's native length is split into
+    /// parts the same way.
+    pub segments: Vec<super::storyboard::SegmentRequest>,
+    /// Whether a storyboard's later parts get the colour correction at their joins (default true).
+    pub color_match: Option<bool>,
     /// Higher runs first. FIFO within a priority; waiting jobs gain priority over time (aging).
     pub priority: i32,
     /// Milliseconds from submit after which the job fails with `deadline_exceeded`, queued or running.
@@ -180,6 +187,10 @@ pub struct Params {
     /// The last frame, likewise.
     #[serde(skip)]
     pub last_image: Option<Arc<Image>>,
+    /// A storyboard's parts (`prompt` is the first's, `num_frames` their sum); empty for one piece.
+    pub segments: Vec<super::storyboard::Segment>,
+    /// Whether a storyboard's joins get the colour correction.
+    pub color_match: bool,
 }
 
 impl Params {
@@ -204,6 +215,9 @@ impl Params {
         self.step_cache.map(f64::to_bits).hash(&mut h);
         for l in &self.loras {
             (&l.path, l.scale.to_bits(), &l.hash).hash(&mut h);
+        }
+        if !self.segments.is_empty() {
+            (&self.segments, self.color_match).hash(&mut h);
         }
         h.finish()
     }
@@ -298,11 +312,17 @@ pub fn validate(
     draw_seed: impl FnOnce() -> u64,
 ) -> Result<Params> {
     let d = &model.defaults;
-    let prompt = request.prompt.trim();
+    let segments = super::storyboard::plan(request, model, limits)?.unwrap_or_default();
+    // A storyboard's first prompt stands for it; a single segment is a plain request for its prompt.
+    let (prompt, requested_frames) = match (segments.first(), request.segments.first()) {
+        (Some(first), _) => (first.prompt.as_str(), Some(segments.iter().map(|s| s.frames).sum())),
+        (None, Some(one)) => (one.prompt.trim(), one.num_frames.or(request.num_frames)),
+        (None, None) => (request.prompt.trim(), request.num_frames),
+    };
     if prompt.is_empty() {
         return Err(Error::invalid("prompt is empty: describe the video to make"));
     }
-    let chars = request.prompt.chars().count();
+    let chars = prompt.chars().count();
     if chars > limits.max_prompt_chars {
         return Err(Error::invalid(format!("prompt has {chars} characters; the limit is {}", limits.max_prompt_chars)));
     }
@@ -321,8 +341,8 @@ pub fn validate(
     };
     let width = side("width", request.width.unwrap_or(d.width), limits.max_width)?;
     let height = side("height", request.height.unwrap_or(d.height), limits.max_height)?;
-    let num_frames = request.num_frames.unwrap_or(d.num_frames);
-    if !model.frame_rule.accepts(num_frames) {
+    let num_frames = requested_frames.unwrap_or(d.num_frames);
+    if segments.is_empty() && !model.frame_rule.accepts(num_frames) {
         let lo = ((num_frames.max(1) - 1) / 4) * 4 + 1;
         return Err(Error::invalid(format!(
             "num_frames {num_frames} is not of the form 1+4k that {} needs: use {lo} or {}",
@@ -463,6 +483,8 @@ pub fn validate(
         loras,
         image: first,
         last_image: last,
+        segments,
+        color_match: request.color_match.unwrap_or(true),
     })
 }
 

@@ -109,7 +109,7 @@ fn execute(shared: &Shared, slot: usize, device: Device, flight: Arc<Flight>) {
             return Ok(((*video).clone(), true));
         }
         let _no_grad = tch::no_grad_guard();
-        let video = flight.model.generate(&flight.params, &mut attempt)?;
+        let video = super::storyboard::generate(&*flight.model, &flight.params, &mut attempt)?;
         attempt.write_rest(&video)?;
         Ok((video, false))
     }));

@@ -4,7 +4,9 @@
 //! It "denoises" seeded Gaussian noise, in a latent space at a quarter of the resolution, toward a test card
 //! that the prompt chooses: a coloured gradient whose phase moves over time. Each step is a flow-matching Euler
 //! update toward the card with a 3×3 smoothing convolution, and decoding upsamples the latents 4× to RGB chunk
-//! by chunk. The same prompt and seed give the same video on the same device.
+//! by chunk. The same prompt and seed give the same video on the same device. Given an image, the card starts as
+//! that image (at the latent resolution) and turns into the prompt's over the video, so it can continue from a
+//! frame as storyboards need.
 
 use super::{Defaults, Model, ModelInfo};
 use crate::device::Device;
@@ -44,7 +46,7 @@ impl TestCard {
                 size_multiple: 16,
                 frame_rule: FrameRule::OnePlusFourK,
                 dtype: "f32".into(),
-                conditioning: Default::default(),
+                conditioning: super::Conditioning { image: true, ..Default::default() },
                 takes_loras: false,
             },
         }
@@ -89,7 +91,19 @@ impl Model for TestCard {
         let dev = attempt.device().to_tch();
         let (t, h, w) = (p.num_frames as i64, p.height as i64 / SCALE, p.width as i64 / SCALE);
         attempt.stage(Stage::EncodingPrompt)?;
-        let target = Self::card(&p.prompt, t, h, w, dev)?;
+        let mut target = Self::card(&p.prompt, t, h, w, dev)?;
+        if let Some(image) = &p.image {
+            // [H, W, 3] RGB8 → [1, 3, h, w] in [-1, 1], the latent grid's size.
+            let rgb = Tensor::from_slice(&image.rgb)
+                .f_view([1, image.height as i64, image.width as i64, 3])?
+                .f_permute([0, 3, 1, 2])?
+                .f_to_kind(Kind::Float)?
+                .f_to_device(dev)?;
+            let small = (rgb / 127.5 - 1.0).f_upsample_bilinear2d([h, w], false, None, None)?;
+            // Frame 0 is the image; the card takes over linearly by the last frame.
+            let card = Tensor::f_linspace(0.0, 1.0, t, (Kind::Float, dev))?.f_view([t, 1, 1, 1])?;
+            target = &target * &card + small * (card.ones_like() - &card);
+        }
 
         attempt.stage(Stage::Generating)?;
         let generator_seed = p.seed as i64 & i64::MAX;

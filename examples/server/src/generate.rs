@@ -24,7 +24,11 @@ const MAX_URL_BYTES: usize = 512;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateBody {
+    #[serde(default)]
     pub prompt: String,
+    /// A storyboard instead of `prompt`: its parts, in order, each a prompt or `{"prompt": ..., "num_frames": 16}`.
+    #[serde(default)]
+    pub segments: Vec<vgen_core::engine::SegmentRequest>,
     /// Seconds of video. Left out, the model's default length.
     pub duration: Option<f64>,
     /// `"480p"` (that height, 16:9, both sides rounded to the model's size multiple) or `"WxH"` (exact).
@@ -210,6 +214,7 @@ pub fn engine_request(
     };
     Request {
         prompt: body.prompt,
+        segments: body.segments,
         negative_prompt: body.negative_prompt,
         width: shape.width,
         height: shape.height,

@@ -98,6 +98,7 @@ async fn create(
         None => (info.defaults.width, info.defaults.height),
     };
     let body = GenerateBody {
+        segments: Vec::new(),
         prompt,
         duration: fields.seconds.as_deref().map(parse_seconds).transpose()?,
         resolution: Some(format!("{width}x{height}")),

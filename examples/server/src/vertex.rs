@@ -156,6 +156,7 @@ async fn predict(app: &App, scope: &Scope, model: &str, body: &[u8]) -> Result<R
         (info.defaults.width, info.defaults.height),
     )?;
     let body = GenerateBody {
+        segments: Vec::new(),
         prompt,
         duration: p.duration_seconds,
         resolution,

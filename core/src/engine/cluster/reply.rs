@@ -26,7 +26,10 @@ pub(super) fn advance_status(status: &mut JobStatus, event: &Event) {
             status.eta_ms = status.eta_ms.map(|e| e + delay_ms);
         }
         EventKind::Preview { .. } => status.preview_seq += 1,
-        EventKind::Queued { .. } | EventKind::Warning { .. } | EventKind::Finished { .. } => {}
+        EventKind::Queued { .. }
+        | EventKind::Warning { .. }
+        | EventKind::Quality { .. }
+        | EventKind::Finished { .. } => {}
     }
 }
 
