@@ -261,7 +261,7 @@ soak: $(STAMPS)/venv
 # (config_json: 37 coverage points); without it vgen-core, serde_json, tokenizers and safetensors are too (1,667).
 # check_coverage.sh fails first if a target's corpus no longer reaches vgen_core functions (lost instrumentation).
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS := request_json config_json tokenizer model_folder c_api image_bytes gguf lora server_bodies
+FUZZ_TARGETS := request_json config_json tokenizer model_folder c_api image_bytes gguf lora server_bodies segments
 fuzz: $(STAMPS)/venv
 	rustup toolchain list | grep -q '^nightly' || { echo "make fuzz needs a nightly toolchain: rustup toolchain install nightly"; exit 1; }
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked

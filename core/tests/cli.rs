@@ -225,3 +225,47 @@ fn lora_flags_apply_adapters_and_a_missing_one_is_refused() {
         String::from_utf8_lossy(&r.stderr)
     );
 }
+
+#[test]
+fn segments_make_one_storyboard_video_and_the_result_lists_them() {
+    let dir = scratch("segments");
+    let frames = dir.join("frames/").to_string_lossy().into_owned();
+    let r = vgen()
+        .args(["generate", "--model", "testcard", "--width", "32", "--height", "32", "--steps", "2", "--json"])
+        .args(["--segment", "red: the first part:5", "--segment", "green:4", "--segment", "blue"])
+        .args(["--out", &frames])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(r.stdout).unwrap().lines().map(|l| serde_json::from_str(l).expect("valid JSON")).collect();
+    assert_eq!(lines.iter().filter(|l| l["type"] == "quality").count(), 3);
+    let result = lines.last().unwrap();
+    let parts: Vec<(String, u64, u64)> = result["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["prompt"].as_str().unwrap().to_string(),
+                s["start_frame"].as_u64().unwrap(),
+                s["frames"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expect = [("red: the first part", 0, 5), ("green", 5, 4), ("blue", 9, 16)];
+    assert_eq!(parts, expect.map(|(p, s, f)| (p.to_string(), s, f)), "a prompt may hold colons; FRAMES is the last");
+    assert_eq!(result["frames"], 25);
+    assert_eq!(std::fs::read_dir(&frames).unwrap().count(), 25);
+
+    for (args, expect) in [
+        (vec!["--segment", "a", "--segment", "b:3"], "segments[1] frames 3"),
+        (vec!["--segment", "a", "--prompt", "b"], "cannot be used with"),
+        (vec!["--segment", "a:99999999999"], "too many"),
+    ] {
+        let r = vgen().args(["generate", "--model", "testcard", "--out", &frames]).args(&args).output().unwrap();
+        assert_eq!(r.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
+}

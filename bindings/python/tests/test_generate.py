@@ -128,3 +128,24 @@ def test_generate_uses_the_real_default_model_from_any_folder(tmp_path):
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip().endswith('{"model": "shapes-tiny", "steps": 20}'), r.stdout
+
+
+def test_a_list_of_prompts_is_a_storyboard_made_as_one_video(engine):
+    parts = ["a red card", {"prompt": "a green card", "num_frames": 4}, "a blue card"]
+    events = []
+    job = engine.submit(parts, model="testcard", width=32, height=32, steps=2, seed=5, on_done=events.append)
+    video = job.wait()
+    assert video.frames.shape == (17 + 4 + 16, 32, 32, 3)
+    listed = [(s["prompt"], s["start_frame"], s["frames"], s["seed"]) for s in video.metadata["segments"]]
+    assert listed == [("a red card", 0, 17, 5), ("a green card", 17, 4, 6), ("a blue card", 21, 16, 7)]
+    quality = [e for e in job.events() if e["type"] == "quality"]
+    assert [(e["segment"], e["segments"]) for e in quality] == [(0, 3), (1, 3), (2, 3)]
+    assert set(quality[1]["drift"]) == {"color_delta_e", "sharpness_ratio", "identity"}
+    plain = vgen.generate(["a red card"], model="testcard", width=32, height=32, steps=2, seed=5, progress=False)
+    assert np.array_equal(np.asarray(plain.frames), np.asarray(video.frames)[:17]), "the first part is that prompt's video"
+    for bad, why in [([], ValueError), ([3], TypeError), ([{"text": "x"}], TypeError), (b"x", TypeError),
+                     ([{"prompt": "x", "num_frames": "4"}], TypeError)]:
+        with pytest.raises(why):
+            engine.submit(bad, model="testcard")
+    with pytest.raises(vgen.InvalidArgumentError, match="noop cannot continue from a frame"):
+        engine.submit(["a", "b"], model="noop")

@@ -29,7 +29,16 @@ pub fn request_json(data: &[u8]) {
     let again = Request::from_json(&serde_json::to_string(&request).expect("a request serialises"))
         .expect("a serialised request parses");
     assert_eq!(again, request, "JSON round trip");
-    let info = ModelInfo {
+    let info = default_like();
+    if let Ok(params) = validate_request(&request, &info, &Limits::default(), || 1) {
+        let twice = validate_request(&again, &info, &Limits::default(), || 1).expect("the same request validates");
+        assert_eq!(params.cache_key(&info), twice.cache_key(&info));
+    }
+}
+
+/// A model like the default one: 64×64, 17 frames of 1 + 4k, 8 steps, a configurable sampler.
+fn default_like() -> ModelInfo {
+    ModelInfo {
         name: "fuzz".into(),
         weights_hash: "0".into(),
         defaults: Defaults {
@@ -47,11 +56,73 @@ pub fn request_json(data: &[u8]) {
         dtype: "f32".into(),
         conditioning: Default::default(),
         takes_loras: false,
-    };
-    if let Ok(params) = validate_request(&request, &info, &Limits::default(), || 1) {
-        let twice = validate_request(&again, &info, &Limits::default(), || 1).expect("the same request validates");
-        assert_eq!(params.cache_key(&info), twice.cache_key(&info));
     }
+}
+
+/// A storyboard: the request's `segments` (or one long prompt) planned against a model like the default one that
+/// continues from a frame. An accepted storyboard's parts tile the video exactly: they start at 0 and each where
+/// the one before ends, add up to `num_frames` within the limit, follow the frame rule (the first part 1 + 4k, a
+/// later one 4k after its given frame), carry trimmed non-empty prompts, and the first's prompt is the request's.
+/// The input's bytes also go through the drift measures and the join's colour correction as pixels: every measure
+/// finite, identity within [0, 1], a corrected frame the same size.
+pub fn segments(data: &[u8]) {
+    if let Some(s) = text(data) {
+        if let Ok(request) = Request::from_json(s) {
+            storyboard(&request);
+        }
+    }
+    drift(data);
+}
+
+fn storyboard(request: &Request) {
+    let mut info = default_like();
+    info.conditioning.image = true;
+    let limits = Limits::default();
+    let Ok(params) = validate_request(request, &info, &limits, || 1) else { return };
+    let again = Request::from_json(&serde_json::to_string(request).expect("a request serialises")).expect("parses");
+    let twice = validate_request(&again, &info, &limits, || 1).expect("the same request validates");
+    assert_eq!(params.cache_key(&info), twice.cache_key(&info));
+    if params.segments.is_empty() {
+        assert!(FrameRule::OnePlusFourK.accepts(params.num_frames), "{} frames in one piece", params.num_frames);
+        return;
+    }
+    let mut start = 0;
+    for (i, part) in params.segments.iter().enumerate() {
+        assert_eq!(part.start_frame, start, "part {i} starts where the one before ends");
+        let generated = if i == 0 { part.frames } else { part.frames + 1 };
+        assert!(part.frames > 0 && FrameRule::OnePlusFourK.accepts(generated), "part {i}: {} frames", part.frames);
+        assert!(!part.prompt.is_empty() && part.prompt.trim() == part.prompt, "part {i}: {:?}", part.prompt);
+        start += part.frames;
+    }
+    assert_eq!(start, params.num_frames, "the parts add up to the video");
+    assert!(params.num_frames <= limits.max_frames);
+    assert!(params.segments.len() > 1, "one part is a plain request");
+    assert_eq!(params.prompt, params.segments[0].prompt);
+}
+
+fn drift(data: &[u8]) {
+    use vgen_core::engine::drift::{ColorMatch, Statistics};
+    use vgen_core::video::Frames;
+    let Some((&side, pixels)) = data.split_first() else { return };
+    let side = (side % 12) as usize + 1;
+    let frame = side * side * 3;
+    let count = (pixels.len() / frame).min(8);
+    if count == 0 {
+        return;
+    }
+    let frames = Frames::new(count, side, side, pixels[..count * frame].to_vec()).expect("sized above");
+    let mut first = Statistics::default();
+    first.add(&Frames::new(1, side, side, pixels[..frame].to_vec()).expect("sized above"));
+    let mut all = Statistics::default();
+    all.add(&frames);
+    let d = all.drift_from(&first);
+    assert!(d.color_delta_e.is_finite() && d.color_delta_e >= 0.0, "{d:?}");
+    assert!(d.sharpness_ratio.is_finite() && d.sharpness_ratio >= 0.0, "{d:?}");
+    assert!((0.0..=1.0 + 1e-9).contains(&d.identity), "{d:?}");
+    let fix = ColorMatch::fit(frames.frame(0), frames.frame(count - 1));
+    assert!(fix.gain.iter().chain(&fix.offset).all(|v| v.is_finite()), "{fix:?}");
+    let fixed = fix.apply(&frames).expect("the same size");
+    assert_eq!(fixed.data().len(), frames.data().len());
 }
 
 /// An engine configuration parsed and, when accepted, started with the built-in models and shut down.

@@ -156,3 +156,8 @@ fn c_api() {
 fn server_bodies() {
     run("server_bodies", vgen_fuzz::server_bodies);
 }
+
+#[test]
+fn segments() {
+    run("segments", vgen_fuzz::segments);
+}

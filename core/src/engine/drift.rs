@@ -12,9 +12,13 @@
 //! - **Correction at each join** ([`ColorMatch`]): a part's frame 0 is the model's rendering of the frame it was
 //!   given, so the two should be equal; a per-channel gain and offset fitted (least squares) from the one to the
 //!   other is exactly the colour error of that round trip, and applying it to the whole part undoes it before it
-//!   is passed on. Fitting on two frames meant to be identical is what lets it correct colour without fighting a
-//!   change the prompt asks for (a part whose object grows changes the frame's statistics on purpose, which
-//!   matching every part to the first part's global statistics, as LTX's and ComfyUI's tools do, would undo).
+//!   is passed on.
+//! - **Matching the first part's colour** ([`shift_foreground`]), as LTX's and ComfyUI's long-video tools match
+//!   colour statistics to a reference: within a part a model may still drift (an image-to-video model that
+//!   follows its prompt's colour over the image's, say), so each frame's foreground is shifted, per channel, to
+//!   the first part's foreground mean. Only the foreground moves (the background and the object's size and place
+//!   are the frame's own), so a part whose object grows or moves keeps that change; a storyboard that means to
+//!   change colour turns both corrections off (`color_match: false`).
 
 use crate::video::Frames;
 use serde::{Deserialize, Serialize};
@@ -31,6 +35,7 @@ const OFFSET: f64 = 64.0;
 #[derive(Clone, Debug)]
 pub struct Statistics {
     lab_sum: [f64; 3],
+    rgb_sum: [f64; 3],
     foreground: u64,
     laplacian_sum: f64,
     laplacian_count: u64,
@@ -39,7 +44,14 @@ pub struct Statistics {
 
 impl Default for Statistics {
     fn default() -> Self {
-        Self { lab_sum: [0.0; 3], foreground: 0, laplacian_sum: 0.0, laplacian_count: 0, histogram: [0; 64] }
+        Self {
+            lab_sum: [0.0; 3],
+            rgb_sum: [0.0; 3],
+            foreground: 0,
+            laplacian_sum: 0.0,
+            laplacian_count: 0,
+            histogram: [0; 64],
+        }
     }
 }
 
@@ -59,6 +71,7 @@ impl Statistics {
                 let lab = lab([p[0], p[1], p[2]]);
                 for c in 0..3 {
                     self.lab_sum[c] += lab[c];
+                    self.rgb_sum[c] += p[c] as f64;
                 }
                 self.foreground += 1;
                 let bin = |v: u8| v as usize * BINS / 256;
@@ -81,6 +94,11 @@ impl Statistics {
     /// The foreground's mean colour in CIELAB; `None` when no frame showed any foreground.
     pub fn mean_lab(&self) -> Option<[f64; 3]> {
         (self.foreground > 0).then(|| self.lab_sum.map(|s| s / self.foreground as f64))
+    }
+
+    /// The foreground's mean RGB; `None` when no frame showed any foreground.
+    pub fn mean_rgb(&self) -> Option<[f64; 3]> {
+        (self.foreground > 0).then(|| self.rgb_sum.map(|s| s / self.foreground as f64))
     }
 
     /// The mean absolute Laplacian of luma (0 for flat frames).
@@ -167,6 +185,46 @@ impl ColorMatch {
             .collect();
         Frames::new(frames.num_frames, frames.height, frames.width, data)
     }
+}
+
+/// Each frame with its foreground shifted, per channel, so that the foreground's mean is `reference`; pixels at
+/// the foreground's edge (between half the contrast threshold and the threshold, the anti-aliased outline) move
+/// in proportion. Returns the frames and the mean shift applied (0 for frames without foreground).
+pub fn shift_foreground(frames: &Frames, reference: [f64; 3]) -> crate::Result<(Frames, [f64; 3])> {
+    let mut data = frames.data().to_vec();
+    let size = frames.width * frames.height * 3;
+    let mut total = [0.0; 3];
+    for t in 0..frames.num_frames {
+        let frame = &mut data[t * size..(t + 1) * size];
+        let background = border_median(frame, frames.width, frames.height);
+        let weight = |p: &[u8]| {
+            let d: f64 = (0..3).map(|c| (p[c] as f64 - background[c]).powi(2)).sum::<f64>().sqrt();
+            ((d - FOREGROUND_CONTRAST / 2.0) / (FOREGROUND_CONTRAST / 2.0)).clamp(0.0, 1.0)
+        };
+        let (mut sum, mut n) = ([0.0; 3], 0.0);
+        for p in frame.chunks_exact(3).filter(|p| weight(p) >= 1.0) {
+            for c in 0..3 {
+                sum[c] += p[c] as f64;
+            }
+            n += 1.0;
+        }
+        if n == 0.0 {
+            continue;
+        }
+        let shift: [f64; 3] = std::array::from_fn(|c| reference[c] - sum[c] / n);
+        for p in frame.chunks_exact_mut(3) {
+            let w = weight(p);
+            if w > 0.0 {
+                for c in 0..3 {
+                    p[c] = (p[c] as f64 + w * shift[c]).round().clamp(0.0, 255.0) as u8;
+                }
+            }
+        }
+        for c in 0..3 {
+            total[c] += shift[c] / frames.num_frames as f64;
+        }
+    }
+    Ok((Frames::new(frames.num_frames, frames.height, frames.width, data)?, total.map(|v| round(v, 1))))
 }
 
 /// The median of each channel over a frame's outermost pixels.
@@ -260,5 +318,22 @@ mod tests {
         // A flat channel has no gain to fit: it keeps 1 and only shifts.
         let flat = ColorMatch::fit(&[7; 48], &[9; 48]);
         assert_eq!((flat.gain, flat.offset), ([1.0; 3], [2.0; 3]));
+    }
+
+    #[test]
+    fn a_drifted_object_gets_the_first_parts_colour_back_and_the_background_stays() {
+        let drifted = frame(16, [0; 3], [255, 0, 200], 4, 4, 6);
+        let frames = Frames::new(1, 16, 16, drifted).unwrap();
+        let (fixed, shift) = shift_foreground(&frames, [255.0, 0.0, 0.0]).unwrap();
+        assert_eq!(fixed.data(), &frame(16, [0; 3], [255, 0, 0], 4, 4, 6)[..]);
+        assert_eq!(shift, [0.0, 0.0, -200.0]);
+        let empty = Frames::new(1, 16, 16, vec![9; 16 * 16 * 3]).unwrap();
+        assert_eq!(shift_foreground(&empty, [255.0; 3]).unwrap().0, empty, "no foreground, nothing moves");
+    }
+
+    #[test]
+    fn flat_channels_only_shift() {
+        let flat = ColorMatch::fit(&[7, 7, 7, 7, 7, 7], &[9, 9, 9, 9, 9, 9]);
+        assert_eq!(flat.apply(&Frames::new(1, 1, 2, vec![7; 6]).unwrap()).unwrap().data(), &[9; 6]);
     }
 }

@@ -11,8 +11,8 @@
 //! - it is one job: one progress bar and ETA over all the parts, previews from each, cancellation at every step;
 //! - frames go to the output files as each part decodes, and only the conditioning frame is carried from part to
 //!   part, so memory does not grow with the length unless a job keeps the frames;
-//! - each part's colour is corrected at its join and its drift from the first part measured (see `drift.rs`),
-//!   announced by a `quality` event and listed in the result's `segments`.
+//! - each later part's colour is corrected at its join and matched to the first part's, and its drift from the
+//!   first part measured (see `drift.rs`), announced by a `quality` event and listed in the result's `segments`.
 //!
 //! Frame counts: a part lists the frames it adds. The first part is generated at its count, which follows the
 //! model's frame rule (1 + 4k for Wan); a later part is generated one frame longer (its given frame 0), so it
@@ -86,6 +86,9 @@ pub struct SegmentRecord {
     pub drift: Drift,
     /// The colour correction applied at its join; `None` for the first part, or with `color_match: false`.
     pub color_match: Option<ColorMatch>,
+    /// The mean per-channel shift that brought its foreground to the first part's colour (see `drift.rs`);
+    /// `None` for the first part, or with `color_match: false`.
+    pub color_shift: Option<[f64; 3]>,
 }
 
 /// The parts a request asks for, checked against the model and the limits: `None` for a video made in one
@@ -195,9 +198,13 @@ pub(crate) struct Cursor {
     /// The frame this part was started from (a later part), which its frame 0 renders and is dropped for.
     given: Option<Arc<Image>>,
     color_match: bool,
+    /// The first part's foreground colour, which a later part's frames are shifted to.
+    reference: Option<[f64; 3]>,
     /// The frames handed over so far, before any was dropped.
     pub seen: usize,
     correction: Option<ColorMatch>,
+    /// The sum of the reference shifts applied, weighted by frames.
+    shifted: Option<[f64; 3]>,
     statistics: super::drift::Statistics,
     last: Option<Vec<u8>>,
     /// This part's frames, when the job keeps them.
@@ -227,6 +234,14 @@ impl Cursor {
         }
         if let Some(c) = &self.correction {
             frames = c.apply(&frames)?;
+        }
+        if let (true, Some(reference)) = (self.color_match, self.reference) {
+            let (matched, shift) = super::drift::shift_foreground(&frames, reference)?;
+            let sum = self.shifted.get_or_insert([0.0; 3]);
+            for c in 0..3 {
+                sum[c] += shift[c] * frames.num_frames as f64;
+            }
+            frames = matched;
         }
         self.statistics.add(&frames);
         self.last = Some(frames.frame(frames.num_frames - 1).to_vec());
@@ -268,8 +283,10 @@ pub fn generate(model: &dyn Model, p: &Params, attempt: &mut Attempt<'_>) -> Res
             count,
             given: if later { given.clone() } else { None },
             color_match: p.color_match,
+            reference: first_statistics.as_ref().and_then(super::drift::Statistics::mean_rgb),
             seen: 0,
             correction: None,
+            shifted: None,
             statistics: Default::default(),
             last: None,
             kept: retain.then(Vec::new),
@@ -301,6 +318,9 @@ pub fn generate(model: &dyn Model, p: &Params, attempt: &mut Attempt<'_>) -> Res
             seed,
             drift,
             color_match: cursor.correction,
+            color_shift: cursor
+                .shifted
+                .map(|sum| sum.map(|v| (v / segment.frames.max(1) as f64 * 10.0).round() / 10.0)),
         });
         if let Some(kept) = cursor.kept {
             data.extend_from_slice(&kept);

@@ -325,3 +325,25 @@ async fn an_idempotency_key_returns_the_same_job_within_a_scope() {
     assert_eq!(beta.finish(theirs.as_str().unwrap()).await["status"], "completed");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_storyboard_and_a_duration_past_the_native_length_are_made_in_parts() {
+    let server = start(json!({})).await;
+    let alpha = Client::new(&server, ALPHA);
+    let parts = |id: &str| {
+        let video = server.engine().result(vgen_server::status::parse_job_id(id).unwrap()).unwrap();
+        video.metadata.segments.iter().map(|s| (s.prompt.clone(), s.start_frame, s.frames)).collect::<Vec<_>>()
+    };
+    let body = json!({"segments": ["red", {"prompt": "green", "num_frames": 4}], "resolution": "32x32", "steps": 2});
+    let id = alpha.submit(body).await;
+    assert_eq!(alpha.finish(&id).await["status"], "completed");
+    assert_eq!(parts(&id), [("red".to_string(), 0, 17), ("green".to_string(), 17, 4)]);
+    // 4 s at 8 fps is 33 frames: the test card's 17, then 16 more from its last frame.
+    let id = alpha.submit(json!({"prompt": "long", "duration": 4, "resolution": "32x32", "steps": 1})).await;
+    assert_eq!(alpha.finish(&id).await["status"], "completed");
+    assert_eq!(parts(&id), [("long".to_string(), 0, 17), ("long".to_string(), 17, 16)]);
+    let r = alpha.post("/generate", json!({"prompt": "x", "segments": ["a", "b"]})).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("not both"), "{}", r.json());
+    server.shutdown().await;
+}
