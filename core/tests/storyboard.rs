@@ -232,3 +232,38 @@ fn bad_storyboards_are_refused_with_what_to_change() {
     assert_eq!((one.metadata.prompt.as_str(), one.frames.num_frames), ("just one", 5));
     assert!(one.metadata.segments.is_empty());
 }
+
+#[test]
+fn memory_stays_flat_in_the_length_when_no_frames_are_kept() {
+    // Twelve parts at 256×256 are 193 frames, 36 MiB of pixels; two parts are 33. Written only to a folder of
+    // PNGs, the longer one must not hold its frames: the process's peak grows by less than two thirds of the
+    // difference (measured: 10 MiB of 30, 2-core EPYC).
+    let e = engine();
+    let dir = std::env::temp_dir().join(format!("vgen-storyboard-memory-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let peak = |parts: usize, name: &str| {
+        let request = Request {
+            segments: (0..parts).map(|i| part(&format!("card {i}"), Some(if i == 0 { 17 } else { 16 }))).collect(),
+            width: Some(256),
+            height: Some(256),
+            steps: Some(1),
+            seed: Some(1),
+            model: Some("testcard".into()),
+            outputs: vec![format!("{}/{name}/", dir.display())],
+            keep_frames: Some(false),
+            ..Default::default()
+        };
+        let id = e.submit(request).unwrap();
+        assert_eq!(e.wait(id, WAIT).unwrap().state, JobState::Succeeded);
+        e.result(id).unwrap().metadata.peak_rss_bytes
+    };
+    peak(2, "warm");
+    let short = peak(2, "short");
+    let long = peak(12, "long");
+    let pixels: u64 = (193 - 33) * 256 * 256 * 3;
+    eprintln!("peak RSS: {} MiB for 2 parts, {} MiB for 12", short >> 20, long >> 20);
+    assert!(long < short + pixels * 2 / 3, "12 parts peaked {} MiB above 2 parts", (long.saturating_sub(short)) >> 20);
+    assert_eq!(std::fs::read_dir(dir.join("long")).unwrap().count(), 193);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -178,7 +178,16 @@ def load_image_pipeline(folder: str | pathlib.Path, flow_shift: float | None = N
 
 def image_pipeline_of(text):
     """A text-to-video pipeline's components as diffusers' WanImageToVideoPipeline, the Wan2.2 TI2V way."""
+    import types
+
+    import diffusers.pipelines.wan.pipeline_wan_i2v as i2v
     from diffusers import WanImageToVideoPipeline
+
+    # diffusers 0.42.1's image-to-video module calls ftfy.fix_text without checking that ftfy is installed (its
+    # text-to-video module checks); without ftfy, as here, the text pipeline leaves prompts as they are, and so
+    # does this stand-in. The grammar's prompts are plain ASCII, which fix_text would not change anyway.
+    if not hasattr(i2v, "ftfy"):
+        i2v.ftfy = types.SimpleNamespace(fix_text=lambda text: text)
 
     pipe = WanImageToVideoPipeline(
         tokenizer=text.tokenizer, text_encoder=text.text_encoder, vae=text.vae, scheduler=text.scheduler,

@@ -17,11 +17,12 @@ the scorer checks what a viewer would:
 
 Held-out storyboards (`held_out_storyboards`): every part's colour and shape are one of the held-out combinations'
 (world.HELD_OUT), whose combination with that part's motion training never saw in at least one part, and the
-order of the motions is one no training clip has (training clips have one motion each). Motions follow each other
-as the world's geometry allows: a part never repeats the motion before it (the object would leave the frame), and
-after growing comes shrinking or a move, never growing again.
+order of the motions is one no training clip has (training clips have one motion each). The motions follow each
+other as the world's geometry allows (`feasible`): a move needs the opposite move before it is made again, growing
+and shrinking likewise, and growing needs the room it has before any move.
 
     python tools/shapes/storyboard.py --count 24 --json out.json   # the rates, and every storyboard's checks
+    python tools/shapes/storyboard.py --strip strip.png --segment "a red circle moving right" --segment ...
 """
 
 from __future__ import annotations
@@ -42,17 +43,34 @@ JOIN_SLACK = 2.0
 JOIN_PIXELS = 1.5
 JOIN_AREA = 0.15
 
-# What may follow each motion: not itself (nothing could move twice as far, or grow twice), so the object stays in
-# the frame at the world's sizes; the opposite of a move or of a size change is always possible.
-FOLLOWS = {
-    "moving left": ("moving right", "moving up", "moving down", "growing", "shrinking", "standing still"),
-    "moving right": ("moving left", "moving up", "moving down", "growing", "shrinking", "standing still"),
-    "moving up": ("moving down", "moving left", "moving right", "growing", "shrinking", "standing still"),
-    "moving down": ("moving up", "moving left", "moving right", "growing", "shrinking", "standing still"),
-    "growing": ("shrinking", "moving left", "moving right", "moving up", "moving down", "standing still"),
-    "shrinking": ("growing", "moving left", "moving right", "moving up", "moving down", "standing still"),
-    "standing still": ("moving left", "moving right", "moving up", "moving down", "growing", "shrinking"),
-}
+def feasible(motions) -> bool:
+    """Whether the world's geometry lets one object make these motions one after another. A move ends near the
+    edge it went toward (the world's moves travel 30-45% of the frame), so the same move needs the opposite one in
+    between; growing and shrinking change the size about a fixed centre, so neither repeats without the other
+    between, and growing needs room on every side: only before any move. Standing still is always possible."""
+    x = y = 0  # -1 / +1: near the left / right (top / bottom) edge; 0: not pushed to one
+    size = 0  # -1 small after shrinking, +1 big after growing
+    moved = False
+    for m in motions:
+        if m in ("moving left", "moving right"):
+            to = -1 if m == "moving left" else 1
+            if x == to:
+                return False
+            x, moved = to, True
+        elif m in ("moving up", "moving down"):
+            to = -1 if m == "moving up" else 1
+            if y == to:
+                return False
+            y, moved = to, True
+        elif m == "growing":
+            if size == 1 or moved:
+                return False
+            size = 1
+        elif m == "shrinking":
+            if size == -1:
+                return False
+            size = -1
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,21 +85,17 @@ class Storyboard:
 
 
 def held_out_storyboards(count: int, parts: int = 3, seed: int = 38) -> list[Storyboard]:
-    """`count` storyboards of `parts` parts, cycling over the held-out combinations: the held-out motion comes first
-    or later at random, the other motions drawn as FOLLOWS allows; both backgrounds alternate."""
+    """`count` storyboards of `parts` parts, cycling over the held-out combinations: the held-out motion at a random
+    place, the other motions drawn at random until the order is `feasible`; both backgrounds alternate."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(count):
         color, shape, held = world.HELD_OUT[i % len(world.HELD_OUT)]
-        at = int(rng.integers(parts))
-        motions: list[str] = [""] * parts
-        motions[at] = held
-        for k in range(at + 1, parts):
-            motions[k] = str(rng.choice(FOLLOWS[motions[k - 1]]))
-        for k in range(at - 1, -1, -1):
-            # A motion that the next one may follow.
-            options = [m for m in FOLLOWS if motions[k + 1] in FOLLOWS[m]]
-            motions[k] = str(rng.choice(options))
+        while True:
+            motions = [str(m) for m in rng.choice(world.MOTIONS, size=parts)]
+            motions[int(rng.integers(parts))] = held
+            if feasible(motions):
+                break
         background = list(world.BACKGROUNDS)[(i // len(world.HELD_OUT)) % len(world.BACKGROUNDS)]
         out.append(Storyboard(color, shape, tuple(motions), background))
     return out
@@ -183,6 +197,20 @@ def make(engine, board: Storyboard, seed: int, **request) -> tuple[np.ndarray, l
     return np.asarray(video.frames), video.metadata["segments"]
 
 
+def strip(video: np.ndarray, parts: list[dict], every: int = 4, scale: int = 2) -> np.ndarray:
+    """A picture of a storyboard's video: every `every`-th frame side by side, `scale` times enlarged, a gray gap
+    between frames and a white one where a part begins."""
+    tiles = []
+    starts = {p["start_frame"] for p in parts[1:]}
+    for t in range(0, video.shape[0], every):
+        if tiles:
+            began = any(t - every < s <= t for s in starts)
+            tiles.append(np.full((video.shape[1], 3 if began else 1, 3), 255 if began else 96, np.uint8))
+        tiles.append(video[t])
+    picture = np.concatenate(tiles, axis=1)
+    return picture.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -190,16 +218,31 @@ def main(argv: list[str] | None = None) -> int:
         help="a model name (default shapes-tiny); $VGEN_MODELS=FOLDER puts that folder's models first",
     )
     parser.add_argument("--count", type=int, default=24)
+    parser.add_argument("--strip", metavar="PNG", help="make the storyboard of --segment's prompts and save it as a strip")
+    parser.add_argument("--segment", action="append", default=[], help="a part's prompt, for --strip (repeat)")
+    parser.add_argument("--seed", type=int, default=0, help="the seed for --strip")
     parser.add_argument("--parts", type=int, default=3)
     parser.add_argument("--json", help="write every storyboard's verdict and measures here")
+    parser.add_argument("--guidance", type=float, help="the guidance scale (the model's default when left out)")
+    parser.add_argument("--steps", type=int, help="the denoising steps (the model's default when left out)")
     args = parser.parse_args(argv)
     import vgen
 
     engine = vgen.Engine(devices=["cpu"])
     model = args.model
+    if args.strip:
+        from PIL import Image
+
+        video = engine.submit(args.segment, seed=args.seed, model=model).wait()
+        frames = np.asarray(video.frames)
+        Image.fromarray(strip(frames, video.metadata["segments"])).save(args.strip, optimize=True)
+        scenes = [world.parse(p) for p in args.segment]
+        board = Storyboard(scenes[0].color, scenes[0].shape, tuple(s.motion for s in scenes), scenes[0].background)
+        print(json.dumps(judge(frames, video.metadata["segments"], board)))
+        return 0
     judged = []
     for i, board in enumerate(held_out_storyboards(args.count, args.parts)):
-        video, parts = make(engine, board, seed=i, model=model)
+        video, parts = make(engine, board, seed=i, model=model, guidance_scale=args.guidance, steps=args.steps)
         judged.append({"prompts": board.prompts(), "seed": i, **judge(video, parts, board)})
     result = rates(judged)
     print(json.dumps(result))

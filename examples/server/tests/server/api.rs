@@ -342,6 +342,13 @@ async fn a_storyboard_and_a_duration_past_the_native_length_are_made_in_parts() 
     let id = alpha.submit(json!({"prompt": "long", "duration": 4, "resolution": "32x32", "steps": 1})).await;
     assert_eq!(alpha.finish(&id).await["status"], "completed");
     assert_eq!(parts(&id), [("long".to_string(), 0, 17), ("long".to_string(), 17, 16)]);
+    // The OpenAI door's `seconds` past the native length likewise (its JSON form here; the SDK sends the same
+    // fields as a multipart form).
+    let r = alpha.post("/v1/videos", json!({"prompt": "long too", "seconds": "4", "size": "32x32"})).await;
+    assert!(r.status < 300, "{}", String::from_utf8_lossy(&r.bytes));
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(alpha.finish(&id).await["status"], "completed");
+    assert_eq!(parts(&id), [("long too".to_string(), 0, 17), ("long too".to_string(), 17, 16)]);
     let r = alpha.post("/generate", json!({"prompt": "x", "segments": ["a", "b"]})).await;
     assert_eq!(r.status, 400);
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("not both"), "{}", r.json());
