@@ -267,3 +267,13 @@ fn memory_stays_flat_in_the_length_when_no_frames_are_kept() {
     assert_eq!(std::fs::read_dir(dir.join("long")).unwrap().count(), 193);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_length_past_the_limit_is_refused_before_it_is_split() {
+    let e = engine();
+    let started = std::time::Instant::now();
+    let request = Request { num_frames: Some(4_294_967_293), model: Some("testcard".into()), ..Request::new("long") };
+    let err = e.submit(request).unwrap_err();
+    assert!(err.message().contains("above the limit of 257"), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(500), "refused in {:?}", started.elapsed());
+}

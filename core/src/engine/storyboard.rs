@@ -98,9 +98,13 @@ pub fn plan(request: &Request, model: &ModelInfo, limits: &Limits) -> Result<Opt
     let continues = model.conditioning.image && !model.conditioning.needs_last_image;
     if request.segments.is_empty() {
         // One prompt longer than the model's native length is a storyboard of that prompt, where the model can
-        // continue from a frame; elsewhere it is one generation, as long as the model and limits allow.
+        // continue from a frame; elsewhere it is one generation, as long as the model and limits allow. A length
+        // past the limit is left to the plain check, which refuses it before anything is split (a fuzzed
+        // `num_frames` near 2³² once made 268 million parts here).
         return Ok(match request.num_frames {
-            Some(total) if continues && total > native && model.frame_rule.accepts(total) => {
+            Some(total)
+                if continues && total > native && total <= limits.max_frames && model.frame_rule.accepts(total) =>
+            {
                 let mut parts = vec![native];
                 let mut left = total - native;
                 while left > 0 {
