@@ -163,7 +163,8 @@ test-python: build
 	echo "$(CURDIR)/bindings/python" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/vgen-dev.pth"
 	$(PY) examples/python/hello.py | grep '^vgen .* on libtorch 2\.11'
 	VGEN_CLI=$(TARGET_DIR)/debug/vgen CARGO_TARGET_DIR=$(TARGET_DIR) \
-		$(PY) -m pytest -q --pip-install bindings/python/tests tools/shapes/test_world.py tools/shapes/test_train.py tools/shapes/test_evaluate.py tools/shapes/test_default_model.py
+		$(PY) -m pytest -q --pip-install bindings/python/tests tools/shapes/test_world.py tools/shapes/test_train.py tools/shapes/test_evaluate.py tools/shapes/test_default_model.py \
+		tools/shapes/test_storyboard.py
 
 # The HTTP and WebSocket service in examples/server: its integration tests (servers in the test process and the
 # built binary under SIGTERM; test-rust runs them too, with its unit tests), then the guide's aiohttp client

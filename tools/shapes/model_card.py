@@ -147,10 +147,13 @@ def fine_tune_card(run: pathlib.Path, plan: Plan, command: str) -> str:
     head, rest = card.split("## What it cannot do", 1)
     training, evaluation = rest.split("## Evaluation", 1)
     evaluation = evaluation.split("<!-- evaluation -->", 1)[0]
+    # A base that was fine-tuned this way already states the ability (and its own image conditioning, kept above).
+    ability = "" if IMAGE_ABILITY.strip() in head else "\n" + IMAGE_ABILITY
+    title = "Image conditioning, continued" if "## Image conditioning" in training else "Image conditioning"
     return (
-        head.rstrip() + "\n" + IMAGE_ABILITY + "\n\n## What it cannot do" + training.rstrip() + f"""
+        head.rstrip() + ability + "\n\n## What it cannot do" + training.rstrip() + f"""
 
-## Image conditioning
+## {title}
 `{command}` (resumable), on top of the model above (`{plan.base_model}` as it was before this run, whose training
 is described above). Its VAE encoded {plan.dataset_clips:,} training clips of seed {plan.seed} again; their latent
 statistics are the base model's.
