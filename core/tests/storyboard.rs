@@ -64,8 +64,20 @@ fn a_storyboard_is_one_job_with_one_rising_progress_bar_and_its_parts_listed() {
         }
     }
     assert!(progress_events >= 12, "a progress event for each of the 3 × 4 steps at least");
-    let previews = events.iter().filter(|ev| matches!(ev.kind, EventKind::Preview { .. })).count();
-    assert_eq!(previews, 6, "a preview every 2 of each part's 4 steps");
+    let previews: Vec<u32> = events
+        .iter()
+        .filter_map(|ev| if let EventKind::Preview { step, .. } = ev.kind { Some(step) } else { None })
+        .collect();
+    assert_eq!(previews, [2, 4, 6, 8, 10, 12], "a preview every 2 of each part's 4 steps, counted over the parts");
+    let steps: Vec<(u32, u32)> = events
+        .iter()
+        .filter_map(|ev| match ev.kind {
+            EventKind::Progress { step, steps, .. } if steps > 0 => Some((step, steps)),
+            _ => None,
+        })
+        .collect();
+    assert!(steps.windows(2).all(|w| w[1].0 >= w[0].0), "the step count only rises: {steps:?}");
+    assert!(steps.iter().all(|&(_, n)| n == 12) && steps.last() == Some(&(12, 12)), "{steps:?}");
     let quality: Vec<(u32, u32)> = events
         .iter()
         .filter_map(|ev| match &ev.kind {

@@ -15,15 +15,7 @@ fn last_error() -> String {
 /// The fixtures' tiny Wan with `expand_timesteps`, named `tiny-ti2v`, in a models folder of its own.
 fn models_folder() -> std::path::PathBuf {
     let root = std::env::temp_dir().join(format!("vgen-ffi-images-{}", std::process::id()));
-    let dir = root.join("tiny-ti2v");
-    common::copy_fixture("tiny-wan", &dir);
-    let index = dir.join("model_index.json");
-    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
-    json["expand_timesteps"] = true.into();
-    std::fs::write(&index, json.to_string()).unwrap();
-    let serving =
-        r#"{"name": "tiny-ti2v", "max_sequence_length": 16, "width": 32, "height": 32, "num_frames": 5, "steps": 2}"#;
-    std::fs::write(dir.join("vgen.json"), serving).unwrap();
+    common::tiny_ti2v(&root.join("tiny-ti2v"), 5);
     root
 }
 

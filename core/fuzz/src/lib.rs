@@ -66,10 +66,10 @@ fn default_like() -> ModelInfo {
 /// The input's bytes also go through the drift measures and the join's colour correction as pixels: every measure
 /// finite, identity within [0, 1], a corrected frame the same size.
 pub fn segments(data: &[u8]) {
-    if let Some(s) = text(data) {
-        if let Ok(request) = Request::from_json(s) {
-            storyboard(&request);
-        }
+    if let Some(s) = text(data)
+        && let Ok(request) = Request::from_json(s)
+    {
+        storyboard(&request);
     }
     drift(data);
 }

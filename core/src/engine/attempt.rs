@@ -137,6 +137,11 @@ impl<'a> Attempt<'a> {
     }
 
     fn progress_within(&mut self, fraction: f64, step: u32, steps: u32) -> Result<()> {
+        // A storyboard counts its steps over all its parts, so that a bar drawn from them only rises.
+        let (step, steps) = match &self.part {
+            Some(part) if steps > 0 => (part.index * steps + step, part.count * steps),
+            _ => (step, steps),
+        };
         self.fraction = fraction;
         let now = Instant::now();
         if now - self.rss_sampled >= RSS_SAMPLE_EVERY {
@@ -200,7 +205,12 @@ impl<'a> Attempt<'a> {
     }
 
     /// Hands preview frames (a cheap projection of the latents, not a decode) to the jobs that asked for them.
+    /// `step` is the model's own; the event counts it over a storyboard's parts, as progress does.
     pub fn preview(&mut self, step: u32, frames: Frames) {
+        let shown = match &self.part {
+            Some(part) => part.index * part.steps + step,
+            None => step,
+        };
         if let Some((shared, flight)) = self.link {
             let frames = Arc::new(frames);
             let mut outbox = Vec::new();
@@ -210,7 +220,8 @@ impl<'a> Attempt<'a> {
                     let mut r = m.edit();
                     if r.status.state == JobState::Running {
                         r.status.preview_seq += 1;
-                        r.push(m.id, EventKind::Preview { step, frames: frames.clone() }, &callbacks, &mut outbox);
+                        let kind = EventKind::Preview { step: shown, frames: frames.clone() };
+                        r.push(m.id, kind, &callbacks, &mut outbox);
                         // Queued while the job's lock is held, so its events reach the dispatcher in order.
                         shared.dispatch(std::mem::take(&mut outbox));
                     }

@@ -199,6 +199,8 @@ fn placed(parts: impl Iterator<Item = (String, u32)>) -> Vec<Segment> {
 pub(crate) struct Cursor {
     pub index: u32,
     pub count: u32,
+    /// The denoising steps each part takes.
+    pub steps: u32,
     /// The frame this part was started from (a later part), which its frame 0 renders and is dropped for.
     given: Option<Arc<Image>>,
     color_match: bool,
@@ -285,6 +287,7 @@ pub fn generate(model: &dyn Model, p: &Params, attempt: &mut Attempt<'_>) -> Res
         attempt.begin_part(Cursor {
             index: k as u32,
             count,
+            steps: p.steps,
             given: if later { given.clone() } else { None },
             color_match: p.color_match,
             reference: first_statistics.as_ref().and_then(super::drift::Statistics::mean_rgb),
