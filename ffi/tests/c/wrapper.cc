@@ -92,11 +92,11 @@ int main() {
         CHECK(message.find("96 or 112") != std::string::npos);
         CHECK(failed.destroyed == 1 && failed.events == 0);
         EXPECT_ERROR(engine.submit(R"({"prompt": "x", "model": "nothing"})"), VGEN_STATUS_NOT_FOUND);
-        // Raw pixels reach validation: testcard animates no image, so it refuses them, naming the field.
+        // Raw pixels reach validation: noop animates no image, so it refuses them, naming the field.
         const unsigned char pixels[2 * 2 * 4] = {0};
         const vgen_image image = {pixels, 2, 2, 8, VGEN_PIXELS_RGBA8};
-        message = EXPECT_ERROR(engine.submit(R"({"prompt": "x", "model": "testcard"})", &image), VGEN_STATUS_INVALID_ARGUMENT);
-        CHECK(message.find("image: testcard") != std::string::npos);
+        message = EXPECT_ERROR(engine.submit(R"({"prompt": "x", "model": "noop"})", &image), VGEN_STATUS_INVALID_ARGUMENT);
+        CHECK(message.find("image: noop") != std::string::npos);
 
         vgen::Job job = engine.submit(R"({"prompt": "a green square", "model": "testcard", "width": 32, "height": 32, "num_frames": 5,
                                           "steps": 3, "preview_every": 1, "seed": 9})",
