@@ -134,7 +134,7 @@ def test_frames_stream_while_the_job_decodes_and_are_the_videos():
             so_far = vgen.Job(engine, event["job"]).frames()
             seen.append((event["ready"], event["total"], so_far.first_frame, so_far.frames.copy()))
 
-        job = engine.submit("a red circle moving right", seed=1, preview_every=5, on_frames=on_frames)
+        job = engine.submit("a red circle moving right", seed=1, steps=20, preview_every=5, on_frames=on_frames)
         video = job.wait(timeout=120)
         status = job.status()
         assert (status.frames_ready, status.preview_seq) == (17, 4)
