@@ -71,3 +71,28 @@ def test_a_ten_part_storyboard_keeps_the_first_parts_colour(engine):
     assert max(drift) <= MAX_DELTA_E, f"ΔE per part {drift}; read {judged['measures']['read']}"
     # The engine's own measure agrees that nothing drifted far.
     assert all(p["drift"]["color_delta_e"] <= MAX_DELTA_E for p in parts), [p["drift"] for p in parts]
+
+
+def test_the_commands_segments_make_one_clip(tmp_path):
+    """The README's example: `vgen generate --segment ... --segment ... --segment ...` on the default model."""
+    import json
+    import os
+    import subprocess
+
+    cli = os.environ.get("VGEN_CLI", str(pathlib.Path(__file__).resolve().parents[2] / "target/debug/vgen"))
+    prompts = ["a red circle moving right", "a red circle moving up", "a red circle growing"]
+    args = [cli, "generate", "--json", "--seed", "0", "--out", f"{tmp_path}/frames/"]
+    for p in prompts:
+        args += ["--segment", p]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [(s["prompt"], s["start_frame"], s["frames"]) for s in result["segments"]] == [
+        (prompts[0], 0, 17), (prompts[1], 17, 16), (prompts[2], 33, 16)]
+    from PIL import Image
+
+    frames = np.stack([np.asarray(Image.open(f)) for f in sorted((tmp_path / "frames").iterdir())])
+    assert frames.shape == (49, 64, 64, 3)
+    judged = storyboard.judge(frames, result["segments"], storyboard.Storyboard("red", "circle", tuple(
+        world.parse(p).motion for p in prompts)))
+    assert all(judged["verdict"]["motion"]) and judged["verdict"]["identity"] and all(judged["verdict"]["joins"]), judged

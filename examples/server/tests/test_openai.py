@@ -100,7 +100,7 @@ def test_an_input_reference_makes_it_image_to_video(client, tmp_path):
     again = client.post("/videos", body=body, cast_to=openai.types.Video)
     assert client.videos.poll(again.id).status == "completed"
     with pytest.raises(openai.BadRequestError) as info:
-        client.videos.create(prompt="x", model="testcard", input_reference=image)
+        client.videos.create(prompt="x", model="noop", input_reference=image)
     assert info.value.param == "input_reference", info.value.body
 
 
