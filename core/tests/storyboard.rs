@@ -120,17 +120,7 @@ fn a_later_part_starts_from_the_last_frame_before_it() {
     let id = e.submit(storyboard()).unwrap();
     e.wait(id, WAIT).unwrap();
     let video = e.result(id).unwrap();
-    let alone = e
-        .submit(Request {
-            segments: vec![part("green", Some(5))],
-            width: Some(32),
-            height: Some(32),
-            steps: Some(4),
-            seed: Some(4),
-            model: Some("testcard".into()),
-            ..Default::default()
-        })
-        .unwrap();
+    let alone = e.submit(Request { segments: vec![part("green", Some(5))], seed: Some(4), ..storyboard() }).unwrap();
     e.wait(alone, WAIT).unwrap();
     let alone = e.result(alone).unwrap();
     let distance = |a: &[u8], b: &[u8]| a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs()).sum::<f64>();

@@ -139,7 +139,7 @@ impl<'a> Attempt<'a> {
     fn progress_within(&mut self, fraction: f64, step: u32, steps: u32) -> Result<()> {
         // A storyboard counts its steps over all its parts, so that a bar drawn from them only rises.
         let (step, steps) = match &self.part {
-            Some(part) if steps > 0 => (part.index * steps + step, part.count * steps),
+            Some(part) if steps > 0 => (part.index * part.steps + step, part.count * part.steps),
             _ => (step, steps),
         };
         self.fraction = fraction;

@@ -66,8 +66,7 @@ impl Statistics {
     fn add_frame(&mut self, rgb: &[u8], width: usize, height: usize) {
         let background = border_median(rgb, width, height);
         for p in rgb.chunks_exact(3) {
-            let d: f64 = (0..3).map(|c| (p[c] as f64 - background[c]).powi(2)).sum::<f64>().sqrt();
-            if d > FOREGROUND_CONTRAST {
+            if distance(p, background) > FOREGROUND_CONTRAST {
                 let lab = lab([p[0], p[1], p[2]]);
                 for c in 0..3 {
                     self.lab_sum[c] += lab[c];
@@ -198,8 +197,7 @@ pub fn shift_foreground(frames: &Frames, reference: [f64; 3]) -> crate::Result<(
         let frame = &mut data[t * size..(t + 1) * size];
         let background = border_median(frame, frames.width, frames.height);
         let weight = |p: &[u8]| {
-            let d: f64 = (0..3).map(|c| (p[c] as f64 - background[c]).powi(2)).sum::<f64>().sqrt();
-            ((d - FOREGROUND_CONTRAST / 2.0) / (FOREGROUND_CONTRAST / 2.0)).clamp(0.0, 1.0)
+            ((distance(p, background) - FOREGROUND_CONTRAST / 2.0) / (FOREGROUND_CONTRAST / 2.0)).clamp(0.0, 1.0)
         };
         let (mut sum, mut n) = ([0.0; 3], 0.0);
         for p in frame.chunks_exact(3).filter(|p| weight(p) >= 1.0) {
@@ -225,6 +223,11 @@ pub fn shift_foreground(frames: &Frames, reference: [f64; 3]) -> crate::Result<(
         }
     }
     Ok((Frames::new(frames.num_frames, frames.height, frames.width, data)?, total.map(|v| round(v, 1))))
+}
+
+/// A pixel's RGB distance from the background colour: what tells the foreground from it.
+fn distance(p: &[u8], background: [f64; 3]) -> f64 {
+    (0..3).map(|c| (p[c] as f64 - background[c]).powi(2)).sum::<f64>().sqrt()
 }
 
 /// The median of each channel over a frame's outermost pixels.
@@ -260,7 +263,8 @@ fn lab(rgb: [u8; 3]) -> [f64; 3] {
     [116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)]
 }
 
-fn round(v: f64, digits: i32) -> f64 {
+/// `v` rounded to `digits` decimals, as the measures are reported.
+pub(crate) fn round(v: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (v * scale).round() / scale
 }

@@ -213,7 +213,8 @@ pub(crate) struct Cursor {
     shifted: Option<[f64; 3]>,
     statistics: super::drift::Statistics,
     last: Option<Vec<u8>>,
-    /// This part's frames, when the job keeps them.
+    /// The video's frames so far, this part's appended as they come, when the job keeps them (handed from part
+    /// to part, so each frame is copied once).
     kept: Option<Vec<u8>>,
     pub started: std::time::Instant,
     /// How long the parts before took, in all.
@@ -264,9 +265,9 @@ pub fn generate(model: &dyn Model, p: &Params, attempt: &mut Attempt<'_>) -> Res
         return model.generate(p, attempt);
     }
     let count = p.segments.len() as u32;
-    let retain = attempt.retains_frames();
-    let mut data =
-        Vec::with_capacity(if retain { p.num_frames as usize * p.height as usize * p.width as usize * 3 } else { 0 });
+    let mut kept = attempt
+        .retains_frames()
+        .then(|| Vec::with_capacity(p.num_frames as usize * p.height as usize * p.width as usize * 3));
     let mut first_statistics = None;
     let mut records = Vec::with_capacity(p.segments.len());
     let mut given: Option<Arc<Image>> = p.image.clone();
@@ -296,7 +297,7 @@ pub fn generate(model: &dyn Model, p: &Params, attempt: &mut Attempt<'_>) -> Res
             shifted: None,
             statistics: Default::default(),
             last: None,
-            kept: retain.then(Vec::new),
+            kept: kept.take(),
             started,
             parts_ms,
         });
@@ -327,14 +328,13 @@ pub fn generate(model: &dyn Model, p: &Params, attempt: &mut Attempt<'_>) -> Res
             color_match: cursor.correction,
             color_shift: cursor
                 .shifted
-                .map(|sum| sum.map(|v| (v / segment.frames.max(1) as f64 * 10.0).round() / 10.0)),
+                .map(|sum| sum.map(|v| super::drift::round(v / segment.frames.max(1) as f64, 1))),
         });
-        if let Some(kept) = cursor.kept {
-            data.extend_from_slice(&kept);
-        }
+        kept = cursor.kept;
         let last = cursor.last.ok_or_else(|| Error::internal("a storyboard part made no frames"))?;
         given = Some(Arc::new(Image::new(p.width, p.height, last)));
     }
+    let data = kept.unwrap_or_default();
     let frames = data.len() / (p.height as usize * p.width as usize * 3).max(1);
     let frames = Frames::new(frames, p.height as usize, p.width as usize, data)?;
     let metadata = crate::video::VideoMetadata { segments: records, ..Default::default() };
