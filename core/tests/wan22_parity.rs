@@ -260,5 +260,30 @@ fn the_engine_and_the_command_run_both_wan22_models_and_take_a_second_scale_only
     let listed = String::from_utf8(listed.stdout).unwrap();
     assert!(listed.lines().any(|l| l.starts_with("tiny-wan22-a14b") && l.contains("text, 2 experts")), "{listed}");
     assert!(listed.lines().any(|l| l.starts_with("tiny-wan22-ti2v") && l.contains("text+image")), "{listed}");
+
+    // An adapter for each expert, from the command; on a one-transformer model, refused naming the field.
+    let loras = fixtures().join("loras");
+    let generate = |model: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_vgen"))
+            .env("VGEN_MODELS", &root)
+            .args(["generate", "--model", model, "--steps", "2", "--out"])
+            .arg(root.join(format!("{model}-frames/")))
+            .arg("--lora-high")
+            .arg(loras.join("peft.safetensors"))
+            .arg("--lora-low")
+            .arg(format!("{}:0.5", loras.join("kohya.safetensors").display()))
+            .args(["--prompt", "a cat"])
+            .output()
+            .unwrap()
+    };
+    let out = generate("tiny-wan22-a14b");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_dir(root.join("tiny-wan22-a14b-frames")).unwrap().count(), 9);
+    let out = generate("tiny-wan22-ti2v");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("loras[0].expert: tiny-wan22-ti2v has one transformer"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&root);
 }

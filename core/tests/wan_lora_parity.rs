@@ -134,6 +134,41 @@ fn adapters_for_another_model_or_malformed_are_refused_naming_the_file_and_key()
 
 mod common;
 
+/// Wan2.2 A14B-style (tiny-wan with a second expert): an adapter for the high-noise expert and another for the
+/// low-noise one, as diffusers loads them (`load_lora_weights`, with `load_into_transformer_2` for the second),
+/// and one adapter in both, over a 2-step run whose first step is the high-noise expert's.
+#[test]
+fn adapters_for_one_expert_or_both_match_diffusers_on_a_two_expert_model() {
+    use vgen_core::models::lora::active::Applied;
+    use vgen_core::models::wan::pipeline::{Images, WanModel};
+    let want: HashMap<String, Tensor> =
+        Tensor::read_safetensors(fixtures().join("cases/lora.safetensors")).unwrap().into_iter().collect();
+    let dir = std::env::temp_dir().join(format!("vgen-lora-experts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    common::copy_dir(&fixtures().join("tiny-wan"), &dir);
+    common::copy_dir(&fixtures().join("tiny-wan22-a14b"), &dir);
+    let model = WanModel::open(&dir).unwrap();
+    let comps = model.components(vgen_core::Device::Cpu).unwrap();
+    let _g = tch::no_grad_guard();
+    let text = model.encode_prompts(&comps, &["A cat and a dog.", "blurred"], Device::Cpu).unwrap();
+    let run = |set: Vec<Applied>| {
+        let _scope = active::scoped_for_experts(set);
+        let latents = want["a14b.latents"].shallow_clone();
+        model.denoise(&comps, latents, &text, 2, 5.0, None, &Images::default(), |_, _, _, _| Ok(())).unwrap().0
+    };
+    let applied = |name: &str, expert: Option<usize>| Applied { adapter: adapter(name), scale: 1.0, expert };
+    let split = run(vec![applied("peft", Some(0)), applied("kohya", Some(1))]);
+    let both = run(vec![applied("peft", None)]);
+    for (label, got) in [("a14b.peft-high+kohya-low", &split), ("a14b.peft-both", &both)] {
+        let e = (got - &want[label]).abs().max().double_value(&[]);
+        eprintln!("{label}: max abs error {e:.1e}");
+        assert!(e < 1e-4, "{label}: max abs error {e:e}");
+    }
+    let high_only = run(vec![applied("peft", Some(0))]);
+    assert!((&high_only - &both).abs().max().double_value(&[]) > 1e-3, "the low-noise expert's adapter matters");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Requests name adapters by path with scales; the engine applies them to that job alone.
 #[test]
 fn requests_apply_adapters_to_their_own_jobs_and_bad_ones_are_refused() {
@@ -153,6 +188,7 @@ fn requests_apply_adapters_to_their_own_jobs_and_bad_ones_are_refused() {
         path: Some(fixtures().join("loras").join(format!("{name}.safetensors")).to_string_lossy().into_owned()),
         name: None,
         scale,
+        expert: None,
     };
     let run = |loras: Vec<LoraRef>| {
         let request = Request { model: Some("tiny".into()), seed: Some(4), loras, ..Request::new("a cat") };
@@ -175,10 +211,13 @@ fn requests_apply_adapters_to_their_own_jobs_and_bad_ones_are_refused() {
     assert!(e.code() == ErrorCode::InvalidArgument && e.message().contains("loras[0]: scale 9"), "{e}");
     let e = refused(vec![lora("nowhere", 1.0)], "tiny");
     assert!(e.message().contains("loras[0]") && e.message().contains("nowhere.safetensors"), "{e}");
-    let e = refused(vec![LoraRef { path: None, name: Some("../etc/passwd".into()), scale: 1.0 }], "tiny");
+    let e = refused(vec![LoraRef { path: None, name: Some("../etc/passwd".into()), scale: 1.0, expert: None }], "tiny");
     assert!(e.message().contains("not a plain file name"), "{e}");
     let e = refused(vec![lora("peft", 1.0)], "testcard");
     assert!(e.message().contains("takes no LoRA adapters"), "{e}");
+    let high = LoraRef { expert: Some(vgen_core::engine::Expert::High), ..lora("peft", 1.0) };
+    let e = refused(vec![lora("peft", 1.0), high], "tiny");
+    assert!(e.message().contains("loras[1].expert: tiny has one transformer; \"high\" is for"), "{e}");
     // An adapter for another model fails its job with invalid_argument, naming the file and the key.
     let wide = dir.join("wide.safetensors");
     let r = |n: i64, m: i64| Tensor::randn([n, m], (Kind::Float, Device::Cpu));
@@ -192,7 +231,7 @@ fn requests_apply_adapters_to_their_own_jobs_and_bad_ones_are_refused() {
     .unwrap();
     let request = Request {
         model: Some("tiny".into()),
-        loras: vec![LoraRef { path: Some(wide.to_string_lossy().into_owned()), name: None, scale: 1.0 }],
+        loras: vec![LoraRef { path: Some(wide.to_string_lossy().into_owned()), name: None, scale: 1.0, expert: None }],
         ..Request::new("a cat")
     };
     let id = engine.submit(request).unwrap();

@@ -1,7 +1,8 @@
 """LoRA adapters: the fixtures' tiny Wan (`tiny-wan`) with adapters in each format people ship, loaded by diffusers'
 `WanPipeline.load_lora_weights` (0.42.1, with peft 0.18.0) and mixed by `set_adapters`. Writes
 `core/tests/fixtures/wan/loras/*.safetensors` and `cases/lora.safetensors` (the transformer's output on
-`transformer.safetensors`' case `a` for each adapter set), which `core/tests/wan_lora_parity.rs` checks vgen against.
+`transformer.safetensors`' case `a` for each adapter set, and the latents of 2-step runs of the two-expert
+`tiny-wan22-a14b` with adapters in one expert or both), which `core/tests/wan_lora_parity.rs` checks vgen against.
 
 Formats (`loras/`):
 - `peft.safetensors`: diffusers/PEFT keys, `transformer.blocks.0.attn1.to_q.lora_A.weight`;
@@ -19,7 +20,7 @@ from __future__ import annotations
 import pathlib
 
 import torch
-from diffusers import WanPipeline
+from diffusers import WanPipeline, WanTransformer3DModel
 from safetensors.torch import load_file, save_file
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "core" / "tests" / "fixtures" / "wan"
@@ -112,11 +113,41 @@ def main() -> None:
         for label, (names, weights) in runs.items():
             pipe.set_adapters(names, adapter_weights=weights)
             out[label] = pipe.transformer(**inputs)[0]
+    out.update(two_experts())
     save_file({k: v.contiguous() for k, v in out.items()}, str(FIXTURES / "cases" / "lora.safetensors"),
               metadata={"format": "pt"})
     base = out["base"]
     for k, v in out.items():
-        print(f"{k}: max change from base {(v - base).abs().max().item():.3f}")
+        if v.shape == base.shape:
+            print(f"{k}: max change from base {(v - base).abs().max().item():.3f}")
+    print("a14b: peft in both experts vs peft-high + kohya-low, max difference "
+          f"{(out['a14b.peft-both'] - out['a14b.peft-high+kohya-low']).abs().max().item():.3f}")
+
+
+def two_experts() -> dict[str, torch.Tensor]:
+    """Wan2.2 A14B-style (tiny-wan with `tiny-wan22-a14b`'s second expert, boundary 0.9): 2 steps (t = 999 on the
+    high-noise expert, 750 on the low-noise one) with `peft` loaded into `transformer` (diffusers' default) and
+    `kohya` into `transformer_2` (`load_into_transformer_2=True`); then `peft` loaded into both."""
+    out = {}
+    torch.manual_seed(43)
+    latents = torch.randn(1, 16, 3, 4, 4)
+    out["a14b.latents"] = latents
+    call = dict(prompt="A cat and a dog.", negative_prompt="blurred", height=32, width=32, num_frames=9,
+                num_inference_steps=2, guidance_scale=5.0, max_sequence_length=16, output_type="latent")
+    for label, loads in {
+        "a14b.peft-high+kohya-low": [("peft", False), ("kohya", True)],
+        "a14b.peft-both": [("peft", False), ("peft", True)],
+    }.items():
+        low = WanTransformer3DModel.from_pretrained(FIXTURES / "tiny-wan22-a14b" / "transformer_2").eval()
+        pipe = WanPipeline.from_pretrained(FIXTURES / "tiny-wan", transformer_2=low, boundary_ratio=0.9,
+                                           torch_dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        for i, (name, into_2) in enumerate(loads):
+            pipe.load_lora_weights(str(LORAS / f"{name}.safetensors"), adapter_name=f"{name}{i}",
+                                   load_into_transformer_2=into_2)
+        with torch.no_grad():
+            out[label] = pipe(latents=latents.clone(), **call).frames
+    return out
 
 
 if __name__ == "__main__":

@@ -182,6 +182,10 @@ def test_loras_reach_the_engine_which_names_what_is_wrong(engine, tmp_path):
         engine.submit("x", loras=[{"path": tmp_path / "a.safetensors", "scale": 0.5}])
     with pytest.raises(vgen.InvalidArgumentError, match="takes no LoRA adapters"):
         engine.submit("x", model="testcard", loras=[{"name": "style"}])
+    with pytest.raises(vgen.InvalidArgumentError, match=r"loras\[0\]\.expert: .* has one transformer"):
+        engine.submit("x", loras=[{"path": tmp_path / "a.safetensors", "expert": "low"}])
+    with pytest.raises(ValueError, match=r"loras\[0\]\.expert must be 'high' or 'low'"):
+        engine.submit("x", loras=[{"path": tmp_path / "a.safetensors", "expert": "both"}])
 
 
 def test_shutting_down():

@@ -111,7 +111,8 @@ def _check_all(kind: Union[type, tuple[type, ...]], what: str, **values: object)
 
 
 def _loras_json(loras: object) -> list[dict[str, Any]]:
-    """``loras`` as the request's JSON: a list of ``{"path" or "name": str, "scale": number}``."""
+    """``loras`` as the request's JSON: a list of ``{"path" or "name": str, "scale": number}``, each with
+    ``"expert": "high" | "low"`` for one expert of a two-expert model."""
     if loras is None:
         return []
     if isinstance(loras, (str, bytes, Mapping)) or not isinstance(loras, Sequence):
@@ -120,9 +121,9 @@ def _loras_json(loras: object) -> list[dict[str, Any]]:
     for i, entry in enumerate(loras):
         if not isinstance(entry, Mapping):
             raise TypeError(f"loras[{i}] must be a dict, not {type(entry).__name__}")
-        unknown = set(entry) - {"path", "name", "scale"}
+        unknown = set(entry) - {"path", "name", "scale", "expert"}
         if unknown:
-            raise TypeError(f"loras[{i}]: unknown keys {sorted(unknown)}; use path or name, and scale")
+            raise TypeError(f"loras[{i}]: unknown keys {sorted(unknown)}; use path or name, scale and expert")
         item: dict[str, Any] = {}
         if entry.get("path") is not None:
             item["path"] = os.fspath(entry["path"])
@@ -132,6 +133,10 @@ def _loras_json(loras: object) -> list[dict[str, Any]]:
         if "scale" in entry:
             _check(f"loras[{i}].scale", entry["scale"], (int, float), "a number")
             item["scale"] = float(entry["scale"])
+        if entry.get("expert") is not None:
+            if entry["expert"] not in ("high", "low"):
+                raise ValueError(f"loras[{i}].expert must be 'high' or 'low', not {entry['expert']!r}")
+            item["expert"] = entry["expert"]
         out.append(item)
     return out
 

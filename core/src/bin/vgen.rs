@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use vgen_core::encode;
-use vgen_core::engine::{EngineConfig, JobStatus, Request};
+use vgen_core::engine::{EngineConfig, Expert, JobStatus, Request};
 use vgen_core::models::Models;
 use vgen_core::models::weights::quantize;
 use vgen_core::{Device, Engine, ErrorCode, JobState, runtime};
@@ -120,6 +120,12 @@ struct Generate {
     /// folder. Repeat for several.
     #[arg(long = "lora")]
     loras: Vec<String>,
+    /// A LoRA adapter for a two-expert model's high-noise expert only (Wan2.2 A14B's `transformer`), as --lora.
+    #[arg(long = "lora-high")]
+    loras_high: Vec<String>,
+    /// A LoRA adapter for a two-expert model's low-noise expert only (`transformer_2`), as --lora.
+    #[arg(long = "lora-low")]
+    loras_low: Vec<String>,
     /// The sampler: flow-matching euler or unipc (the model's own by default).
     #[arg(long, value_parser = ["euler", "unipc"])]
     sampler: Option<String>,
@@ -218,7 +224,7 @@ fn worker(path: &std::path::Path) -> vgen_core::Result<()> {
 
 /// `--lora PATH[:SCALE]` or `NAME[:SCALE]`: a path when it names a file or looks like one, else a name. A bad
 /// scale is left in the path, where the engine's check names the whole argument.
-fn lora_arg(arg: &str) -> vgen_core::engine::LoraRef {
+fn lora_arg(arg: &str, expert: Option<Expert>) -> vgen_core::engine::LoraRef {
     let (target, scale) = match arg.rsplit_once(':') {
         Some((t, s)) if s.parse::<f64>().is_ok() => (t, s.parse().unwrap_or(1.0)),
         _ => (arg, 1.0),
@@ -228,6 +234,7 @@ fn lora_arg(arg: &str) -> vgen_core::engine::LoraRef {
         path: is_path.then(|| target.to_string()),
         name: (!is_path).then(|| target.to_string()),
         scale,
+        expert,
     }
 }
 
@@ -288,7 +295,10 @@ fn generate(g: Generate) -> ExitCode {
         model,
         preview_every: g.preview_every,
         vae_tiling: g.vae_tiling.as_deref().map(|v| v == "on"),
-        loras: g.loras.iter().map(|l| lora_arg(l)).collect(),
+        loras: (g.loras.iter().map(|l| lora_arg(l, None)))
+            .chain(g.loras_high.iter().map(|l| lora_arg(l, Some(Expert::High))))
+            .chain(g.loras_low.iter().map(|l| lora_arg(l, Some(Expert::Low))))
+            .collect(),
         sampler: (g.sampler.is_some() || g.flow_shift.is_some() || g.timesteps.is_some()).then(|| {
             vgen_core::schedulers::Sampler {
                 kind: g.sampler.as_deref().map(|k| {

@@ -51,7 +51,9 @@ pub use decoded::FramesSoFar;
 pub use event::{Callback, Event, EventKind};
 pub use job::{Confidence, JobError, JobId, JobState, JobStatus, Stage};
 pub use metrics::{BUCKETS_MS, Histogram, MetricsSnapshot};
-pub use request::{FrameRule, Limits, Lora, LoraRef, Params, Request, StepCacheRequest, validate as validate_request};
+pub use request::{
+    Expert, FrameRule, Limits, Lora, LoraRef, Params, Request, StepCacheRequest, validate as validate_request,
+};
 pub use retry::RetryPolicy;
 pub use storyboard::{Segment, SegmentRecord, SegmentRequest};
 

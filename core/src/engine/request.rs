@@ -214,7 +214,7 @@ impl Params {
         (self.sampler.kind, self.sampler.flow_shift.map(f64::to_bits), &self.sampler.timesteps).hash(&mut h);
         self.step_cache.map(f64::to_bits).hash(&mut h);
         for l in &self.loras {
-            (&l.path, l.scale.to_bits(), &l.hash).hash(&mut h);
+            (&l.path, l.scale.to_bits(), &l.hash, l.expert).hash(&mut h);
         }
         if !self.segments.is_empty() {
             (&self.segments, self.color_match).hash(&mut h);
@@ -233,6 +233,30 @@ pub struct LoraRef {
     pub name: Option<String>,
     #[serde(default = "one")]
     pub scale: f64,
+    /// For a two-expert model (Wan2.2 A14B): the one expert the adapter is for; left out, it applies to both.
+    /// (diffusers' `load_lora_weights` loads into the high-noise expert, or with `load_into_transformer_2` the
+    /// low-noise one: `"high"` and `"low"` are those.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expert: Option<Expert>,
+}
+
+/// One of a two-expert model's transformers: `high` (`transformer`, the high-noise steps) or `low`
+/// (`transformer_2`, the steps below the boundary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expert {
+    High,
+    Low,
+}
+
+impl Expert {
+    /// 0 for `transformer`, 1 for `transformer_2`.
+    pub fn index(self) -> usize {
+        match self {
+            Expert::High => 0,
+            Expert::Low => 1,
+        }
+    }
 }
 
 fn one() -> f64 {
@@ -245,11 +269,22 @@ pub struct Lora {
     pub path: std::path::PathBuf,
     pub scale: f64,
     pub hash: String,
+    /// The one expert it applies to (None: every transformer).
+    pub expert: Option<Expert>,
 }
 
 /// The file a request's adapter names, found and hashed; every problem names the adapter.
-fn resolve_lora(index: usize, r: &LoraRef, limits: &Limits) -> Result<Lora> {
+fn resolve_lora(index: usize, r: &LoraRef, limits: &Limits, model: &ModelInfo) -> Result<Lora> {
     let field = format!("loras[{index}]");
+    if let Some(expert) = r.expert
+        && model.defaults.guidance_scale_2.is_none()
+    {
+        return Err(Error::invalid(format!(
+            "{field}.expert: {} has one transformer; \"{}\" is for a model with two experts (Wan2.2 A14B)",
+            model.name,
+            if expert == Expert::High { "high" } else { "low" }
+        )));
+    }
     if !(r.scale.is_finite() && r.scale.abs() <= limits.max_lora_scale) {
         return Err(Error::invalid(format!(
             "{field}: scale {} is outside -{max}..={max} (limits.max_lora_scale)",
@@ -286,7 +321,7 @@ fn resolve_lora(index: usize, r: &LoraRef, limits: &Limits) -> Result<Lora> {
     }
     let hash = crate::models::weights::fingerprint(std::slice::from_ref(&path))
         .map_err(|e| Error::invalid(format!("{field}: {}: {}", path.display(), e.message())))?;
-    Ok(Lora { path, scale: r.scale, hash })
+    Ok(Lora { path, scale: r.scale, hash, expert: r.expert })
 }
 
 /// The rule a model's frame count follows.
@@ -432,7 +467,7 @@ pub fn validate(
         return Err(Error::invalid(format!("loras: {} takes no LoRA adapters", model.name)));
     }
     let loras =
-        request.loras.iter().enumerate().map(|(i, r)| resolve_lora(i, r, limits)).collect::<Result<Vec<_>>>()?;
+        request.loras.iter().enumerate().map(|(i, r)| resolve_lora(i, r, limits, model)).collect::<Result<Vec<_>>>()?;
     let images = |field: &str, input: &Option<ImageInput>, takes: bool, what: &str| -> Result<Option<Arc<Image>>> {
         let Some(input) = input else { return Ok(None) };
         if !takes {

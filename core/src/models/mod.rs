@@ -4,6 +4,7 @@
 //! and generate while reporting each stage and step to an [`Attempt`]. Reporting is what lets the engine give
 //! progress, an ETA, previews, cancellation and deadlines at step granularity for every model alike.
 
+pub mod expert_swap;
 pub mod faulty;
 pub mod linear;
 pub mod lora;
@@ -92,7 +93,7 @@ pub trait Model: Send + Sync + 'static {
     /// and what the model chose to fit it (block offload). The engine admits a request on the plan, and a model
     /// that chooses offload for a device keeps that choice when it loads there.
     fn memory_plan(&self, params: &Params, device: Device, _budget: Option<u64>) -> MemoryPlan {
-        MemoryPlan { bytes: self.memory_estimate(params, device), offload_blocks: None }
+        MemoryPlan { bytes: self.memory_estimate(params, device), offload_blocks: None, expert_swap: false }
     }
 
     fn generate(&self, params: &Params, attempt: &mut Attempt<'_>) -> Result<Video>;
@@ -115,6 +116,8 @@ pub struct MemoryPlan {
     pub bytes: u64,
     /// With block offload: how many of the transformer's blocks are on the device at once, of how many.
     pub offload_blocks: Option<(usize, usize)>,
+    /// With expert swap: a two-expert model's idle expert waits in host memory (see `models::expert_swap`).
+    pub expert_swap: bool,
 }
 
 /// One model as `vgen models`, Python's `vgen.models()` and the C API's `vgen_engine_models` list it.

@@ -18,6 +18,7 @@ use super::{cast_floats, load_component, load_transformer};
 use crate::device::Device;
 use crate::engine::{Attempt, FrameRule, Params, Stage};
 use crate::error::{Error, ErrorCode, Result};
+use crate::models::expert_swap::ExpertSwap;
 use crate::models::per_device::PerDevice;
 use crate::models::step_cache::{self, StepCache};
 use crate::models::weights::{
@@ -58,8 +59,10 @@ pub struct ServingConfig {
     pub vae_tiling_above_pixels: Option<u64>,
     /// The tiles' size and stride in pixels, `[size, stride]` (default `[256, 192]`, diffusers').
     pub vae_tile_pixels: Option<[i64; 2]>,
-    /// Block offload of the transformers (see `models::offload`): "auto" (the default: on a GPU whose memory
-    /// budget the model would not fit otherwise), "blocks" (always) or "off".
+    /// How the transformers fit a device short of memory: "auto" (the default: on a GPU whose memory budget the
+    /// model would not fit otherwise, a two-expert model's idle expert waits in host memory (`models::expert_swap`)
+    /// if that is enough, else the blocks are offloaded (`models::offload`)), "experts" (always swap the experts),
+    /// "blocks" (always offload the blocks) or "off".
     pub offload: Option<String>,
 }
 
@@ -71,6 +74,15 @@ pub const DEFAULT_TILING_ABOVE_PIXELS: u64 = 832 * 480;
 /// Blocks copied ahead of the one that runs, with block offload: two blocks on the device at once.
 pub const OFFLOAD_AHEAD: usize = 1;
 
+/// How a model's transformers fit a device short of memory (a memory plan's choice, or `vgen.json`'s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offload {
+    /// A two-expert model's experts live in host memory and are lent to the device one at a time, whole.
+    Experts,
+    /// The transformers' blocks live in host memory and are lent to the device two at a time.
+    Blocks,
+}
+
 /// The loaded networks, on one device.
 pub struct Components {
     _vars: Vec<VarStore>,
@@ -78,6 +90,8 @@ pub struct Components {
     pub transformer: WanTransformer,
     /// Wan2.2 A14B's low-noise expert (`transformer_2`), which takes the steps below the boundary.
     pub transformer_2: Option<WanTransformer>,
+    /// With expert swap: which of the two experts is on the device (see `models::expert_swap`).
+    pub expert_swap: Option<ExpertSwap>,
     pub vae: WanVaeDecoder,
     /// The VAE's encoder, for a model that animates an image.
     pub image_encoder: Option<WanVaeEncoder>,
@@ -109,10 +123,10 @@ pub struct WanModel {
     weight_bytes: u64,
     /// The networks, loaded once per device however many workers the device has.
     loaded: PerDevice<Components>,
-    /// The bytes of the transformers' weight files (both experts').
-    transformer_bytes: u64,
-    /// The devices whose memory plan chose block offload; a device loads the model that way from then on.
-    offload_on: std::sync::Mutex<std::collections::HashSet<Device>>,
+    /// The bytes of each transformer's weight files (`transformer`, `transformer_2`; 0 for a missing second).
+    transformer_bytes: [u64; 2],
+    /// The devices whose memory plan chose an offload; a device loads the model that way from then on.
+    offload_on: std::sync::Mutex<std::collections::HashMap<Device, Offload>>,
     /// LoRA adapters loaded for recent jobs, by (file, its hash, device), oldest first.
     adapters: std::sync::Mutex<Vec<AdapterKey>>,
 }
@@ -267,17 +281,27 @@ impl WanModel {
             files.extend(component_files);
         }
         let weight_bytes = files.iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
-        let transformer_bytes = ["transformer", "transformer_2"]
-            .iter()
-            .filter_map(|c| weight_files(&folder.join(c), "diffusion_pytorch_model").ok())
-            .flatten()
-            .filter_map(|f| f.metadata().ok())
-            .map(|m| m.len())
-            .sum();
+        let transformer_bytes = ["transformer", "transformer_2"].map(|c| {
+            weight_files(&folder.join(c), "diffusion_pytorch_model")
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        });
         match serving.offload.as_deref() {
             None | Some("auto" | "blocks" | "off") => {}
+            Some("experts") if experts.is_some() => {}
+            Some("experts") => {
+                return Err(Error::invalid(
+                    "vgen.json: offload \"experts\" is for a model with two experts (Wan2.2 A14B); this one has one \
+                     transformer",
+                ));
+            }
             Some(other) => {
-                return Err(Error::invalid(format!("vgen.json: offload {other:?} is not auto, blocks or off")));
+                return Err(Error::invalid(format!(
+                    "vgen.json: offload {other:?} is not auto, experts, blocks or off"
+                )));
             }
         }
         let name = serving.name.clone().unwrap_or_else(|| {
@@ -352,16 +376,20 @@ impl WanModel {
     fn load(&self, device: Device) -> Result<Components> {
         let dev = device.to_tch();
         let kind = self.compute_kind(device)?;
+        let offload = self.offload(device);
         let (mut v1, encoder) =
             load_component(&self.folder.join("text_encoder"), "model", dev, &[], &["encoder.embed_tokens."], |p| {
                 Umt5Encoder::new(p, self.encoder_config.clone())
             })?;
+        // Swapped experts are read and cast in host memory, where they will live: the device never holds both.
+        let transformer_dev = if offload == Some(Offload::Experts) { tch::Device::Cpu } else { dev };
         let (mut v2, transformer) =
-            load_transformer(&self.folder.join("transformer"), dev, self.transformer_config.clone())?;
-        // Both experts stay on the device: a job switches between them once, and every job does.
+            load_transformer(&self.folder.join("transformer"), transformer_dev, self.transformer_config.clone())?;
+        // Both experts stay on the device unless the memory plan said they do not fit: a job switches between
+        // them once, and every job does.
         let transformer_2 = match &self.experts {
             Some((config, _)) => {
-                let (mut v, t) = load_transformer(&self.folder.join("transformer_2"), dev, config.clone())?;
+                let (mut v, t) = load_transformer(&self.folder.join("transformer_2"), transformer_dev, config.clone())?;
                 if kind != Kind::Float {
                     cast_floats(&mut v, kind);
                 }
@@ -416,18 +444,26 @@ impl WanModel {
         }
         let mut transformer = transformer;
         let mut transformer_2 = transformer_2;
-        if self.offloads(device) {
-            transformer.offload_blocks(&v2, OFFLOAD_AHEAD);
-            if let Some((v, t)) = transformer_2.as_mut() {
-                t.offload_blocks(v, OFFLOAD_AHEAD);
+        let mut expert_swap = None;
+        match offload {
+            Some(Offload::Blocks) => {
+                transformer.offload_blocks(&v2, OFFLOAD_AHEAD);
+                if let Some((v, t)) = transformer_2.as_mut() {
+                    t.offload_blocks(v, OFFLOAD_AHEAD);
+                }
             }
+            Some(Offload::Experts) => {
+                let (v, _) = transformer_2.as_ref().expect("expert swap is chosen only for a model with two experts");
+                expert_swap = Some(ExpertSwap::new(&v2, v, dev));
+            }
+            None => {}
         }
         vars.extend([v1, v2]);
         let transformer_2 = transformer_2.map(|(v, t)| {
             vars.push(v);
             t
         });
-        Ok(Components { _vars: vars, encoder, transformer, transformer_2, vae, image_encoder, clip })
+        Ok(Components { _vars: vars, encoder, transformer, transformer_2, expert_swap, vae, image_encoder, clip })
     }
 
     /// The adapters a job names, loaded on `device` in the transformer's dtype (kept for the next job that names
@@ -437,12 +473,13 @@ impl WanModel {
         loras: &[crate::engine::Lora],
         device: Device,
         c: &Components,
-    ) -> Result<Vec<(Arc<crate::models::lora::Adapter>, f64)>> {
+    ) -> Result<Vec<crate::models::lora::active::Applied>> {
         if loras.is_empty() {
             return Ok(Vec::new());
         }
         let kind = self.compute_kind(device)?;
-        let linears = c.transformer.linears();
+        // An adapter is checked against each transformer it applies to: a two-expert model's may differ in size.
+        let linears = [Some(c.transformer.linears()), c.transformer_2.as_ref().map(|t| t.linears())];
         let mut out = Vec::with_capacity(loras.len());
         for lora in loras {
             let key = (lora.path.clone(), lora.hash.clone(), device);
@@ -457,7 +494,6 @@ impl WanModel {
                 Some(a) => a,
                 None => {
                     let a = Arc::new(crate::models::lora::Adapter::open(&lora.path, device.to_tch(), kind)?);
-                    a.check(&linears)?;
                     let mut cache = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
                     cache.push((key, a.clone()));
                     if cache.len() > 8 {
@@ -466,17 +502,29 @@ impl WanModel {
                     a
                 }
             };
-            out.push((adapter, lora.scale));
+            let experts = match lora.expert {
+                Some(e) => vec![e.index()],
+                None => vec![0, 1],
+            };
+            for layers in experts.into_iter().filter_map(|e| linears[e].as_ref()) {
+                adapter.check(layers)?;
+            }
+            out.push(crate::models::lora::active::Applied {
+                adapter,
+                scale: lora.scale,
+                expert: lora.expert.map(|e| e.index()),
+            });
         }
         Ok(out)
     }
 
-    /// Whether the transformers' blocks are offloaded on `device`: `vgen.json` says so, or a memory plan chose it.
-    fn offloads(&self, device: Device) -> bool {
+    /// How the transformers are offloaded on `device`, if they are: `vgen.json` says so, or a memory plan chose it.
+    fn offload(&self, device: Device) -> Option<Offload> {
         match self.serving.offload.as_deref() {
-            Some("blocks") => true,
-            Some("off") => false,
-            _ => self.offload_on.lock().unwrap_or_else(|e| e.into_inner()).contains(&device),
+            Some("blocks") => Some(Offload::Blocks),
+            Some("experts") => Some(Offload::Experts),
+            Some("off") => None,
+            _ => self.offload_on.lock().unwrap_or_else(|e| e.into_inner()).get(&device).copied(),
         }
     }
 
@@ -541,32 +589,39 @@ impl WanModel {
         let timesteps = scheduler.timesteps().to_vec();
         let steps = timesteps.len();
         // The text side of the cross-attention (and the image's, for CLIP models) depends on the prompts and the
-        // image alone: prepared once per expert, used every step. Both halves of a CFG batch see the same image.
+        // image alone: prepared once per expert (when it first runs, with its weights on the device), used every
+        // step. Both halves of a CFG batch see the same image.
         let prompts = text.size()[0];
         let cfg = prompts == 2;
         let clip = images.clip_tokens.as_ref().map(|t| t.repeat([prompts, 1, 1]));
-        let context = c.transformer.text_context(text, clip.as_ref(), true)?;
         let second = match (&c.transformer_2, &self.experts) {
-            (Some(t2), Some((_, boundary))) => {
-                Some((t2, t2.text_context(text, clip.as_ref(), true)?, *boundary, guidance_2.unwrap_or(guidance)))
-            }
+            (Some(t2), Some((_, boundary))) => Some((t2, *boundary)),
             _ => None,
         };
+        let mut contexts: [Option<super::transformer::TextContext>; 2] = [None, None];
         let mut x = latents;
         let mut cache = StepCache::new(schedule.step_cache, steps);
-        let mut expert_before = None;
+        // The expert the last step ran (0: `transformer`, 1: `transformer_2`), held on the device when the experts
+        // are swapped (released before the other is asked for, or two jobs could each wait for the other).
+        let mut held: Option<(usize, Option<crate::models::expert_swap::Held<'_>>)> = None;
         for (i, t) in timesteps.iter().enumerate() {
-            let (transformer, context, guidance, expert) = match &second {
-                Some((t2, context_2, boundary, guidance_2)) if (*t as f64) < *boundary => {
-                    (*t2, context_2, *guidance_2, 2)
-                }
-                _ => (&c.transformer, &context, guidance, 1),
+            let (transformer, guidance, expert) = match second {
+                Some((t2, boundary)) if (*t as f64) < boundary => (t2, guidance_2.unwrap_or(guidance), 1),
+                _ => (&c.transformer, guidance, 0),
             };
-            if let Some(cache) = cache.as_mut().filter(|_| expert_before.is_some_and(|e| e != expert)) {
-                // One expert's residual means nothing to the other.
-                cache.restart();
+            if held.as_ref().is_none_or(|(e, _)| *e != expert) {
+                if let Some(cache) = cache.as_mut().filter(|_| held.is_some()) {
+                    // One expert's residual means nothing to the other.
+                    cache.restart();
+                }
+                drop(held.take());
+                held = Some((expert, c.expert_swap.as_ref().map(|s| s.hold(expert))));
+                crate::models::lora::active::running_expert(expert);
             }
-            expert_before = Some(expert);
+            let context = match &mut contexts[expert] {
+                Some(context) => &*context,
+                slot => slot.insert(transformer.text_context(text, clip.as_ref(), true)?),
+            };
             let input = given(&x);
             let input = match &images.concat {
                 Some(condition) => Tensor::cat(&[&input, condition], 1),
@@ -631,22 +686,43 @@ impl Model for WanModel {
 
     fn memory_plan(&self, p: &Params, device: Device, budget: Option<u64>) -> crate::models::MemoryPlan {
         let whole = self.memory_estimate(p, device);
+        let all = self.transformer_bytes[0] + self.transformer_bytes[1];
         let blocks = self.transformer_config.num_layers.max(1) as usize;
         let on_device = (OFFLOAD_AHEAD + 1).min(blocks);
-        // The blocks are nearly all of a transformer's bytes; with offload, `on_device` of them stay.
-        let offloaded = whole - self.transformer_bytes + self.transformer_bytes * on_device as u64 / blocks as u64;
+        // The blocks are nearly all of a transformer's bytes; with block offload, `on_device` of them stay. With
+        // expert swap, the larger expert's bytes are the most the device holds of the two.
+        let offloaded = whole - all + all * on_device as u64 / blocks as u64;
+        let swapped = whole - all + self.transformer_bytes[0].max(self.transformer_bytes[1]);
         let offload = match self.serving.offload.as_deref() {
-            Some("blocks") => true,
-            Some("off") => false,
-            // Host memory is what offload moves the blocks to: it saves nothing on the CPU.
-            _ => device.is_cuda() && budget.is_some_and(|b| whole > b && offloaded <= b),
+            Some("blocks") => Some(Offload::Blocks),
+            Some("experts") => Some(Offload::Experts),
+            Some("off") => None,
+            // Host memory is where an offload moves weights to: it saves nothing on the CPU. The experts go whole
+            // (one copy per switch) before the blocks do (every block, every step).
+            _ => match budget {
+                Some(b) if device.is_cuda() && whole > b => {
+                    if self.experts.is_some() && swapped <= b {
+                        Some(Offload::Experts)
+                    } else if offloaded <= b {
+                        Some(Offload::Blocks)
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            },
         };
-        if offload && device.is_cuda() {
-            self.offload_on.lock().unwrap_or_else(|e| e.into_inner()).insert(device);
+        if let Some(o) = offload.filter(|_| device.is_cuda()) {
+            self.offload_on.lock().unwrap_or_else(|e| e.into_inner()).insert(device, o);
         }
         crate::models::MemoryPlan {
-            bytes: if offload { offloaded } else { whole },
-            offload_blocks: offload.then_some((on_device, blocks)),
+            bytes: match offload {
+                Some(Offload::Blocks) => offloaded,
+                Some(Offload::Experts) => swapped,
+                None => whole,
+            },
+            offload_blocks: (offload == Some(Offload::Blocks)).then_some((on_device, blocks)),
+            expert_swap: offload == Some(Offload::Experts),
         }
     }
 
@@ -664,7 +740,7 @@ impl Model for WanModel {
         attempt.stage(Stage::EncodingPrompt)?;
         let c = self.components(device)?;
         // The job's LoRA adapters apply to every linear layer it runs until it returns (see `models::lora`).
-        let _adapters = crate::models::lora::active::scoped(self.adapters(&p.loras, device, &c)?);
+        let _adapters = crate::models::lora::active::scoped_for_experts(self.adapters(&p.loras, device, &c)?);
         let prompt = prompt_clean(&p.prompt);
         let negative = prompt_clean(&p.negative_prompt);
         let unknown = self.tokenizer.unknown_words(&prompt);
