@@ -207,7 +207,7 @@ fn step(
         vgen_core::models::wan::cast_floats(&mut vs, kind);
     }
     if offload {
-        model.offload_blocks(&vs, vgen_core::models::wan::pipeline::OFFLOAD_AHEAD);
+        model.offload_blocks(&vs, vgen_core::models::wan::pipeline::OFFLOAD_AHEAD, vs.device());
     }
     let weights_bytes = rss().saturating_sub(before);
     let _g = tch::no_grad_guard();

@@ -73,14 +73,17 @@ pub struct BlockOffload {
 
 impl BlockOffload {
     /// Moves the variables of blocks `0..blocks` under `prefix` (e.g. `blocks.`) to host memory, pinned when
-    /// `device` is a GPU.
-    pub fn new(vs: &VarStore, prefix: &str, blocks: usize, ahead: usize) -> Self {
-        let device = vs.device();
+    /// `device` is a GPU, and the store's other variables to `device` (a store read on the host never puts the
+    /// blocks on the device at all).
+    pub fn new(vs: &VarStore, prefix: &str, blocks: usize, ahead: usize, device: Device) -> Self {
         let mut lent: Vec<Lent> = (0..blocks).map(|_| Lent { host: Vec::new(), vars: Vec::new() }).collect();
         let _guard = tch::no_grad_guard();
         for (name, mut var) in vs.variables() {
-            let Some(rest) = name.strip_prefix(prefix) else { continue };
-            let Some(i) = rest.split('.').next().and_then(|i| i.parse::<usize>().ok()).filter(|i| *i < blocks) else {
+            let block = name.strip_prefix(prefix).and_then(|rest| rest.split('.').next()?.parse::<usize>().ok());
+            let Some(i) = block.filter(|i| *i < blocks) else {
+                if var.device() != device {
+                    var.set_data(&var.to_device(device));
+                }
                 continue;
             };
             let host = var.to_device(Device::Cpu);

@@ -381,8 +381,9 @@ impl WanModel {
             load_component(&self.folder.join("text_encoder"), "model", dev, &[], &["encoder.embed_tokens."], |p| {
                 Umt5Encoder::new(p, self.encoder_config.clone())
             })?;
-        // Swapped experts are read and cast in host memory, where they will live: the device never holds both.
-        let transformer_dev = if offload == Some(Offload::Experts) { tch::Device::Cpu } else { dev };
+        // Offloaded transformers are read and cast in host memory, where they will live: the device never holds
+        // more of them than the offload lends it.
+        let transformer_dev = if offload.is_some() { tch::Device::Cpu } else { dev };
         let (mut v2, transformer) =
             load_transformer(&self.folder.join("transformer"), transformer_dev, self.transformer_config.clone())?;
         // Both experts stay on the device unless the memory plan said they do not fit: a job switches between
@@ -447,14 +448,16 @@ impl WanModel {
         let mut expert_swap = None;
         match offload {
             Some(Offload::Blocks) => {
-                transformer.offload_blocks(&v2, OFFLOAD_AHEAD);
+                transformer.offload_blocks(&v2, OFFLOAD_AHEAD, dev);
                 if let Some((v, t)) = transformer_2.as_mut() {
-                    t.offload_blocks(v, OFFLOAD_AHEAD);
+                    t.offload_blocks(v, OFFLOAD_AHEAD, dev);
                 }
             }
             Some(Offload::Experts) => {
-                let (v, _) = transformer_2.as_ref().expect("expert swap is chosen only for a model with two experts");
+                let (v, t) = transformer_2.as_mut().expect("expert swap is chosen only for a model with two experts");
                 expert_swap = Some(ExpertSwap::new(&v2, v, dev));
+                transformer.buffers_to(dev);
+                t.buffers_to(dev);
             }
             None => {}
         }

@@ -667,10 +667,19 @@ impl WanTransformer {
         Ok(TextContext { blocks, bias, image })
     }
 
-    /// Keeps the blocks' weights in host memory from now on, lending `ahead + 1` of them at a time to the device
-    /// the model was built on (see [`BlockOffload`]). `vs` is the store the model was built in.
-    pub fn offload_blocks(&mut self, vs: &tch::nn::VarStore, ahead: usize) {
-        self.offload = Some(BlockOffload::new(vs, "blocks.", self.blocks.len(), ahead));
+    /// Keeps the blocks' weights in host memory from now on, lending `ahead + 1` of them at a time to `device`
+    /// (see [`BlockOffload`]), where the other weights go. `vs` is the store the model was built in, on the host or
+    /// on `device`.
+    pub fn offload_blocks(&mut self, vs: &tch::nn::VarStore, ahead: usize, device: tch::Device) {
+        self.offload = Some(BlockOffload::new(vs, "blocks.", self.blocks.len(), ahead, device));
+        self.buffers_to(device);
+    }
+
+    /// Moves what the model computes once and keeps outside its variables (the rotary tables) to `device`: for a
+    /// model built in host memory whose weights are lent to `device` (block offload, expert swap).
+    pub fn buffers_to(&mut self, device: tch::Device) {
+        self.rope.cos = self.rope.cos.to_device(device);
+        self.rope.sin = self.rope.sin.to_device(device);
     }
 
     /// Every linear layer by name, with its `[out, in]` shape: what LoRA adapters can address.
