@@ -4,7 +4,7 @@
 //! ```text
 //! vgen-side pipeline  --model DIR --runs N [--steps S --frames F --width W --height H --guidance G --step-cache T]
 //! vgen-side step      --transformer DIR --frames F --height H --width W --runs N [--format f32|fp8|q8_0|q4_k]
-//!                     [--device cpu|cuda] [--dtype f32|bf16] [--offload]
+//!                     [--device cpu|cuda] [--dtype f32|bf16] [--offload] [--lora RANK|full,...]
 //! vgen-side loop      --transformer DIR --frames F --height H --width W --steps S [--step-cache T]
 //! vgen-side decode    --vae DIR --frames F --height H --width W --out FILE.mp4 [--tile SIZE,STRIDE] [--device D]
 //! vgen-side parity    --fixtures DIR [--device D] [--dtype f32|bf16]   (the tiny models against diffusers' fp32)
@@ -56,6 +56,7 @@ fn main() {
             num("--runs", 5) as usize,
             flag("--format").unwrap_or_else(|| "f32".into()),
             (device, kind, offload),
+            flag("--lora").map(|l| l.split(',').map(str::to_string).collect()).unwrap_or_default(),
         ),
         Some("decode") => decode(
             &PathBuf::from(flag("--vae").expect("--vae")),
@@ -180,12 +181,17 @@ fn pipeline(
 ///
 /// `format` other than f32 keeps the blocks' matrices quantized as `vgen quantize` does (`fp8`, `q8_0`, `q4_k`),
 /// filled with the encoding of random values; `weights_bytes` is the resident memory the built model added.
+///
+/// With `loras` (each a rank, or `full` for a full weight delta), the step runs again for each with a random
+/// adapter on every linear layer of the blocks, applied unmerged and then merged (`models::lora::merged`): the
+/// rows say which, and the merged set's bytes; the warm-up row of a merged case includes the merging.
 fn step(
     folder: &Path,
     [frames, height, width]: [i64; 3],
     runs: usize,
     format: String,
     (device, kind, offload): (Device, Kind, bool),
+    loras: Vec<String>,
 ) -> vgen_core::Result<()> {
     const PROMPT_TOKENS: i64 = 32;
     const NEGATIVE_TOKENS: i64 = 32;
@@ -220,9 +226,66 @@ fn step(
     let t = Tensor::from_slice(&[500.0f32, 500.0]).to_device(device);
     let tokens = latent_frames * (height / 16) * (width / 16);
     let context = model.text_context(&text, None, true).unwrap();
+    // (the adapter's spec, and the adapter with whether it is merged), the base first.
+    type Case = (String, Option<(Arc<vgen_core::models::lora::Adapter>, bool)>);
+    let mut cases: Vec<Case> = vec![("none".into(), None)];
+    for spec in &loras {
+        let adapter = Arc::new(random_adapter(&model, spec, device, kind));
+        cases.push((spec.clone(), Some((adapter.clone(), false))));
+        cases.push((spec.clone(), Some((adapter, true))));
+    }
+    for (lora, case) in cases {
+        use vgen_core::models::lora::{active, merged::MergedSet};
+        let merged = case.as_ref().is_some_and(|(_, m)| *m);
+        let set = merged.then(|| Arc::new(MergedSet::new(0)));
+        let applied = case.map(|(adapter, _)| active::Applied { adapter, scale: 1.0, expert: None });
+        let _scope = active::scoped_for_experts(applied.into_iter().collect(), set.clone());
+        step_runs(&model, (&x, &t, &context), runs, device, |run, elapsed| {
+            serde_json::json!({
+                "side": "vgen", "case": "step", "warmup": run == 0, "tokens": tokens, "format": format,
+                "offload": offload, "dtype": format!("{kind:?}"), "lora": lora, "merged": merged,
+                "step_ms": ms(elapsed), "peak_rss": peak_rss(), "weights_bytes": weights_bytes,
+                "threads": vgen_core::runtime::cpu_threads(),
+            })
+        })?;
+    }
+    Ok(())
+}
+
+/// A random adapter on every linear layer of `model`'s blocks: rank `spec` pairs, or full weight deltas (`full`).
+fn random_adapter(model: &WanTransformer, spec: &str, device: Device, kind: Kind) -> vgen_core::models::lora::Adapter {
+    use vgen_core::models::lora::{Adapter, Delta};
+    let opts = (kind, device);
+    let layers = model
+        .linears()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("blocks."))
+        .map(|(name, [out, inp])| {
+            let delta = match spec {
+                "full" => Delta { low_rank: None, weight: Some(Tensor::randn([out, inp], opts) * 0.01), bias: None },
+                rank => {
+                    let r: i64 = rank.parse().expect("--lora RANK|full");
+                    let pair = (Tensor::randn([r, inp], opts) * 0.01, Tensor::randn([out, r], opts) * 0.01);
+                    Delta { low_rank: Some(pair), weight: None, bias: None }
+                }
+            };
+            (name, delta)
+        })
+        .collect();
+    Adapter { path: PathBuf::from(format!("random-{spec}")), layers }
+}
+
+/// `runs` timed CFG steps after a warm-up, each printed as `row(run, elapsed)`.
+fn step_runs(
+    model: &WanTransformer,
+    (x, t, context): (&Tensor, &Tensor, &vgen_core::models::wan::transformer::TextContext),
+    runs: usize,
+    device: Device,
+    row: impl Fn(usize, Duration) -> serde_json::Value,
+) -> vgen_core::Result<()> {
     for run in 0..=runs {
         let started = Instant::now();
-        let out = model.forward_with(&Tensor::cat(&[&x, &x], 0), &t, &context)?;
+        let out = model.forward_with(&Tensor::cat(&[x, x], 0), t, context)?;
         let parts = out.chunk(2, 0);
         let guided = &parts[1] + (&parts[0] - &parts[1]) * 5.0;
         if device.is_cuda() {
@@ -232,13 +295,7 @@ fn step(
         }
         let elapsed = started.elapsed();
         assert_eq!(guided.size(), x.size());
-        let line = serde_json::json!({
-            "side": "vgen", "case": "step", "warmup": run == 0, "tokens": tokens, "format": format,
-            "offload": offload, "dtype": format!("{kind:?}"),
-            "step_ms": ms(elapsed), "peak_rss": peak_rss(), "weights_bytes": weights_bytes,
-            "threads": vgen_core::runtime::cpu_threads(),
-        });
-        println!("{line}");
+        println!("{}", row(run, elapsed));
     }
     Ok(())
 }

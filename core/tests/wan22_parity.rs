@@ -237,6 +237,19 @@ fn the_engine_and_the_command_run_both_wan22_models_and_take_a_second_scale_only
         assert_eq!(e.wait(id, wait).unwrap().state, JobState::Succeeded);
     }
     assert_ne!(e.result(one).unwrap().frames, e.result(other).unwrap().frames, "the second scale changes the video");
+    // The text encoder serves both experts: an adapter for one may not change it.
+    let te = vgen_core::engine::LoraRef {
+        path: Some(fixtures().join("loras/te_peft.safetensors").to_string_lossy().into_owned()),
+        name: None,
+        scale: 1.0,
+        expert: Some(vgen_core::engine::Expert::High),
+    };
+    let id = e.submit(Request { loras: vec![te], ..a14b(None) }).unwrap();
+    let error = e.wait(id, wait).unwrap().error.expect("refused when its adapters load");
+    assert!(
+        error.code == ErrorCode::InvalidArgument && error.message.contains("which both experts share"),
+        "{error:?}"
+    );
     let ti2v = e.submit(Request { model: Some("tiny-wan22-ti2v".into()), ..Request::new("a cat") }).unwrap();
     let status = e.wait(ti2v, wait).unwrap();
     assert_eq!(status.state, JobState::Succeeded, "{status:?}");

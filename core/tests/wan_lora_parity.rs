@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
+use vgen_core::models::lora::merged::MergedSet;
 use vgen_core::models::lora::{Adapter, active};
 use vgen_core::models::wan::{self, transformer::WanTransformer};
 use vgen_core::models::weights::read_config;
@@ -28,12 +29,25 @@ fn adapter(name: &str) -> Arc<Adapter> {
 }
 
 fn forward(model: &WanTransformer, adapters: Vec<(Arc<Adapter>, f64)>) -> Tensor {
+    forward_merged(model, adapters, false)
+}
+
+/// The transformer's output on case `a` with `adapters`, merged into copies of the layers or applied unmerged.
+fn forward_merged(model: &WanTransformer, adapters: Vec<(Arc<Adapter>, f64)>, merged: bool) -> Tensor {
     let c: HashMap<String, Tensor> =
         Tensor::read_safetensors(fixtures().join("cases/transformer.safetensors")).unwrap().into_iter().collect();
-    let _scope = active::scoped(adapters);
-    tch::no_grad(|| {
+    let adapters = adapters.into_iter().map(|(adapter, scale)| active::Applied { adapter, scale, expert: None });
+    let set = merged.then(|| Arc::new(MergedSet::new(0)));
+    let adapters: Vec<_> = adapters.collect();
+    let live = adapters.iter().any(|a| a.scale != 0.0);
+    let _scope = active::scoped_for_experts(adapters, set.clone());
+    let out = tch::no_grad(|| {
         model.forward(&c["a.hidden_states"], &c["a.timestep"], &c["a.encoder_hidden_states"], None).unwrap()
-    })
+    });
+    if let Some(set) = set {
+        assert_eq!(set.merged_layers() > 0, live, "the layers ran from merged copies");
+    }
+    out
 }
 
 #[test]
@@ -55,11 +69,15 @@ fn every_format_one_scale_and_two_adapters_match_diffusers() {
         ("peft.0.8+kohya.0.5", vec![("peft", 0.8), ("kohya", 0.5)]),
     ];
     for (label, set) in runs {
-        let got = forward(&model, set.iter().map(|(n, s)| (adapter(n), *s)).collect());
-        let e = (&got - &want[label]).abs().max().double_value(&[]);
-        let moved = (&want[label] - &want["base"]).abs().max().double_value(&[]);
-        eprintln!("{label}: max abs error {e:.1e} (the adapter moves the output by up to {moved:.2})");
-        assert!(e < 1e-4, "{label}: max abs error {e:e}");
+        for merged in [false, true] {
+            let got = forward_merged(&model, set.iter().map(|(n, s)| (adapter(n), *s)).collect(), merged);
+            let e = (&got - &want[label]).abs().max().double_value(&[]);
+            let moved = (&want[label] - &want["base"]).abs().max().double_value(&[]);
+            eprintln!(
+                "{label} (merged: {merged}): max abs error {e:.1e} (the adapter moves the output by up to {moved:.2})"
+            );
+            assert!(e < 1e-4, "{label} (merged: {merged}): max abs error {e:e}");
+        }
     }
 }
 
@@ -134,6 +152,45 @@ fn adapters_for_another_model_or_malformed_are_refused_naming_the_file_and_key()
 
 mod common;
 
+/// Text-encoder adapters (PEFT's `text_encoder.…` keys and kohya's `lora_te_…` with alpha) against peft on
+/// transformers' UMT5, unmerged and merged; with a transformer adapter beside them, the text encoder's output is
+/// theirs alone.
+#[test]
+fn text_encoder_adapters_match_peft() {
+    use vgen_core::models::wan::pipeline::WanModel;
+    let want: HashMap<String, Tensor> =
+        Tensor::read_safetensors(fixtures().join("cases/lora.safetensors")).unwrap().into_iter().collect();
+    let dir = std::env::temp_dir().join(format!("vgen-lora-te-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    common::tiny_wan(&dir, "tiny", 5);
+    let model = WanModel::open(&dir).unwrap();
+    let comps = model.components(vgen_core::Device::Cpu).unwrap();
+    let _g = tch::no_grad_guard();
+    let encode = |set: Vec<(Arc<Adapter>, f64)>, merged: bool| {
+        let set = set.into_iter().map(|(adapter, scale)| active::Applied { adapter, scale, expert: None }).collect();
+        let _scope = active::scoped_for_experts(set, merged.then(|| Arc::new(MergedSet::new(0))));
+        model.encode_prompts(&comps, &["A cat and a dog."], Device::Cpu).unwrap()
+    };
+    let base = encode(vec![], false);
+    assert!((&base - &want["te.base"]).abs().max().double_value(&[]) < 1e-5);
+    for name in ["te_peft", "te_kohya"] {
+        let te = adapter(name);
+        te.check(&comps.encoder.linears()).unwrap();
+        assert!(te.layers.keys().all(|k| k.starts_with("text_encoder.encoder.block.")), "{:?}", te.layers.keys());
+        for merged in [false, true] {
+            let got = encode(vec![(te.clone(), 1.0), (adapter("peft"), 1.0)], merged);
+            let e = (&got - &want[&format!("te.{name}")]).abs().max().double_value(&[]);
+            let moved = (&want[&format!("te.{name}")] - &base).abs().max().double_value(&[]);
+            eprintln!(
+                "{name} (merged: {merged}): max abs error {e:.1e} (the adapter moves the output by up to {moved:.2})"
+            );
+            assert!(e < 1e-4 && moved > 0.01, "{name} (merged: {merged}): max abs error {e:e}");
+        }
+    }
+    assert!(encode(vec![(adapter("te_peft"), 0.0)], true).equal(&base), "scale 0: the base encoder bit for bit");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Wan2.2 A14B-style (tiny-wan with a second expert): an adapter for the high-noise expert and another for the
 /// low-noise one, as diffusers loads them (`load_lora_weights`, with `load_into_transformer_2` for the second),
 /// and one adapter in both, over a 2-step run whose first step is the high-noise expert's.
@@ -151,20 +208,23 @@ fn adapters_for_one_expert_or_both_match_diffusers_on_a_two_expert_model() {
     let comps = model.components(vgen_core::Device::Cpu).unwrap();
     let _g = tch::no_grad_guard();
     let text = model.encode_prompts(&comps, &["A cat and a dog.", "blurred"], Device::Cpu).unwrap();
-    let run = |set: Vec<Applied>| {
-        let _scope = active::scoped_for_experts(set);
+    let run = |set: Vec<Applied>, merged: bool| {
+        let _scope = active::scoped_for_experts(set, merged.then(|| Arc::new(MergedSet::new(0))));
         let latents = want["a14b.latents"].shallow_clone();
         model.denoise(&comps, latents, &text, 2, 5.0, None, &Images::default(), |_, _, _, _| Ok(())).unwrap().0
     };
     let applied = |name: &str, expert: Option<usize>| Applied { adapter: adapter(name), scale: 1.0, expert };
-    let split = run(vec![applied("peft", Some(0)), applied("kohya", Some(1))]);
-    let both = run(vec![applied("peft", None)]);
-    for (label, got) in [("a14b.peft-high+kohya-low", &split), ("a14b.peft-both", &both)] {
-        let e = (got - &want[label]).abs().max().double_value(&[]);
-        eprintln!("{label}: max abs error {e:.1e}");
-        assert!(e < 1e-4, "{label}: max abs error {e:e}");
+    for merged in [false, true] {
+        let split = run(vec![applied("peft", Some(0)), applied("kohya", Some(1))], merged);
+        let both = run(vec![applied("peft", None)], merged);
+        for (label, got) in [("a14b.peft-high+kohya-low", &split), ("a14b.peft-both", &both)] {
+            let e = (got - &want[label]).abs().max().double_value(&[]);
+            eprintln!("{label} (merged: {merged}): max abs error {e:.1e}");
+            assert!(e < 1e-4, "{label} (merged: {merged}): max abs error {e:e}");
+        }
     }
-    let high_only = run(vec![applied("peft", Some(0))]);
+    let both = run(vec![applied("peft", None)], false);
+    let high_only = run(vec![applied("peft", Some(0))], false);
     assert!((&high_only - &both).abs().max().double_value(&[]) > 1e-3, "the low-noise expert's adapter matters");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -179,8 +239,16 @@ fn requests_apply_adapters_to_their_own_jobs_and_bad_ones_are_refused() {
     let dir = std::env::temp_dir().join(format!("vgen-lora-engine-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     common::tiny_wan(&dir, "tiny", 5);
+    // The same model with no room for merged weights: its jobs apply adapters unmerged.
+    let unmerged_dir = dir.join("unmerged");
+    common::tiny_wan(&unmerged_dir, "tiny-unmerged", 5);
+    let serving = std::fs::read_to_string(unmerged_dir.join("vgen.json")).unwrap();
+    std::fs::write(unmerged_dir.join("vgen.json"), serving.replace("}", r#", "lora_merge_bytes": 0}"#)).unwrap();
     let mut models = common::test_models();
-    models.insert(Arc::new(WanModel::open(&dir).unwrap()));
+    let tiny = Arc::new(WanModel::open(&dir).unwrap());
+    let unmerged = Arc::new(WanModel::open(&unmerged_dir).unwrap());
+    models.insert(tiny.clone());
+    models.insert(unmerged.clone());
     let engine =
         Engine::with_models(EngineConfig { devices: vec![vgen_core::Device::Cpu], ..Default::default() }, models)
             .unwrap();
@@ -190,19 +258,35 @@ fn requests_apply_adapters_to_their_own_jobs_and_bad_ones_are_refused() {
         scale,
         expert: None,
     };
-    let run = |loras: Vec<LoraRef>| {
-        let request = Request { model: Some("tiny".into()), seed: Some(4), loras, ..Request::new("a cat") };
+    let run_on = |model: &str, loras: Vec<LoraRef>| {
+        let request = Request { model: Some(model.into()), seed: Some(4), loras, ..Request::new("a cat") };
         let id = engine.submit(request).unwrap();
         let status = engine.wait(id, Some(Duration::from_secs(120))).unwrap();
         assert_eq!(status.state, JobState::Succeeded, "{status:?}");
         engine.result(id).unwrap().frames.data().to_vec()
     };
+    let run = |loras: Vec<LoraRef>| run_on("tiny", loras);
     let base = run(vec![]);
+    assert_eq!(tiny.merged_sets(vgen_core::Device::Cpu), Vec::<u64>::new(), "no adapters, nothing merged");
     let styled = run(vec![lora("lightx2v", 1.0)]);
     assert_ne!(styled, base, "the adapter changes the video");
+    // On the CPU the model merges by default: one set, a copy of every layer the adapter touches (tiny-wan's
+    // blocks' and head's linear layers, fp32).
+    let kept = tiny.merged_sets(vgen_core::Device::Cpu);
+    assert!(kept.len() == 1 && kept[0] > 100_000, "{kept:?}");
+    assert_eq!(run(vec![lora("lightx2v", 1.0)]), styled, "the kept merged set gives the same video again");
+    let applied_unmerged = run_on("tiny-unmerged", vec![lora("lightx2v", 1.0)]);
+    assert!(unmerged.merged_sets(vgen_core::Device::Cpu).is_empty(), "lora_merge_bytes 0: nothing merged");
+    let differing = styled.iter().zip(&applied_unmerged).filter(|(a, b)| a != b).count();
+    let worst = styled.iter().zip(&applied_unmerged).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    assert!(
+        worst <= 1 && differing * 100 <= styled.len(),
+        "merged and unmerged: {differing} values differ, by {worst}"
+    );
     assert_eq!(run(vec![lora("lightx2v", 0.0)]), base, "at scale 0, the base model's video bit for bit");
     assert_eq!(run(vec![]), base, "the next job without adapters is the base model's");
     assert_ne!(run(vec![lora("lightx2v", 0.5), lora("peft", 0.5)]), styled);
+    assert_ne!(run(vec![lora("te_kohya", 1.0)]), base, "a text-encoder adapter alone changes the video");
     let refused = |loras: Vec<LoraRef>, model: &str| {
         let request = Request { model: Some(model.into()), loras, ..Request::new("a cat") };
         engine.submit(request).unwrap_err()

@@ -2,7 +2,8 @@
 `WanPipeline.load_lora_weights` (0.42.1, with peft 0.18.0) and mixed by `set_adapters`. Writes
 `core/tests/fixtures/wan/loras/*.safetensors` and `cases/lora.safetensors` (the transformer's output on
 `transformer.safetensors`' case `a` for each adapter set, and the latents of 2-step runs of the two-expert
-`tiny-wan22-a14b` with adapters in one expert or both), which `core/tests/wan_lora_parity.rs` checks vgen against.
+`tiny-wan22-a14b` with adapters in one expert or both, and the text encoder's output with text-encoder adapters),
+which `core/tests/wan_lora_parity.rs` checks vgen against.
 
 Formats (`loras/`):
 - `peft.safetensors`: diffusers/PEFT keys, `transformer.blocks.0.attn1.to_q.lora_A.weight`;
@@ -10,7 +11,11 @@ Formats (`loras/`):
 - `musubi.safetensors`: the underscore form, `lora_unet_blocks_0_self_attn_q.lora_down.weight` with `.alpha`;
 - `lightx2v.safetensors`: lightx2v's layout, `diffusion_model.blocks.0.self_attn.q.lora_A.weight`, with `diff_b`
   bias deltas on every layer, zero `diff` deltas on the norms, and the head as a full delta (`head.head.diff`,
-  `head.head.diff_b`).
+  `head.head.diff_b`);
+- `te_peft.safetensors` and `te_kohya.safetensors`: the text encoder's (UMT5's) attention and feed-forward layers,
+  as `text_encoder.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight` and as kohya's
+  `lora_te_encoder_block_0_layer_0_SelfAttention_q.lora_down.weight` with `.alpha`. diffusers loads no
+  text-encoder adapter for Wan, so the reference is peft's (`inject_adapter_in_model`) on transformers' UMT5.
 
     .venv/bin/python tools/wan_reference/make_lora_case.py
 """
@@ -114,6 +119,7 @@ def main() -> None:
             pipe.set_adapters(names, adapter_weights=weights)
             out[label] = pipe.transformer(**inputs)[0]
     out.update(two_experts())
+    out.update(text_encoder())
     save_file({k: v.contiguous() for k, v in out.items()}, str(FIXTURES / "cases" / "lora.safetensors"),
               metadata={"format": "pt"})
     base = out["base"]
@@ -122,6 +128,61 @@ def main() -> None:
             print(f"{k}: max change from base {(v - base).abs().max().item():.3f}")
     print("a14b: peft in both experts vs peft-high + kohya-low, max difference "
           f"{(out['a14b.peft-both'] - out['a14b.peft-high+kohya-low']).abs().max().item():.3f}")
+
+
+def text_encoder() -> dict[str, torch.Tensor]:
+    """The tiny UMT5's last hidden state for "A cat and a dog." (16 tokens, rows past the prompt zeroed as the
+    pipeline does) with each text-encoder adapter, through peft."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    tokenizer = AutoTokenizer.from_pretrained(FIXTURES / "tiny-wan" / "tokenizer")
+    tokens = tokenizer(["A cat and a dog."], padding="max_length", max_length=16, truncation=True,
+                       add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+    targets = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
+    gen = torch.Generator().manual_seed(35)
+    base = UMT5EncoderModel.from_pretrained(FIXTURES / "tiny-wan" / "text_encoder").eval()
+    layers = []
+    for i, block in enumerate(base.encoder.block):
+        for j, sub in ((0, "SelfAttention"), (1, "DenseReluDense")):
+            module = block.layer[j].get_submodule(sub)
+            for t in targets:
+                if hasattr(module, t):
+                    linear = getattr(module, t)
+                    layers.append((f"encoder.block.{i}.layer.{j}.{sub}.{t}", linear.in_features, linear.out_features))
+    files = {"te_peft": ({}, None), "te_kohya": ({}, 2.0)}
+    for name, (tensors, alpha) in files.items():
+        for module, fan_in, fan_out in layers:
+            a, b = pair(gen, fan_in, fan_out)
+            if alpha is None:
+                tensors[f"text_encoder.{module}.lora_A.weight"], tensors[f"text_encoder.{module}.lora_B.weight"] = a, b
+            else:
+                key = "lora_te_" + module.replace(".", "_")
+                tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"] = a, b
+                tensors[f"{key}.alpha"] = torch.tensor(alpha)
+        save_file(tensors, str(LORAS / f"{name}.safetensors"))
+    out = {}
+    mask = tokens.attention_mask.unsqueeze(-1).float()
+    with torch.no_grad():
+        out["te.base"] = base(tokens.input_ids, tokens.attention_mask).last_hidden_state * mask
+        for name, (_, alpha) in files.items():
+            model = UMT5EncoderModel.from_pretrained(FIXTURES / "tiny-wan" / "text_encoder").eval()
+            config = LoraConfig(r=RANK, lora_alpha=RANK if alpha is None else alpha, target_modules=targets)
+            model = inject_adapter_in_model(config, model)
+            loaded = load_file(str(LORAS / f"{name}.safetensors"))
+            state = {}
+            for module, _, _ in layers:
+                if alpha is None:
+                    a, b = (loaded[f"text_encoder.{module}.lora_{x}.weight"] for x in "AB")
+                else:
+                    key = "lora_te_" + module.replace(".", "_")
+                    a, b = loaded[f"{key}.lora_down.weight"], loaded[f"{key}.lora_up.weight"]
+                state[f"{module}.lora_A.weight"], state[f"{module}.lora_B.weight"] = a, b
+            result = set_peft_model_state_dict(model, state)
+            assert not result.unexpected_keys, result.unexpected_keys
+            out[f"te.{name}"] = model(tokens.input_ids, tokens.attention_mask).last_hidden_state * mask
+            print(f"te.{name}: max change from base {(out[f'te.{name}'] - out['te.base']).abs().max().item():.3f}")
+    return out
 
 
 def two_experts() -> dict[str, torch.Tensor]:

@@ -295,16 +295,19 @@ fn same_value(a: &vgen_core::models::weights::gguf::Value, b: &vgen_core::models
 }
 
 /// A LoRA file (`vgen_core::models::lora`): the bytes as a safetensors file, normalised from whichever key form it
-/// uses, then checked against the tiny Wan transformer's layers. An accepted adapter's every layer is one the
-/// model has, of its shape, and applying it changes nothing about the output's shape; anything else is refused
-/// with `invalid_argument`, never a panic.
+/// uses, then checked against the tiny Wan's layers (the transformer's and the text encoder's). An accepted
+/// adapter's every layer is one the model has, of its shape, and applying it, unmerged or merged, changes nothing
+/// about the outputs' shapes; anything else is refused with `invalid_argument`, never a panic.
 pub fn lora(data: &[u8]) {
+    use std::sync::Arc;
     use tch::{Device, Kind, Tensor};
-    use vgen_core::models::lora::{Adapter, active};
+    use vgen_core::models::lora::{Adapter, active, merged::MergedSet};
     use vgen_core::models::wan::transformer::WanTransformer;
+    use vgen_core::models::wan::umt5::Umt5Encoder;
     struct Model {
-        _vars: tch::nn::VarStore,
+        _vars: Vec<tch::nn::VarStore>,
         transformer: WanTransformer,
+        encoder: Umt5Encoder,
     }
     // SAFETY: the fuzz target runs on one thread; the model is only read.
     unsafe impl Sync for Model {}
@@ -315,7 +318,14 @@ pub fn lora(data: &[u8]) {
         let dir = fixtures().join("tiny-wan/transformer");
         let config = vgen_core::models::weights::read_config(&dir).unwrap();
         let (vs, m) = vgen_core::models::wan::load_transformer(&dir, Device::Cpu, config).unwrap();
-        Model { _vars: vs, transformer: m }
+        let dir = fixtures().join("tiny-wan/text_encoder");
+        let config = vgen_core::models::weights::read_config(&dir).unwrap();
+        let (ve, encoder) =
+            vgen_core::models::wan::load_component(&dir, "model", Device::Cpu, &[], &["encoder.embed_tokens."], |p| {
+                Umt5Encoder::new(p, config)
+            })
+            .unwrap();
+        Model { _vars: vec![vs, ve], transformer: m, encoder }
     });
     let path =
         SCRATCH.get_or_init(|| std::env::temp_dir().join(format!("vgen-fuzz-lora-{}.safetensors", std::process::id())));
@@ -327,7 +337,8 @@ pub fn lora(data: &[u8]) {
             return;
         }
     };
-    let linears = model.transformer.linears();
+    let mut linears = model.transformer.linears();
+    linears.extend(model.encoder.linears());
     if let Err(e) = adapter.check(&linears) {
         assert_eq!(e.code(), vgen_core::ErrorCode::InvalidArgument, "{e}");
         return;
@@ -338,9 +349,16 @@ pub fn lora(data: &[u8]) {
     let x = Tensor::zeros([1, 16, 1, 2, 2], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[500.0f32]);
     let text = Tensor::zeros([1, 4, 32], (Kind::Float, Device::Cpu));
-    let _scope = active::scoped(vec![(std::sync::Arc::new(adapter), 0.5)]);
-    let out = tch::no_grad(|| model.transformer.forward(&x, &t, &text, None)).expect("an accepted adapter runs");
-    assert_eq!(out.size(), x.size());
+    let ids = Tensor::zeros([1, 4], (Kind::Int64, Device::Cpu));
+    let adapter = Arc::new(adapter);
+    for merged in [false, true] {
+        let applied = active::Applied { adapter: adapter.clone(), scale: 0.5, expert: None };
+        let _scope = active::scoped_for_experts(vec![applied], merged.then(|| Arc::new(MergedSet::new(0))));
+        let out = tch::no_grad(|| model.transformer.forward(&x, &t, &text, None)).expect("an accepted adapter runs");
+        assert_eq!(out.size(), x.size());
+        let hidden = tch::no_grad(|| model.encoder.forward(&ids, &ids.ones_like()));
+        assert_eq!(hidden.size(), [1, 4, 32]);
+    }
 }
 
 /// The HTTP server's request bodies, driven through its router in-process (no socket): the native

@@ -67,9 +67,21 @@ impl Linear {
         }
     }
 
+    /// The layer with `prefix` before its name (`text_encoder.` for the text encoder's layers, so that adapters
+    /// tell them from the transformer's).
+    pub fn prefixed(mut self, prefix: &str) -> Self {
+        self.name = format!("{prefix}{}", self.name);
+        self
+    }
+
     /// The layer's name and `[out, in]` shape.
     pub fn describe(&self) -> (&str, [i64; 2]) {
         (&self.name, self.shape)
+    }
+
+    /// The bias, if the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
     }
 
     /// Whether the weight stays quantized.
@@ -108,7 +120,9 @@ fn dense(p: &nn::Path, shape: &[i64; 2]) -> Tensor {
 impl Module for Linear {
     /// `x·Wᵀ + b`, plus the deltas of the job's LoRA adapters for this layer (see `models::lora`).
     fn forward(&self, x: &Tensor) -> Tensor {
-        let y = x.linear(&self.weight(x.kind()), self.bias.as_ref());
-        if super::lora::active::any() { super::lora::active::add_deltas(&self.name, x, y) } else { y }
+        if super::lora::active::any() {
+            return super::lora::active::forward(self, x);
+        }
+        x.linear(&self.weight(x.kind()), self.bias.as_ref())
     }
 }

@@ -8,6 +8,8 @@
 //! by the expert the job is running, which the denoising loop sets ([`running_expert`]) when it switches.
 
 use super::Adapter;
+use super::merged::{MergedSet, merge};
+use crate::models::linear::Linear;
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use tch::Tensor;
@@ -24,6 +26,7 @@ pub struct Applied {
 thread_local! {
     static ACTIVE: RefCell<Vec<Applied>> = const { RefCell::new(Vec::new()) };
     static EXPERT: Cell<usize> = const { Cell::new(0) };
+    static MERGED: RefCell<Option<Arc<MergedSet>>> = const { RefCell::new(None) };
 }
 
 /// While alive, `adapters` (with their scales) apply to the linear layers this thread runs. Adapters at scale 0
@@ -32,19 +35,24 @@ thread_local! {
 pub struct Scope {
     previous: Vec<Applied>,
     expert: usize,
+    merged: Option<Arc<MergedSet>>,
 }
 
 /// [`scoped_for_experts`] for adapters that apply to every transformer.
 pub fn scoped(adapters: Vec<(Arc<Adapter>, f64)>) -> Scope {
-    scoped_for_experts(adapters.into_iter().map(|(adapter, scale)| Applied { adapter, scale, expert: None }).collect())
+    let adapters = adapters.into_iter().map(|(adapter, scale)| Applied { adapter, scale, expert: None }).collect();
+    scoped_for_experts(adapters, None)
 }
 
-/// While alive, `adapters` apply to this thread's linear layers, each to its expert's, starting with expert 0.
-pub fn scoped_for_experts(adapters: Vec<Applied>) -> Scope {
-    let adapters = adapters.into_iter().filter(|a| a.scale != 0.0).collect();
+/// While alive, `adapters` apply to this thread's linear layers, each to its expert's, starting with expert 0:
+/// merged into `merged`'s copies of the layers when given (the set must be these adapters'), else unmerged.
+pub fn scoped_for_experts(adapters: Vec<Applied>, merged: Option<Arc<MergedSet>>) -> Scope {
+    let adapters: Vec<Applied> = adapters.into_iter().filter(|a| a.scale != 0.0).collect();
+    let merged = merged.filter(|_| !adapters.is_empty());
     Scope {
         previous: ACTIVE.with(|a| std::mem::replace(&mut *a.borrow_mut(), adapters)),
         expert: EXPERT.with(|e| e.replace(0)),
+        merged: MERGED.with(|m| std::mem::replace(&mut *m.borrow_mut(), merged)),
     }
 }
 
@@ -53,7 +61,40 @@ impl Drop for Scope {
         let previous = std::mem::take(&mut self.previous);
         ACTIVE.with(|a| *a.borrow_mut() = previous);
         EXPERT.with(|e| e.set(self.expert));
+        let merged = self.merged.take();
+        MERGED.with(|m| *m.borrow_mut() = merged);
     }
+}
+
+/// `layer`'s output for `x` with the active adapters: from the merged copy when the job has a merged set (made now
+/// if this is the set's first use of the layer), else the base output plus each adapter's deltas. A layer no
+/// active adapter touches computes with the base weights either way; a quantized one is never merged (its merged
+/// copy would be dense).
+pub fn forward(layer: &Linear, x: &Tensor) -> Tensor {
+    let (name, _) = layer.describe();
+    let merged = MERGED.with(|m| m.borrow().clone()).filter(|_| !layer.is_quantized());
+    if let Some(set) = merged {
+        let expert = EXPERT.with(Cell::get);
+        let touched = ACTIVE.with(|a| {
+            a.borrow().iter().any(|a| a.expert.is_none_or(|e| e == expert) && a.adapter.layers.contains_key(name))
+        });
+        if touched {
+            let merged = set.layer(expert, name, || {
+                ACTIVE.with(|a| {
+                    let active = a.borrow();
+                    let deltas: Vec<_> = active
+                        .iter()
+                        .filter(|a| a.expert.is_none_or(|e| e == expert))
+                        .filter_map(|a| a.adapter.layers.get(name).map(|d| (d, a.scale)))
+                        .collect();
+                    merge(&layer.weight(x.kind()), layer.bias(), &deltas)
+                })
+            });
+            return x.linear(&merged.weight, merged.bias.as_ref());
+        }
+    }
+    let y = x.linear(&layer.weight(x.kind()), layer.bias());
+    add_deltas(name, x, y)
 }
 
 /// The expert whose layers this thread runs from now on (0: `transformer`, 1: `transformer_2`).

@@ -63,7 +63,24 @@ fn musubi_module(m: &str) -> Option<String> {
     .find_map(|(from, to)| m.strip_prefix(from).map(|rest| format!("{to}{rest}")))
 }
 
-/// The file's tensors as deltas by diffusers' layer name (on the CPU, fp32).
+/// The text encoder's layers: `text_encoder.` and transformers' UMT5 names.
+const TEXT_ENCODER: &str = crate::models::wan::umt5::PREFIX;
+
+/// kohya's underscore names for the text encoder, back to transformers' (with the prefix):
+/// `encoder_block_0_layer_0_SelfAttention_q` → `text_encoder.encoder.block.0.layer.0.SelfAttention.q`.
+fn text_encoder_module(m: &str) -> Option<String> {
+    let (block, rest) = m.strip_prefix("encoder_block_")?.split_once("_layer_")?;
+    let (layer, rest) = rest.split_once('_')?;
+    block.parse::<u32>().ok()?;
+    layer.parse::<u32>().ok()?;
+    let sub = ["SelfAttention_", "DenseReluDense_"]
+        .iter()
+        .find_map(|k| rest.strip_prefix(k).map(|o| format!("{}.{o}", k.trim_end_matches('_'))))?;
+    Some(format!("{TEXT_ENCODER}encoder.block.{block}.layer.{layer}.{sub}"))
+}
+
+/// The file's tensors as deltas by diffusers' layer name (on the CPU, fp32); the text encoder's layers are named
+/// `text_encoder.` and transformers' UMT5 names.
 pub fn normalise(tensors: Vec<(String, Tensor)>) -> Result<BTreeMap<String, Delta>> {
     if let Some((k, _)) = tensors.iter().find(|(k, _)| k.contains("dora_scale")) {
         return Err(Error::invalid(format!("{k:?}: DoRA adapters are not supported")));
@@ -79,10 +96,11 @@ pub fn normalise(tensors: Vec<(String, Tensor)>) -> Result<BTreeMap<String, Delt
             })?;
         let module = if let Some(m) = module.strip_prefix("lora_unet_") {
             musubi_module(m).ok_or_else(|| Error::invalid(format!("key {key:?}: no Wan layer is called {m:?}")))?
-        } else if let Some(m) = module.strip_prefix("lora_te_").or_else(|| module.strip_prefix("text_encoder.")) {
-            return Err(Error::invalid(format!(
-                "key {key:?}: text-encoder adapters ({m}) are not supported yet; only the transformer's layers"
-            )));
+        } else if let Some(m) = module.strip_prefix("lora_te_") {
+            text_encoder_module(m)
+                .ok_or_else(|| Error::invalid(format!("key {key:?}: no text-encoder layer is called {m:?}")))?
+        } else if module.starts_with(TEXT_ENCODER) {
+            module
         } else {
             ["transformer.", "model.diffusion_model.", "diffusion_model."]
                 .iter()
@@ -93,7 +111,8 @@ pub fn normalise(tensors: Vec<(String, Tensor)>) -> Result<BTreeMap<String, Delt
         parts.push((module, part, t.to_kind(Kind::Float)));
     }
     // 2. The original spelling becomes diffusers', decided once for the file (the spellings share names).
-    let names: Vec<String> = parts.iter().map(|(m, _, _)| format!("{m}.weight")).collect();
+    let names: Vec<String> =
+        parts.iter().filter(|(m, _, _)| !m.starts_with(TEXT_ENCODER)).map(|(m, _, _)| format!("{m}.weight")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let original = keys::is_original(&names) || names.iter().any(|n| n.contains(".ffn.0.") || n.contains(".ffn.2."));
     // 3. Grouped by layer.
@@ -108,7 +127,7 @@ pub fn normalise(tensors: Vec<(String, Tensor)>) -> Result<BTreeMap<String, Delt
     }
     let mut raw: BTreeMap<String, Raw> = BTreeMap::new();
     for (module, part, t) in parts {
-        let name = if original {
+        let name = if original && !module.starts_with(TEXT_ENCODER) {
             keys::to_diffusers(&format!("{module}.weight")).trim_end_matches(".weight").to_string()
         } else {
             module

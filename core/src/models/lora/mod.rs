@@ -10,12 +10,14 @@
 //! (`core/tests/wan_lora_parity.rs`).
 //!
 //! Applying: a job activates its adapters on its worker thread for as long as it runs ([`active::scoped`]), and
-//! each [`crate::models::linear::Linear`] adds the deltas named after it. The base weights are never written, so
+//! each [`crate::models::linear::Linear`] adds the deltas named after it, or, when the model keeps a merged copy
+//! for the job's adapter set ([`merged`]), computes with that copy instead. The base weights are never written, so
 //! one copy serves every job on a device whatever adapters each asks for, and an adapter at scale 0 (or none)
 //! leaves the computation exactly as it was.
 
 pub mod active;
 pub mod format;
+pub mod merged;
 
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
@@ -35,7 +37,7 @@ pub struct Delta {
 
 impl Delta {
     /// The `[out, in]` shape the deltas imply (what the layer must have).
-    fn shape(&self) -> Option<[i64; 2]> {
+    pub fn shape(&self) -> Option<[i64; 2]> {
         if let Some((down, up)) = &self.low_rank {
             return Some([up.size()[0], down.size()[1]]);
         }

@@ -19,6 +19,8 @@ use crate::device::Device;
 use crate::engine::{Attempt, FrameRule, Params, Stage};
 use crate::error::{Error, ErrorCode, Result};
 use crate::models::expert_swap::ExpertSwap;
+use crate::models::lora::active::Applied;
+use crate::models::lora::merged::{self, Budget, MergedSet};
 use crate::models::per_device::PerDevice;
 use crate::models::step_cache::{self, StepCache};
 use crate::models::weights::{
@@ -64,6 +66,10 @@ pub struct ServingConfig {
     /// if that is enough, else the blocks are offloaded (`models::offload`)), "experts" (always swap the experts),
     /// "blocks" (always offload the blocks) or "off".
     pub offload: Option<String>,
+    /// Bytes of merged LoRA weights (`models::lora::merged`) kept per device for recent adapter sets; a set that
+    /// does not fit runs unmerged. By default, on the CPU, room for one set that touches every linear layer (a
+    /// second copy of the transformers' linear weights); on a GPU, none (device memory is the memory plan's).
+    pub lora_merge_bytes: Option<u64>,
 }
 
 /// Frames of more pixels than this decode in tiles when neither the request nor `vgen.json` says otherwise: 480p
@@ -129,9 +135,13 @@ pub struct WanModel {
     offload_on: std::sync::Mutex<std::collections::HashMap<Device, Offload>>,
     /// LoRA adapters loaded for recent jobs, by (file, its hash, device), oldest first.
     adapters: std::sync::Mutex<Vec<AdapterKey>>,
+    /// Merged weights of recent adapter sets, per device, within `lora_merge_bytes`.
+    merged: std::sync::Mutex<std::collections::HashMap<Device, Budget<MergeKey>>>,
 }
 
 type AdapterKey = ((PathBuf, String, Device), Arc<crate::models::lora::Adapter>);
+/// An adapter set as merged: each adapter's file, hash, scale (bits) and expert.
+type MergeKey = Vec<(PathBuf, String, u64, Option<usize>)>;
 
 impl WanModel {
     /// Opens a diffusers-format Wan folder. Configs and the tokenizer are read and checked now; weights are loaded
@@ -361,6 +371,7 @@ impl WanModel {
             transformer_bytes,
             offload_on: Default::default(),
             adapters: Default::default(),
+            merged: Default::default(),
         })
     }
 
@@ -470,19 +481,27 @@ impl WanModel {
     }
 
     /// The adapters a job names, loaded on `device` in the transformer's dtype (kept for the next job that names
-    /// the same file, the last 8), each checked against the transformer's layers.
+    /// the same file, the last 8), each checked against the transformer's layers; and the merged set the job
+    /// computes with, when its adapters are merged (see [`Self::merged_set`]).
     fn adapters(
         &self,
         loras: &[crate::engine::Lora],
         device: Device,
         c: &Components,
-    ) -> Result<Vec<crate::models::lora::active::Applied>> {
+    ) -> Result<(Vec<Applied>, Option<Arc<MergedSet>>)> {
         if loras.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
         let kind = self.compute_kind(device)?;
-        // An adapter is checked against each transformer it applies to: a two-expert model's may differ in size.
-        let linears = [Some(c.transformer.linears()), c.transformer_2.as_ref().map(|t| t.linears())];
+        // An adapter is checked against each transformer it applies to (a two-expert model's may differ in size),
+        // with the text encoder's layers beside each.
+        let encoder = c.encoder.linears();
+        let with_encoder = |mut layers: std::collections::BTreeMap<String, [i64; 2]>| {
+            layers.extend(encoder.clone());
+            layers
+        };
+        let linears =
+            [Some(with_encoder(c.transformer.linears())), c.transformer_2.as_ref().map(|t| with_encoder(t.linears()))];
         let mut out = Vec::with_capacity(loras.len());
         for lora in loras {
             let key = (lora.path.clone(), lora.hash.clone(), device);
@@ -512,13 +531,62 @@ impl WanModel {
             for layers in experts.into_iter().filter_map(|e| linears[e].as_ref()) {
                 adapter.check(layers)?;
             }
-            out.push(crate::models::lora::active::Applied {
-                adapter,
-                scale: lora.scale,
-                expert: lora.expert.map(|e| e.index()),
-            });
+            if lora.expert.is_some()
+                && let Some(name) = adapter.layers.keys().find(|n| n.starts_with(super::umt5::PREFIX))
+            {
+                return Err(Error::invalid(format!(
+                    "LoRA {}: it changes the text encoder ({name}), which both experts share: give it without \
+                     \"expert\"",
+                    lora.path.display()
+                )));
+            }
+            out.push(Applied { adapter, scale: lora.scale, expert: lora.expert.map(|e| e.index()) });
         }
-        Ok(out)
+        let merged = self.merged_set(loras, &out, device, c, kind);
+        Ok((out, merged))
+    }
+
+    /// The merged set for a job's adapters, if they are merged: when the transformers are dense and resident
+    /// (a merged copy of a quantized or offloaded layer would take the memory those save) and the set fits the
+    /// device's `lora_merge_bytes` with older sets let go. Otherwise the job applies its adapters unmerged.
+    fn merged_set(
+        &self,
+        loras: &[crate::engine::Lora],
+        applied: &[Applied],
+        device: Device,
+        c: &Components,
+        kind: Kind,
+    ) -> Option<Arc<MergedSet>> {
+        let transformers: Vec<&WanTransformer> = std::iter::once(&c.transformer).chain(&c.transformer_2).collect();
+        if self.offload(device).is_some() || transformers.iter().any(|t| t.is_quantized()) {
+            return None;
+        }
+        let all_experts: Vec<usize> = (0..transformers.len()).collect();
+        let live: Vec<(&Applied, &crate::engine::Lora)> =
+            applied.iter().zip(loras).filter(|(a, _)| a.scale != 0.0).collect();
+        if live.is_empty() {
+            return None;
+        }
+        let experts: Vec<Vec<usize>> =
+            live.iter().map(|(a, _)| a.expert.map(|e| vec![e]).unwrap_or_else(|| all_experts.clone())).collect();
+        let bytes = merged::set_bytes(live.iter().zip(&experts).map(|((a, _), e)| (&*a.adapter, e.as_slice())), kind);
+        let key: MergeKey =
+            live.iter().map(|(a, l)| (l.path.clone(), l.hash.clone(), a.scale.to_bits(), a.expert)).collect();
+        let limit = self.serving.lora_merge_bytes.unwrap_or_else(|| {
+            if device.is_cuda() {
+                0
+            } else {
+                let linears = transformers.iter().flat_map(|t| t.linears().into_values());
+                linears.map(|[o, i]| (o * i) as u64 * kind.elt_size_in_bytes() as u64).sum()
+            }
+        });
+        let mut budgets = self.merged.lock().unwrap_or_else(|e| e.into_inner());
+        budgets.entry(device).or_insert_with(|| Budget::new(limit)).get_or_start(key, bytes)
+    }
+
+    /// The bytes of each merged adapter set kept on `device`, least recently used first.
+    pub fn merged_sets(&self, device: Device) -> Vec<u64> {
+        self.merged.lock().unwrap_or_else(|e| e.into_inner()).get(&device).map(Budget::kept).unwrap_or_default()
     }
 
     /// How the transformers are offloaded on `device`, if they are: `vgen.json` says so, or a memory plan chose it.
@@ -743,7 +811,10 @@ impl Model for WanModel {
         attempt.stage(Stage::EncodingPrompt)?;
         let c = self.components(device)?;
         // The job's LoRA adapters apply to every linear layer it runs until it returns (see `models::lora`).
-        let _adapters = crate::models::lora::active::scoped_for_experts(self.adapters(&p.loras, device, &c)?);
+        let _adapters = {
+            let (adapters, merged) = self.adapters(&p.loras, device, &c)?;
+            crate::models::lora::active::scoped_for_experts(adapters, merged)
+        };
         let prompt = prompt_clean(&p.prompt);
         let negative = prompt_clean(&p.negative_prompt);
         let unknown = self.tokenizer.unknown_words(&prompt);

@@ -684,6 +684,15 @@ impl WanTransformer {
 
     /// Every linear layer by name, with its `[out, in]` shape: what LoRA adapters can address.
     pub fn linears(&self) -> std::collections::BTreeMap<String, [i64; 2]> {
+        self.linear_layers().into_iter().map(|l| l.describe()).map(|(n, s)| (n.to_string(), s)).collect()
+    }
+
+    /// Whether any linear layer keeps its weight quantized.
+    pub fn is_quantized(&self) -> bool {
+        self.linear_layers().iter().any(|l| l.is_quantized())
+    }
+
+    fn linear_layers(&self) -> Vec<&Linear> {
         let e = &self.condition_embedder;
         let mut all: Vec<&Linear> = vec![&e.time_1, &e.time_2, &e.time_proj, &e.text_1, &e.text_2, &self.proj_out];
         if let Some(image) = &e.image {
@@ -698,7 +707,7 @@ impl WanTransformer {
             }
             all.extend([&b.ffn_in, &b.ffn_out]);
         }
-        all.into_iter().map(|l| l.describe()).map(|(n, s)| (n.to_string(), s)).collect()
+        all
     }
 
     /// The block offload, when the blocks are offloaded.

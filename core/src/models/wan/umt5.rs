@@ -4,6 +4,8 @@
 //! gated GELU (tanh), and the RMS norms compute their variance in fp32.
 
 use crate::error::{Error, Result};
+use crate::models::linear::Linear;
+use crate::models::weights::Storage;
 use serde::Deserialize;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -95,17 +97,20 @@ pub fn relative_position_bucket(relative: &Tensor, num_buckets: i64, max_distanc
     sign + n.where_self(&is_small, &large)
 }
 
+/// What the text encoder's layer names start with, for LoRA adapters (diffusers' component name).
+pub const PREFIX: &str = "text_encoder.";
+
 #[derive(Debug)]
 struct Block {
-    q: nn::Linear,
-    k: nn::Linear,
-    v: nn::Linear,
-    o: nn::Linear,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
     bias: nn::Embedding,
     norm_attn: LayerNorm,
-    wi_0: nn::Linear,
-    wi_1: nn::Linear,
-    wo: nn::Linear,
+    wi_0: Linear,
+    wi_1: Linear,
+    wo: Linear,
     norm_ff: LayerNorm,
     heads: i64,
     head_dim: i64,
@@ -115,15 +120,16 @@ struct Block {
 
 impl Block {
     fn new(vs: nn::Path, c: &Umt5Config) -> Self {
-        let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
         let inner = c.num_heads * c.d_kv;
+        // Named `text_encoder.…` for LoRA adapters (see `models::lora`), which address these layers by name.
+        let linear = |p: nn::Path, i: i64, o: i64| Linear::new(p, i, o, false, &Storage::dense()).prefixed(PREFIX);
         let attn = &vs / "layer" / "0" / "SelfAttention";
         let ff = &vs / "layer" / "1" / "DenseReluDense";
         Self {
-            q: nn::linear(&attn / "q", c.d_model, inner, no_bias),
-            k: nn::linear(&attn / "k", c.d_model, inner, no_bias),
-            v: nn::linear(&attn / "v", c.d_model, inner, no_bias),
-            o: nn::linear(&attn / "o", inner, c.d_model, no_bias),
+            q: linear(&attn / "q", c.d_model, inner),
+            k: linear(&attn / "k", c.d_model, inner),
+            v: linear(&attn / "v", c.d_model, inner),
+            o: linear(&attn / "o", inner, c.d_model),
             bias: nn::embedding(
                 &attn / "relative_attention_bias",
                 c.relative_attention_num_buckets,
@@ -131,9 +137,9 @@ impl Block {
                 Default::default(),
             ),
             norm_attn: LayerNorm::new(&vs / "layer" / "0" / "layer_norm", c.d_model, c.layer_norm_epsilon),
-            wi_0: nn::linear(&ff / "wi_0", c.d_model, c.d_ff, no_bias),
-            wi_1: nn::linear(&ff / "wi_1", c.d_model, c.d_ff, no_bias),
-            wo: nn::linear(&ff / "wo", c.d_ff, c.d_model, no_bias),
+            wi_0: linear(&ff / "wi_0", c.d_model, c.d_ff),
+            wi_1: linear(&ff / "wi_1", c.d_model, c.d_ff),
+            wo: linear(&ff / "wo", c.d_ff, c.d_model),
             norm_ff: LayerNorm::new(&vs / "layer" / "1" / "layer_norm", c.d_model, c.layer_norm_epsilon),
             heads: c.num_heads,
             head_dim: c.d_kv,
@@ -162,7 +168,7 @@ impl Block {
         let x = x + self.o.forward(&attn);
         let h = self.norm_ff.forward(&x);
         let gated = self.wi_0.forward(&h).gelu("tanh") * self.wi_1.forward(&h);
-        let gated = gated.to_kind(self.wo.ws.kind());
+        let gated = gated.to_kind(self.wo.kind());
         &x + self.wo.forward(&gated)
     }
 }
@@ -190,6 +196,13 @@ impl Umt5Encoder {
             final_norm: LayerNorm::new(&vs / "encoder" / "final_layer_norm", c.d_model, c.layer_norm_epsilon),
             config,
         })
+    }
+
+    /// Every linear layer by name (`text_encoder.encoder.block.0.layer.0.SelfAttention.q`), with its `[out, in]`
+    /// shape: what LoRA adapters can address.
+    pub fn linears(&self) -> std::collections::BTreeMap<String, [i64; 2]> {
+        let layers = self.blocks.iter().flat_map(|b| [&b.q, &b.k, &b.v, &b.o, &b.wi_0, &b.wi_1, &b.wo]);
+        layers.map(|l| l.describe()).map(|(n, s)| (n.to_string(), s)).collect()
     }
 
     /// The last hidden state `[B, L, d_model]` for token ids and attention mask `[B, L]`. Rows past each prompt's
