@@ -518,7 +518,8 @@ class Engine:
                 stays flat in resolution, pixels differ slightly where tiles meet. None tiles frames larger than the
                 model's pixel budget (832 x 480 by default).
             loras: LoRA adapters, each ``{"path": ..., "scale": 0.8}`` or ``{"name": ..., "scale": 0.8}`` (a name is
-                ``loras/NAME.safetensors`` in a models folder); the scale defaults to 1.
+                ``loras/NAME.safetensors`` in a models folder); the scale defaults to 1. On a two-expert model
+                (Wan2.2 A14B), ``"expert": "high"`` or ``"low"`` applies one to that expert only.
             sampler: ``{"kind": "euler" or "unipc", "flow_shift": 5.0, "timesteps": [1000, 750, 500, 250]}``, each
                 key optional, over the model's own: a distilled model's settings (with ``guidance_scale=1``, which
                 skips the unconditional pass). With ``timesteps`` the steps are these.
