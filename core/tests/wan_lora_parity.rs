@@ -127,6 +127,18 @@ fn adapters_for_another_model_or_malformed_are_refused_naming_the_file_and_key()
     );
     let err = Adapter::open(&other_model, Device::Cpu, Kind::Float).unwrap().check(&linears).unwrap_err().to_string();
     assert!(err.contains("deep.safetensors") && err.contains("blocks.7.attn1.to_q"), "{err}");
+    // Every layer the model lacks is counted, the first five listed.
+    let layers: Vec<(String, Tensor)> = (7..14)
+        .flat_map(|i| {
+            let key = format!("transformer.blocks.{i}.attn1.to_q");
+            [(format!("{key}.lora_A.weight"), r(4, 60)), (format!("{key}.lora_B.weight"), r(60, 4))]
+        })
+        .collect();
+    let layers: Vec<(&str, Tensor)> = layers.iter().map(|(k, t)| (k.as_str(), t.shallow_clone())).collect();
+    let deeper = write(&dir, "deeper.safetensors", &layers);
+    let err = Adapter::open(&deeper, Device::Cpu, Kind::Float).unwrap().check(&linears).unwrap_err().to_string();
+    assert!(err.contains("7 layers this model does not") && err.contains("and 2 more"), "{err}");
+    assert!(err.contains("blocks.10.attn1.to_q") && !err.contains("blocks.9.attn1"), "listed in name order: {err}");
     for (name, tensors, says) in [
         ("half.safetensors", vec![("transformer.blocks.0.attn1.to_q.lora_A.weight", r(4, 60))], "is missing"),
         (

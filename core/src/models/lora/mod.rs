@@ -102,16 +102,26 @@ impl Adapter {
         Ok(Self { path: path.to_path_buf(), layers })
     }
 
-    /// Checks every layer against the model's linear layers (`name → [out, in]`): a layer the model does not
-    /// have, or of another shape, is an error naming the adapter and the first such key.
+    /// Checks every layer against the model's linear layers (`name → [out, in]`): layers the model does not have
+    /// are an error naming the adapter and listing them (the first few, and how many); a layer of another shape,
+    /// one naming the adapter and the first such key.
     pub fn check(&self, linears: &BTreeMap<String, [i64; 2]>) -> Result<()> {
+        let unmatched: Vec<&String> = self.layers.keys().filter(|name| !linears.contains_key(*name)).collect();
+        if let [first, ..] = unmatched[..] {
+            const LISTED: usize = 5;
+            let listed: Vec<String> = unmatched.iter().take(LISTED).map(|n| format!("{n:?}")).collect();
+            let more = unmatched.len().saturating_sub(LISTED);
+            return Err(Error::invalid(format!(
+                "LoRA {}: it has {} layer{} this model does not, {}{}: an adapter for another model? (first: {first:?})",
+                self.path.display(),
+                unmatched.len(),
+                if unmatched.len() == 1 { "" } else { "s" },
+                listed.join(", "),
+                if more > 0 { format!(" and {more} more") } else { String::new() },
+            )));
+        }
         for (name, delta) in &self.layers {
-            let Some(shape) = linears.get(name) else {
-                return Err(Error::invalid(format!(
-                    "LoRA {}: it has a layer {name:?}, which this model does not: an adapter for another model?",
-                    self.path.display()
-                )));
-            };
+            let Some(shape) = linears.get(name) else { continue };
             if let Some(got) = delta.shape().filter(|s| s != shape) {
                 return Err(Error::invalid(format!(
                     "LoRA {}: layer {name:?} is {got:?} [out, in], but the model's is {shape:?}: an adapter for \
