@@ -9,12 +9,16 @@
 //! Invariants, kept by [`ExpertSwap::hold`] and [`Held`]'s drop:
 //! - at most one expert is resident on the device at any time;
 //! - an expert is resident for as long as any job holds it, and is never swapped out from under a holder;
-//! - a job that wants the other expert waits until no job holds the resident one (jobs that want the resident
-//!   expert share it and never wait).
+//! - a job that wants the other expert waits until no job holds the resident one; jobs that want the resident
+//!   expert share it, unless a job is already waiting for the other (then they queue behind it, so that a steady
+//!   stream of one expert's jobs cannot starve the other's);
+//! - a failed copy (the device out of memory) leaves no expert resident and every weight in host memory, and the
+//!   job gets the error: the next job copies its expert afresh.
 //!
 //! Swapping sets each variable's data to its host copy or to a device copy (`set_data`), as block offload does,
 //! so the transformer modules that hold the variables need no change, and the host copy is never written.
 
+use crate::error::{Error, ErrorCode, Result};
 use tch::{Device, Tensor, nn::VarStore};
 
 /// One expert's variables, each with the host copy that stays.
@@ -31,6 +35,8 @@ struct Residency {
     resident: Option<usize>,
     /// Jobs holding the resident expert.
     holders: usize,
+    /// Jobs waiting for each expert while the other is held.
+    waiting: [usize; 2],
     /// Swaps made so far (an expert copied to the device).
     swaps: u64,
 }
@@ -72,30 +78,56 @@ impl ExpertSwap {
     }
 
     /// Makes expert `which` (0: high noise, 1: low noise) resident and holds it there until the guard drops,
-    /// waiting while other jobs hold the other one.
-    pub fn hold(&self, which: usize) -> Held<'_> {
+    /// waiting while other jobs hold the other one. An error when the device cannot take the expert.
+    pub fn hold(&self, which: usize) -> Result<Held<'_>> {
         assert!(which < 2, "a two-expert model has experts 0 and 1");
+        let other = 1 - which;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        while state.resident.is_some_and(|r| r != which) && state.holders > 0 {
-            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        let must_wait = |s: &Residency| match s.resident {
+            Some(r) if r != which => s.holders > 0,
+            Some(_) => s.waiting[other] > 0 && s.holders > 0,
+            None => false,
+        };
+        if must_wait(&state) {
+            state.waiting[which] += 1;
+            while must_wait(&state) {
+                state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            state.waiting[which] -= 1;
         }
         if state.resident != Some(which) {
             let _guard = tch::no_grad_guard();
-            if let Some(out) = state.resident {
-                let e = &self.experts[out];
-                for (var, host) in e.vars.iter().zip(&e.host) {
-                    var.shallow_clone().set_data(host);
-                }
+            // Nothing is resident from here until the copy has succeeded.
+            if let Some(out) = state.resident.take() {
+                self.to_host(out);
             }
             let e = &self.experts[which];
             for (var, host) in e.vars.iter().zip(&e.host) {
-                var.shallow_clone().set_data(&host.to_device_(self.device, host.kind(), true, false));
+                match host.f_to_device_(self.device, host.kind(), true, false) {
+                    Ok(on_device) => var.shallow_clone().set_data(&on_device),
+                    Err(err) => {
+                        self.to_host(which);
+                        self.changed.notify_all();
+                        return Err(Error::new(
+                            ErrorCode::ResourceExhausted,
+                            format!("expert swap: the device could not take expert {which}'s weights: {err}"),
+                        ));
+                    }
+                }
             }
             state.resident = Some(which);
             state.swaps += 1;
         }
         state.holders += 1;
-        Held { swap: self }
+        Ok(Held { swap: self })
+    }
+
+    /// Points every variable of expert `which` back at its host copy (dropping any device copy).
+    fn to_host(&self, which: usize) {
+        let e = &self.experts[which];
+        for (var, host) in e.vars.iter().zip(&e.host) {
+            var.shallow_clone().set_data(host);
+        }
     }
 
     /// Expert copies to the device so far: two per job when jobs run one after another.
@@ -119,9 +151,7 @@ impl Drop for Held<'_> {
     fn drop(&mut self) {
         let mut state = self.swap.state.lock().unwrap_or_else(|e| e.into_inner());
         state.holders -= 1;
-        if state.holders == 0 {
-            self.swap.changed.notify_all();
-        }
+        self.swap.changed.notify_all();
     }
 }
 
@@ -143,12 +173,12 @@ mod tests {
         assert_eq!(swap.expert_bytes(), [16, 16]);
         assert_eq!(swap.swaps(), 0, "nothing is lent before a job asks");
         {
-            let _a = swap.hold(0);
-            let _b = swap.hold(0);
+            let _a = swap.hold(0).unwrap();
+            let _b = swap.hold(0).unwrap();
             assert_eq!(swap.swaps(), 1, "a second holder of the resident expert shares it");
         }
-        let _c = swap.hold(1);
-        let _d = swap.hold(1);
+        let _c = swap.hold(1).unwrap();
+        let _d = swap.hold(1).unwrap();
         assert_eq!(swap.swaps(), 2);
         // The weights each holder reads are its expert's own.
         assert_eq!(low.variables()["w"].double_value(&[0]), 2.0);
@@ -158,12 +188,12 @@ mod tests {
     #[test]
     fn a_job_that_wants_the_other_expert_waits_until_the_resident_one_is_released() {
         let swap = Arc::new(ExpertSwap::new(&store(1.0), &store(2.0), Device::Cpu));
-        let held = swap.hold(0);
+        let held = swap.hold(0).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let other = {
             let swap = swap.clone();
             std::thread::spawn(move || {
-                let _low = swap.hold(1);
+                let _low = swap.hold(1).unwrap();
                 tx.send(()).unwrap();
             })
         };
@@ -173,5 +203,30 @@ mod tests {
         rx.recv_timeout(std::time::Duration::from_secs(10)).expect("released: the other expert comes in");
         other.join().unwrap();
         assert_eq!(swap.swaps(), 2);
+    }
+
+    #[test]
+    fn a_job_for_the_resident_expert_queues_behind_one_waiting_for_the_other() {
+        let swap = Arc::new(ExpertSwap::new(&store(1.0), &store(2.0), Device::Cpu));
+        let first = swap.hold(0).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawn = |which: usize, tx: std::sync::mpsc::Sender<usize>| {
+            let swap = swap.clone();
+            std::thread::spawn(move || {
+                let _held = swap.hold(which).unwrap();
+                tx.send(which).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            })
+        };
+        let low = spawn(1, tx.clone());
+        std::thread::sleep(std::time::Duration::from_millis(100)); // the low-noise job is waiting now
+        let high = spawn(0, tx);
+        assert!(rx.recv_timeout(std::time::Duration::from_millis(200)).is_err(), "both wait while the first holds");
+        drop(first);
+        let order: Vec<usize> = (0..2).map(|_| rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap()).collect();
+        assert_eq!(order, [1, 0], "the waiter for the other expert goes first; the newcomer does not jump it");
+        low.join().unwrap();
+        high.join().unwrap();
+        assert_eq!(swap.swaps(), 3);
     }
 }

@@ -85,15 +85,20 @@ pub fn merge(weight: &Tensor, bias: Option<&Tensor>, deltas: &[(&Delta, f64)]) -
     MergedLayer { weight: w.to_kind(kind), bias: b.map(|b| b.to_kind(kind)) }
 }
 
-/// The bytes a set of adapters takes merged: one copy of every layer any of them touches, per expert it applies
-/// to, in `kind`. `adapters` are `(layers' [out, in] shapes, the experts it applies to)`.
-pub fn set_bytes<'a>(adapters: impl IntoIterator<Item = (&'a super::Adapter, &'a [usize])>, kind: Kind) -> u64 {
+/// The bytes a set of adapters takes merged: one copy of every layer any of them touches (a bias delta alone
+/// copies the weight too), per expert it applies to, in `kind`. `adapters` are `(adapter, the experts it applies
+/// to)`; `shape_of` gives a layer's `[out, in]` in the model.
+pub fn set_bytes<'a>(
+    adapters: impl IntoIterator<Item = (&'a super::Adapter, &'a [usize])>,
+    kind: Kind,
+    shape_of: impl Fn(&str) -> Option<[i64; 2]>,
+) -> u64 {
     let mut touched: HashMap<(usize, &str), [i64; 2]> = HashMap::new();
     for (adapter, experts) in adapters {
         for (name, delta) in &adapter.layers {
             // The text encoder runs once a job, with the first expert's adapters: one copy.
             let experts = if name.starts_with(crate::models::wan::umt5::PREFIX) { &experts[..1] } else { experts };
-            if let Some(shape) = delta.shape() {
+            if let Some(shape) = shape_of(name).or_else(|| delta.shape()) {
                 for e in experts {
                     touched.insert((*e, name), shape);
                 }
@@ -115,8 +120,10 @@ impl<K: PartialEq> Budget<K> {
         Self { limit, sets: Vec::new() }
     }
 
-    /// The merged set for `key`: the kept one, or a new one of `bytes` if it fits the budget once older sets are
-    /// let go (a job still running with one keeps it alive until it ends). None: the set runs unmerged.
+    /// The merged set for `key`: the kept one, or a new one of `bytes` if it fits the budget once idle older
+    /// sets are let go, least recently used first. A set a running job still uses is never let go (its memory is
+    /// still taken), so the kept sets never exceed the budget. None: the set runs unmerged (so does any set when
+    /// the budget is 0, and a set with nothing to merge).
     pub fn get_or_start(&mut self, key: K, bytes: u64) -> Option<Arc<MergedSet>> {
         if let Some(i) = self.sets.iter().position(|(k, _)| *k == key) {
             let kept = self.sets.remove(i);
@@ -124,11 +131,16 @@ impl<K: PartialEq> Budget<K> {
             self.sets.push(kept);
             return Some(set);
         }
-        if bytes > self.limit {
+        if bytes == 0 || bytes > self.limit {
+            return None;
+        }
+        let in_use: u64 = self.sets.iter().filter(|(_, s)| Arc::strong_count(s) > 1).map(|(_, s)| s.bytes).sum();
+        if in_use + bytes > self.limit {
             return None;
         }
         while self.sets.iter().map(|(_, s)| s.bytes).sum::<u64>() + bytes > self.limit {
-            self.sets.remove(0);
+            let idle = self.sets.iter().position(|(_, s)| Arc::strong_count(s) == 1)?;
+            self.sets.remove(idle);
         }
         let set = Arc::new(MergedSet::new(bytes));
         self.sets.push((key, set.clone()));
@@ -150,6 +162,7 @@ mod tests {
         let mut budget = Budget::new(100);
         let a = budget.get_or_start("a", 60).expect("fits");
         assert!(Arc::ptr_eq(&a, &budget.get_or_start("a", 60).unwrap()), "the same set, kept");
+        drop(a); // the job that used it has ended
         budget.get_or_start("b", 30).unwrap();
         assert_eq!(budget.kept(), [60, 30]);
         budget.get_or_start("a", 60).unwrap();
@@ -157,6 +170,14 @@ mod tests {
         assert_eq!(budget.kept(), [50], "the least recently used go first, until the new one fits");
         assert!(budget.get_or_start("huge", 101).is_none(), "larger than the budget: unmerged");
         assert_eq!(budget.kept(), [50]);
+        // A set a job still uses stays, and counts: another that would not fit beside it runs unmerged.
+        let running = budget.get_or_start("c", 50).unwrap();
+        assert!(budget.get_or_start("d", 60).is_none());
+        assert_eq!(budget.kept(), [50]);
+        drop(running);
+        budget.get_or_start("d", 60).unwrap();
+        assert_eq!(budget.kept(), [60], "idle, it may go");
+        assert!(Budget::new(0).get_or_start("a", 0).is_none(), "nothing to merge, or no budget: unmerged");
     }
 
     #[test]

@@ -569,7 +569,12 @@ impl WanModel {
         }
         let experts: Vec<Vec<usize>> =
             live.iter().map(|(a, _)| a.expert.map(|e| vec![e]).unwrap_or_else(|| all_experts.clone())).collect();
-        let bytes = merged::set_bytes(live.iter().zip(&experts).map(|((a, _), e)| (&*a.adapter, e.as_slice())), kind);
+        let mut shapes = c.encoder.linears();
+        for t in &transformers {
+            shapes.extend(t.linears());
+        }
+        let adapters = live.iter().zip(&experts).map(|((a, _), e)| (&*a.adapter, e.as_slice()));
+        let bytes = merged::set_bytes(adapters, kind, |name| shapes.get(name).copied());
         let key: MergeKey =
             live.iter().map(|(a, l)| (l.path.clone(), l.hash.clone(), a.scale.to_bits(), a.expert)).collect();
         let limit = self.serving.lora_merge_bytes.unwrap_or_else(|| {
@@ -686,7 +691,7 @@ impl WanModel {
                     cache.restart();
                 }
                 drop(held.take());
-                held = Some((expert, c.expert_swap.as_ref().map(|s| s.hold(expert))));
+                held = Some((expert, c.expert_swap.as_ref().map(|s| s.hold(expert)).transpose()?));
                 crate::models::lora::active::running_expert(expert);
             }
             let context = match &mut contexts[expert] {
@@ -768,6 +773,8 @@ impl Model for WanModel {
             Some("blocks") => Some(Offload::Blocks),
             Some("experts") => Some(Offload::Experts),
             Some("off") => None,
+            // Once the model is on the device, it stays as it was loaded: every later plan is that one's.
+            _ if self.loaded.get(device).is_some() => self.offload(device),
             // Host memory is where an offload moves weights to: it saves nothing on the CPU. The experts go whole
             // (one copy per switch) before the blocks do (every block, every step).
             _ => match budget {
@@ -784,7 +791,16 @@ impl Model for WanModel {
             },
         };
         if let Some(o) = offload.filter(|_| device.is_cuda()) {
-            self.offload_on.lock().unwrap_or_else(|e| e.into_inner()).insert(device, o);
+            // Until the model loads, the load follows the plan that saves the most so far: every request admitted
+            // on a plan then fits what is loaded.
+            let mut chosen = self.offload_on.lock().unwrap_or_else(|e| e.into_inner());
+            let saves = |o: Offload| match o {
+                Offload::Experts => 1,
+                Offload::Blocks => 2,
+            };
+            if chosen.get(&device).is_none_or(|c| saves(*c) < saves(o)) {
+                chosen.insert(device, o);
+            }
         }
         crate::models::MemoryPlan {
             bytes: match offload {

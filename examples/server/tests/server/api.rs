@@ -349,6 +349,14 @@ async fn a_storyboard_and_a_duration_past_the_native_length_are_made_in_parts() 
     let id = r.json()["id"].as_str().unwrap().to_string();
     assert_eq!(alpha.finish(&id).await["status"], "completed");
     assert_eq!(parts(&id), [("long too".to_string(), 0, 17), ("long too".to_string(), 17, 16)]);
+    // And Vertex's `durationSeconds`.
+    let body = json!({"instances": [{"prompt": "longer"}], "parameters": {"durationSeconds": 4}});
+    let r = alpha.post("/v1beta1/publishers/google/models/testcard:predictLongRunning", body).await;
+    assert!(r.status < 300, "{}", String::from_utf8_lossy(&r.bytes));
+    let name = r.json()["name"].as_str().unwrap().to_string();
+    let id = name.rsplit_once("/operations/").unwrap().1.to_string();
+    assert_eq!(alpha.finish(&id).await["status"], "completed");
+    assert_eq!(parts(&id), [("longer".to_string(), 0, 17), ("longer".to_string(), 17, 16)]);
     let r = alpha.post("/generate", json!({"prompt": "x", "segments": ["a", "b"]})).await;
     assert_eq!(r.status, 400);
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("not both"), "{}", r.json());
