@@ -18,16 +18,9 @@
 //! Swapping sets each variable's data to its host copy or to a device copy (`set_data`), as block offload does,
 //! so the transformer modules that hold the variables need no change, and the host copy is never written.
 
+use super::offload::Lent;
 use crate::error::{Error, ErrorCode, Result};
-use tch::{Device, Tensor, nn::VarStore};
-
-/// One expert's variables, each with the host copy that stays.
-#[derive(Debug)]
-struct Expert {
-    host: Vec<Tensor>,
-    vars: Vec<Tensor>,
-    bytes: u64,
-}
+use tch::{Device, nn::VarStore};
 
 #[derive(Debug, Default)]
 struct Residency {
@@ -44,7 +37,7 @@ struct Residency {
 /// Both experts of one model on one device, one lent at a time (see the module's invariants).
 #[derive(Debug)]
 pub struct ExpertSwap {
-    experts: [Expert; 2],
+    experts: [Lent; 2],
     device: Device,
     state: std::sync::Mutex<Residency>,
     changed: std::sync::Condvar,
@@ -63,14 +56,9 @@ impl ExpertSwap {
     pub fn new(high: &VarStore, low: &VarStore, device: Device) -> Self {
         let _guard = tch::no_grad_guard();
         let to_host = |vs: &VarStore| {
-            let mut expert = Expert { host: Vec::new(), vars: Vec::new(), bytes: 0 };
-            for (_, mut var) in vs.variables() {
-                let host = var.to_device(Device::Cpu);
-                let host = if device.is_cuda() { host.pin_memory(device) } else { host };
-                var.set_data(&host);
-                expert.bytes += (host.numel() * host.kind().elt_size_in_bytes()) as u64;
-                expert.host.push(host);
-                expert.vars.push(var);
+            let mut expert = Lent::default();
+            for (_, var) in vs.variables() {
+                expert.take(var, device);
             }
             expert
         };
@@ -99,35 +87,21 @@ impl ExpertSwap {
             let _guard = tch::no_grad_guard();
             // Nothing is resident from here until the copy has succeeded.
             if let Some(out) = state.resident.take() {
-                self.to_host(out);
+                self.experts[out].release();
             }
-            let e = &self.experts[which];
-            for (var, host) in e.vars.iter().zip(&e.host) {
-                match host.f_to_device_(self.device, host.kind(), true, false) {
-                    Ok(on_device) => var.shallow_clone().set_data(&on_device),
-                    Err(err) => {
-                        self.to_host(which);
-                        self.changed.notify_all();
-                        return Err(Error::new(
-                            ErrorCode::ResourceExhausted,
-                            format!("expert swap: the device could not take expert {which}'s weights: {err}"),
-                        ));
-                    }
-                }
+            if let Err(err) = self.experts[which].fetch(self.device) {
+                self.experts[which].release();
+                self.changed.notify_all();
+                return Err(Error::new(
+                    ErrorCode::ResourceExhausted,
+                    format!("expert swap: the device could not take expert {which}'s weights: {err}"),
+                ));
             }
             state.resident = Some(which);
             state.swaps += 1;
         }
         state.holders += 1;
         Ok(Held { swap: self })
-    }
-
-    /// Points every variable of expert `which` back at its host copy (dropping any device copy).
-    fn to_host(&self, which: usize) {
-        let e = &self.experts[which];
-        for (var, host) in e.vars.iter().zip(&e.host) {
-            var.shallow_clone().set_data(host);
-        }
     }
 
     /// Expert copies to the device so far: two per job when jobs run one after another.
@@ -137,7 +111,7 @@ impl ExpertSwap {
 
     /// The bytes of each expert's weights (what the device holds of them while that expert is resident).
     pub fn expert_bytes(&self) -> [u64; 2] {
-        [self.experts[0].bytes, self.experts[1].bytes]
+        [self.experts[0].bytes(), self.experts[1].bytes()]
     }
 }
 

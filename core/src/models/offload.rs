@@ -54,11 +54,45 @@ impl Schedule {
     }
 }
 
-/// One block's variables: each with the host copy that stays, and the variable the block's modules read.
-#[derive(Debug)]
-struct Lent {
+/// Variables lent to a device: each with the host copy that stays (pinned when the device is a GPU), and the
+/// variable the modules read, pointed at the host copy or at a device copy (`set_data`). Block offload lends one
+/// per block; expert swap (`models::expert_swap`) one per expert.
+#[derive(Debug, Default)]
+pub struct Lent {
     host: Vec<Tensor>,
     vars: Vec<Tensor>,
+}
+
+impl Lent {
+    /// Moves `var` to host memory, pinned when `device` (where it will be lent) is a GPU, and keeps it lendable.
+    pub fn take(&mut self, mut var: Tensor, device: Device) {
+        let host = var.to_device(Device::Cpu);
+        let host = if device.is_cuda() { host.pin_memory(device) } else { host };
+        var.set_data(&host);
+        self.host.push(host);
+        self.vars.push(var);
+    }
+
+    /// Points every variable at a copy on `device`, issued non-blocking from pinned memory. On an error (the
+    /// device out of memory) the variables copied so far stay on the device: `release` them.
+    pub fn fetch(&self, device: Device) -> std::result::Result<(), tch::TchError> {
+        for (var, host) in self.vars.iter().zip(&self.host) {
+            var.shallow_clone().set_data(&host.f_to_device_(device, host.kind(), true, false)?);
+        }
+        Ok(())
+    }
+
+    /// Points every variable back at its host copy (dropping any device copy).
+    pub fn release(&self) {
+        for (var, host) in self.vars.iter().zip(&self.host) {
+            var.shallow_clone().set_data(host);
+        }
+    }
+
+    /// The bytes of the variables.
+    pub fn bytes(&self) -> u64 {
+        self.host.iter().map(|t| (t.numel() * t.kind().elt_size_in_bytes()) as u64).sum()
+    }
 }
 
 /// A model's blocks (variables named `{prefix}{i}.…`) kept on the host and lent to `device` by a [`Schedule`].
@@ -76,7 +110,7 @@ impl BlockOffload {
     /// `device` is a GPU, and the store's other variables to `device` (a store read on the host never puts the
     /// blocks on the device at all).
     pub fn new(vs: &VarStore, prefix: &str, blocks: usize, ahead: usize, device: Device) -> Self {
-        let mut lent: Vec<Lent> = (0..blocks).map(|_| Lent { host: Vec::new(), vars: Vec::new() }).collect();
+        let mut lent: Vec<Lent> = (0..blocks).map(|_| Lent::default()).collect();
         let _guard = tch::no_grad_guard();
         for (name, mut var) in vs.variables() {
             let block = name.strip_prefix(prefix).and_then(|rest| rest.split('.').next()?.parse::<usize>().ok());
@@ -86,17 +120,9 @@ impl BlockOffload {
                 }
                 continue;
             };
-            let host = var.to_device(Device::Cpu);
-            let host = if device.is_cuda() { host.pin_memory(device) } else { host };
-            var.set_data(&host);
-            lent[i].host.push(host);
-            lent[i].vars.push(var);
+            lent[i].take(var, device);
         }
-        let block_bytes = lent
-            .iter()
-            .map(|b| b.host.iter().map(|t| (t.numel() * t.kind().elt_size_in_bytes()) as u64).sum::<u64>())
-            .max()
-            .unwrap_or(0);
+        let block_bytes = lent.iter().map(Lent::bytes).max().unwrap_or(0);
         Self { blocks: lent, device, schedule: Schedule { blocks, ahead }, block_bytes }
     }
 
@@ -105,17 +131,13 @@ impl BlockOffload {
         let _guard = tch::no_grad_guard();
         for m in self.schedule.moves() {
             match m {
-                Move::Fetch(i) => {
-                    for (var, host) in self.blocks[i].vars.iter().zip(&self.blocks[i].host) {
-                        var.shallow_clone().set_data(&host.to_device_(self.device, host.kind(), true, false));
-                    }
-                }
+                // A failed copy panics, as libtorch's own copy did before `Lent` returned the error: the worker
+                // turns it into a retryable `internal` error.
+                Move::Fetch(i) => self.blocks[i]
+                    .fetch(self.device)
+                    .unwrap_or_else(|e| panic!("block offload: block {i} could not be copied to the device: {e}")),
                 Move::Run(i) => run(i)?,
-                Move::Release(i) => {
-                    for (var, host) in self.blocks[i].vars.iter().zip(&self.blocks[i].host) {
-                        var.shallow_clone().set_data(host);
-                    }
-                }
+                Move::Release(i) => self.blocks[i].release(),
             }
         }
         Ok(())

@@ -7,8 +7,8 @@
 //! A two-expert model's transformers have the same layer names, so an adapter for one expert only is told apart
 //! by the expert the job is running, which the denoising loop sets ([`running_expert`]) when it switches.
 
-use super::Adapter;
 use super::merged::{MergedSet, merge};
+use super::{Adapter, Delta};
 use crate::models::linear::Linear;
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
@@ -72,49 +72,33 @@ impl Drop for Scope {
 /// copy would be dense).
 pub fn forward(layer: &Linear, x: &Tensor) -> Tensor {
     let (name, _) = layer.describe();
-    let merged = MERGED.with(|m| m.borrow().clone()).filter(|_| !layer.is_quantized());
-    if let Some(set) = merged {
-        let expert = EXPERT.with(Cell::get);
-        let touched = ACTIVE.with(|a| {
-            a.borrow().iter().any(|a| a.expert.is_none_or(|e| e == expert) && a.adapter.layers.contains_key(name))
-        });
-        if touched {
-            let merged = set.layer(expert, name, || {
-                ACTIVE.with(|a| {
-                    let active = a.borrow();
-                    let deltas: Vec<_> = active
-                        .iter()
-                        .filter(|a| a.expert.is_none_or(|e| e == expert))
-                        .filter_map(|a| a.adapter.layers.get(name).map(|d| (d, a.scale)))
-                        .collect();
-                    merge(&layer.weight(x.kind()), layer.bias(), &deltas)
-                })
-            });
+    let expert = EXPERT.with(Cell::get);
+    ACTIVE.with(|a| {
+        let active = a.borrow();
+        // The deltas for this layer of the expert the job is running, each with its scale.
+        let deltas: Vec<(&Delta, f64)> = active
+            .iter()
+            .filter(|a| a.expert.is_none_or(|e| e == expert))
+            .filter_map(|a| a.adapter.layers.get(name).map(|d| (d, a.scale)))
+            .collect();
+        let merged = MERGED.with(|m| m.borrow().clone()).filter(|_| !layer.is_quantized() && !deltas.is_empty());
+        if let Some(set) = merged {
+            let merged = set.layer(expert, name, || merge(&layer.weight(x.kind()), layer.bias(), &deltas));
             return x.linear(&merged.weight, merged.bias.as_ref());
         }
-    }
-    let y = x.linear(&layer.weight(x.kind()), layer.bias());
-    add_deltas(name, x, y)
+        let mut y = x.linear(&layer.weight(x.kind()), layer.bias());
+        for (delta, scale) in deltas {
+            if let Some(d) = delta.apply(x, scale) {
+                y += d.to_kind(y.kind());
+            }
+        }
+        y
+    })
 }
 
 /// The expert whose layers this thread runs from now on (0: `transformer`, 1: `transformer_2`).
 pub fn running_expert(expert: usize) {
     EXPERT.with(|e| e.set(expert));
-}
-
-/// `y` (the layer `name`'s output for `x`) plus the deltas of every active adapter for that layer and expert.
-pub fn add_deltas(name: &str, x: &Tensor, y: Tensor) -> Tensor {
-    let expert = EXPERT.with(Cell::get);
-    ACTIVE.with(|a| {
-        let active = a.borrow();
-        let mut y = y;
-        for applied in active.iter().filter(|a| a.expert.is_none_or(|e| e == expert)) {
-            if let Some(delta) = applied.adapter.layers.get(name).and_then(|d| d.apply(x, applied.scale)) {
-                y += delta.to_kind(y.kind());
-            }
-        }
-        y
-    })
 }
 
 /// Whether any adapter is active on this thread.

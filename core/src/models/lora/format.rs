@@ -41,16 +41,18 @@ const SUFFIXES: [(&str, Part); 8] = [
     (".diff", Part::Diff),
 ];
 
+/// `rest` after the first of `modules` it starts with, joined to that module by a dot instead of its underscore:
+/// `self_attn_q` with `self_attn_` → `self_attn.q` (the layer's own name may hold underscores: `wi_0`).
+fn dotted_after(rest: &str, modules: &[&str]) -> Option<String> {
+    modules.iter().find_map(|k| rest.strip_prefix(k).map(|o| format!("{}.{o}", k.trim_end_matches('_'))))
+}
+
 /// musubi's underscore module names, back to dots: `blocks_0_self_attn_q` → `blocks.0.self_attn.q`.
 fn musubi_module(m: &str) -> Option<String> {
     if let Some(rest) = m.strip_prefix("blocks_") {
         let (index, rest) = rest.split_once('_')?;
         index.parse::<u32>().ok()?;
-        let rest = ["self_attn_", "cross_attn_"]
-            .iter()
-            .find_map(|k| rest.strip_prefix(k).map(|o| format!("{}.{o}", k.trim_end_matches('_'))))
-            .or_else(|| rest.strip_prefix("ffn_").map(|o| format!("ffn.{o}")))
-            .unwrap_or_else(|| rest.to_string());
+        let rest = dotted_after(rest, &["self_attn_", "cross_attn_", "ffn_"]).unwrap_or_else(|| rest.to_string());
         return Some(format!("blocks.{index}.{rest}"));
     }
     [
@@ -73,9 +75,7 @@ fn text_encoder_module(m: &str) -> Option<String> {
     let (layer, rest) = rest.split_once('_')?;
     block.parse::<u32>().ok()?;
     layer.parse::<u32>().ok()?;
-    let sub = ["SelfAttention_", "DenseReluDense_"]
-        .iter()
-        .find_map(|k| rest.strip_prefix(k).map(|o| format!("{}.{o}", k.trim_end_matches('_'))))?;
+    let sub = dotted_after(rest, &["SelfAttention_", "DenseReluDense_"])?;
     Some(format!("{TEXT_ENCODER}encoder.block.{block}.layer.{layer}.{sub}"))
 }
 

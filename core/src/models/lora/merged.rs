@@ -22,10 +22,10 @@ pub struct MergedLayer {
     pub bias: Option<Tensor>,
 }
 
-/// The merged layers of one adapter set on one device, by (expert, layer name).
+/// The merged layers of one adapter set on one device, per expert (0, or 1 for a second), by layer name.
 #[derive(Debug)]
 pub struct MergedSet {
-    layers: Mutex<HashMap<(usize, String), Arc<MergedLayer>>>,
+    layers: Mutex<[HashMap<String, Arc<MergedLayer>>; 2]>,
     /// The bytes the set takes once every layer it touches is merged (what the budget counts).
     pub bytes: u64,
 }
@@ -39,23 +39,23 @@ unsafe impl Sync for MergedSet {}
 
 impl MergedSet {
     pub fn new(bytes: u64) -> Self {
-        Self { layers: Mutex::new(HashMap::new()), bytes }
+        Self { layers: Mutex::new(Default::default()), bytes }
     }
 
     /// Layer `name` of `expert` merged, made now by `make` if no job has run it yet. Two jobs that reach a layer
     /// at once may both make it; the first kept is the one every later job uses (they are equal).
     pub fn layer(&self, expert: usize, name: &str, make: impl FnOnce() -> MergedLayer) -> Arc<MergedLayer> {
-        let key = (expert, name.to_string());
-        if let Some(l) = self.layers.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(l) = self.layers.lock().unwrap_or_else(|e| e.into_inner())[expert].get(name) {
             return l.clone();
         }
         let made = Arc::new(make());
-        self.layers.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(made).clone()
+        let mut layers = self.layers.lock().unwrap_or_else(|e| e.into_inner());
+        layers[expert].entry(name.to_string()).or_insert(made).clone()
     }
 
     /// How many layers are merged so far.
     pub fn merged_layers(&self) -> usize {
-        self.layers.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.layers.lock().unwrap_or_else(|e| e.into_inner()).iter().map(HashMap::len).sum()
     }
 }
 

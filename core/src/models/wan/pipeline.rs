@@ -500,9 +500,11 @@ impl WanModel {
             layers.extend(encoder.clone());
             layers
         };
-        let linears =
-            [Some(with_encoder(c.transformer.linears())), c.transformer_2.as_ref().map(|t| with_encoder(t.linears()))];
+        let linears: Vec<_> =
+            std::iter::once(&c.transformer).chain(&c.transformer_2).map(|t| with_encoder(t.linears())).collect();
         let mut out = Vec::with_capacity(loras.len());
+        // The experts (indices into `linears`) each adapter applies to.
+        let mut experts = Vec::with_capacity(loras.len());
         for lora in loras {
             let key = (lora.path.clone(), lora.hash.clone(), device);
             let cached = self
@@ -524,11 +526,11 @@ impl WanModel {
                     a
                 }
             };
-            let experts = match lora.expert {
+            let its: Vec<usize> = match lora.expert {
                 Some(e) => vec![e.index()],
-                None => vec![0, 1],
+                None => (0..linears.len()).collect(),
             };
-            for layers in experts.into_iter().filter_map(|e| linears[e].as_ref()) {
+            for layers in its.iter().filter_map(|e| linears.get(*e)) {
                 adapter.check(layers)?;
             }
             if lora.expert.is_some()
@@ -541,52 +543,52 @@ impl WanModel {
                 )));
             }
             out.push(Applied { adapter, scale: lora.scale, expert: lora.expert.map(|e| e.index()) });
+            experts.push(its);
         }
-        let merged = self.merged_set(loras, &out, device, c, kind);
+        let merged = self.merged_set(loras, &out, &experts, device, c, &linears, kind);
         Ok((out, merged))
     }
 
-    /// The merged set for a job's adapters, if they are merged: when the transformers are dense and resident
-    /// (a merged copy of a quantized or offloaded layer would take the memory those save) and the set fits the
-    /// device's `lora_merge_bytes` with older sets let go. Otherwise the job applies its adapters unmerged.
+    /// The merged set for a job's adapters (`applied`, each on `experts`, from `loras`; `linears` are each
+    /// transformer's layers with the text encoder's), if they are merged: when the transformers are dense and
+    /// resident (a merged copy of a quantized or offloaded layer would take the memory those save) and the set
+    /// fits the device's `lora_merge_bytes` with idle older sets let go. Otherwise the job applies its adapters
+    /// unmerged.
+    #[allow(clippy::too_many_arguments)]
     fn merged_set(
         &self,
         loras: &[crate::engine::Lora],
         applied: &[Applied],
+        experts: &[Vec<usize>],
         device: Device,
         c: &Components,
+        linears: &[std::collections::BTreeMap<String, [i64; 2]>],
         kind: Kind,
     ) -> Option<Arc<MergedSet>> {
-        let transformers: Vec<&WanTransformer> = std::iter::once(&c.transformer).chain(&c.transformer_2).collect();
-        if self.offload(device).is_some() || transformers.iter().any(|t| t.is_quantized()) {
+        let transformers = || std::iter::once(&c.transformer).chain(&c.transformer_2);
+        if self.offload(device).is_some() || transformers().any(|t| t.is_quantized()) {
             return None;
         }
-        let all_experts: Vec<usize> = (0..transformers.len()).collect();
-        let live: Vec<(&Applied, &crate::engine::Lora)> =
-            applied.iter().zip(loras).filter(|(a, _)| a.scale != 0.0).collect();
+        let live: Vec<_> = (applied.iter().zip(loras).zip(experts)).filter(|((a, _), _)| a.scale != 0.0).collect();
         if live.is_empty() {
             return None;
         }
-        let experts: Vec<Vec<usize>> =
-            live.iter().map(|(a, _)| a.expert.map(|e| vec![e]).unwrap_or_else(|| all_experts.clone())).collect();
-        let mut shapes = c.encoder.linears();
-        for t in &transformers {
-            shapes.extend(t.linears());
-        }
-        let adapters = live.iter().zip(&experts).map(|((a, _), e)| (&*a.adapter, e.as_slice()));
-        let bytes = merged::set_bytes(adapters, kind, |name| shapes.get(name).copied());
+        let shape_of = |name: &str| linears.iter().find_map(|l| l.get(name).copied());
+        let bytes = merged::set_bytes(live.iter().map(|((a, _), e)| (&*a.adapter, e.as_slice())), kind, shape_of);
         let key: MergeKey =
-            live.iter().map(|(a, l)| (l.path.clone(), l.hash.clone(), a.scale.to_bits(), a.expert)).collect();
-        let limit = self.serving.lora_merge_bytes.unwrap_or_else(|| {
-            if device.is_cuda() {
-                0
-            } else {
-                let linears = transformers.iter().flat_map(|t| t.linears().into_values());
-                linears.map(|[o, i]| (o * i) as u64 * kind.elt_size_in_bytes() as u64).sum()
-            }
-        });
+            live.iter().map(|((a, l), _)| (l.path.clone(), l.hash.clone(), a.scale.to_bits(), a.expert)).collect();
         let mut budgets = self.merged.lock().unwrap_or_else(|e| e.into_inner());
-        budgets.entry(device).or_insert_with(|| Budget::new(limit)).get_or_start(key, bytes)
+        let budget = budgets.entry(device).or_insert_with(|| {
+            Budget::new(self.serving.lora_merge_bytes.unwrap_or_else(|| {
+                if device.is_cuda() {
+                    0
+                } else {
+                    let layers = transformers().flat_map(|t| t.linears().into_values());
+                    layers.map(|[o, i]| (o * i) as u64 * kind.elt_size_in_bytes() as u64).sum()
+                }
+            }))
+        });
+        budget.get_or_start(key, bytes)
     }
 
     /// The bytes of each merged adapter set kept on `device`, least recently used first.
@@ -596,11 +598,18 @@ impl WanModel {
 
     /// How the transformers are offloaded on `device`, if they are: `vgen.json` says so, or a memory plan chose it.
     fn offload(&self, device: Device) -> Option<Offload> {
+        self.configured_offload()
+            .unwrap_or_else(|| self.offload_on.lock().unwrap_or_else(|e| e.into_inner()).get(&device).copied())
+    }
+
+    /// What `vgen.json`'s `offload` fixes (`Some(None)` for "off"), or None for "auto", which leaves it to the
+    /// memory plan.
+    fn configured_offload(&self) -> Option<Option<Offload>> {
         match self.serving.offload.as_deref() {
-            Some("blocks") => Some(Offload::Blocks),
-            Some("experts") => Some(Offload::Experts),
-            Some("off") => None,
-            _ => self.offload_on.lock().unwrap_or_else(|e| e.into_inner()).get(&device).copied(),
+            Some("blocks") => Some(Some(Offload::Blocks)),
+            Some("experts") => Some(Some(Offload::Experts)),
+            Some("off") => Some(None),
+            _ => None,
         }
     }
 
@@ -769,15 +778,13 @@ impl Model for WanModel {
         // expert swap, the larger expert's bytes are the most the device holds of the two.
         let offloaded = whole - all + all * on_device as u64 / blocks as u64;
         let swapped = whole - all + self.transformer_bytes[0].max(self.transformer_bytes[1]);
-        let offload = match self.serving.offload.as_deref() {
-            Some("blocks") => Some(Offload::Blocks),
-            Some("experts") => Some(Offload::Experts),
-            Some("off") => None,
+        let offload = match self.configured_offload() {
+            Some(configured) => configured,
             // Once the model is on the device, it stays as it was loaded: every later plan is that one's.
-            _ if self.loaded.get(device).is_some() => self.offload(device),
+            None if self.loaded.get(device).is_some() => self.offload(device),
             // Host memory is where an offload moves weights to: it saves nothing on the CPU. The experts go whole
             // (one copy per switch) before the blocks do (every block, every step).
-            _ => match budget {
+            None => match budget {
                 Some(b) if device.is_cuda() && whole > b => {
                     if self.experts.is_some() && swapped <= b {
                         Some(Offload::Experts)
