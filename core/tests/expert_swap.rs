@@ -37,6 +37,7 @@ fn run(engine: &Engine, model: &str, seed: u64) -> Vec<u8> {
 
 #[test]
 fn swapped_experts_make_the_same_video_two_swaps_a_job() {
+    let _serial = common::serial();
     let mut models = common::test_models();
     let swapped = Arc::new(WanModel::open(&a14b("swapped", "experts")).unwrap());
     models.insert(swapped.clone());
@@ -59,6 +60,7 @@ fn swapped_experts_make_the_same_video_two_swaps_a_job() {
 
 #[test]
 fn jobs_on_two_workers_share_the_resident_expert_and_each_get_their_own_video() {
+    let _serial = common::serial();
     let mut models = common::test_models();
     models.insert(Arc::new(WanModel::open(&a14b("shared", "experts")).unwrap()));
     models.insert(Arc::new(WanModel::open(&a14b("alone", "off")).unwrap()));

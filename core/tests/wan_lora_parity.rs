@@ -2,7 +2,8 @@
 //! fixtures' tiny Wan: each format people ship (diffusers/PEFT, ComfyUI/kohya with alpha, musubi's underscores,
 //! lightx2v's with `diff` and `diff_b`), a scale, and two adapters at once; an adapter at scale 0 gives the base
 //! model's output bit for bit; and an adapter for another model is refused naming it and the key. Fixtures:
-//! `tools/wan_reference/make_lora_case.py`.
+//! `tools/wan_reference/make_lora_case.py`. The tests run one at a time (`common::serial`): several compare
+//! outputs bit for bit.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,7 @@ fn forward_merged(model: &WanTransformer, adapters: Vec<(Arc<Adapter>, f64)>, me
 
 #[test]
 fn every_format_one_scale_and_two_adapters_match_diffusers() {
+    let _serial = common::serial();
     let want: HashMap<String, Tensor> =
         Tensor::read_safetensors(fixtures().join("cases/lora.safetensors")).unwrap().into_iter().collect();
     let (_vs, model) = transformer();
@@ -83,6 +85,7 @@ fn every_format_one_scale_and_two_adapters_match_diffusers() {
 
 #[test]
 fn an_adapter_at_scale_zero_gives_the_base_model_bit_for_bit() {
+    let _serial = common::serial();
     let (_vs, model) = transformer();
     let base = forward(&model, vec![]);
     assert!(forward(&model, vec![(adapter("lightx2v"), 0.0)]).equal(&base));
@@ -98,6 +101,7 @@ fn write(dir: &Path, name: &str, tensors: &[(&str, Tensor)]) -> PathBuf {
 
 #[test]
 fn adapters_for_another_model_or_malformed_are_refused_naming_the_file_and_key() {
+    let _serial = common::serial();
     let dir = std::env::temp_dir().join(format!("vgen-lora-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (_vs, model) = transformer();
@@ -169,6 +173,7 @@ mod common;
 /// theirs alone.
 #[test]
 fn text_encoder_adapters_match_peft() {
+    let _serial = common::serial();
     use vgen_core::models::wan::pipeline::WanModel;
     let want: HashMap<String, Tensor> =
         Tensor::read_safetensors(fixtures().join("cases/lora.safetensors")).unwrap().into_iter().collect();
@@ -208,6 +213,7 @@ fn text_encoder_adapters_match_peft() {
 /// and one adapter in both, over a 2-step run whose first step is the high-noise expert's.
 #[test]
 fn adapters_for_one_expert_or_both_match_diffusers_on_a_two_expert_model() {
+    let _serial = common::serial();
     use vgen_core::models::lora::active::Applied;
     use vgen_core::models::wan::pipeline::{Images, WanModel};
     let want: HashMap<String, Tensor> =
@@ -244,6 +250,7 @@ fn adapters_for_one_expert_or_both_match_diffusers_on_a_two_expert_model() {
 /// Requests name adapters by path with scales; the engine applies them to that job alone.
 #[test]
 fn requests_apply_adapters_to_their_own_jobs_and_bad_ones_are_refused() {
+    let _serial = common::serial();
     use std::time::Duration;
     use vgen_core::engine::{EngineConfig, LoraRef, Request};
     use vgen_core::models::wan::pipeline::WanModel;
